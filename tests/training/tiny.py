@@ -1,0 +1,110 @@
+"""Tiny assets for training tests: a word-level tokenizer, tiny saved backbones, and a toy datamodule whose
+batches follow data_modules/batch.py (random pixels, fixed-length prompts, answers that depend on the video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
+ANSWERS = ["red", "green", "blue", "yellow"]
+TINY_VIT = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64}
+TINY_LLM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+
+
+def build_tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<video>"]
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>", additional_special_tokens=["<video>"]).save_pretrained(path)
+    return path
+
+
+def build_backbones(root: Path) -> Path:
+    """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
+    from vrp.training.embedded import prepare
+
+    if not (root / "llm" / "config.json").is_file():
+        build_tokenizer(root / "tokenizer")
+        prepare(str(root / "tokenizer"), root, seed=0, vit=TINY_VIT, llm=TINY_LLM)
+    return root
+
+
+class _Toy(Dataset):
+    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, len(ANSWERS), (n,), generator=g)
+        # the answer is visible: a colour-coded mean brightness per channel plus noise
+        base = torch.eye(4, 3)[self.labels]  # (n, 3)
+        self.video = base[:, None, :, None, None] + 0.3 * torch.randn(n, frames, 3, size, size, generator=g)
+        prompt = tokenizer("<video> what colour is it ?")["input_ids"]
+        self.rows = [(prompt, tokenizer(ANSWERS[int(y)], add_special_tokens=False)["input_ids"]
+                      + [tokenizer.eos_token_id]) for y in self.labels]
+        self.with_options = with_options
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        p, a = self.rows[i]
+        item = {"video": self.video[i], "input_ids": torch.tensor(p + a),
+                "labels": torch.tensor([-100] * len(p) + a), "key": f"toy_{i:04d}"}
+        if self.with_options:
+            item["answer_index"] = int(self.labels[i])
+        return item
+
+
+def _collate(items: list[dict]) -> dict:
+    ids = torch.stack([x["input_ids"] for x in items])
+    batch = {"video": torch.stack([x["video"] for x in items]), "input_ids": ids,
+             "attention_mask": torch.ones_like(ids), "labels": torch.stack([x["labels"] for x in items]),
+             "keys": [x["key"] for x in items], "qformer_input_ids": ids[:, 2:], "qformer_attention_mask":
+             torch.ones_like(ids[:, 2:])}
+    batch["frame_mask"] = torch.ones(batch["video"].shape[:2], dtype=torch.bool)
+    if "answer_index" in items[0]:
+        batch["answer_index"] = torch.tensor([x["answer_index"] for x in items])
+        batch["options"] = [list(ANSWERS) for _ in items]
+        batch["prompt"] = ["<video> what colour is it ?"] * len(items)
+        batch["question_type"] = ["descriptive" if x["answer_index"] < 2 else "temporal" for x in items]
+    return batch
+
+
+class ToyData(L.LightningDataModule):
+    """Map-style toy data; `shuffle=True` draws a seeded permutation per epoch."""
+
+    def __init__(self, tokenizer: str, num_samples: int = 32, num_frames: int = 2, batch_size: int = 4,
+                 shuffle: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(tokenizer)
+        self.num_samples, self.num_frames, self.batch_size, self.shuffle, self.seed = (
+            num_samples, num_frames, batch_size, shuffle, seed)
+        self.image_size = 32
+
+    def configure_preprocess(self, image_size: int, mean, std) -> None:
+        self.image_size = image_size
+
+    def _loader(self, seed: int, with_options: bool, shuffle: bool) -> DataLoader:
+        ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate,
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.seed, False, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.seed + 1, False, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.seed + 2, True, False)

@@ -1,0 +1,96 @@
+"""Checkpoint policy: only trainable weights are stored, writes are atomic, loads are `weights_only`.
+
+Frozen backbones (VFM, LLM base weights) are rebuilt from the names/paths in the config, so a checkpoint holds only
+the trainable parameters (fusion, projection, LoRA adapters, stage heads) plus optimizer, scheduler, loop, RNG and
+dataloader state. The stage modules call `drop_frozen` from `on_save_checkpoint` and `check_trainable_keys` from
+`on_load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+
+def trainable_names(module: nn.Module) -> set[str]:
+    """Names (as in `module.state_dict()`) of the parameters that require grad."""
+    return {name for name, p in module.named_parameters() if p.requires_grad}
+
+
+def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters of `module`, keyed as in `module.state_dict()`."""
+    names = trainable_names(module)
+    return {k: v for k, v in module.state_dict().items() if k in names}
+
+
+def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
+    """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`)."""
+    keep = trainable_names(module)
+    state = checkpoint.get("state_dict", {})
+    checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+    checkpoint["trainable_keys"] = sorted(keep)
+
+
+def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
+    """Fail clearly when a checkpoint lacks trainable weights of `module` or carries unknown ones."""
+    keys = set(checkpoint.get("state_dict", {}))
+    expected = trainable_names(module)
+    missing, unexpected = sorted(expected - keys), sorted(keys - set(module.state_dict()))
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path}: trainable weights do not match the model built from the config "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}). "
+            "Was it written with a different model config (fusion type, LoRA targets, llm_mode)?"
+        )
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint:
+        raise KeyError(f"{path}: no 'state_dict' key; expected a Lightning checkpoint or a .safetensors file")
+    return checkpoint["state_dict"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file in the target folder, fsync, then rename over the target.
+
+    A run killed mid-write leaves the previous checkpoint intact. Loading always uses `weights_only=True`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        if "://" in str(path):  # remote: fsspec transaction (Lightning's own atomic save)
+            return super().save_checkpoint(checkpoint, path)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not get_filesystem(path).exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

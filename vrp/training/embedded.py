@@ -1,0 +1,59 @@
+"""The embedded default's tiny backbones, randomly initialised ONCE and saved to a folder that configs load by path.
+
+`vrp prepare --tokenizer data/synthetic/tokenizer --out artifacts/embedded` writes
+  <out>/vit/   a tiny HF ViT (save_pretrained + preprocessor_config.json)
+  <out>/llm/   a tiny Llama (save_pretrained) with the synthetic tokenizer
+so stage 1, stage 2, export and inference rebuild identical frozen weights by path, exactly as with a real
+checkpoint. Deterministic from `seed`; re-running with existing output is a no-op unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+VIT = {"model_type": "vit", "image_size": 128, "patch_size": 16, "hidden_size": 192, "num_hidden_layers": 4,
+       "num_attention_heads": 3, "intermediate_size": 768}
+LLM = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+       "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
+       "tie_word_embeddings": True}
+
+
+def prepare(tokenizer: str, out: str | Path, *, seed: int = 0, vit: dict | None = None, llm: dict | None = None,
+            overwrite: bool = False) -> Path:
+    """Build and save the tiny ViT and Llama; returns `out`."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    if (out / "vit" / "config.json").is_file() and (out / "llm" / "config.json").is_file() and not overwrite:
+        return out
+    if not (Path(tokenizer) / "tokenizer_config.json").is_file() and not (Path(tokenizer) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {tokenizer}; generate the synthetic data first (make data)")
+    torch.manual_seed(seed)
+    vit_model = AutoModel.from_config(AutoConfig.for_model(**(vit or VIT)), add_pooling_layer=False)
+    vit_model.save_pretrained(out / "vit")
+    (out / "vit" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": (vit or VIT)["image_size"]}))
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    if "<video>" not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(seed + 1)
+    llm_model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**ids, **(llm or LLM)}))
+    llm_model.save_pretrained(out / "llm")
+    tok.save_pretrained(out / "llm")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vrp prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--tokenizer", default="data/synthetic/tokenizer")
+    p.add_argument("--out", default="artifacts/embedded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    print(f"embedded backbones at {prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)}")

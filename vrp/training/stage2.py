@@ -1,0 +1,170 @@
+"""Stage 2: instruction fine-tuning. LM loss on answer tokens; by default fusion + projection + LoRA adapters train.
+
+Initialised (weights only) from a stage-1 checkpoint via `init_from`; resumed runs use `--ckpt_path` instead.
+Validation logs the LM loss; test batches with `options` are scored by `scorer` and reported per question type.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from vrp.training import checkpoint, steps
+from vrp.training.optim import adamw_cosine
+from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
+
+
+def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Copy the `model.*` weights of a stage-1 checkpoint into `model` (stage-1 heads are ignored).
+
+    Every stage-1 model weight must exist in `model` with the same shape (else a clear error: the fusion config
+    differs). Returns (loaded names, trainable names of `model` that the checkpoint did not provide, e.g. LoRA).
+    """
+    state = checkpoint.load_weights(path)
+    own = model.state_dict()
+    loaded = {}
+    for key, value in state.items():
+        if not key.startswith("model."):
+            continue
+        name = key[len("model."):]
+        if name not in own:
+            raise KeyError(f"{path}: weight {name!r} does not exist in the stage-2 model; "
+                           "stage 1 and stage 2 must use the same vision/fusion config")
+        if own[name].shape != value.shape:
+            raise ValueError(f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
+                             f"expects {tuple(own[name].shape)}; the fusion configs differ")
+        loaded[name] = value
+    if not loaded:
+        raise ValueError(f"{path}: no 'model.*' weights found; is this a stage-1 checkpoint?")
+    model.load_state_dict(loaded, strict=False)
+    fresh = sorted(checkpoint.trainable_names(model) - set(loaded))
+    return sorted(loaded), fresh
+
+
+class InstructionTuning(L.LightningModule):
+    """Stage-2 LightningModule around a `VideoReasoner` (default: fusion + projection + LoRA trainable)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        init_from: str | None = None,
+        scorer: Any = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        results_dir: str | None = None,
+    ) -> None:
+        """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
+        likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
+        (default: the logger's folder)."""
+        super().__init__()
+        self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
+        self.model = model
+        if scorer is None:
+            from vrp.evaluation.scorers import LikelihoodScorer
+
+            scorer = LikelihoodScorer()
+        self.scorer = scorer
+        self.strict_loading = False
+        if init_from:
+            loaded, fresh = load_stage1(model, init_from)
+            rank_zero_info(f"stage 2: loaded {len(loaded)} weights from {init_from}; "
+                           f"{len(fresh)} trainable tensors start fresh (e.g. LoRA)")
+        self._test_rows: list[dict] = []
+
+    def encode(self, batch: dict) -> torch.Tensor:
+        """(B, Q, D_llm) video tokens; reads cached visual tokens when the batch has them."""
+        visual = steps.visual_tokens(self.model, batch)
+        queries = steps.fuse(self.model, visual, batch, with_text=steps.uses_qformer_text(self.model))
+        return self.model.projection(queries)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = steps.lm_loss(self.model, self.encode(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=steps.batch_size(batch))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if "labels" in batch:
+            loss = steps.lm_loss(self.model, self.encode(batch), batch)
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        if "options" not in batch:
+            raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
+        out = self.scorer(self.model, batch)
+        target = batch["answer_index"].cpu()
+        types = batch.get("question_type") or ["all"] * len(target)
+        keys = batch.get("keys") or [""] * len(target)
+        for k, t, p, y in zip(keys, types, out.prediction.tolist(), target.tolist()):
+            self._test_rows.append({"key": k, "type": t, "prediction": int(p), "answer": int(y)})
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._test_rows
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        table = accuracy_table(rows)
+        for name, acc in table["accuracy"].items():
+            self.log(f"test/acc_{name}", acc, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            out = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "test_results.json").write_text(json.dumps({**table, "rows": rows}, indent=1))
+            md = markdown_table(table)
+            (out / "test_results.md").write_text(md + "\n")
+            print("\n" + md + f"\n(written to {out}/test_results.md)\n", flush=True)
+
+    # ---- plumbing -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        steps.configure_datamodule(self.trainer, self.model)
+
+    def configure_model(self) -> None:
+        configure_fsdp2(self, [])
+
+    def on_train_epoch_end(self) -> None:
+        steps.log_skips(self)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_cosine(self, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
+                            warmup_steps=hp.warmup_steps, total_steps=int(self.trainer.estimated_stepping_batches),
+                            min_lr_ratio=hp.min_lr_ratio)
+
+    def on_save_checkpoint(self, ckpt: dict) -> None:
+        checkpoint.drop_frozen(ckpt, self)
+
+    def on_load_checkpoint(self, ckpt: dict) -> None:
+        checkpoint.check_trainable_keys(ckpt, self)
+
+
+def accuracy_table(rows: list[dict]) -> dict:
+    """Per-type and overall accuracy (%) and counts from rows of {type, prediction, answer}."""
+    by_type: dict[str, list[int]] = {}
+    for r in rows:
+        by_type.setdefault(r["type"], []).append(int(r["prediction"] == r["answer"]))
+    acc = {t: 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())}
+    counts = {t: len(v) for t, v in sorted(by_type.items())}
+    if rows:
+        acc["overall"] = 100.0 * sum(int(r["prediction"] == r["answer"]) for r in rows) / len(rows)
+        counts["overall"] = len(rows)
+    return {"accuracy": acc, "counts": counts}
+
+
+def markdown_table(table: dict) -> str:
+    lines = ["| question type | n | accuracy (%) |", "|---|---:|---:|"]
+    for t, a in table["accuracy"].items():
+        lines.append(f"| {t} | {table['counts'][t]} | {a:.1f} |")
+    return "\n".join(lines)
