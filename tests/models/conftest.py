@@ -32,3 +32,9 @@ def build_tokenizer(path: Path, video_token: bool = True) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def make_tokenizer():
+    """The ``build_tokenizer`` function, for tests that need a variant."""
+    return build_tokenizer

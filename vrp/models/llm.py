@@ -1,0 +1,105 @@
+"""A Hugging Face causal LM with its tokenizer: frozen, LoRA (peft) or fully trained; fed through ``inputs_embeds``.
+
+The video placeholder token ``<video>`` is added to the tokenizer when missing (resizing the embeddings); the reasoner
+replaces it by projected visual tokens, so its own embedding is never used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vrp.models.vision import resolve_dtype
+
+VIDEO_TOKEN = "<video>"
+
+
+class CausalLM(nn.Module):
+    """Any HF causal LM by name/path, or a randomly initialised one from ``config`` (a dict with ``model_type``).
+
+    ``tokenizer`` defaults to ``model_name_or_path``; with ``config`` it is required, and the config's ``vocab_size``
+    and special token ids default to the tokenizer's. Trainable mode is set by the owner: ``freeze()``,
+    ``enable_lora()`` or ``unfreeze()``.
+    """
+
+    def __init__(self, model_name_or_path: str | None = None, *, config: dict | None = None,
+                 tokenizer: str | None = None, dtype: str = "float32", lora_rank: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.05, lora_target_modules: list[str] | None = None,
+                 gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        if (model_name_or_path is None) == (config is None):
+            raise ValueError("give exactly one of model_name_or_path or config")
+        tok_path = tokenizer or model_name_or_path
+        if tok_path is None:
+            raise ValueError("an LLM built from `config` needs `tokenizer` (a tokenizer folder or hub name)")
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
+        if VIDEO_TOKEN not in self.tokenizer.get_vocab():
+            self.tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = resolve_dtype(dtype)
+        if config is not None:
+            if "model_type" not in config:
+                raise ValueError(f"LLM config needs a 'model_type' key (e.g. 'llama'), got keys {sorted(config)}")
+            tok = self.tokenizer
+            defaults = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                        "eos_token_id": tok.eos_token_id}
+            cfg = AutoConfig.for_model(**{**defaults, **config})
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).to(torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype,
+                                                         trust_remote_code=trust_remote_code)
+        if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(self.tokenizer))
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model
+        self.video_token_id: int = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.hidden_size: int = model.config.get_text_config().hidden_size
+        self.lora_rank, self.lora_alpha, self.lora_dropout = lora_rank, lora_alpha, lora_dropout
+        self.lora_target_modules = lora_target_modules
+
+    def freeze(self) -> None:
+        self.model.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        self.model.requires_grad_(True)
+
+    def enable_lora(self) -> None:
+        """Wrap the model with peft LoRA adapters; only the adapters are trainable afterwards."""
+        from peft import LoraConfig, get_peft_model
+
+        if hasattr(self.model, "peft_config"):
+            raise RuntimeError("LoRA is already enabled on this LLM")
+        lora = LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+        self.model = get_peft_model(self.model, lora)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)  # (B, L, D)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        # Positions count real tokens only, so left- and right-padded rows see the same positions.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                          labels=labels)
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                 **gen) -> torch.Tensor:
+        """Left-padded prompt embeddings -> new token ids (B, <= max_new_tokens), prompt not included."""
+        gen.setdefault("do_sample", False)
+        gen.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   max_new_tokens=max_new_tokens, **gen)
+
+
+def tiny_llama_config(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4) -> dict:
+    """Config dict of the embedded-default tiny Llama (vocab size comes from the tokenizer)."""
+    return {"model_type": "llama", "hidden_size": hidden_size, "intermediate_size": 4 * hidden_size,
+            "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_heads,
+            "max_position_embeddings": 512, "tie_word_embeddings": True}
