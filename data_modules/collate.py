@@ -1,0 +1,134 @@
+"""Collation: stack clips, tokenise conversations with the LLM's tokenizer and chat template, mask labels.
+
+Each prompt gets exactly ONE video placeholder token (where the source text has ``<video>``, else in front of the
+first user turn); the model expands it to its Q visual tokens. Labels cover the assistant texts (with the
+end-of-turn text the chat template puts after them, so the model learns to stop) and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from tokenizers import AddedToken
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from data_modules.batch import IGNORE_INDEX, VIDEO_TOKEN, Batch
+from data_modules.sources.record import strip_placeholder
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """AutoTokenizer with the ``<video>`` special token added if missing (the model side adds it the same way, so
+    ids agree) and a pad token (eos if the tokenizer has none)."""
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if VIDEO_TOKEN not in tok.get_vocab():
+        tok.add_tokens([AddedToken(VIDEO_TOKEN, special=True, normalized=False)], special_tokens=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
+                 system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation. Each segment (user prefix, assistant answer) is the text the chat
+    template adds for it, tokenised on its own, so the label boundary is exact."""
+    count = sum(u.count(VIDEO_TOKEN) for u, _ in turns)
+    if count > 1:
+        raise ValueError(f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}")
+    if count == 0:
+        turns = [(f"{VIDEO_TOKEN}\n{turns[0][0]}", turns[0][1]), *turns[1:]]
+    ids: list[int] = []
+    labels: list[int] = []
+
+    def add(text: str, train: bool) -> None:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids.extend(piece)
+        labels.extend(piece if train else [IGNORE_INDEX] * len(piece))
+
+    if tok.chat_template is None:  # plain fallback: "USER: ...\nASSISTANT: ...</s>"
+        add(tok.bos_token or "", False)
+        for user, answer in turns:
+            add(f"USER: {user}\nASSISTANT: ", False)
+            add(f"{answer}{tok.eos_token or ''}", True)
+        return ids, labels
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    done = ""
+    for user, answer in turns:
+        messages.append({"role": "user", "content": user})
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages.append({"role": "assistant", "content": answer})
+        full = tok.apply_chat_template(messages, tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("the tokenizer's chat template does not render conversations prefix-consistently; "
+                             "labels cannot be aligned (set use_chat_template=False)")
+        add(prompt[len(done):], False)
+        add(full[len(prompt):], True)
+        done = full
+    return ids, labels
+
+
+class Collator:
+    """Samples (dicts from the datasets) -> :class:`~data_modules.batch.Batch`.
+
+    ``max_length`` truncates the end of a sequence (never the placeholder: a prompt longer than that is an error).
+    """
+
+    def __init__(self, tokenizer: str | PreTrainedTokenizerBase, *,
+                 qformer_tokenizer: str | PreTrainedTokenizerBase | None = None,
+                 padding_side: Literal["left", "right"] = "right", max_length: int | None = None,
+                 qformer_max_length: int = 64, use_chat_template: bool = True,
+                 system_prompt: str | None = None) -> None:
+        self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if isinstance(qformer_tokenizer, str):
+            qformer_tokenizer = load_tokenizer(qformer_tokenizer)
+        self.qtok = qformer_tokenizer or self.tok
+        if not use_chat_template:
+            self.tok.chat_template = None
+        self.padding_side, self.max_length, self.qformer_max_length = padding_side, max_length, qformer_max_length
+        self.system_prompt = system_prompt
+        self.video_token_id = self.tok.convert_tokens_to_ids(VIDEO_TOKEN)
+
+    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        L = max(len(r) for r in rows)
+        pad = [[value] * (L - len(r)) for r in rows]
+        return torch.tensor([p + r if self.padding_side == "left" else r + p for r, p in zip(rows, pad)])
+
+    def __call__(self, samples: list[dict]) -> Batch:
+        ids, labels = [], []
+        for s in samples:
+            i, lab = encode_turns(self.tok, s["turns"], system_prompt=self.system_prompt)
+            if self.max_length is not None:
+                i, lab = i[: self.max_length], lab[: self.max_length]
+            if i.count(self.video_token_id) != 1:
+                raise ValueError(f"sample {s['key']}: expected one {VIDEO_TOKEN} token after tokenisation and "
+                                 f"max_length={self.max_length}, found {i.count(self.video_token_id)}")
+            ids.append(i)
+            labels.append(lab)
+        batch: Batch = {
+            "video": torch.stack([s["video"] for s in samples]),  # (B, T, C, H, W)
+            "frame_mask": torch.stack([s["frame_mask"] for s in samples]),  # (B, T)
+            "input_ids": self._pad(ids, self.tok.pad_token_id),
+            "attention_mask": self._pad([[1] * len(i) for i in ids], 0),
+            "labels": self._pad(labels, IGNORE_INDEX),
+            "keys": [s["key"] for s in samples],
+            "prompt": [strip_placeholder(s["turns"][-1][0]) for s in samples],
+            "target": [s["turns"][-1][1] for s in samples],
+        }
+        q = self.qtok([s["qformer_text"] for s in samples], padding=True, truncation=True,
+                      max_length=self.qformer_max_length, return_tensors="pt")
+        batch["qformer_input_ids"], batch["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
+        if any(s.get("boxes") is not None for s in samples):
+            T = batch["video"].shape[1]
+            K = max(s["boxes"].shape[1] for s in samples if s.get("boxes") is not None)
+            boxes, mask = torch.zeros(len(samples), T, K, 4), torch.zeros(len(samples), T, K, dtype=torch.bool)
+            for b, s in enumerate(samples):
+                if s.get("boxes") is not None:
+                    k = s["boxes"].shape[1]
+                    boxes[b, :, :k], mask[b, :, :k] = s["boxes"], s["box_mask"]
+            batch["boxes"], batch["box_mask"] = boxes, mask  # (B, T, K, 4), (B, T, K)
+        if any(s.get("question_type") is not None for s in samples):
+            batch["question_type"] = [s.get("question_type") or "" for s in samples]
+        if all(s.get("options") is not None for s in samples):
+            batch["options"] = [s["options"] for s in samples]
+            batch["answer_index"] = torch.tensor([s["answer_index"] for s in samples])
+        return batch

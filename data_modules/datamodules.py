@@ -1,0 +1,252 @@
+"""The two LightningDataModules: ``VideoTextDataModule`` (stage 1) and ``InstructionDataModule`` (stage 2).
+
+Sources are passed as objects (``class_path``/``init_args`` in YAML); any left out defaults to the synthetic
+benchmark under ``synthetic_root``, which ``prepare_data`` generates if it is missing.
+
+Preprocessing comes from the vision backbone: the LightningModule calls ``configure_preprocess(image_size, mean,
+std)`` from its ``setup()`` (it owns the encoder). Loaders are built lazily in ``*_dataloader()``, after every
+``setup`` hook, so the values it sets are the ones used; 224 and the CLIP mean/std apply only if nobody calls it.
+
+Resuming: loaders are ``torchdata`` ``StatefulDataLoader``s, whose state Lightning saves in the checkpoint and
+restores, so a resumed run continues mid-epoch (map-style: the sampler position; streaming: each worker's position,
+see ``StreamingDataset``). The datamodule's own ``state_dict`` keeps the skip counters.
+Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>"}``) to log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from data_modules.collate import Collator
+from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
+from data_modules.skips import SkipCounter
+from data_modules.sources import (CaptionManifest, LlavaInstructions, Mixture, MultipleChoice, VideoChat2Instructions,
+                                  WebDatasetSource)
+from data_modules.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
+
+log = logging.getLogger(__name__)
+
+Sampling = Literal["uniform", "segment", "fps"]
+MapSource = CaptionManifest | LlavaInstructions | VideoChat2Instructions | MultipleChoice | Mixture
+
+
+class _ClipDataModule(L.LightningDataModule):
+    """Shared machinery; subclasses only name their sources and defaults."""
+
+    def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
+                     decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
+                     seed, max_bad_fraction, padding_side, max_length, synthetic_root, generate_if_missing,
+                     synthetic_videos, synthetic_seed, synthetic_boxes) -> None:
+        self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
+        self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
+        self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
+            sample_fps, decode_short_side, tuple(crop_scale), hflip)
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.padding_side, self.max_length = padding_side, max_length
+        self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
+        self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
+        self.skips = SkipCounter(max_bad_fraction)
+        self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
+        self.records: dict[str, list] = {}
+        self._collator: Collator | None = None
+
+    # --- configuration from the model -------------------------------------------------------------------------
+    def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
+                             std: tuple[float, float, float]) -> None:
+        """Frame size and normalisation of the vision backbone; call before the dataloaders are built."""
+        self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
+
+    def skip_counts(self) -> dict[str, int]:
+        return self.skips.totals()
+
+    def state_dict(self) -> dict:
+        return {"skips": self.skips.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skips.load_state_dict(state["skips"])
+
+    # --- data preparation --------------------------------------------------------------------------------------
+    def _uses_synthetic(self) -> bool:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic benchmark when a default source needs it and it is missing."""
+        if not self._uses_synthetic() or (self.synthetic_root / "meta.json").is_file():
+            return
+        if not self.generate_if_missing:
+            raise FileNotFoundError(f"synthetic data {self.synthetic_root} is missing; run `make data` or set "
+                                    "generate_if_missing=true (or configure the sources)")
+        from data_modules.synthetic import generate
+
+        log.info("generating %d synthetic videos into %s", self.synthetic_videos, self.synthetic_root)
+        generate(self.synthetic_root, videos=self.synthetic_videos, seed=self.synthetic_seed)
+
+    def _split_file(self, split: str, name: str) -> str:
+        return str(self.synthetic_root / split / name)
+
+    def _boxes(self, split: str) -> str | None:
+        return self._split_file(split, "boxes.json") if self.synthetic_boxes else None
+
+    def _tokenizer_path(self) -> str:
+        return self.tokenizer or str(self.synthetic_root / "tokenizer")
+
+    # --- loaders -----------------------------------------------------------------------------------------------
+    def collator(self) -> Collator:
+        if self._collator is None:
+            self._collator = Collator(self._tokenizer_path(), qformer_tokenizer=self.qformer_tokenizer,
+                                      padding_side=self.padding_side, max_length=self.max_length)
+        return self._collator
+
+    def _dist(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _clip_loader(self, train: bool) -> ClipLoader:
+        transform = VideoTransform(self.image_size, self.mean, self.std, train=train, scale=self.crop_scale,
+                                   hflip=self.hflip)
+        sampling = self.train_sampling if train else self.eval_sampling
+        return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
+                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side)
+
+    def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
+        rank, world = self._dist()
+        common = dict(batch_size=self.batch_size if train else self.eval_batch_size, num_workers=self.num_workers,
+                      collate_fn=self.collator(), persistent_workers=False)
+        if isinstance(source, WebDatasetSource):
+            ds = StreamingDataset(source, self._clip_loader(train), self.skips, shuffle=train,
+                                  shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world)
+            return StatefulDataLoader(ds, **common)
+        ds = MapDataset(records, self._clip_loader(train), self.skips)
+        if world > 1:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
+            return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)
+        generator = torch.Generator().manual_seed(self.seed)
+        return StatefulDataLoader(ds, shuffle=train, generator=generator, drop_last=False, **common)
+
+    def _load_records(self, name: str, source) -> None:
+        if source is not None and not isinstance(source, WebDatasetSource):
+            self.records[name] = source.load(self.skips)
+            if not self.records[name]:
+                raise ValueError(f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
+                                 "usable records; check the file and the skip log")
+            log.info("%s: %d records from %s", name, len(self.records[name]), type(source).__name__)
+
+
+class VideoTextDataModule(_ClipDataModule):
+    """Stage 1 (video-text alignment): caption pairs from WebDataset shards or caption manifests.
+
+    Defaults (``train``/``val`` left out): the synthetic ``train`` shards and the ``val`` WebVid-style CSV.
+    Each batch's prompt is the source's fixed caption prompt with the ``<video>`` placeholder; labels cover the
+    caption; ``qformer_input_ids`` hold the caption.
+    """
+
+    def __init__(self, train: WebDatasetSource | MapSource | None = None, val: WebDatasetSource | MapSource | None = None,
+                 *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
+                 train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
+                 sample_fps: float | None = None, decode_short_side: int | None = None,
+                 crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
+                 eval_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256, seed: int = 0,
+                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_length: int | None = None, synthetic_root: str = "data/synthetic",
+                 generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
+                 synthetic_boxes: bool = False) -> None:
+        super().__init__()
+        self._init_common(
+            tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
+            train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
+            decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
+            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
+            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
+        self.train_source, self.val_source = train, val
+
+    def _uses_synthetic(self) -> bool:
+        return self.train_source is None or self.val_source is None or self.tokenizer is None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_source is None:
+            shards = sorted(str(p) for p in (self.synthetic_root / "train" / "shards").glob("*.tar"))
+            self.train_source = WebDatasetSource(shards, boxes=self._boxes("train"))
+        if self.val_source is None:
+            self.val_source = CaptionManifest(self._split_file("val", "captions.csv"), video_column="contentUrl",
+                                              caption_column="name", key_column="videoid", boxes=self._boxes("val"))
+        if stage in (None, "fit") and "train" not in self.records:
+            self._load_records("train", self.train_source)
+        if stage in (None, "fit", "validate") and "val" not in self.records:
+            self._load_records("val", self.val_source)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.train_source, self.records.get("train"), train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.val_source, self.records.get("val"), train=False)
+
+
+class InstructionDataModule(_ClipDataModule):
+    """Stage 2 (instruction tuning) and evaluation: LLaVA / VideoChat2 instructions and NExT-QA-layout
+    multiple choice, or a weighted ``Mixture`` of them.
+
+    Defaults: train = synthetic ``train/instructions.json``; val/test/predict = synthetic ``val``/``test`` ``mc.csv``
+    (multiple-choice batches carry ``options``, ``answer_index``, ``prompt`` and ``question_type``).
+    """
+
+    def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
+                 *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
+                 train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
+                 sample_fps: float | None = None, decode_short_side: int | None = None,
+                 crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
+                 eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
+                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_length: int | None = None, synthetic_root: str = "data/synthetic",
+                 generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
+                 synthetic_boxes: bool = False) -> None:
+        super().__init__()
+        self._init_common(
+            tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
+            train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
+            decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
+            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
+            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
+        self.train_source, self.val_source, self.test_source = train, val, test
+
+    def _uses_synthetic(self) -> bool:
+        return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_source is None:
+            self.train_source = LlavaInstructions(self._split_file("train", "instructions.json"),
+                                                  boxes=self._boxes("train"))
+        if self.val_source is None:
+            self.val_source = MultipleChoice(self._split_file("val", "mc.csv"), boxes=self._boxes("val"))
+        if self.test_source is None:
+            self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), boxes=self._boxes("test"))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for name in wanted.get(stage, ("train", "val", "test")):
+            if name not in self.records:
+                self._load_records(name, getattr(self, f"{name}_source"))
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.train_source, self.records.get("train"), train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.val_source, self.records.get("val"), train=False)
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self._loader(self.test_source, self.records.get("test"), train=False)
+
+    def predict_dataloader(self) -> StatefulDataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,148 @@
+"""Datasets: decode + transform records. Map-style for manifests, streaming (resumable) for WebDataset shards."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from itertools import islice
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from data_modules.skips import BadSample, SkipCounter
+from data_modules.sources.record import Record
+from data_modules.sources.webdataset import WebDatasetSource
+from data_modules.transforms import VideoTransform
+from data_modules.video import VideoReadError, read_video
+
+
+class ClipLoader:
+    """Record -> sample dict (decoded, sampled, transformed clip + its text); raises :class:`BadSample`."""
+
+    def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
+                 sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
+                 short_side: int | None = None) -> None:
+        self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
+        self.short_side = short_side
+
+    def __call__(self, rec: Record) -> dict:
+        try:
+            clip = read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps,
+                              short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
+        except VideoReadError as e:
+            raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
+        boxes = box_mask = None
+        if rec.boxes is not None:
+            if rec.video_key not in rec.boxes:
+                raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+            boxes, box_mask = rec.boxes.lookup(rec.video_key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
+            box_mask &= clip.frame_mask[:, None]
+        video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)
+        return {"key": rec.key, "video": video, "frame_mask": clip.frame_mask, "boxes": boxes, "box_mask": box_mask,
+                "turns": rec.turns, "qformer_text": rec.qformer_text, "question_type": rec.question_type,
+                "options": rec.options, "answer_index": rec.answer_index}
+
+
+class MapDataset(Dataset):
+    """Records in memory. A bad record is counted and replaced by the next good one (so batches keep their size and
+    ranks stay in step); ``max_retries`` consecutive bad records raise."""
+
+    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20) -> None:
+        if not records:
+            raise ValueError("MapDataset got no records; check the source's path and the skip log")
+        self.records, self.loader, self.skips, self.max_retries = records, loader, skips, max_retries
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        for attempt in range(self.max_retries):
+            rec = self.records[(i + attempt) % len(self.records)]
+            try:
+                sample = self.loader(rec)
+            except BadSample as e:
+                self.skips.skip(e.key, e.reason, e.detail)
+                continue
+            self.skips.good()
+            return sample
+        raise RuntimeError(f"{self.max_retries} consecutive bad records from index {i}; see the skip log")
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Shuffle buffer: keep ``size`` items, emit a random one as each new item arrives."""
+    buf = []
+    for x in items:
+        buf.append(x)
+        if len(buf) >= size:
+            j = rng.randrange(len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+class StreamingDataset(IterableDataset):
+    """WebDataset shards split across ranks and workers, shuffled through a buffer, in an order fixed by
+    (seed, epoch); resumable mid-epoch.
+
+    Split: with at least as many shards as ``world_size * num_workers`` readers, each reader takes every G-th shard
+    (after a per-epoch shard shuffle); with fewer, each reader reads all shards and keeps every G-th sample.
+    State (per worker, collected by ``torchdata``'s StatefulDataLoader): the epoch and how many records this worker
+    has taken from its stream; on resume the same stream is rebuilt and that many records are dropped undecoded.
+    Resuming needs the same ``num_workers``, ``world_size`` and shards. Epochs are counted per worker in shared
+    memory, so each pass over the loader is the next epoch without help from the trainer.
+    """
+
+    def __init__(self, source: WebDatasetSource, loader: ClipLoader, skips: SkipCounter, *, shuffle: bool = True,
+                 shuffle_buffer: int = 256, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 max_workers: int = 64) -> None:
+        self.source, self.loader, self.skips = source, loader, skips
+        self.shuffle, self.shuffle_buffer, self.seed, self.rank, self.world_size = (
+            shuffle, shuffle_buffer, seed, rank, world_size)
+        self.epochs = torch.zeros(max_workers + 1, dtype=torch.int64).share_memory_()  # epochs started, per worker
+        self._epoch, self._taken, self._resume = 0, 0, None
+
+    def stream(self, epoch: int, reader: int, readers: int) -> Iterator:
+        """Records (or BadSample markers) of one reader for one epoch; the order depends only on the arguments."""
+        shards = self.source.shards()
+        if self.shuffle:
+            random.Random(f"{self.seed}/{epoch}").shuffle(shards)
+        if len(shards) >= readers:
+            items = self.source.records(shards[reader::readers], self.skips)
+        else:
+            items = islice(self.source.records(shards, self.skips), reader, None, readers)
+        if self.shuffle and self.shuffle_buffer > 1:
+            items = _shuffled(items, self.shuffle_buffer, random.Random(f"{self.seed}/{epoch}/{reader}"))
+        return items
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        row = 0 if info is None else worker + 1
+        if self._resume is not None:
+            epoch, skip = self._resume["epoch"], self._resume["taken"]
+            self._resume = None
+        else:
+            epoch, skip = int(self.epochs[row]), 0
+        self.epochs[row] = epoch + 1
+        self._epoch, self._taken = epoch, 0
+        for item in self.stream(epoch, self.rank * workers + worker, self.world_size * workers):
+            self._taken += 1
+            if self._taken <= skip:
+                continue
+            try:
+                if isinstance(item, BadSample):
+                    raise item
+                sample = self.loader(item)
+            except BadSample as e:
+                self.skips.skip(e.key, e.reason, e.detail)
+                continue
+            self.skips.good()
+            yield sample
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "taken": self._taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)

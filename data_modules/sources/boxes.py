@@ -1,0 +1,49 @@
+"""Per-frame object boxes from a side file keyed by video: the synthetic ``boxes.json`` or detections in the same
+layout: ``{key: {"objects": [names], "boxes": [[[x1, y1, x2, y2] | null per object] per frame]}}``, xyxy in [0, 1]
+of the frame, one entry per decoded frame of the source video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+class BoxTable:
+    """Loads a boxes file once; ``lookup`` picks the rows of the sampled frames by their timestamps."""
+
+    def __init__(self, path: str) -> None:
+        path_ = Path(path)
+        if not path_.is_file():
+            raise FileNotFoundError(f"boxes file {path_} does not exist; set `boxes` to a valid file or null")
+        with open(path_, encoding="utf-8") as f:
+            raw = json.load(f)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path_}: expected an object keyed by video key")
+        self.path = str(path_)
+        self.table: dict[str, torch.Tensor] = {}  # key -> (F, K, 4) float, NaN where an object is absent
+        self.objects: dict[str, list[str]] = {}
+        for key, entry in raw.items():
+            try:
+                objects, frames = entry["objects"], entry["boxes"]
+                t = torch.full((len(frames), len(objects), 4), float("nan"))
+                for f, row in enumerate(frames):
+                    for k, box in enumerate(row):
+                        if box is not None:
+                            t[f, k] = torch.tensor(box, dtype=torch.float32)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise ValueError(f"{path_}: entry {key!r} is malformed ({type(e).__name__}: {e}); expected "
+                                 '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}') from e
+            self.table[str(key)], self.objects[str(key)] = t, list(objects)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.table
+
+    def lookup(self, key: str, timestamps: torch.Tensor, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (T, K, 4) and mask (T, K) of the frames at ``timestamps`` (seconds)."""
+        t = self.table[key]  # (F, K, 4)
+        idx = (timestamps * fps).round().long().clamp(0, t.shape[0] - 1)
+        boxes = t[idx]
+        mask = ~boxes.isnan().any(-1)
+        return boxes.nan_to_num(0.0), mask

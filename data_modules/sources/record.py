@@ -1,0 +1,43 @@
+"""The record every source produces: one video and the conversation about it, before decoding."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_modules.batch import VIDEO_TOKEN
+
+
+@dataclass
+class Record:
+    """One sample before decoding.
+
+    ``turns`` are (user, assistant) pairs; the first user turn holds the ``<video>`` placeholder (the collator adds
+    one in front when the source text has none). Labels later cover the assistant texts only.
+    """
+
+    key: str
+    video: str | bytes  # a local path or the encoded file's bytes (from a tar shard)
+    turns: list[tuple[str, str]]
+    qformer_text: str = ""  # what the Q-Former may read: the caption (stage 1) or the question (stage 2)
+    question_type: str | None = None
+    options: list[str] | None = None
+    answer_index: int | None = None
+    boxes: object | None = None  # a BoxTable holding this video's per-frame boxes, if the source has one
+
+    @property
+    def video_key(self) -> str:
+        """The key of the video (not of the question): the file stem of a path, else ``key``."""
+        return Path(self.video).stem if isinstance(self.video, str) else self.key
+
+
+def resolve(path: str, root: str | os.PathLike | None) -> str:
+    """A video path from a manifest, relative to ``root`` unless absolute or a URL."""
+    if root is None or os.path.isabs(path) or "://" in path:
+        return path
+    return str(Path(root) / path)
+
+
+def strip_placeholder(text: str) -> str:
+    return text.replace(VIDEO_TOKEN, "").strip()
