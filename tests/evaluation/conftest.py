@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
 
 WORDS = ("what colour is the ball red blue green yellow small big cube moves left right next A B C D E . ? : "
-         "question answer user assistant").split()
+         "question answer user assistant USER ASSISTANT").split()
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +34,22 @@ def tokenizer(tokenizer_dir):
     return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
 
 
+def make_reasoner(tokenizer_dir: str, seed: int = 0):
+    """A tiny VideoReasoner (tiny ViT on 16x16 frames, MLP connector with 2 tokens, tiny Llama), eval mode."""
+    from vrp.models.connectors import MLPConnector
+    from vrp.models.llm import CausalLM
+    from vrp.models.reasoner import VideoReasoner
+    from vrp.models.vision import HFVisionEncoder, tiny_vit_config
+
+    torch.manual_seed(seed)
+    vision = HFVisionEncoder(config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=32, num_heads=2))
+    llm = CausalLM(config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256},
+                   tokenizer=tokenizer_dir)
+    fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 1))
+    return VideoReasoner(vision, fusion, llm).eval()
+
+
 @pytest.fixture(scope="session")
-def tiny_llama(tokenizer) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config).eval()
+def reasoner(tokenizer_dir):
+    return make_reasoner(tokenizer_dir)

@@ -1,4 +1,5 @@
-"""Scorers against hand-computed log-likelihoods on a tiny Llama; batched scoring equals one option at a time."""
+"""Scorers against hand-computed log-likelihoods on a tiny VideoReasoner; batched scoring equals one option at a
+time; letter and generate-and-parse scorers."""
 
 from __future__ import annotations
 
@@ -6,118 +7,105 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+from data_modules.collate import encode_turns
 from vrp.evaluation.scorers import (
-    GenerateScorer, LetterScorer, LikelihoodScorer, continuation_logprobs, parse_choice, tokenize_pairs,
+    GenerateScorer, LetterScorer, LikelihoodScorer, continuation_logprobs, encode_candidates, parse_choice,
+    prompt_only,
 )
-
-Q = 3  # visual tokens per video
-
-
-class _LM(nn.Module):
-    def __init__(self, model, tokenizer):
-        super().__init__()
-        self.model, self.tokenizer = model, tokenizer
-
-    def forward(self, inputs_embeds, attention_mask, labels=None):
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-
-
-class ReasonerLike(nn.Module):
-    """The VideoReasoner surface the scorers use: a linear 'encoder' and placeholder expansion into Q tokens."""
-
-    def __init__(self, model, tokenizer):
-        super().__init__()
-        self.llm = _LM(model, tokenizer)
-        self.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
-        self.proj = nn.Linear(3, Q * model.config.hidden_size)
-
-    def encode_video(self, video, frame_mask, boxes=None, box_mask=None, text_ids=None, text_mask=None):
-        return self.proj(video.mean((1, 3, 4))).view(len(video), Q, -1)  # (B, Q, D)
-
-    def build_inputs(self, video_tokens, input_ids, attention_mask, labels=None):
-        embed = self.llm.model.get_input_embeddings()
-        rows_e, rows_m, rows_l = [], [], []
-        for b in range(len(input_ids)):
-            i = int((input_ids[b] == self.video_token_id).nonzero())
-            e = embed(input_ids[b])
-            rows_e.append(torch.cat([e[:i], video_tokens[b], e[i + 1 :]]))
-            rows_m.append(torch.cat([attention_mask[b, :i], attention_mask.new_ones(Q), attention_mask[b, i + 1 :]]))
-            rows_l.append(torch.cat([labels[b, :i], labels.new_full((Q,), -100), labels[b, i + 1 :]]))
-        return torch.stack(rows_e), torch.stack(rows_m), torch.stack(rows_l)
-
-
-@pytest.fixture()
-def model(tiny_llama, tokenizer):
-    torch.manual_seed(1)
-    return ReasonerLike(tiny_llama, tokenizer).eval()
 
 
 def _batch(n_options=(4, 5)):
     torch.manual_seed(2)
     base = ["red", "blue ball", "small green cube", "yellow", "big red ball"]
-    options = [base[:n] for n in n_options]
-    prompts = ["user : <video> what colour is the ball ? assistant :", "<video> what moves next ? answer :"]
+    prompts = ["what colour is the ball ?", "what moves next ? answer :"]
     B = len(n_options)
-    return {"video": torch.randn(B, 2, 3, 4, 4), "frame_mask": torch.ones(B, 2, dtype=torch.bool),
-            "prompt": prompts[:B], "options": options, "answer_index": torch.zeros(B, dtype=torch.long)}
+    return {"video": torch.randn(B, 2, 3, 16, 16), "frame_mask": torch.ones(B, 2, dtype=torch.bool),
+            "prompt": prompts[:B], "options": [base[:n] for n in n_options],
+            "answer_index": torch.zeros(B, dtype=torch.long)}
 
 
-def _hand_logprob(model, tokenizer, batch, b, text_ids, prompt_ids):
-    """Sum of log p(token | prefix), one prefix at a time, no padding, no batching."""
-    video = model.encode_video(batch["video"][b : b + 1], batch["frame_mask"][b : b + 1])
+def _next_logprobs(model, batch, b, prefix):
+    """log p(. | prefix) for one unpadded sequence with the video tokens at its placeholder (no batching)."""
+    video = model.encode_video(batch["video"][b : b + 1], batch["frame_mask"][b : b + 1])[0]  # (Q, D)
     embed = model.llm.model.get_input_embeddings()
-    i = prompt_ids.index(model.video_token_id)
-    total = 0.0
-    for k, tok in enumerate(text_ids):
-        prefix = prompt_ids + text_ids[:k]
-        e = torch.cat([embed(torch.tensor(prefix[:i])), video[0], embed(torch.tensor(prefix[i + 1 :]))])[None]
-        logits = model.llm.model(inputs_embeds=e).logits[0, -1]
-        total += torch.log_softmax(logits.double(), -1)[tok].item()
-    return total
+    i = prefix.index(model.llm.video_token_id)
+    e = torch.cat([embed(torch.tensor(prefix[:i])), video, embed(torch.tensor(prefix[i + 1 :]))])[None]
+    return torch.log_softmax(model.llm.model(inputs_embeds=e).logits[0, -1].double(), -1)
+
+
+def _hand_logprob(model, batch, b, prompt_ids, answer_ids):
+    """Sum of log p(token | prefix), one prefix at a time."""
+    return sum(_next_logprobs(model, batch, b, prompt_ids + answer_ids[:k])[tok].item()
+               for k, tok in enumerate(answer_ids))
+
+
+def _split(tokenizer, prompt, answer):
+    ids, labels = encode_turns(tokenizer, [(prompt, answer)])
+    start = next(i for i, x in enumerate(labels) if x != -100)
+    return ids[:start], ids[start:]
+
+
+@pytest.fixture(scope="module")
+def hand(reasoner):
+    """Hand-computed (sum log-prob, token count) per (row, option) of `_batch()`."""
+    batch, out = _batch(), {}
+    with torch.no_grad():
+        for b in range(2):
+            for o, option in enumerate(batch["options"][b]):
+                prompt_ids, answer_ids = _split(reasoner.llm.tokenizer, batch["prompt"][b], option)
+                assert answer_ids[-1] == reasoner.llm.tokenizer.eos_token_id  # end of answer is scored
+                out[b, o] = _hand_logprob(reasoner, batch, b, prompt_ids, answer_ids), len(answer_ids)
+    return out
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("normalize", [False, True])
-def test_likelihood_matches_hand_computed(model, tokenizer, normalize):
+def test_likelihood_matches_hand_computed(reasoner, hand):
     batch = _batch()
-    out = LikelihoodScorer(length_normalize=normalize, append_eos=True)(model, batch)
-    assert out.scores.shape == (2, 5)
-    assert out.scores[0, 4] == -math.inf  # the 4-option row is padded
-    for b in range(2):
-        prompt_ids = tokenizer(batch["prompt"][b])["input_ids"]
-        for o, option in enumerate(batch["options"][b]):
-            text_ids = tokenizer(option, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            want = _hand_logprob(model, tokenizer, batch, b, text_ids, prompt_ids)
-            want = want / len(text_ids) if normalize else want
-            assert out.scores[b, o].item() == pytest.approx(want, abs=1e-4)
-    assert torch.equal(out.prediction, out.scores.argmax(1))
+    raw = LikelihoodScorer(length_normalize=False)(reasoner, batch)
+    norm = LikelihoodScorer(length_normalize=True)(reasoner, batch)
+    assert raw.scores.shape == (2, 5) and raw.scores[0, 4] == -math.inf  # the 4-option row is padded
+    for (b, o), (total, n) in hand.items():
+        assert raw.scores[b, o].item() == pytest.approx(total, abs=1e-4)
+        assert norm.scores[b, o].item() == pytest.approx(total / n, abs=1e-4)
+    assert torch.equal(norm.prediction, norm.scores.argmax(1))
 
 
 @torch.no_grad()
-def test_batched_equals_one_option_at_a_time(model):
+def test_without_end_of_turn_scores_answer_tokens_only(reasoner):
+    batch = _batch((2,))
+    out = LikelihoodScorer(length_normalize=False, score_end_of_turn=False)(reasoner, batch)
+    prompt_ids, answer_ids = _split(reasoner.llm.tokenizer, batch["prompt"][0], "blue ball")
+    want = _hand_logprob(reasoner, batch, 0, prompt_ids, answer_ids[:-1])
+    assert out.scores[0, 1].item() == pytest.approx(want, abs=1e-4)
+
+
+@torch.no_grad()
+def test_batched_equals_one_option_at_a_time(reasoner):
     batch = _batch()
     scorer = LikelihoodScorer(length_normalize=False)
-    together = scorer(model, batch).scores
-    chunked = LikelihoodScorer(length_normalize=False, chunk_size=1)(model, batch).scores
+    together = scorer(reasoner, batch).scores
+    one_at_a_time = torch.full_like(together, -math.inf)
     for b in range(2):
         for o, option in enumerate(batch["options"][b]):
-            single = {**{k: v[b : b + 1] for k, v in batch.items() if torch.is_tensor(v)},
+            single = {"video": batch["video"][b : b + 1], "frame_mask": batch["frame_mask"][b : b + 1],
                       "prompt": [batch["prompt"][b]], "options": [[option]]}
-            assert scorer(model, single).scores[0, 0].item() == pytest.approx(together[b, o].item(), abs=1e-4)
+            one_at_a_time[b, o] = scorer(reasoner, single).scores[0, 0]
+    torch.testing.assert_close(together, one_at_a_time, atol=1e-4, rtol=0)
+    chunked = LikelihoodScorer(length_normalize=False, chunk_size=3)(reasoner, batch).scores
     torch.testing.assert_close(chunked, together, atol=1e-4, rtol=0)
 
 
 @torch.no_grad()
-def test_letter_scorer_reads_next_token_logits(model, tokenizer):
+def test_letter_scorer_reads_first_answer_token(reasoner):
     batch = _batch()
-    out = LetterScorer()(model, batch)
-    letters = tokenizer.convert_tokens_to_ids(list("ABCDE"))
+    out = LetterScorer()(reasoner, batch)
+    tok = reasoner.llm.tokenizer
     for b in range(2):
-        prompt_ids = tokenizer(batch["prompt"][b])["input_ids"]
+        prompt_ids, _ = _split(tok, batch["prompt"][b], "A")
+        logp = _next_logprobs(reasoner, batch, b, prompt_ids)
         for o in range(len(batch["options"][b])):
-            want = _hand_logprob(model, tokenizer, batch, b, [letters[o]], prompt_ids)
+            want = logp[tok.convert_tokens_to_ids("ABCDE"[o])].item()
             assert out.scores[b, o].item() == pytest.approx(want, abs=1e-4)
     assert out.scores[0, 4] == -math.inf
 
@@ -129,18 +117,18 @@ def test_letter_format_must_give_distinct_tokens(tokenizer):
 
 def test_continuation_logprobs_ignores_unlabelled():
     logits = torch.zeros(1, 3, 4)
-    logits[0, 0, 2] = math.log(3.0)  # p(2) = 3/6
-    labels = torch.tensor([[-100, 2, -100]])
-    total, n = continuation_logprobs(logits, labels)
+    logits[0, 0, 2] = math.log(3.0)  # p(2 | first token) = 3/6
+    total, n = continuation_logprobs(logits, torch.tensor([[-100, 2, -100]]))
     assert n.item() == 1 and total.item() == pytest.approx(math.log(0.5))
 
 
-def test_tokenize_pairs_labels_cover_target_only(tokenizer):
-    enc = tokenize_pairs(tokenizer, ["<video> what ?", "<video> the ball is"], ["red", "big red ball"],
-                         append_eos=True, padding_side="left")
-    eos = tokenizer.eos_token_id
-    assert enc["labels"][0].tolist()[-2:] == [tokenizer.convert_tokens_to_ids("red"), eos]
-    assert (enc["labels"][1] != -100).sum() == 4 and enc["attention_mask"][0, 0] == 0
+def test_encode_candidates_and_prompt_only(tokenizer):
+    enc = encode_candidates(tokenizer, ["what ?", "the ball is"], ["red", "big red ball"])
+    assert (enc["labels"] != -100).sum(1).tolist() == [2, 4]  # answer + eos
+    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()
+    p = prompt_only(enc)
+    assert p["attention_mask"][:, -1].all() and not p["attention_mask"][0, 0]
+    assert tokenizer.decode(p["input_ids"][1][p["attention_mask"][1].bool()]).endswith("ASSISTANT :")
 
 
 @pytest.mark.parametrize("text,want", [
@@ -151,11 +139,11 @@ def test_parse_choice(text, want):
     assert parse_choice(text, ["red", "blue ball", "small green cube", "yellow"]) == want
 
 
-def test_generate_scorer_parses_answers(model):
-    class Fixed(GenerateScorer):
-        def generate(self, model, batch):
-            return ["B", "nonsense"]
-
-    out = Fixed()(model, _batch())
-    assert out.prediction.tolist() == [1, -1] and out.text == ["B", "nonsense"]
-    assert out.scores[0].tolist()[:4] == [0, 1, 0, 0]
+@torch.no_grad()
+def test_generate_scorer_runs_the_model_and_parses(reasoner):
+    batch = _batch()
+    out = GenerateScorer(max_new_tokens=3)(reasoner, batch)
+    assert len(out.text) == 2 and out.prediction.shape == (2,)
+    for t, p, opts in zip(out.text, out.prediction.tolist(), batch["options"]):
+        assert p == parse_choice(t, opts)
+        assert out.scores[0, 4] == -math.inf and (p < 0 or out.scores[batch["options"].index(opts), p] == 1)

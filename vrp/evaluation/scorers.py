@@ -2,7 +2,7 @@
 
 Every scorer is called as ``scorer(model, batch) -> MCOutput`` with a `VideoReasoner`-like ``model`` (``encode_video``,
 ``build_inputs``, ``llm`` with ``tokenizer``) and a multiple-choice batch (data_modules/batch.py): ``video``,
-``frame_mask``, ``prompt`` (the rendered prompt text holding one video placeholder, ending where the answer starts),
+``frame_mask``, ``prompt`` (the user turn as the collator keeps it: placeholder stripped, no chat template),
 ``options`` and optionally ``boxes``/``box_mask``/``qformer_input_ids``/``qformer_attention_mask``. Options may be
 ragged (4 and 5 choices in one batch); missing or empty options score ``-inf``.
 
@@ -12,6 +12,7 @@ batched LLM forward by repeating the visual tokens over the options.
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from data_modules.collate import encode_turns
 
 IGNORE_INDEX = -100
 LETTERS = string.ascii_uppercase
@@ -53,46 +56,66 @@ def pad_options(options: Sequence[Sequence[str]]) -> tuple[list[list[str]], torc
     return padded, mask
 
 
-def tokenize_pairs(
-    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, append_eos: bool, padding_side: str = "right"
+def encode_candidates(
+    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, score_end_of_turn: bool = True,
+    use_chat_template: bool = True, system_prompt: str | None = None, padding_side: str = "right",
 ) -> dict[str, torch.Tensor]:
-    """Tokenise prompt and target separately (as the collate functions do) and concatenate; labels on the target.
+    """Tokenise (prompt, answer) pairs exactly as training collation does (`data_modules.collate.encode_turns`:
+    placeholder in front when the prompt has none, chat template, labels on the answer and its end-of-turn text).
 
-    The prompt gets the tokenizer's special tokens (BOS); the target none, plus EOS if ``append_eos``.
-    Returns input_ids, attention_mask, labels, each (N, L), padded on ``padding_side``.
+    ``score_end_of_turn=False`` keeps labels on the answer's own tokens only. ``use_chat_template``/``system_prompt``
+    must match the datamodule's collator. Returns input_ids, attention_mask, labels, each (N, L).
     """
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    target_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
-    eos = [tokenizer.eos_token_id] if append_eos else []
-    if append_eos and tokenizer.eos_token_id is None:
-        raise ValueError("append_eos=True but the tokenizer has no eos_token; set append_eos=False")
+    if not use_chat_template and tokenizer.chat_template is not None:
+        tokenizer = copy.copy(tokenizer)  # shares the backend; only this copy loses its template
+        tokenizer.chat_template = None
     seqs, labs = [], []
-    for p, t in zip(prompt_ids, target_ids):
-        seqs.append(p + t + eos)
-        labs.append([IGNORE_INDEX] * len(p) + t + eos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    length = max(len(s) for s in seqs)
+    for prompt, target in zip(prompts, targets):
+        ids, labels = encode_turns(tokenizer, [(prompt, target)], system_prompt=system_prompt)
+        if not score_end_of_turn:
+            start = next(i for i, x in enumerate(labels) if x != IGNORE_INDEX)
+            n = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+            labels = labels[: start + n] + [IGNORE_INDEX] * (len(labels) - start - n)
+        seqs.append(ids)
+        labs.append(labels)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labs)):
-        sl = slice(0, len(s)) if padding_side == "right" else slice(length - len(s), length)
-        ids[i, sl], mask[i, sl], labels[i, sl] = torch.tensor(s), 1, torch.tensor(lab)
+    for i, (x, lab) in enumerate(zip(seqs, labs)):
+        sl = slice(0, len(x)) if padding_side == "right" else slice(length - len(x), length)
+        ids[i, sl], mask[i, sl], labels[i, sl] = torch.tensor(x), 1, torch.tensor(lab)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def encode_video(model: Any, batch: dict, *, device: torch.device | None = None) -> torch.Tensor:
-    """Visual tokens (B, Q, D_llm) of a batch through ``model.encode_video`` (question text to the Q-Former if given)."""
-    device = device or next(model.parameters()).device
+def prompt_only(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut right-padded pairs from `encode_candidates` before their answer and re-pad on the left (for generate)."""
+    starts = (enc["labels"] != IGNORE_INDEX).float().argmax(1).tolist()  # first answer token of each row
+    length = max(starts)
+    ids = enc["input_ids"].new_zeros(len(starts), length)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(starts):
+        ids[i, length - s :], mask[i, length - s :] = enc["input_ids"][i, :s], 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def encode_video(model: Any, batch: dict) -> torch.Tensor:
+    """Visual tokens (B, Q, D_llm) of a batch: pixels through ``model.encode_video``, or cached encoder tokens
+    (``batch["visual"]`` (B, T, N, D), from the feature cache) through the fusion and projection."""
+    device = next(model.parameters()).device
 
     def get(key: str) -> torch.Tensor | None:
         value = batch.get(key)
         return value.to(device) if isinstance(value, torch.Tensor) else None
 
-    return model.encode_video(
-        get("video"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"),
-        text_ids=get("qformer_input_ids"), text_mask=get("qformer_attention_mask"),
-    )
+    text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
+    if "visual" in batch:
+        if not getattr(model, "use_qformer_text", False):
+            text = {"text_ids": None, "text_mask": None}
+        fused = model.fusion(get("visual"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text)
+        return model.projection(fused)
+    return model.encode_video(get("video"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text)
 
 
 def _logits(model: Any, video_tokens: torch.Tensor, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,33 +127,48 @@ def _logits(model: Any, video_tokens: torch.Tensor, enc: dict[str, torch.Tensor]
     return model.llm(embeds, mask).logits, labels
 
 
-class LikelihoodScorer:
-    """Score each option by the LM log-likelihood of its tokens after the prompt; pick the highest.
+class _Prompting:
+    """How prompts are rendered; must match the datamodule's collator (chat template on/off, system prompt)."""
 
-    ``length_normalize`` divides by the number of option tokens (mean log-prob), which removes the bias towards short
-    options; ``append_eos`` also scores the end of the answer (so "red" is not rewarded as a prefix of "red ball").
-    ``chunk_size`` caps the (question, option) rows per forward to bound memory on big models (None = all at once).
+    def __init__(self, use_chat_template: bool = True, system_prompt: str | None = None) -> None:
+        self.use_chat_template, self.system_prompt = use_chat_template, system_prompt
+
+    def encode(self, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], **kw: Any) -> dict:
+        return encode_candidates(tokenizer, prompts, targets, use_chat_template=self.use_chat_template,
+                                 system_prompt=self.system_prompt, **kw)
+
+
+class LikelihoodScorer(_Prompting):
+    """Score each option by the LM log-likelihood of its answer tokens after the prompt; pick the highest.
+
+    ``target_format`` renders option i the way training rendered answers (``{text}``, ``{letter}``, or e.g.
+    ``({letter}) {text}``). ``length_normalize`` divides by the number of scored tokens (mean log-prob), which removes
+    the bias towards short options; ``score_end_of_turn`` also scores the end-of-answer tokens (so "red" is not
+    rewarded as a prefix of "red ball"). ``chunk_size`` caps the (question, option) rows per LLM forward to bound
+    memory on big models (None = all options of the batch in one forward).
     """
 
-    def __init__(self, length_normalize: bool = True, append_eos: bool = True, chunk_size: int | None = None) -> None:
-        self.length_normalize = length_normalize
-        self.append_eos = append_eos
-        self.chunk_size = chunk_size
+    def __init__(self, length_normalize: bool = True, score_end_of_turn: bool = True, target_format: str = "{text}",
+                 chunk_size: int | None = None, use_chat_template: bool = True,
+                 system_prompt: str | None = None) -> None:
+        super().__init__(use_chat_template, system_prompt)
+        self.length_normalize, self.score_end_of_turn = length_normalize, score_end_of_turn
+        self.target_format, self.chunk_size = target_format, chunk_size
 
     @torch.no_grad()
     def __call__(self, model: Any, batch: dict) -> MCOutput:
         options, valid = pad_options(batch["options"])
         B, O = valid.shape
-        video_tokens = encode_video(model, batch)  # (B, Q, D)
+        video_tokens = encode_video(model, batch)  # (B, Q, D) once per question
         prompts = [p for p in batch["prompt"] for _ in range(O)]
-        targets = [o if o.strip() else "?" for row in options for o in row]  # placeholders are masked below
-        enc = tokenize_pairs(model.llm.tokenizer, prompts, targets, append_eos=self.append_eos)
+        targets = [self.target_format.format(letter=LETTERS[i], text=o if o.strip() else "?")  # "?" rows masked
+                   for row in options for i, o in enumerate(row)]
+        enc = self.encode(model.llm.tokenizer, prompts, targets, score_end_of_turn=self.score_end_of_turn)
         tokens = video_tokens.repeat_interleave(O, dim=0)  # (B*O, Q, D)
         step = self.chunk_size or B * O
         sums, counts = [], []
         for s in range(0, B * O, step):
-            chunk = {k: v[s : s + step] for k, v in enc.items()}
-            logits, labels = _logits(model, tokens[s : s + step], chunk)
+            logits, labels = _logits(model, tokens[s : s + step], {k: v[s : s + step] for k, v in enc.items()})
             total, n = continuation_logprobs(logits, labels)
             sums.append(total)
             counts.append(n)
@@ -140,14 +178,16 @@ class LikelihoodScorer:
         return MCOutput(scores=scores, prediction=scores.argmax(1))
 
 
-class LetterScorer:
-    """Score each option by the logit of its letter as the first answer token (prompt lists options as letters).
+class LetterScorer(_Prompting):
+    """Score each option by the log-probability of its letter as the first answer token; one forward, prompts only.
 
-    ``letter_format`` renders the target the model was trained to emit for option i (e.g. "{letter}" or "({letter})");
-    its first token is the one scored. One forward over the prompts, no option text needed.
+    For prompts that list the options as letters (``MultipleChoice(target="letter")``). ``letter_format`` renders
+    the answer the model was trained to emit for option i (``{letter}`` or ``({letter})``); its first token is scored.
     """
 
-    def __init__(self, letter_format: str = "{letter}") -> None:
+    def __init__(self, letter_format: str = "{letter}", use_chat_template: bool = True,
+                 system_prompt: str | None = None) -> None:
+        super().__init__(use_chat_template, system_prompt)
         self.letter_format = letter_format
 
     def letter_token_ids(self, tokenizer: Any, n: int) -> list[int]:
@@ -166,10 +206,9 @@ class LetterScorer:
         tokenizer = model.llm.tokenizer
         letter_ids = torch.tensor(self.letter_token_ids(tokenizer, O))
         video_tokens = encode_video(model, batch)
-        # A one-token dummy target marks where the answer starts: its label position is the first answer token.
-        enc = tokenize_pairs(tokenizer, batch["prompt"], [self.letter_format.format(letter="A")] * B, append_eos=False)
+        enc = self.encode(tokenizer, batch["prompt"], [self.letter_format.format(letter="A")] * B)
         logits, labels = _logits(model, video_tokens, enc)
-        # Logits that predict the first answer token sit one position before its label.
+        # The logits that predict the first answer token sit one position before its label.
         pos = (labels != IGNORE_INDEX).float().argmax(1) - 1  # (B,)
         logp = logits[torch.arange(B, device=logits.device), pos].float().log_softmax(-1).cpu()  # (B, V)
         scores = logp[:, letter_ids].masked_fill(~valid, float("-inf"))
@@ -203,20 +242,26 @@ def parse_choice(text: str, options: Sequence[str]) -> int:
     return winners[0] if best > 0 and len(winners) == 1 else -1
 
 
-class GenerateScorer:
-    """Generate a free-form answer after the prompt and parse it to an option (letter or text); also for open QA."""
+class GenerateScorer(_Prompting):
+    """Generate a free-form answer after the prompt (greedy) and parse it to an option (letter or text).
 
-    def __init__(self, max_new_tokens: int = 16) -> None:
+    ``generate(model, batch)`` alone serves open-ended questions (no ``options`` needed).
+    """
+
+    def __init__(self, max_new_tokens: int = 16, use_chat_template: bool = True,
+                 system_prompt: str | None = None) -> None:
+        super().__init__(use_chat_template, system_prompt)
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
     def generate(self, model: Any, batch: dict) -> list[str]:
-        """Greedy answers for ``batch["prompt"]`` (B strings), prompts left-padded so generation continues each row."""
-        tokenizer = model.llm.tokenizer
+        """Answers to ``batch["prompt"]`` (B strings); prompts are rendered as in training, left-padded."""
         device = next(model.parameters()).device
-        enc = tokenize_pairs(tokenizer, batch["prompt"], [""] * len(batch["prompt"]), append_eos=False,
-                             padding_side="left")
+        if "video" not in batch:
+            raise KeyError("generation needs decoded 'video' in the batch (not cached visual tokens)")
+        enc = prompt_only(self.encode(model.llm.tokenizer, batch["prompt"], ["x"] * len(batch["prompt"])))
         gen_batch = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+        gen_batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in gen_batch.items()}
         gen_batch["input_ids"], gen_batch["attention_mask"] = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         return model.generate(gen_batch, max_new_tokens=self.max_new_tokens)
 
