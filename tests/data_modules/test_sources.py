@@ -1,0 +1,91 @@
+import json
+
+import pytest
+
+from data_modules.skips import SkipCounter, TooManyBadSamples
+from data_modules.sources import (BoxTable, CaptionManifest, LlavaInstructions, Mixture, MultipleChoice,
+                                  VideoChat2Instructions)
+
+
+def test_webvid_csv_maps_columns_and_reports_bad_rows(tmp_path, caplog):
+    p = tmp_path / "results_2M_val.csv"
+    p.write_text('videoid,contentUrl,duration,page_dir,name\n'
+                 '1001,videos/a.mp4,PT10S,dir,"A dog runs, then jumps."\n'
+                 '1002,videos/b.mp4,PT5S,dir,\n'  # empty caption
+                 '1003,videos/c.mp4,PT5S\n')  # too few fields
+    skips = SkipCounter(max_bad_fraction=1.0)
+    recs = CaptionManifest(str(p), video_column="contentUrl", caption_column="name", key_column="videoid").load(skips)
+    assert [(r.key, r.video, r.turns[0][1]) for r in recs] == [
+        ("1001", str(tmp_path / "videos/a.mp4"), "A dog runs, then jumps.")]
+    assert recs[0].qformer_text == "A dog runs, then jumps." and "<video>" in recs[0].turns[0][0]
+    t = skips.totals()
+    assert (t["skipped/empty_text"], t["skipped/malformed"]) == (1, 1)
+    assert f"{p}:3" in caplog.text and f"{p}:4" in caplog.text  # line numbers
+
+
+def test_generic_jsonl_manifest(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"video": "/abs/x.mp4", "caption": "hi"}\nnot json\n')
+    skips = SkipCounter(max_bad_fraction=1.0)
+    recs = CaptionManifest(str(p)).load(skips)
+    assert [(r.key, r.video) for r in recs] == [("x", "/abs/x.mp4")]
+    assert skips.totals()["skipped/malformed"] == 1
+
+
+def test_llava_and_videochat2(tmp_path):
+    llava = [{"id": "q1", "video": "v/a.mp4", "type": "temporal",
+              "conversations": [{"from": "human", "value": "<video>\nWhat first?"}, {"from": "gpt", "value": "red"},
+                                {"from": "human", "value": "Then?"}, {"from": "gpt", "value": "blue"}]},
+             {"id": "q2", "video": "v/b.mp4", "conversations": [{"from": "gpt", "value": "x"}]}]
+    (tmp_path / "l.json").write_text(json.dumps(llava))
+    skips = SkipCounter(max_bad_fraction=1.0)
+    (rec,) = LlavaInstructions(str(tmp_path / "l.json")).load(skips)
+    assert rec.turns == [("<video>\nWhat first?", "red"), ("Then?", "blue")] and rec.question_type == "temporal"
+    assert rec.qformer_text == "What first?" and skips.totals()["skipped/malformed"] == 1
+    vc2 = [{"video": "a.mp4", "QA": [{"i": "Watch carefully.", "q": "Who moves?", "a": "the dog"}]}]
+    (tmp_path / "vc.jsonl").write_text("\n".join(json.dumps(x) for x in vc2))
+    (rec,) = VideoChat2Instructions(str(tmp_path / "vc.jsonl"), video_root="/data").load(skips)
+    assert rec.video == "/data/a.mp4" and rec.turns == [("Watch carefully.\nWho moves?", "the dog")]
+
+
+def test_nextqa_multiple_choice_rendering(tmp_path):
+    p = tmp_path / "val.csv"
+    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+                 "4010069381,why did the boy fall,2,run,jump,slip,sit,,7,CW\n"
+                 "4010069382,what next,9,a,b,c,d,e,8,TN\n")
+    skips = SkipCounter(max_bad_fraction=1.0)
+    mc = MultipleChoice(str(p), video_path="{video}.mp4", target="letter_text")
+    (rec,) = mc.load(skips)
+    assert rec.options == ["run", "jump", "slip", "sit"] and rec.answer_index == 2 and rec.question_type == "CW"
+    assert rec.turns[0][1] == "(C) slip" and "(D) sit" in rec.turns[0][0] and "(E)" not in rec.turns[0][0]
+    assert rec.video == str(tmp_path / "4010069381.mp4") and rec.video_key == "4010069381"
+    assert skips.totals()["skipped/malformed"] == 1
+
+
+def test_boxes_lookup_by_timestamp(tmp_path):
+    p = tmp_path / "boxes.json"
+    p.write_text(json.dumps({"v": {"objects": ["a", "b"], "boxes": [[[0, 0, .5, .5], None], [[.1, .1, .6, .6], [0, 0, 1, 1]]]}}))
+    import torch
+    boxes, mask = BoxTable(str(p)).lookup("v", torch.tensor([0.0, 0.1]), fps=10)
+    assert mask.tolist() == [[True, False], [True, True]] and boxes[1, 0].tolist() == pytest.approx([.1, .1, .6, .6])
+    p.write_text(json.dumps({"v": {"objects": ["a"]}}))
+    with pytest.raises(ValueError, match="entry 'v' is malformed"):
+        BoxTable(str(p))
+
+
+def test_mixture_weights(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("video,caption\n" + "".join(f"a{i}.mp4,x\n" for i in range(10)))
+    b.write_text("video,caption\n" + "".join(f"b{i}.mp4,y\n" for i in range(2)))
+    recs = Mixture([CaptionManifest(str(a)), CaptionManifest(str(b))], [1, 3], num_samples=40).load(SkipCounter())
+    assert sum(r.key.startswith("a") for r in recs) == 10 and sum(r.key.startswith("b") for r in recs) == 30
+    assert {r.key for r in recs if r.key.startswith("a")} == {f"a{i}" for i in range(10)}  # no repeats before exhausted
+
+
+def test_max_bad_fraction_stops(tmp_path):
+    skips = SkipCounter(max_bad_fraction=0.2, min_samples=5)
+    for _ in range(4):
+        skips.good()
+    with pytest.raises(TooManyBadSamples, match="max_bad_fraction"):
+        for i in range(3):
+            skips.skip(f"k{i}", "decode_error", "boom")
