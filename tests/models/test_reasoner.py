@@ -1,0 +1,145 @@
+from functools import partial
+
+import pytest
+import torch
+
+from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner, tiny_llama_config, tiny_vit_config
+
+T, SIZE = 2, 32
+
+
+def build(tokenizer_dir, seed=0, **modes):
+    torch.manual_seed(seed)
+    vision = HFVisionEncoder(config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1,
+                                                    num_heads=2))
+    llm = CausalLM(config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir),
+                   lora_rank=4)
+    fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2))
+    return VideoReasoner(vision, fusion, llm, **modes)
+
+
+def make_batch(model, prompts, answers, right_pad=True):
+    tok = model.llm.tokenizer
+    rows, labels = [], []
+    for p, a in zip(prompts, answers):
+        p_ids = tok(p).input_ids
+        a_ids = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rows.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+    L = max(map(len, rows))
+    pad = lambda r, v: r + [v] * (L - len(r)) if right_pad else [v] * (L - len(r)) + r  # noqa: E731
+    torch.manual_seed(1)
+    return {"video": torch.randn(len(rows), T, 3, SIZE, SIZE), "frame_mask": torch.ones(len(rows), T, dtype=torch.bool),
+            "input_ids": torch.tensor([pad(r, tok.pad_token_id) for r in rows]),
+            "attention_mask": torch.tensor([pad([1] * len(r), 0) for r in rows]),
+            "labels": torch.tensor([pad(r, -100) for r in labels])}
+
+
+@pytest.fixture(scope="module")
+def stage1(tokenizer_dir):
+    return build(tokenizer_dir)
+
+
+def test_fusion_is_built_from_the_vision_encoder(stage1):
+    assert stage1.fusion.grid == stage1.vision.grid and stage1.fusion.num_prefix_tokens == 1
+    assert stage1.projection.in_features == stage1.fusion.output_dim == 32
+    assert stage1.projection.out_features == stage1.llm.hidden_size == 64
+    video = torch.randn(2, T, 3, SIZE, SIZE)
+    assert stage1.encode_video(video, torch.ones(2, T, dtype=torch.bool)).shape == (2, 4, 64)
+
+
+def test_build_inputs_puts_visual_tokens_at_the_placeholder(stage1):
+    v = stage1.llm.video_token_id
+    ids = torch.tensor([[1, v, 6, 7, 0], [0, 1, 8, v, 9]])
+    mask = (ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, 7, -100], [-100, -100, -100, -100, 9]])
+    vid = torch.randn(2, 4, 64)
+    embeds, new_mask, new_labels = stage1.build_inputs(vid, ids, mask, labels)
+    assert embeds.shape == (2, 8, 64)
+    text = stage1.llm.embed(ids)
+    torch.testing.assert_close(embeds[0, 1:5], vid[0])
+    torch.testing.assert_close(embeds[0, [0, 5, 6, 7]], text[0, [0, 2, 3, 4]])
+    torch.testing.assert_close(embeds[1, 3:7], vid[1])
+    torch.testing.assert_close(embeds[1, [0, 1, 2, 7]], text[1, [0, 1, 2, 4]])
+    assert new_mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 1, 1]]
+    assert new_labels.tolist() == [[-100] * 6 + [7, -100], [-100] * 7 + [9]]
+
+
+def test_each_row_needs_exactly_one_placeholder(stage1):
+    v = stage1.llm.video_token_id
+    with pytest.raises(ValueError, match=r"\(1, 2\)"):
+        stage1.build_inputs(torch.randn(2, 4, 64), torch.tensor([[v, 6], [v, v]]), torch.ones(2, 2, dtype=torch.long))
+
+
+def test_stage1_default_trains_fusion_and_projection_only(stage1):
+    names = stage1.trainable_parameter_names()
+    expected = {n for n, _ in stage1.named_parameters() if n.startswith(("fusion.", "projection."))}
+    assert names == expected and expected
+    batch = make_batch(stage1, ["<video> what colour ?"], ["red"])
+    stage1.train()
+    stage1(batch).loss.backward()
+    assert {n for n, p in stage1.named_parameters() if p.grad is not None} == names
+    stage1.zero_grad(set_to_none=True)
+
+
+def test_stage2_default_adds_lora_adapters(tokenizer_dir):
+    model = build(tokenizer_dir, llm_mode="lora")
+    names = model.trainable_parameter_names()
+    lora = {n for n in names if n.startswith("llm.")}
+    assert lora and all("lora_" in n for n in lora)
+    assert names - lora == {n for n, _ in model.named_parameters() if n.startswith(("fusion.", "projection."))}
+    model.train()
+    model(make_batch(model, ["<video> what shape ?"], ["circle"])).loss.backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == names
+
+
+def test_full_modes_and_frozen_fusion(tokenizer_dir):
+    model = build(tokenizer_dir, vision_mode="full", fusion_mode="frozen", llm_mode="full")
+    names = model.trainable_parameter_names()
+    assert not any(n.startswith("fusion.") for n in names)
+    assert any(n.startswith("vision.") for n in names) and any(n.startswith("llm.") for n in names)
+    with pytest.raises(ValueError, match="llm_mode"):
+        build(tokenizer_dir, llm_mode="half")
+    with pytest.raises(ValueError, match="does not read text"):
+        build(tokenizer_dir, use_qformer_text=True)
+
+
+def test_trainable_state_round_trip(tokenizer_dir):
+    a = build(tokenizer_dir, llm_mode="lora")
+    with torch.no_grad():
+        for p in a.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    state = a.state_dict_trainable()
+    assert set(state) == a.trainable_parameter_names()
+    b = build(tokenizer_dir, llm_mode="lora")  # same seed: same frozen weights
+    batch = make_batch(a, ["<video> what colour ?"], ["red"])
+    a.eval(), b.eval()
+    assert not torch.allclose(a(batch).logits, b(batch).logits)
+    b.load_trainable(state)
+    torch.testing.assert_close(a(batch).logits, b(batch).logits)
+    with pytest.raises(KeyError, match="missing"):
+        b.load_trainable({k: v for k, v in list(state.items())[1:]})
+
+
+def test_overfits_one_batch_and_generates_the_answer(tokenizer_dir):
+    model = build(tokenizer_dir, llm_mode="full")
+    batch = make_batch(model, ["<video> what colour is it ?", "<video> what shape ?"], ["red circle", "blue square"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    model.train()
+    first = model(batch).loss.item()
+    for _ in range(40):
+        loss = model(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    model.eval()
+    prompts = make_batch(model, ["<video> what colour is it ?", "<video> what shape ?"], ["", ""], right_pad=True)
+    keep = prompts["labels"] == -100  # drop the eos target: prompt only, right-padded (generate re-pads left)
+    ids = [r[k].tolist() for r, k in zip(prompts["input_ids"], keep & (prompts["attention_mask"] == 1))]
+    L = max(map(len, ids))
+    prompts["input_ids"] = torch.tensor([r + [0] * (L - len(r)) for r in ids])
+    prompts["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in ids])
+    assert model.generate(prompts, max_new_tokens=4) == ["red circle", "blue square"]

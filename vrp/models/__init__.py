@@ -1,0 +1,11 @@
+"""Model components (plain torch): vision encoders, fusion connectors, the LLM wrapper and the reasoner."""
+
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.llm import VIDEO_TOKEN, CausalLM, tiny_llama_config
+from vrp.models.reasoner import VideoReasoner
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
+
+__all__ = [
+    "VIDEO_TOKEN", "CausalLM", "HFVisionEncoder", "LinearConnector", "MLPConnector", "OpenClipVisionEncoder",
+    "PerceiverResampler", "PoolingConnector", "VideoReasoner", "tiny_llama_config", "tiny_vit_config",
+]

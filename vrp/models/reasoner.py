@@ -1,0 +1,139 @@
+"""VideoReasoner: vision encoder -> fusion -> projection -> LLM, with a per-component trainable policy.
+
+The fusion module is built here from a factory ``fusion(vision_width, grid, num_prefix_tokens)`` so no width is
+written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size. Each prompt holds exactly one
+video placeholder token, which ``build_inputs`` replaces by the Q projected visual tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vrp.models.llm import CausalLM
+
+IGNORE_INDEX = -100
+Mode = Literal["frozen", "full"]
+
+
+class VideoReasoner(nn.Module):
+    """Composes the four parts and sets which of them train.
+
+    Modes: ``vision_mode`` "frozen" keeps the encoder's own policy (frozen, except the blocks its
+    ``unfreeze_last_blocks`` opens), "full" trains all of it; ``fusion_mode``/``projection_mode`` "frozen" | "full";
+    ``llm_mode`` "frozen" | "lora" (peft adapters only) | "full". Stage 1 default: fusion + projection train;
+    stage 2: also ``llm_mode="lora"``. ``use_qformer_text`` feeds ``qformer_input_ids`` to a text-aware fusion.
+    """
+
+    def __init__(self, vision: nn.Module, fusion: Callable[[int, tuple[int, int], int], nn.Module], llm: CausalLM, *,
+                 vision_mode: Mode = "frozen", fusion_mode: Mode = "full", projection_mode: Mode = "full",
+                 llm_mode: Literal["frozen", "lora", "full"] = "frozen", use_qformer_text: bool = False):
+        super().__init__()
+        self.vision = vision
+        self.fusion = fusion(vision.width, tuple(vision.grid), vision.num_prefix_tokens)
+        self.llm = llm
+        self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
+        if use_qformer_text and not getattr(self.fusion, "supports_text", False):
+            raise ValueError(f"use_qformer_text=True but {type(self.fusion).__name__} does not read text")
+        self.use_qformer_text = use_qformer_text
+        self.modes = {"vision": vision_mode, "fusion": fusion_mode, "projection": projection_mode, "llm": llm_mode}
+
+        if vision_mode == "full":
+            vision.unfreeze() if hasattr(vision, "unfreeze") else vision.requires_grad_(True)
+        elif vision_mode != "frozen":
+            raise ValueError(f"vision_mode must be 'frozen' or 'full', got {vision_mode!r}")
+        for name, module, mode in (("fusion", self.fusion, fusion_mode), ("projection", self.projection,
+                                                                          projection_mode)):
+            if mode not in ("frozen", "full"):
+                raise ValueError(f"{name}_mode must be 'frozen' or 'full', got {mode!r}")
+            module.requires_grad_(mode == "full")
+        if llm_mode == "frozen":
+            llm.freeze()
+        elif llm_mode == "lora":
+            llm.freeze()
+            llm.enable_lora()
+        elif llm_mode == "full":
+            llm.unfreeze()
+        else:
+            raise ValueError(f"llm_mode must be 'frozen', 'lora' or 'full', got {llm_mode!r}")
+
+    @property
+    def num_video_tokens(self) -> int:
+        return self.fusion.num_output_tokens
+
+    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor, boxes: torch.Tensor | None = None,
+                     box_mask: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                     text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """video (B, T, C, H, W) -> projected visual tokens (B, Q, D_llm)."""
+        visual = self.vision(video)  # (B, T, N, D)
+        if not self.use_qformer_text:
+            text_ids = text_mask = None
+        fused = self.fusion(visual, frame_mask, boxes=boxes, box_mask=box_mask, text_ids=text_ids,
+                            text_mask=text_mask)  # (B, Q, Dq)
+        return self.projection(fused)  # (B, Q, D_llm)
+
+    def build_inputs(self, video_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     labels: torch.Tensor | None = None):
+        """Replace each row's single video placeholder by its Q visual tokens -> sequences of length L + Q - 1."""
+        B, L = input_ids.shape
+        Q = video_tokens.shape[1]
+        is_video = input_ids == self.llm.video_token_id
+        counts = is_video.sum(1)
+        if (counts != 1).any():
+            bad = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c != 1]
+            raise ValueError(f"each row of input_ids needs exactly one video token (id {self.llm.video_token_id}); "
+                             f"(row, count) violating it: {bad}")
+        pos = is_video.long().argmax(1, keepdim=True)  # (B, 1)
+        j = torch.arange(L + Q - 1, device=input_ids.device)[None]  # (1, L+Q-1)
+        in_video = (j >= pos) & (j < pos + Q)  # (B, L+Q-1)
+        text_idx = torch.where(j < pos, j, j - Q + 1).clamp(0, L - 1)  # source text position for non-video slots
+        video_idx = (j - pos).clamp(0, Q - 1)
+        text_embeds = self.llm.embed(input_ids)  # (B, L, D)
+        D = text_embeds.shape[-1]
+        gathered_text = text_embeds.gather(1, text_idx[..., None].expand(B, -1, D))
+        gathered_video = video_tokens.to(text_embeds.dtype).gather(1, video_idx[..., None].expand(B, -1, D))
+        inputs_embeds = torch.where(in_video[..., None], gathered_video, gathered_text)  # (B, L+Q-1, D)
+        mask = torch.where(in_video, torch.ones_like(text_idx), attention_mask.gather(1, text_idx))
+        if labels is not None:
+            labels = torch.where(in_video, torch.full_like(text_idx, IGNORE_INDEX), labels.gather(1, text_idx))
+        return inputs_embeds, mask.to(attention_mask.dtype), labels
+
+    def _video_tokens(self, batch: Mapping) -> torch.Tensor:
+        return self.encode_video(batch["video"], batch["frame_mask"], batch.get("boxes"), batch.get("box_mask"),
+                                 batch.get("qformer_input_ids"), batch.get("qformer_attention_mask"))
+
+    def forward(self, batch: Mapping):
+        """LM loss on ``batch["labels"]`` (a transformers CausalLMOutput with ``loss`` and ``logits``)."""
+        embeds, mask, labels = self.build_inputs(self._video_tokens(batch), batch["input_ids"],
+                                                 batch["attention_mask"], batch.get("labels"))
+        return self.llm(embeds, mask, labels=labels)
+
+    @torch.no_grad()
+    def generate(self, batch: Mapping, max_new_tokens: int = 32, **gen) -> list[str]:
+        """Greedy answers to the prompts in ``batch["input_ids"]`` (padding moved to the left if it is not)."""
+        embeds, mask, _ = self.build_inputs(self._video_tokens(batch), batch["input_ids"], batch["attention_mask"])
+        order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real tokens keep their order
+        embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+        mask = mask.gather(1, order)
+        ids = self.llm.generate(embeds, mask, max_new_tokens=max_new_tokens, **gen)
+        return [s.strip() for s in self.llm.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def trainable_parameter_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict_trainable(self) -> dict[str, torch.Tensor]:
+        """Only the trainable parameters (what a checkpoint needs to hold on top of the frozen backbones)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Load a ``state_dict_trainable()``; with ``strict`` its keys must be exactly the trainable names."""
+        names = self.trainable_parameter_names()
+        unknown = set(state) - {n for n, _ in self.named_parameters()}
+        missing = names - set(state)
+        if unknown or (strict and missing):
+            raise KeyError(f"trainable state does not match this model: unknown keys {sorted(unknown)[:5]}, "
+                           f"missing keys {sorted(missing)[:5]} (was it saved with the same components and modes?)")
+        self.load_state_dict(dict(state), strict=False)
