@@ -1,0 +1,110 @@
+"""`vrp ask VIDEO "question" [--options "a|b|c|d"] [--checkpoint DIR]`: answer a question about any video file.
+
+The clip is decoded, sampled and normalised by the same data code as training (`ClipLoader`, `Collator`) with the
+model's own image size and mean/std. With ``--options`` the answer is the option of highest (length-normalised)
+likelihood, printed with the per-option scores; without, the model generates a free-form answer. A bad video,
+question or checkpoint ends with a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_CHECKPOINT = "artifacts/embedded/finetune"
+
+
+class AskError(Exception):
+    """A user-facing problem (bad file, bad checkpoint, bad arguments): printed as one line."""
+
+
+def load_model(checkpoint: str) -> nn.Module:
+    """A `VideoReasoner` from an exported model folder (`vrp export`, see `vrp.training.export`)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise AskError(f"checkpoint {checkpoint} does not exist; train with `make finetune` and export it "
+                       "with `vrp export`, or pass --checkpoint DIR")
+    try:
+        from vrp.training.export import load_exported
+    except ImportError as e:
+        raise AskError(f"cannot load checkpoints: vrp.training.export is unavailable ({e})") from e
+    try:
+        return load_exported(str(path))
+    except Exception as e:  # any failure to read a user-given folder is reported in one line
+        raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(e).__name__}: {e}") from e
+
+
+def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,
+               num_frames: int = 8) -> dict:
+    """A one-sample batch built by the training data path (decode, sample, transform, tokenise)."""
+    from data_modules.collate import Collator
+    from data_modules.datasets import BadSample, ClipLoader
+    from data_modules.sources.record import Record
+    from data_modules.transforms import VideoTransform
+
+    if not Path(video).is_file():
+        raise AskError(f"video {video} does not exist")
+    vision = model.vision
+    loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
+                        num_frames=num_frames, sampling="uniform")
+    rec = Record(key=Path(video).stem, video=str(video), turns=[(question, options[0] if options else "")],
+                 qformer_text=question, options=options, answer_index=0 if options else None)
+    try:
+        sample = loader(rec)
+    except BadSample as e:
+        raise AskError(f"cannot read video {video}: {e}") from e
+    return Collator(model.llm.tokenizer)([sample])
+
+
+def answer(model: nn.Module, batch: dict, *, max_new_tokens: int = 32) -> tuple[str, list[float] | None]:
+    """The model's answer and, for multiple choice, the per-option scores (mean log-prob per answer token)."""
+    from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer
+
+    if batch.get("options"):
+        out = LikelihoodScorer()(model, batch)
+        return batch["options"][0][int(out.prediction[0])], out.scores[0].tolist()
+    return GenerateScorer(max_new_tokens=max_new_tokens).generate(model, batch)[0], None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vrp ask", description="Answer a question about a video file.")
+    p.add_argument("video", help="path of a video file (any format PyAV/FFmpeg decodes)")
+    p.add_argument("question")
+    p.add_argument("--options", help='multiple-choice options separated by "|", e.g. "red|blue|green"')
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"exported model folder (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    return p
+
+
+def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = load_model) -> None:
+    """Prints the answer on stdout (option scores on stderr); on a user error exits with status 2."""
+    args = parser().parse_args(argv)
+    try:
+        if not args.question.strip():
+            raise AskError("the question is empty")
+        options = None
+        if args.options is not None:
+            options = [o.strip() for o in args.options.split("|")]
+            if len(options) < 2 or not all(options):
+                raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
+        model = loader(args.checkpoint).eval()
+        batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames)
+        with torch.no_grad():
+            text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
+    except AskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(text)
+    if scores is not None:
+        for opt, s in zip(options, scores):
+            print(f"  {s:8.3f}  {opt}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

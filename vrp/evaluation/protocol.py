@@ -1,0 +1,47 @@
+"""Zero-shot transfer protocol: fine-tune with some question types held out, evaluate on all of them.
+
+In the stage-2 YAML, wrap the training source in `HoldOutTypes` (a one-source `Mixture`, so the datamodule accepts
+it) and list the same types under the module's evaluation; the results table then marks them and adds `seen` /
+`unseen` rows (`vrp.evaluation.results.accuracy_table(rows, held_out=...)`):
+
+    data:
+      init_args:
+        train:
+          class_path: vrp.evaluation.protocol.HoldOutTypes
+          init_args:
+            held_out: [predictive, counterfactual]
+            sources: [{class_path: data_modules.sources.LlavaInstructions,
+                       init_args: {path: data/synthetic/train/instructions.json}}]
+"""
+
+from __future__ import annotations
+
+import logging
+
+from data_modules.skips import SkipCounter
+from data_modules.sources import Mixture, Record
+
+log = logging.getLogger(__name__)
+
+
+class HoldOutTypes(Mixture):
+    """The records of ``sources`` (mixed as `Mixture` does) except those whose question type is in ``held_out``."""
+
+    def __init__(self, sources: list, held_out: list[str], weights: list[float] | None = None, *,
+                 num_samples: int | None = None, seed: int = 0) -> None:
+        super().__init__(sources, weights, num_samples=num_samples, seed=seed)
+        if not held_out:
+            raise ValueError("HoldOutTypes needs at least one type in `held_out` (else use the source directly)")
+        self.held_out = sorted(held_out)
+
+    def load(self, skips: SkipCounter) -> list[Record]:
+        records = super().load(skips)
+        kept = [r for r in records if r.question_type not in self.held_out]
+        if len(kept) == len(records):
+            raise ValueError(f"no record has a held-out type {self.held_out}; types present: "
+                             f"{sorted({str(r.question_type) for r in records})}")
+        if not kept:
+            raise ValueError(f"holding out {self.held_out} leaves no training records")
+        log.info("zero-shot protocol: held out %d of %d records of types %s", len(records) - len(kept),
+                 len(records), self.held_out)
+        return kept

@@ -1,0 +1,117 @@
+"""Multiple-choice results: per-question rows -> per-type accuracy tables, written as JSON and Markdown.
+
+A row is ``{"key", "type", "prediction", "answer", "num_options"}`` (+ optional ``scores``, ``text``). Accuracy uses
+`PerTypeAccuracy`; chance is the mean of 1/num_options over a type's questions. Everything in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from vrp.evaluation.metrics import PerTypeAccuracy
+from vrp.evaluation.scorers import MCOutput
+
+
+def rows_from_batch(batch: Mapping, out: MCOutput) -> list[dict]:
+    """One row per question of a scored multiple-choice batch."""
+    n = len(out.prediction)
+    types = batch.get("question_type") or ["all"] * n
+    keys = batch.get("keys") or [""] * n
+    rows = []
+    for i in range(n):
+        row = {"key": keys[i], "type": types[i] or "all", "prediction": int(out.prediction[i]),
+               "answer": int(batch["answer_index"][i]), "num_options": len([o for o in batch["options"][i] if o]),
+               "scores": [round(float(s), 5) for s in out.scores[i] if s != float("-inf")]}
+        if out.text is not None:
+            row["text"] = out.text[i]
+        rows.append(row)
+    return rows
+
+
+def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = ()) -> dict:
+    """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...]}``; held-out
+    (zero-shot) types also get ``seen``/``unseen`` aggregate rows when both kinds are present."""
+    held_out = sorted(set(held_out))
+    types = sorted({r["type"] for r in rows})
+    metric = PerTypeAccuracy(types)
+    if rows:
+        metric.update(torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["answer"] for r in rows]),
+                      [r["type"] for r in rows])
+    acc = {t: 100.0 * a for t, a in metric.compute().items()} if rows else {}
+    counts = metric.counts() if rows else {}
+    chance = {t: 100.0 * sum(1 / r["num_options"] for r in rows if r["type"] == t) / counts[t] for t in types}
+    if rows:
+        chance["overall"] = 100.0 * sum(1 / r["num_options"] for r in rows) / len(rows)
+    for name, group in (("seen", [r for r in rows if r["type"] not in held_out]),
+                        ("unseen", [r for r in rows if r["type"] in held_out])):
+        if held_out and group and len(group) < len(rows):
+            acc[name] = 100.0 * sum(r["prediction"] == r["answer"] for r in group) / len(group)
+            chance[name] = 100.0 * sum(1 / r["num_options"] for r in group) / len(group)
+            counts[name] = len(group)
+    return {"accuracy": acc, "chance": chance, "counts": counts, "held_out": held_out}
+
+
+def markdown_table(table: Mapping, blind: Mapping[str, float] | None = None) -> str:
+    """Per-type table: n, accuracy, chance (and a blind baseline column when given, in %)."""
+    head = "| question type | n | accuracy (%) | chance (%) |" + (" blind (%) |" if blind else "")
+    lines = [head, "|---|---:|---:|---:|" + ("---:|" if blind else "")]
+    for t, a in table["accuracy"].items():
+        name = f"{t} (held out)" if t in table.get("held_out", ()) else t
+        line = f"| {name} | {table['counts'][t]} | {a:.1f} | {table['chance'].get(t, float('nan')):.1f} |"
+        if blind:
+            line += f" {blind[t]:.1f} |" if t in blind else " – |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] | None = None) -> str:
+    """Models side by side (columns) per question type (rows), plus chance (and the data's blind prior) in %."""
+    names = list(tables)
+    types: list[str] = []
+    for t in tables.values():
+        types += [k for k in t["accuracy"] if k not in types]
+    held = set().union(*(set(t.get("held_out", ())) for t in tables.values())) if tables else set()
+    chance = next(iter(tables.values()))["chance"] if tables else {}
+    cols = names + ["chance"] + (["blind prior"] if blind else [])
+    lines = ["| question type | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for t in types:
+        cells = [f"{tables[n]['accuracy'][t]:.1f}" if t in tables[n]["accuracy"] else "–" for n in names]
+        cells.append(f"{chance.get(t, float('nan')):.1f}")
+        if blind:
+            cells.append(f"{blind[t]:.1f}" if t in blind else "–")
+        lines.append(f"| {t}{' (held out)' if t in held else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
+                  held_out: Iterable[str] = (), extra: Mapping | None = None) -> tuple[Path, Path, dict]:
+    """Write ``<name>.json`` (table + rows + extra) and ``<name>.md``; returns both paths and the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = accuracy_table(rows, held_out)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps({**table, **(extra or {}), "rows": list(rows)}, indent=1))
+    md_path.write_text(markdown_table(table) + "\n")
+    return json_path, md_path, table
+
+
+def load_blind_baseline(meta_json: str | Path, split: str = "test") -> dict[str, float] | None:
+    """Per-type best blind text-prior accuracy (%) that the synthetic generator stores in ``meta.json``
+    (``baselines[split][type]["best_text_prior"]``); None if absent."""
+    path = Path(meta_json)
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    base = (meta.get("baselines") or {}).get(split)
+    if not isinstance(base, Mapping):
+        return None
+    out = {}
+    for t, v in base.items():
+        value = v.get("best_text_prior") if isinstance(v, Mapping) else v
+        if isinstance(value, (int, float)):
+            out[t] = 100.0 * value
+    return out or None
