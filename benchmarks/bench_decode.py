@@ -3,9 +3,9 @@
 Compares `data_modules.video.read_video` with a full-decode baseline (PyAV decodes every frame, the 8 picked ones
 are converted to RGB), the same baseline that also converts every frame (what a naive reader does), decord and
 torchcodec. Clips are generated once with `write_video` into a cache folder (30 fps, a keyframe every 2 s, moving
-textured content). Each method reads every clip of a resolution in turn, for several rounds, in one process; the
-ratios come from this one run. CPU ms per clip (all threads) is printed too: on a busy machine it is steadier than
-wall-clock time, but it hides what threading gains. Frames of every method are checked against the baseline before timing.
+textured content). Methods take turns clip by clip, for several rounds, in one process; the ratios come from this
+one run. CPU ms per clip (all threads) is printed too: on a busy machine it is steadier than wall-clock time, but it
+hides what threading gains. Frames of every method are checked against the baseline before timing.
 
     python benchmarks/bench_decode.py [--clips 4] [--rounds 3] [--cache-dir DIR]
 """
@@ -96,15 +96,25 @@ def peers() -> tuple[dict, list[str]]:
     return methods, skipped
 
 
-def measure(fn, clips: list[Path], rounds: int) -> tuple[float, float]:
-    """(clips per wall-clock second, CPU milliseconds per clip summed over all threads)."""
-    fn(clips[0])  # warm-up
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(rounds):
-        for clip in clips:
-            fn(clip)
+def measure(methods: dict, clips: list[Path], rounds: int) -> dict[str, tuple[float, float]]:
+    """Per method: (clips per wall-clock second, CPU ms per clip summed over all threads).
+
+    Methods take turns clip by clip (in a rotating order), so a busy machine slows all of them alike.
+    """
+    names = list(methods)
+    wall, cpu = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    for name in names:
+        methods[name](clips[0])  # warm-up
+    for r in range(rounds):
+        for k, clip in enumerate(clips):
+            shift = (r * len(clips) + k) % len(names)
+            for name in names[shift:] + names[:shift]:
+                w, c = time.perf_counter(), time.process_time()
+                methods[name](clip)
+                wall[name] += time.perf_counter() - w
+                cpu[name] += time.process_time() - c
     n = rounds * len(clips)
-    return n / (time.perf_counter() - wall), 1000 * (time.process_time() - cpu) / n
+    return {name: (n / wall[name], 1000 * cpu[name] / n) for name in names}
 
 
 CLIPS: list[Path] = []
@@ -145,7 +155,7 @@ def main() -> None:
             diff = (fn(clips[0]).int() - reference.int()).abs().max().item()
             if diff > 3:  # decoders may convert YUV to RGB with different rounding, never different frames
                 raise SystemExit(f"{name} returned different frames from the baseline on {clips[0]} (max diff {diff})")
-        results = {name: measure(fn, clips, args.rounds) for name, fn in methods.items()}
+        results = measure(methods, clips, args.rounds)
         base = results["full decode (PyAV, convert 8)"][0]
         best_peer = max((r for n, (r, _) in results.items() if n in peer_methods), default=float("nan"))
         print(f"\n{size[0]}x{size[1]}")

@@ -17,6 +17,7 @@ the frame on screen at ``t`` (the last frame whose timestamp is ``<= t``), so va
 from __future__ import annotations
 
 import bisect
+import collections
 import io
 import logging
 import math
@@ -61,6 +62,7 @@ class _Info:
     duration_source: Literal["stream", "frames", "container", "scan"]
     fps: float
     keyframes: list[float] | None  # relative seconds, sorted; None when the container has no usable index
+    timestamps: bool = True  # False for raw streams without any (then no seeking: times come from the frame count)
 
 
 def read_video(
@@ -75,6 +77,7 @@ def read_video(
     pad: Literal["repeat", "zero"] = "repeat",
     generator: torch.Generator | None = None,
     name: str | None = None,
+    threads: int = 0,
 ) -> DecodedClip:
     """Decode ``num_frames`` frames of the window ``[start_sec, end_sec)`` of a video.
 
@@ -83,7 +86,8 @@ def read_video(
     A window with fewer frames than ``num_frames`` (or an ``fps`` run that reaches its end) returns every real frame
     in order, then padding (``pad="repeat"`` repeats the last frame, ``"zero"`` adds black frames) marked False in
     ``frame_mask``. ``short_side`` resizes so the shorter side has that many pixels, keeping the aspect ratio.
-    Frames come out upright: the stream's rotation (display matrix) is applied.
+    Frames come out upright: the stream's rotation (display matrix) is applied. ``threads`` is the number of FFmpeg
+    decoding threads (0: one per core; use 1 or 2 in DataLoader workers so that workers x threads fits the cores).
 
     Any unreadable input raises ``VideoReadError`` naming ``name`` (default: the path) and the reason.
     """
@@ -102,6 +106,8 @@ def read_video(
         raise ValueError(f"end_sec ({end_sec}) must be greater than start_sec ({start_sec or 0.0})")
     if short_side is not None and short_side < 1:
         raise ValueError(f"short_side must be >= 1, got {short_side}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
     if pad not in ("repeat", "zero"):
         raise ValueError(f"pad must be 'repeat' or 'zero', got {pad!r}")
 
@@ -117,7 +123,7 @@ def read_video(
                 container.close()
                 container = opener()
             return _read(container, info, label, num_frames, sampling, fps, start_sec, end_sec, short_side, pad,
-                         generator)
+                         generator, threads)
         finally:
             container.close()
     except VideoReadError:
@@ -187,7 +193,7 @@ def _opener(source, label: str):
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif hasattr(source, "read"):
-        if source.seekable():
+        if getattr(source, "seekable", lambda: False)():
             offset = source.tell()
             if not source.read(1):
                 raise VideoReadError(label, "empty input (0 bytes)")
@@ -223,7 +229,7 @@ def _probe(container, label: str) -> _Info:
     elif container.duration:
         duration, source = container.duration / av.time_base - start, "container"
     else:
-        duration, fps, start = _scan(container, stream, fps, label)
+        duration, fps, start, timestamps = _scan(container, stream, fps, label)
         source = "scan"
     if not fps:
         fps = (stream.frames / duration) if stream.frames and duration > 0 else 25.0
@@ -236,11 +242,12 @@ def _probe(container, label: str) -> _Info:
         keyframes = sorted(float(e.timestamp * tb) - start for e in entries if e.is_keyframe) or None
         if keyframes and keyframes[0] < 0:  # mp4 indexes decode times: shift so the first keyframe shows at 0
             keyframes = [k - keyframes[0] for k in keyframes]
-    return _Info(start=start, duration=duration, duration_source=source, fps=fps, keyframes=keyframes)
+    return _Info(start=start, duration=duration, duration_source=source, fps=fps, keyframes=keyframes,
+                 timestamps=source != "scan" or timestamps)
 
 
-def _scan(container, stream, fps: float, label: str) -> tuple[float, float, float]:
-    """Demux (no decode) every packet to find the end time; returns (duration, fps, start)."""
+def _scan(container, stream, fps: float, label: str) -> tuple[float, float, float, bool]:
+    """Demux (no decode) every packet to find the end time; returns (duration, fps, start, has timestamps)."""
     tb = stream.time_base
     count, end, first = 0, None, None
     try:
@@ -260,15 +267,15 @@ def _scan(container, stream, fps: float, label: str) -> tuple[float, float, floa
         fps = 25.0
         log.warning("%s: no frame rate in the metadata; assuming %.1f fps", label, fps)
     if end is not None:
-        return end - first, fps, first
-    return count / fps, fps, 0.0  # no timestamps at all (e.g. a raw H.264 stream): frames are 1 / fps apart
+        return end - first, fps, first, True
+    return count / fps, fps, 0.0, False  # no timestamps at all (e.g. a raw H.264 stream): frames are 1 / fps apart
 
 
 # --------------------------------------------------------------------------------------------------------- sampling
 
 
 def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, end_sec, short_side, pad,
-          generator) -> DecodedClip:
+          generator, threads) -> DecodedClip:
     t0 = start_sec or 0.0
     if t0 >= info.duration:
         raise VideoReadError(label, f"start_sec={t0} is at or past the end of the video ({info.duration:.3f}s)")
@@ -281,7 +288,7 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
     else:
         targets = [t0 + (i + u) * seg for i, u in enumerate(offsets)]
 
-    decoder = _Decoder(container, info, label)
+    decoder = _Decoder(container, info, label, threads)
     expected = (t1 - t0) * info.fps  # frames in the window, from the metadata
     picks = None
     if sampling == "fps" or expected > 2 * num_frames:
@@ -299,7 +306,7 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
                 bounds = [i * n // num_frames for i in range(num_frames + 1)]
                 picks = [window[lo + int(u * (hi - lo))] for lo, hi, u in zip(bounds, bounds[1:], offsets)]
 
-    images = _to_tensor([f for _, f in picks], short_side, info)  # (R, C, H, W)
+    images = _to_tensor([f for _, f in picks], short_side)  # (R, C, H, W)
     real = images.shape[0]
     times = torch.tensor([t for t, _ in picks], dtype=torch.float32)
     if real < num_frames:
@@ -322,15 +329,19 @@ def _at_or_before(frames: list[tuple[float, av.VideoFrame]], targets: list[float
 class _Decoder:
     """Decodes forward from the current position and seeks when the next wanted time lies past the next keyframe."""
 
-    def __init__(self, container, info: _Info, label: str) -> None:
+    def __init__(self, container, info: _Info, label: str, threads: int) -> None:
         self.container, self.info, self.label = container, info, label
         self.stream = container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame + slice threads
         self.codec = self.stream.codec_context
+        self.codec.thread_count = threads
         self.tb = self.stream.time_base
-        self.can_seek = bool(self.tb)
-        self.pos = 0.0  # time of the last decoded frame (the stream start before any)
-        self.seen_any = False
+        self.tb_float = float(self.tb) if self.tb else 0.0  # Fraction arithmetic per packet is slow
+        self.can_seek = bool(self.tb) and info.timestamps
+        self.pos = 0.0  # time of the last frame handed out (the stream start before any)
+        self.pending: collections.deque = collections.deque()  # decoded frames not yet handed out
+        self.last_decoded: float | None = None
+        self.seek_bias = 0.0  # how far before a wanted time to seek, for demuxers that land after it (MPEG-TS)
         self.seeks, self.max_seeks = 0, 0  # max_seeks is set per call: a bound that rules out seek loops
         self.gop_floor = 5.0  # keyframe spacing assumed when neither the index nor decoding has shown it
         self.seen_keys: set[float] = set()  # keyframes met while decoding, for streams without an index
@@ -358,24 +369,30 @@ class _Decoder:
         return keys[i] if i >= 0 else None
 
     def _seek(self, t: float) -> None:
+        """Seek to the keyframe before ``t``; past the seek budget, go back to the start and only decode forward."""
         self.seeks += 1
         if self.seeks > self.max_seeks:
-            log.debug("%s: %d seeks; decoding forward from here", self.label, self.seeks)
-            self.can_seek = False
-            return
+            log.debug("%s: %d seeks; decoding forward from the start", self.label, self.seeks)
+            self.can_seek, t = False, -1.0
         try:
-            self.container.seek(int((t + self.info.start) / self.tb), stream=self.stream, backward=True)
+            self.container.seek(int((max(t - self.seek_bias, 0.0) + self.info.start) / self.tb), stream=self.stream,
+                                backward=True)
         except av.error.FFmpegError as e:  # e.g. a format without seeking: decode forward instead
             log.debug("%s: seek to %.3fs failed (%s); decoding forward", self.label, t, e)
             self.can_seek = False
+            return
+        self.pending.clear()
+        self.last_decoded = None
 
     def _frames(self, wanted):
         """Yield (time, frame) from the current position; ``wanted()`` is the next time a frame is needed at."""
-        start, tb, fps = self.info.start, self.tb, self.info.fps
+        start, tb, fps = self.info.start, self.tb_float, self.info.fps
         margin = SKIP_MARGIN_FRAMES / fps
+        while self.pending:  # frames decoded before the caller last stopped
+            yield self._hand_out()
         for packet in self.container.demux(self.stream):
             # Frames no other frame references can be dropped while far before the next wanted time.
-            t_packet = None if packet.pts is None else float(packet.pts * tb) - start
+            t_packet = None if packet.pts is None else packet.pts * tb - start
             if t_packet is not None:
                 self.last_packet = t_packet if self.last_packet is None else max(self.last_packet, t_packet)
             skip = t_packet is not None and t_packet < wanted() - margin
@@ -390,38 +407,46 @@ class _Decoder:
                 continue
             for frame in frames:
                 if frame.pts is not None and tb:
-                    t = float(frame.pts * tb) - start
+                    t = frame.pts * tb - start
                 else:  # no timestamps (raw streams): frames are 1 / fps apart
-                    t = self.pos + 1.0 / fps if self.seen_any else 0.0
+                    t = 0.0 if self.last_decoded is None else self.last_decoded + 1.0 / fps
                     self.can_seek = False
-                self.seen_any = True
-                self.pos = t
-                if frame.key_frame:
-                    self.seen_keys.add(round(t, 6))
-                yield t, frame
+                self.last_decoded = t
+                self.pending.append((t, frame))
+            while self.pending:
+                yield self._hand_out()
+
+    def _hand_out(self) -> tuple[float, av.VideoFrame]:
+        t, frame = self.pending.popleft()
+        self.pos = t
+        if frame.key_frame:
+            self.seen_keys.add(round(t, 6))
+        return t, frame
 
     def pick(self, targets: list[float]) -> list[tuple[float, av.VideoFrame]]:
         """The frame on screen at each of the sorted ``targets``."""
         out: list[tuple[float, av.VideoFrame]] = []
-        n, retries = len(targets), 0
+        n, back = len(targets), 0.0
         self.max_seeks = self.seeks + 2 * n + 4
         seek_to = targets[0] if self._should_seek(targets[0]) else None
         while len(out) < n:
-            prev, landed, pos_before = None, seek_to, self.pos
+            prev, sought, pos_before = None, seek_to, self.pos
             if seek_to is not None:
                 self._seek(seek_to)
             seek_to = None
             for t, frame in self._frames(lambda: targets[len(out)]):
                 target = targets[len(out)]
-                if landed is not None and self.can_seek:  # the first frame after a seek
-                    if t > target + _EPS and retries < 3 and landed > 0:  # landed past the target: seek earlier
-                        retries += 1
-                        seek_to = max(0.0, landed - (t - target) - 2.0 / self.info.fps)
+                if sought is not None and self.can_seek:  # the first frame after a seek
+                    if t > target + _EPS and sought - self.seek_bias > 0:  # landed past the target: seek earlier
+                        # some demuxers land on the keyframe after the time asked for: step back further each time
+                        back = 2 * back if back else t - target + 2.0 / self.info.fps
+                        self.seek_bias += back
+                        seek_to = sought
                         break
                     if t <= pos_before + _EPS:  # landed where we already were: the keyframe guess was wrong
                         self.info.keyframes = None
                         self.gop_floor = max(self.gop_floor, 2.0 * (target - t))
-                    landed, retries = None, 0
+                    sought, back = None, 0.0
                 while len(out) < n and t > targets[len(out)] + _EPS:
                     out.append(prev or (t, frame))
                 if len(out) == n:
@@ -492,7 +517,7 @@ class _Decoder:
             )
 
 
-def _to_tensor(frames: list[av.VideoFrame], short_side: int | None, info: _Info) -> torch.Tensor:
+def _to_tensor(frames: list[av.VideoFrame], short_side: int | None) -> torch.Tensor:
     """RGB uint8 (R, C, H, W), upright, all at the first frame's (resized) size."""
     first = frames[0]
     width, height = first.width, first.height

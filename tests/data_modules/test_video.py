@@ -221,6 +221,18 @@ def test_containers_and_codecs(tmp_path, codec, fmt, suffix, options):
     assert out.duration == pytest.approx(2.0, abs=0.05)
 
 
+def test_stream_without_index_seeks_correctly(tmp_path):
+    """MPEG-TS has no keyframe index: seeks rely on the keyframes seen while decoding."""
+    path = encode(tmp_path / "long.ts", coded_frames(250, 32, 32), fmt="mpegts", options={"g": "25"})
+    times, _ = full_decode(path)
+    for seed in range(2):
+        out = read_video(path, num_frames=4, sampling="segment", generator=torch.Generator().manual_seed(seed))
+        starts = [t - times[0] for t in times]
+        expected = [max(i for i, t in enumerate(starts) if t <= target + 1e-6) for target in out.timestamps.tolist()]
+        assert frame_index(out.frames) == expected
+        assert [i // 63 for i in expected] == [0, 1, 2, 3]
+
+
 def test_variable_frame_rate(tmp_path):
     # 40 frames, 40 ms apart for the first half and 120 ms apart after: timestamps in ms
     pts = [40 * i for i in range(20)] + [800 + 120 * i for i in range(20)]
