@@ -1,0 +1,143 @@
+"""QFormerFusion: shapes for every option, gradients, frame-count changes, padding frames, text joined or not."""
+
+import pytest
+import torch
+
+from vrp.models.qformer import QFormer, QFormerFusion
+
+D, GRID, PREFIX, T = 16, (2, 2), 1, 3
+N = PREFIX + GRID[0] * GRID[1]
+
+
+def fusion(**kw) -> QFormerFusion:
+    torch.manual_seed(0)
+    args = dict(num_query_tokens=4, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_frames=T,
+                video_num_query_tokens=3, video_num_layers=1, num_slots=2, slot_iters=2)
+    return QFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
+
+
+def inputs(B=2, frames=T, K=2):
+    g = torch.Generator().manual_seed(1)
+    visual = torch.randn(B, frames, N, D, generator=g)
+    xy = torch.rand(B, frames, K, 2, generator=g) * 0.5
+    boxes = torch.cat([xy, xy + 0.3], dim=-1)
+    return visual, torch.ones(B, frames, dtype=torch.bool), boxes
+
+
+OPTIONS = [dict(temporal=t, objects=o, vocab_size=v) for t in ("per_frame", "joint") for o in (False, True)
+           for v in (0, 20)]
+
+
+@pytest.mark.parametrize("kw", OPTIONS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_shapes_and_gradients(kw):
+    f = fusion(**kw).train()
+    visual, mask, boxes = inputs()
+    text = dict(text_ids=torch.randint(1, 20, (2, 5)), text_mask=torch.ones(2, 5, dtype=torch.long)) if kw["vocab_size"] else {}
+    for b in ([None, boxes] if kw["objects"] else [None]):
+        out = f(visual.requires_grad_(), mask, boxes=b, **text)
+        assert out.shape == (2, f.num_output_tokens, f.output_dim)
+        assert f.num_output_tokens == (3 if kw["temporal"] == "per_frame" else 4)
+        f.zero_grad()
+        out.square().mean().backward()
+        assert visual.grad is not None and visual.grad.abs().sum() > 0
+        unused = {"word_embeddings", "position_embeddings", "text_ffn", "slots." if b is not None else "roi_proj",
+                  "box_embed"}
+        for name, p in f.named_parameters():
+            if any(u in name for u in unused) or name.endswith("kv.bias") or "cross_attn.kv.bias" in name:
+                continue  # key biases cancel in softmax; unused branches of this call
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        visual.grad = None
+
+
+def test_text_joined_changes_queries_and_stage1_api():
+    f = fusion(vocab_size=20)
+    visual, mask, _ = inputs()
+    ids, tmask = torch.randint(1, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        plain = f(visual, mask)
+        joined = f(visual, mask, text_ids=ids, text_mask=tmask)
+        both = f.forward_with_text(visual, mask, ids, tmask)
+        causal = f.forward_with_text(visual, mask, ids, tmask, text_causal=True)
+        text = f.encode_text(ids, tmask)
+    assert not torch.allclose(plain, joined)
+    torch.testing.assert_close(both[:, :3], joined)
+    assert both.shape == (2, 3 + 5, 16) and text.shape == (2, 5, 16)
+    # causal text: queries do not see the text, so they equal the text-free queries
+    torch.testing.assert_close(causal[:, :3], plain)
+    # changing a later text token does not change earlier text outputs under the causal mask
+    ids2 = ids.clone()
+    ids2[:, -1] = (ids[:, -1] % 19) + 1
+    with torch.no_grad():
+        causal2 = f.forward_with_text(visual, mask, ids2, tmask, text_causal=True)
+    torch.testing.assert_close(causal2[:, :-1], causal[:, :-1])
+    with pytest.raises(ValueError, match="without text"):
+        fusion()(visual, mask, text_ids=ids)
+
+
+@pytest.mark.parametrize("temporal", ["per_frame", "joint"])
+def test_other_frame_count_at_inference(temporal):
+    f = fusion(temporal=temporal, objects=True)
+    for frames in (1, 5):
+        visual, mask, boxes = inputs(frames=frames)
+        with torch.no_grad():
+            assert f(visual, mask, boxes=boxes).shape == (2, f.num_output_tokens, 16)
+
+
+@pytest.mark.parametrize("kw", [dict(temporal="per_frame"), dict(temporal="joint"),
+                                dict(temporal="per_frame", objects=True), dict(temporal="joint", objects=True)],
+                         ids=str)
+def test_padding_frames_do_not_influence_output(kw):
+    f = fusion(**kw)
+    visual, mask, boxes = inputs()
+    mask[0, 2:] = False  # first video has 2 real frames
+    other = visual.clone()
+    other[0, 2:] = torch.randn_like(other[0, 2:]) * 10
+    other_boxes = boxes.clone()
+    other_boxes[0, 2:] = torch.rand_like(other_boxes[0, 2:])
+    for b, ob in ([(None, None), (boxes, other_boxes)] if kw.get("objects") else [(None, None)]):
+        with torch.no_grad():
+            a, c = f(visual, mask, boxes=b), f(other, mask, boxes=ob)
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=0)
+    with torch.no_grad():  # but a real frame does change it (not by a constant: visual_norm would remove that)
+        other[0, 0] += torch.randn_like(other[0, 0])
+        assert not torch.allclose(f(visual, mask), f(other, mask))
+
+
+def test_masked_boxes_do_not_influence_output():
+    f = fusion(objects=True, temporal="joint")
+    visual, mask, boxes = inputs()
+    box_mask = torch.ones(boxes.shape[:3], dtype=torch.bool)
+    box_mask[:, :, 1] = False
+    junk = boxes.clone()
+    junk[:, :, 1] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(f(visual, mask, boxes=boxes, box_mask=box_mask),
+                                   f(visual, mask, boxes=junk, box_mask=box_mask))
+
+
+def test_bad_inputs_are_clear_errors():
+    f = fusion()
+    visual, mask, _ = inputs()
+    with pytest.raises(ValueError, match="tokens per frame"):
+        f(visual[:, :, :-1], mask)
+    with pytest.raises(ValueError, match="no real frame"):
+        f(visual, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="temporal"):
+        fusion(temporal="sideways")
+
+
+def test_factory_call_matches_reasoner_contract():
+    from functools import partial
+
+    make = partial(QFormerFusion, num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                   video_num_query_tokens=2, video_num_layers=1)
+    f = make(D, GRID, PREFIX)
+    assert (f.output_dim, f.num_output_tokens, f.hidden_size, f.supports_text) == (16, 2, 16, False)
+
+
+def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
+    q = QFormer(8, num_query_tokens=2, hidden_size=8, num_layers=4, num_heads=2, intermediate_size=16,
+                cross_attention_freq=2, dropout=0.1, attention_dropout=0.1)
+    assert [layer.cross_attn is not None for layer in q.layers] == [True, False, True, False]
+    out = q(torch.randn(3, 5, 8))
+    assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
