@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -10,40 +11,30 @@ from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models.qformer import QFormer
-
-
-class JointQFormer(nn.Module):
-    """All frames' tokens as one memory (the layout `cross_attention_maps` reads for a joint Q-Former)."""
-
-    def __init__(self, vision_width, grid, num_prefix_tokens):
-        super().__init__()
-        self.qformer = QFormer(vision_width, num_query_tokens=3, hidden_size=16, num_layers=2, num_heads=2,
-                               intermediate_size=32)
-
-    def forward(self, visual, frame_mask, **unused):
-        B, T, N, D = visual.shape
-        mask = frame_mask[:, :, None].expand(B, T, N).reshape(B, T * N)
-        return self.qformer(visual.reshape(B, T * N, D), mask)
+from vrp.models.qformer import QFormerFusion
 
 
 class Model(nn.Module):
-    def __init__(self, vision):
+    def __init__(self, vision, temporal, objects):
         super().__init__()
-        self.vision, self.fusion = vision, JointQFormer(vision.width, vision.grid, vision.num_prefix_tokens)
+        self.vision = vision
+        self.fusion = QFormerFusion(vision.width, vision.grid, vision.num_prefix_tokens, temporal=temporal,
+                                    num_query_tokens=3, hidden_size=16, num_layers=2, num_heads=2,
+                                    intermediate_size=32, num_frames=3, objects=objects, num_slots=2)
 
     def encode_video(self, video, frame_mask, **unused):
         return self.fusion(self.vision(video), frame_mask)
 
 
-def test_cross_attention_maps(reasoner):
+@pytest.mark.parametrize("temporal,objects", [("per_frame", False), ("joint", True)])
+def test_cross_attention_maps(reasoner, temporal, objects):
     torch.manual_seed(0)
-    model = Model(reasoner.vision).eval()
+    model = Model(reasoner.vision, temporal, objects).eval()
     batch = {"video": torch.randn(2, 3, 3, 16, 16), "frame_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()}
     maps = cross_attention_maps(model, batch)
     assert maps.shape == (2, 3, 2, 2)
     assert maps[1, 2].abs().sum() == 0  # the padding frame gets no attention
-    assert (maps.sum((1, 2, 3)) <= 1 + 1e-5).all() and (maps.sum((1, 2, 3)) > 0.5).all()  # CLS takes the rest
+    assert (maps.sum((1, 2, 3)) <= 1 + 1e-5).all() and (maps.sum((1, 2, 3)) > 0.1).all()  # CLS/objects take the rest
 
 
 def _tiny_run(tmp_path):

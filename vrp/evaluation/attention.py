@@ -2,9 +2,10 @@
 
 SDPA does not return attention weights, so forward hooks on every `vrp.models.qformer.CrossAttention` record its
 inputs (queries, memory, mask) and the weights are recomputed from its own q / k projections:
-softmax(q k^T / sqrt(d) + mask), averaged over heads and queries. Layers whose memory is the vision tokens are kept:
-a per-frame Q-Former (batch folded to B*T, memory N tokens) or a joint one (memory T*N tokens); object tokens
-appended after the visual tokens, and the video-level Q-Former's layers, are left out.
+softmax(q k^T / sqrt(d) + mask), averaged over heads and queries. Only layers that read the vision tokens count: those
+of `QFormerFusion.frame_qformer` (temporal="per_frame": one memory of N [+ K object] tokens per real frame) or of
+`QFormerFusion.qformer` (temporal="joint": one memory of T * (N [+ K]) tokens, frame-major); object tokens and the
+video-level Q-Former are left out.
 """
 
 from __future__ import annotations
@@ -30,36 +31,39 @@ def _weights(module: nn.Module, x: torch.Tensor, memory: torch.Tensor, mask: tor
 
 @torch.no_grad()
 def cross_attention_maps(model: nn.Module, batch: dict) -> torch.Tensor:
-    """(B, T, gh, gw) attention mass on each patch of each frame (summing to ~1 per clip; prefix tokens dropped),
-    averaged over the kept cross-attention layers. Raises if the fusion has no such layer (e.g. a connector)."""
+    """(B, T, gh, gw) attention mass on each patch of each frame (at most 1 per clip; prefix and object tokens
+    dropped), averaged over the cross-attention layers that read the vision tokens. Raises if there are none
+    (e.g. a linear/MLP connector)."""
     from vrp.models.qformer import CrossAttention
 
+    fusion = model.fusion
+    per_frame = getattr(fusion, "frame_qformer", None) is not None
+    source = fusion.frame_qformer if per_frame else getattr(fusion, "qformer", fusion)
     calls: list[tuple[nn.Module, tuple]] = []
     hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args)))
-             for m in model.fusion.modules() if isinstance(m, CrossAttention)]
+             for m in source.modules() if isinstance(m, CrossAttention)]
     if not hooks:
-        raise ValueError(f"{type(model.fusion).__name__} has no Q-Former cross-attention to visualise")
+        raise ValueError(f"{type(fusion).__name__} has no Q-Former cross-attention to visualise")
+    device = next(model.parameters()).device
+    get = lambda k: batch[k].to(device) if isinstance(batch.get(k), torch.Tensor) else None  # noqa: E731
     try:
-        device = next(model.parameters()).device
-        model.encode_video(batch["video"].to(device), batch["frame_mask"].to(device), boxes=batch.get("boxes"),
-                           box_mask=batch.get("box_mask"))
+        model.encode_video(get("video"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"))
     finally:
         for hk in hooks:
             hk.remove()
-    B, T = batch["frame_mask"].shape
+    frame_mask = batch["frame_mask"].bool().cpu()
+    B, T = frame_mask.shape
     gh, gw = model.vision.grid
     P = model.vision.num_prefix_tokens
     N = P + gh * gw
     maps = []
     for module, (x, memory, mask) in calls:
-        w = _weights(module, x, memory, mask)  # (B', M)
-        if w.shape[0] == B * T and w.shape[1] >= N:  # per-frame Q-Former: one memory per frame
-            w = w[:, :N].reshape(B, T, N) / T
-        elif w.shape[0] == B and w.shape[1] >= T * N:  # joint Q-Former: all frames in one memory
-            w = w[:, : T * N].reshape(B, T, N)
-        else:
-            continue
+        w = _weights(module, x, memory, mask).cpu()  # (B', M)
+        if per_frame:  # the frame Q-Former ran on the real frames only: (R, N [+ objects])
+            full = w.new_zeros(B * T, N)
+            full[frame_mask.flatten()] = w[:, :N]
+            w = full.view(B, T, N) / frame_mask.sum(1).clamp_min(1)[:, None, None]
+        else:  # joint: (B, T * (N [+ objects])), frame-major
+            w = w.view(B, T, -1)[..., :N]
         maps.append(w[..., P:].reshape(B, T, gh, gw))
-    if not maps:
-        raise ValueError("no cross-attention layer reads the vision tokens directly; cannot map attention to patches")
-    return torch.stack(maps).mean(0).cpu()
+    return torch.stack(maps).mean(0)
