@@ -83,7 +83,7 @@ def _hf_models():
                          vocab_size=99), projection_dim=16)), 1
 
 
-@pytest.mark.parametrize("name,build,prefix", list(_hf_models()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("name,build,prefix", [pytest.param(*m, id=m[0]) for m in _hf_models()])
 def test_hf_round_trip_matches_last_hidden_state(tmp_path, name, build, prefix):
     torch.manual_seed(0)
     ref = build().eval()
