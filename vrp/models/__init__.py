@@ -2,10 +2,11 @@
 
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
 from vrp.models.llm import VIDEO_TOKEN, CausalLM, tiny_llama_config
+from vrp.models.qformer import QFormer, QFormerFusion
 from vrp.models.reasoner import VideoReasoner
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 __all__ = [
     "VIDEO_TOKEN", "CausalLM", "HFVisionEncoder", "LinearConnector", "MLPConnector", "OpenClipVisionEncoder",
-    "PerceiverResampler", "PoolingConnector", "VideoReasoner", "tiny_llama_config", "tiny_vit_config",
+    "PerceiverResampler", "PoolingConnector", "QFormer", "QFormerFusion", "VideoReasoner", "tiny_llama_config", "tiny_vit_config",
 ]
