@@ -293,8 +293,9 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
     picks = None
     if sampling == "fps" or expected > 2 * num_frames:
         picks = decoder.pick(targets)
-        if sampling != "fps" and len({t for t, _ in picks}) < len(picks) and expected <= 8 * num_frames:
-            picks = None  # fewer frames than the metadata promised: look at all of them
+        if (sampling != "fps" and len({t for t, _ in picks}) < len(picks) and expected <= 8 * num_frames
+                and decoder.rewind()):
+            picks = None  # two targets fell on one frame: look at all frames and pick by index instead
     if picks is None:
         window = decoder.collect(t0, t1)
         if len(window) <= num_frames:
@@ -383,6 +384,18 @@ class _Decoder:
             return
         self.pending.clear()
         self.last_decoded = None
+
+    def rewind(self) -> bool:
+        """Go back to the stream start for a second pass; False where the stream cannot seek."""
+        if not self.can_seek:
+            return False
+        self.max_seeks = self.seeks + 1
+        self._seek(0.0)
+        if not self.can_seek:
+            return False
+        self.pos, self.skipping = 0.0, False
+        self.codec.skip_frame = "DEFAULT"
+        return True
 
     def _frames(self, wanted):
         """Yield (time, frame) from the current position; ``wanted()`` is the next time a frame is needed at."""

@@ -140,6 +140,17 @@ def test_segment_is_random_within_segments_and_seeded(clip):
     assert frame_index(again.frames) == picks[0]
 
 
+def test_segment_on_a_short_clip_never_fails(tmp_path):
+    """30 frames for 8 segments: two random times can land on one frame, which once made the reader give up."""
+    path = tmp_path / "short.mp4"
+    write_video(path, coded_frames(30), fps=8)
+    for seed in range(40):
+        clip = read_video(path, 8, sampling="segment", generator=torch.Generator().manual_seed(seed))
+        picked = frame_index(clip.frames)
+        assert clip.frame_mask.all()
+        assert picked == sorted(picked) and len(set(picked)) == 8, (seed, picked)
+
+
 def test_fixed_fps_from_a_start_time(clip):
     out = read_video(clip, num_frames=6, sampling="fps", fps=5.0, start_sec=1.0)
     assert frame_index(out.frames) == [25, 30, 35, 40, 45, 50]
