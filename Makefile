@@ -20,8 +20,11 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# torchcodec needs FFmpeg's shared libraries (Debian 12 names); without them its benchmark row is skipped, with the reason.
+FFMPEG_LIBS := libavutil57 libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4
 $(BENCH_INSTALLED): $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	-command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends $(FFMPEG_LIBS) >/dev/null
 	touch $@
 
 data: $(DATA)/meta.json
