@@ -195,10 +195,9 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
                        f"encoder.layer.{n - 1}.attention.self.query.weight")
     # BERT has one FFN per layer (intermediate/output); it initialises both the query and the text FFN.
     src = dict(bert)
-    for i in range(n):
-        for part in ("intermediate.dense", "output.dense", "output.LayerNorm"):
-            for kind in ("weight", "bias"):
-                src[f"encoder.layer.{i}.{part.replace('intermediate', 'intermediate_query').replace('output', 'output_query')}.{kind}"] = bert[f"encoder.layer.{i}.{part}.{kind}"]
+    for k, v in bert.items():
+        if k.startswith("encoder.layer.") and (".intermediate." in k or ".output." in k and ".attention." not in k):
+            src[k.replace(".intermediate.", ".intermediate_query.").replace(".output.", ".output_query.")] = v
     out = _bert_layers(src, n, self_attn="self", cross=False, text=qformer.supports_text)
     for kind in ("weight", "bias"):
         out[f"embed_norm.{kind}"] = bert[f"embeddings.LayerNorm.{kind}"]
