@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
 ANSWERS = ["red", "green", "blue", "yellow"]
@@ -97,6 +97,10 @@ class ToyData(L.LightningDataModule):
 
     def _loader(self, seed: int, with_options: bool, shuffle: bool) -> DataLoader:
         ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options)
+        if self.trainer is not None and self.trainer.world_size > 1:  # rank r reads samples r, r + W, ...
+            sampler = DistributedSampler(ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle,
+                                         seed=self.seed)
+            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=_collate)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate,
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
