@@ -17,7 +17,6 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from vrp.training.callbacks import RNGState
-from vrp.training.checkpoint import AtomicCheckpointIO
 
 TOOLS = {
     "prepare": "vrp.training.embedded",
@@ -40,7 +39,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> VRPCLI:
         subclass_mode_model=True,
         datamodule_class=L.LightningDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"plugins": [AtomicCheckpointIO()]},
+        trainer_defaults={"plugins": [{"class_path": "vrp.training.checkpoint.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
         args=args,
