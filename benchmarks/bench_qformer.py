@@ -1,6 +1,7 @@
 """Forward + backward time of our Q-Former vs `transformers.Blip2QFormerModel` at BLIP-2 size, same weights, fp32.
 
-Both get the same random weights (loaded through `vrp.models.interop`), outputs are checked to match, then the two are
+Both get the same random weights (loaded through `vrp.models.interop`), outputs and gradients (query tokens, first
+cross-attention key/value weights) are checked to match, then the two are
 timed interleaved (A, B, A, B, ...) so machine noise hits both alike; the median of `--repeats` runs is reported.
 Memory: `--frames` frames x `--tokens` tokens of width `--memory-width`, folded into the batch as the per-frame
 Q-Former sees them. The vision features are frozen (no gradient to the memory), as in training.
@@ -62,7 +63,14 @@ def main() -> None:
         fn().square().mean().backward()
         return time.perf_counter() - t
 
-    step(run_hf), step(lambda: ours(memory))  # warm-up
+    step(run_hf), step(lambda: ours(memory))  # warm-up, which also checks the gradients
+    att = hf.encoder.layer[0].crossattention.attention
+    grads = [(query_tokens.grad, ours.query_tokens.grad),
+             (torch.cat([att.key.weight.grad, att.value.weight.grad]), ours.layers[0].cross_attn.kv.weight.grad),
+             (att.value.bias.grad, ours.layers[0].cross_attn.kv.bias.grad[768:])]
+    gdiff = max(((a - b).abs().max() / a.abs().max()).item() for a, b in grads)
+    if gdiff > 1e-3:
+        raise SystemExit(f"gradients differ by {gdiff:.2e} (relative): the comparison would be meaningless")
     times: dict[str, list[float]] = {"transformers": [], "vrp": []}
     for _ in range(args.repeats):
         times["transformers"].append(step(run_hf))
@@ -72,7 +80,8 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     print(f"Q-Former fwd+bwd, {args.layers} layers, hidden 768, {args.queries} queries, memory {args.frames}x"
           f"{args.tokens}x{args.memory_width}, {args.threads} threads, median of {args.repeats}")
-    print(f"  parameters: transformers {n_hf:,}  vrp {n_ours:,}   max |output diff| {diff:.1e}")
+    print(f"  parameters: transformers {n_hf:,}  vrp {n_ours:,}   max |output diff| {diff:.1e}, "
+          f"max relative gradient diff {gdiff:.1e}")
     for k, v in med.items():
         print(f"  {k:13s} {v * 1000:8.1f} ms   (min {min(times[k]) * 1000:.1f}, max {max(times[k]) * 1000:.1f})")
     best = {k: min(v) for k, v in times.items()}

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vrp.models.qformer import QFormer, QFormerFusion
 
@@ -141,3 +142,86 @@ def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
     assert [layer.cross_attn is not None for layer in q.layers] == [True, False, True, False]
     out = q(torch.randn(3, 5, 8))
     assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
+
+
+def _cross_attention(hidden=32, width=24, heads=2, seed=0):
+    from vrp.models.qformer import CrossAttention
+
+    torch.manual_seed(seed)
+    m = CrossAttention(hidden, width, heads, eps=1e-12, dropout=0.0, attention_dropout=0.0)
+    with torch.no_grad():  # non-zero biases and LayerNorm so that dropping / moving the K and V biases is tested
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m
+
+
+def _run(m, path, x, memory, mask):
+    m.zero_grad()
+    x, memory = x.clone().requires_grad_(), memory.clone().requires_grad_()
+    y = getattr(m, path)(x, memory, mask)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y, x.grad, memory.grad, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_folded_cross_attention_equals_ordinary(masked):
+    """The K/V folding is exact algebra: outputs and every gradient match the plain path (float64: to ~1e-12)."""
+    m = _cross_attention().double()
+    g = torch.Generator().manual_seed(2)
+    x, memory = torch.randn(3, 4, 32, generator=g).double(), torch.randn(3, 12, 24, generator=g).double() * 2
+    keep = torch.rand(3, 12, generator=g) > 0.4
+    keep[:, 0] = True
+    mask = keep[:, None, None, :] if masked else None
+    assert m.fold_memory(4, 12) and not m.fold_memory(16, 12)
+    ref, fold = _run(m, "_attend", x, memory, mask), _run(m, "_attend_folded", x, memory, mask)
+    for a, b in zip(ref[:3], fold[:3]):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    assert fold[3].keys() == {"q.weight", "q.bias", "kv.weight", "kv.bias"}
+    for name, grad in ref[3].items():
+        torch.testing.assert_close(fold[3][name], grad, atol=1e-12, rtol=1e-10, msg=name)
+    torch.testing.assert_close(fold[3]["kv.bias"][:32], torch.zeros(32, dtype=torch.float64))  # key bias cancels
+    if masked:  # masked memory tokens get no gradient
+        assert (fold[2][~keep] == 0).all()
+    with torch.no_grad():  # and through the whole block (proj, residual, LayerNorm), in fp32 as well
+        torch.testing.assert_close(m.float()(x.float(), memory.float(), mask),
+                                   m.norm(m.proj(m._attend(x.float(), memory.float(), mask)) + x.float()),
+                                   atol=1e-5, rtol=0)
+
+
+def test_folded_cross_attention_with_attention_dropout_scales_value_bias_by_row_sums():
+    m = _cross_attention(seed=3).train()
+    m.attention_dropout = 0.5
+    x, memory = torch.randn(2, 4, 32), torch.randn(2, 12, 24)
+    torch.manual_seed(7)
+    y = m._attend_folded(x, memory, None)
+    torch.manual_seed(7)  # same dropout draw, applied to explicitly formed keys and values
+    k, v = m.kv(memory).view(2, 12, 2, 2, 16).permute(2, 0, 3, 1, 4)
+    q = m.q(x).view(2, 4, 2, 16).transpose(1, 2)
+    attn = F.dropout((q @ k.transpose(-1, -2) / 4).softmax(-1), 0.5)
+    torch.testing.assert_close(y, (attn @ v).transpose(1, 2).reshape(2, 4, 32), atol=1e-5, rtol=0)
+
+
+def test_folded_path_matches_transformers_blip2():
+    """A config where the folding is chosen (heads * queries < hidden, long memory) against Blip2QFormerModel."""
+    from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+    from vrp.models.interop import load_blip2_qformer
+
+    torch.manual_seed(5)
+    hf = Blip2QFormerModel(Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                              intermediate_size=64, cross_attention_frequency=1,
+                                              encoder_hidden_size=24)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+    tokens = torch.randn(1, 4, 32)
+    ours = QFormer(24, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                   cross_attention_freq=1).eval()
+    load_blip2_qformer(ours, {"query_tokens": tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    assert all(layer.cross_attn.fold_memory(4, 20) for layer in ours.layers)
+    memory, keep = torch.randn(2, 20, 24), torch.ones(2, 20, dtype=torch.bool)
+    keep[1, 13:] = False
+    with torch.no_grad():
+        ref = hf(query_embeds=tokens.expand(2, -1, -1), encoder_hidden_states=memory,
+                 encoder_attention_mask=keep.long()).last_hidden_state
+        torch.testing.assert_close(ours(memory, keep), ref, atol=1e-5, rtol=0)

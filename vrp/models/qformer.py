@@ -4,7 +4,8 @@
 weights load exactly (see `vrp.models.interop`). `QFormerFusion` turns it into a video fusion module with two
 spatiotemporal options and optional object tokens (`vrp.models.objects`).
 
-Speed: fused QKV / KV projections, SDPA everywhere, no per-call mask building when nothing is masked.
+Speed: fused QKV projection, SDPA for self-attention, no per-call mask building when nothing is masked, and
+cross-attention that never projects a long memory to keys and values (see `CrossAttention`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """BERT cross-attention block from queries (B, Q, H) to a memory (B, M, Dv); see the module docstring."""
+    """BERT cross-attention block from queries (B, Q, H) to a memory (B, M, Dv), residual, post-LayerNorm.
+
+    When the memory is long and the queries few (BLIP-2: 12 heads x 32 queries < 257 tokens per frame), the keys and
+    values of the memory are never formed: the key projection is folded into the queries,
+    q_h k_h^T = (q_h Wk_h^T) M^T + const, whose key-bias term is constant along the key axis and cancels in the
+    softmax, and the value projection is applied after attention, a_h (M Wv_h^T + bv_h) = (a_h M) Wv_h^T + bv_h
+    (rows of a_h sum to 1; with attention dropout the bias is scaled by the row sums). This is exact algebra and
+    about halves the multiply-adds against the memory, forward and backward; `fold_memory` picks the cheaper form.
+    """
 
     def __init__(self, hidden_size: int, memory_width: int, num_heads: int, *, eps: float, dropout: float,
                  attention_dropout: float):
@@ -62,14 +71,46 @@ class CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attention_dropout = attention_dropout
 
+    def fold_memory(self, num_queries: int, memory_len: int) -> bool:
+        """True when folding K/V into the queries costs fewer multiply-adds against the memory than projecting it."""
+        H = self.q.out_features
+        return self.num_heads * num_queries * memory_len + num_queries * H < H * memory_len
+
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        fold = self.fold_memory(x.shape[1], memory.shape[1])
+        y = self._attend_folded(x, memory, mask) if fold else self._attend(x, memory, mask)  # (B, Q, H)
+        return self.norm(self.dropout(self.proj(y)) + x)
+
+    def _attend(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, Q, H = x.shape
         h, d = self.num_heads, H // self.num_heads
         q = self.q(x).view(B, Q, h, d).transpose(1, 2)  # (B, h, Q, d)
         k, v = self.kv(memory).view(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # (B, h, M, d)
         p = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2).reshape(B, Q, H)
-        return self.norm(self.dropout(self.proj(y)) + x)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2).reshape(B, Q, H)
+
+    def _attend_folded(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, Q, H = x.shape
+        M, W = memory.shape[1:]
+        h, d = self.num_heads, H // self.num_heads
+        w_k, w_v = self.kv.weight.view(2, h, d, W).unbind(0)  # (h, d, W)
+        q = (self.q(x) * d**-0.5).view(B * Q, h, d).transpose(0, 1)  # (h, B*Q, d)
+        qk = torch.bmm(q, w_k).view(h, B, Q, W).transpose(0, 1).reshape(B, h * Q, W)  # queries in memory space
+        scores = torch.bmm(qk, memory.transpose(1, 2)).view(B, h, Q, M)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        attn = scores.softmax(-1)
+        if self.training and self.attention_dropout > 0:
+            attn = F.dropout(attn, self.attention_dropout)
+        read = torch.bmm(attn.view(B, h * Q, M), memory)  # (B, h*Q, W): attention-weighted memory per head
+        read = read.view(B, h, Q, W).transpose(0, 1).reshape(h, B * Q, W)
+        y = torch.bmm(read, w_v.transpose(1, 2)).view(h, B, Q, d).permute(1, 2, 0, 3)  # (B, Q, h, d)
+        b_v = self.kv.bias[H:].view(h, d)
+        if self.training and self.attention_dropout > 0:  # dropped rows no longer sum to 1
+            y = y + attn.sum(-1).transpose(1, 2)[..., None] * b_v
+        else:
+            y = y + b_v
+        return y.reshape(B, Q, H)
 
 
 class FeedForward(nn.Module):
