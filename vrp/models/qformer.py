@@ -52,7 +52,7 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """BERT cross-attention block from queries (B, Q, H) to a memory (B, M, Dv), residual, post-LayerNorm.
 
-    When the memory is long and the queries few (BLIP-2: 12 heads x 32 queries < 257 tokens per frame), the keys and
+    When heads x queries < hidden size and the memory is long (BLIP-2: 12 x 32 = 384 < 768, 257 tokens), the keys and
     values of the memory are never formed: the key projection is folded into the queries,
     q_h k_h^T = (q_h Wk_h^T) M^T + const, whose key-bias term is constant along the key axis and cancels in the
     softmax, and the value projection is applied after attention, a_h (M Wv_h^T + bv_h) = (a_h M) Wv_h^T + bv_h
