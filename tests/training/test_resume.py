@@ -1,0 +1,122 @@
+"""SIGKILL mid-epoch, resume with `--ckpt_path last`: the following steps' losses equal an uninterrupted run's.
+
+Runs the real CLI, the real InstructionDataModule (StatefulDataLoader, 2 workers) on a tiny synthetic set, tiny
+saved backbones and a Q-Former with dropout, so RNG, optimizer, scheduler and dataloader state all matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tiny import TINY_LLM, TINY_VIT
+
+STEPS, CKPT_EVERY, KILL_AFTER = 10, 4, 6
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    from data_modules.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, videos=40, seed=0, workers=1)
+    from vrp.training.embedded import prepare
+
+    prepare(str(root / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
+    return root
+
+
+def _config(root: Path, run: Path) -> Path:
+    cfg = {
+        "seed_everything": 3,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "logger": False,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(run),
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0,
+                               "every_n_train_steps": CKPT_EVERY}},
+                {"class_path": "vrp.training.StepLossLog", "init_args": {"path": str(run / "losses.jsonl")}},
+            ],
+        },
+        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {"lr": 1e-3, "warmup_steps": 2, "model": {
+            "class_path": "vrp.models.VideoReasoner", "init_args": {
+                "vision": {"class_path": "vrp.models.HFVisionEncoder",
+                           "init_args": {"model_name_or_path": str(root / "backbones" / "vit")}},
+                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": {
+                    "num_query_tokens": 4, "video_num_query_tokens": 4, "hidden_size": 32, "num_layers": 1,
+                    "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64, "num_frames": 2,
+                    "dropout": 0.1}},
+                "llm": {"class_path": "vrp.models.CausalLM",
+                        "init_args": {"model_name_or_path": str(root / "backbones" / "llm"), "lora_rank": 4,
+                                      "lora_dropout": 0.1}},
+                "llm_mode": "lora"}}}},
+        "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
+            "num_frames": 2, "batch_size": 4, "num_workers": 2, "seed": 0, "synthetic_root": str(root),
+            "generate_if_missing": False,
+            # tiny sets leave val/test without balanced MC items; validation is off anyway
+            "val": {"class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {"path": str(root / "train" / "mc.csv")}}}},
+    }
+    path = run / "config.yaml"
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vrp", "fit", "--config", str(config), *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+
+
+def _losses(path: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp_path):
+    full_run, cut_run = tmp_path / "full", tmp_path / "cut"
+    proc = subprocess.run(_cmd(_config(synthetic_root, full_run)), env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = _losses(full_run / "losses.jsonl")
+    assert sorted(reference) == list(range(1, STEPS + 1))
+
+    config = _config(synthetic_root, cut_run)
+    child = subprocess.Popen(_cmd(config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = cut_run / "losses.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None:
+        if log.is_file() and max(_losses(log), default=0) >= KILL_AFTER:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = max(_losses(log))
+    assert killed_at < STEPS
+    last = torch.load(cut_run / "ckpt" / "last.ckpt", weights_only=True)
+    resumed_from = last["global_step"]
+    assert 0 < resumed_from <= killed_at
+    log.unlink()
+
+    proc = subprocess.run(_cmd(config, "--ckpt_path", "last"), env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = _losses(log)
+    assert sorted(resumed) == list(range(resumed_from + 1, STEPS + 1))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, loss, reference[step])
