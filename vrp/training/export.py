@@ -1,0 +1,78 @@
+"""Export a trained model to a folder that inference loads without Lightning state, and load it back.
+
+    vrp export --ckpt runs/embedded/finetune/checkpoints/last.ckpt --out artifacts/model [--merge-lora]
+
+<out>/model.yaml            the VideoReasoner config (class_path/init_args; frozen backbones by name/path)
+<out>/trainable.safetensors  fusion + projection (+ LoRA adapters unless merged) weights
+<out>/llm/                  with --merge-lora: the LLM with LoRA merged (save_pretrained + tokenizer);
+                            model.yaml then points at it with llm_mode frozen
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def build_model(config: dict) -> nn.Module:
+    """Instantiate a `VideoReasoner` from its class_path/init_args dict (as LightningCLI saved it)."""
+    from jsonargparse import ArgumentParser
+
+    from vrp.models import VideoReasoner
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=VideoReasoner)
+    cfg = parser.parse_object({"model": config})
+    return parser.instantiate_classes(cfg).model
+
+
+def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    config = checkpoint.get("hyper_parameters", {}).get("model")
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise ValueError(f"{ckpt}: no model config in hyper_parameters; export needs a checkpoint written by `vrp fit`")
+    model = build_model(config)
+    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_trainable(weights, strict=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(config)
+    if merge_lora and model.modes["llm"] == "lora":
+        llm = model.llm
+        llm.model = llm.model.merge_and_unload()
+        llm.model.save_pretrained(out / "llm")
+        llm.tokenizer.save_pretrained(out / "llm")
+        args = config["init_args"]
+        args["llm"]["init_args"].update({"model_name_or_path": str((out / "llm").resolve()), "config": None,
+                                         "tokenizer": None})
+        args["llm_mode"] = "frozen"
+        weights = {k: v for k, v in weights.items() if not k.startswith("llm.")}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "trainable.safetensors"))
+    (out / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def load_exported(folder: str | Path) -> nn.Module:
+    """The VideoReasoner of an exported folder, in eval mode."""
+    folder = Path(folder)
+    for name in ("model.yaml", "trainable.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing; is {folder} a folder written by `vrp export`?")
+    model = build_model(yaml.safe_load((folder / "model.yaml").read_text()))
+    model.load_trainable(load_file(str(folder / "trainable.safetensors")), strict=True)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vrp export", description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge-lora", action="store_true")
+    a = p.parse_args(argv)
+    print(f"exported to {export(a.ckpt, a.out, merge_lora=a.merge_lora)}")
