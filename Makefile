@@ -10,7 +10,7 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data test test-slow test-all bench bench-decode clean
+.PHONY: install data prepare pretrain finetune test test-slow test-all bench bench-decode clean
 
 install: $(INSTALLED)
 
@@ -31,6 +31,28 @@ data: $(DATA)/meta.json
 
 $(DATA)/meta.json: $(INSTALLED)
 	$(PY) -m data_modules.synthetic --out $(DATA) --videos $(VIDEOS) --seed $(SEED)
+
+# The embedded default's tiny backbones, randomly initialised once and saved, then loaded by path like real ones.
+EMBEDDED := artifacts/embedded
+PRETRAIN_CKPT := runs/embedded/pretrain/checkpoints/last.ckpt
+FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
+
+prepare: $(EMBEDDED)/llm/config.json
+
+$(EMBEDDED)/llm/config.json: $(DATA)/meta.json
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED)
+
+# Stage 1. `make pretrain` always trains; `make finetune` runs it only when its checkpoint is missing.
+pretrain: $(EMBEDDED)/llm/config.json
+	$(PY) -m vrp fit --config experiments/embedded/pretrain.yaml $(ARGS)
+
+$(PRETRAIN_CKPT):
+	$(MAKE) pretrain
+
+# Stage 2, then the per-question-type accuracy table on the test split.
+finetune: $(EMBEDDED)/llm/config.json $(PRETRAIN_CKPT)
+	$(PY) -m vrp fit --config experiments/embedded/finetune.yaml $(ARGS)
+	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) $(ARGS)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
