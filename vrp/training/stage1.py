@@ -54,10 +54,12 @@ class AlignmentPretraining(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model())
         self.model = model
+        self.cache = steps.open_cache(feature_cache, self.hparams.get("model"))
         if min(itc_weight, itm_weight, lm_weight) < 0 or itc_weight + itm_weight + lm_weight == 0:
             raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")
         fusion = model.fusion
@@ -75,6 +77,7 @@ class AlignmentPretraining(L.LightningModule):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         hp = self.hparams
         model = self.model
+        batch = steps.with_cache(self.cache, batch)
         visual = steps.visual_tokens(model, batch)  # (B, T, N, D)
         queries = steps.fuse(model, visual, batch, with_text=False)  # (B, Q, Dq)
         out: dict[str, torch.Tensor] = {}

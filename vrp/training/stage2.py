@@ -61,6 +61,7 @@ class InstructionTuning(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
+        feature_cache: str | None = None,
         results_dir: str | None = None,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
@@ -69,6 +70,7 @@ class InstructionTuning(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
+        self.cache = steps.open_cache(feature_cache, self.hparams.get("model"))
         if scorer is None:
             from vrp.evaluation.scorers import LikelihoodScorer
 
@@ -82,7 +84,8 @@ class InstructionTuning(L.LightningModule):
         self._test_rows: list[dict] = []
 
     def encode(self, batch: dict) -> torch.Tensor:
-        """(B, Q, D_llm) video tokens; reads cached visual tokens when the batch has them."""
+        """(B, Q, D_llm) video tokens; visual tokens from the feature cache when it holds the batch's clips."""
+        batch = steps.with_cache(self.cache, batch)
         visual = steps.visual_tokens(self.model, batch)
         queries = steps.fuse(self.model, visual, batch, with_text=steps.uses_qformer_text(self.model))
         return self.model.projection(queries)

@@ -66,3 +66,26 @@ def batch_size(batch: dict) -> int:
         if key in batch:
             return int(batch[key].shape[0])
     return 1
+
+
+def open_cache(path: str | None, model_config: Any) -> Any:
+    """The `FeatureCache` at `path` (None: no cache); fails when it was built with another vision encoder."""
+    if not path:
+        return None
+    from vrp.training.cache import FeatureCache, vision_meta
+
+    cache = FeatureCache(path)
+    ours, theirs = vision_meta(model_config if isinstance(model_config, dict) else None), cache.info.get("vision")
+    if ours and theirs and ours != theirs:
+        raise ValueError(f"feature cache {path} was built with vision {theirs}, but the model uses {ours}; "
+                         "rebuild it with `vrp cache`")
+    return cache
+
+
+def with_cache(cache: Any, batch: dict) -> dict:
+    """`batch` plus cached `visual`/`frame_mask` when every key of the batch is in the cache."""
+    if cache is None or "keys" not in batch or not cache.covers(list(batch["keys"])):
+        return batch
+    visual, mask = cache.get(list(batch["keys"]))
+    device = batch["input_ids"].device
+    return {**batch, "visual": visual.to(device), "frame_mask": mask.to(device)}
