@@ -34,6 +34,7 @@ from data_modules.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 log = logging.getLogger(__name__)
 
 Sampling = Literal["uniform", "segment", "fps"]
+SYNTHETIC_MC_TEMPLATE = "<video>\n{question}"
 MapSource = CaptionManifest | LlavaInstructions | VideoChat2Instructions | MultipleChoice | Mixture
 
 
@@ -230,10 +231,14 @@ class InstructionDataModule(_ClipDataModule):
         if self.train_source is None:
             self.train_source = LlavaInstructions(self._split_file("train", "instructions.json"),
                                                   boxes=self._boxes("train"))
+        # The synthetic instructions ask the bare question and answer with the option text, so evaluation asks the
+        # same way and scores each option's text (a prompt that lists the options would differ from training).
         if self.val_source is None:
-            self.val_source = MultipleChoice(self._split_file("val", "mc.csv"), boxes=self._boxes("val"))
+            self.val_source = MultipleChoice(self._split_file("val", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
+                                             target="text", boxes=self._boxes("val"))
         if self.test_source is None:
-            self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), boxes=self._boxes("test"))
+            self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
+                                              target="text", boxes=self._boxes("test"))
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for name in wanted.get(stage, ("train", "val", "test")):
             if name not in self.records:
