@@ -10,7 +10,7 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data prepare pretrain finetune test test-slow test-all bench bench-decode clean
+.PHONY: install data prepare pretrain finetune ablate baselines report test test-slow test-all bench bench-decode clean
 
 install: $(INSTALLED)
 
@@ -36,6 +36,7 @@ $(DATA)/meta.json: $(INSTALLED)
 EMBEDDED := artifacts/embedded
 PRETRAIN_CKPT := runs/embedded/pretrain/checkpoints/last.ckpt
 FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
+EXPORTED := artifacts/embedded/finetune
 
 prepare: $(EMBEDDED)/llm/config.json
 
@@ -53,6 +54,28 @@ $(PRETRAIN_CKPT):
 finetune: $(EMBEDDED)/llm/config.json $(PRETRAIN_CKPT)
 	$(PY) -m vrp fit --config experiments/embedded/finetune.yaml $(ARGS)
 	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) $(ARGS)
+	$(PY) -m vrp export --ckpt $(FINETUNE_CKPT) --out $(EXPORTED)
+
+$(FINETUNE_CKPT):
+	$(MAKE) finetune
+
+# Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
+# stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
+# Narrow them with e.g. ARGS="--only fusion_joint,frames_4 --steps 100".
+ablate: $(EMBEDDED)/llm/config.json
+	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
+
+baselines: $(EMBEDDED)/llm/config.json
+	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 400 --out runs/baselines $(ARGS)
+
+RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/ablate/*/test_results.json))
+EXTRA_RESULTS = $(foreach d,$(RESULT_DIRS),--results $(notdir $(d))=$(d))
+# A Markdown page with plots: curves of both stages, per-type accuracy of the model, baselines and ablations
+# (whichever have run), and attention heatmaps for a few test clips.
+report: $(FINETUNE_CKPT)
+	$(PY) -m vrp.evaluation.report --results model=runs/embedded/finetune $(EXTRA_RESULTS) \
+	  --curves stage1=runs/embedded/pretrain --curves stage2=runs/embedded/finetune \
+	  --checkpoint $(EXPORTED) --out artifacts/report
 
 test: $(INSTALLED)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
@@ -66,7 +89,7 @@ test-all: $(INSTALLED)
 bench-decode: $(BENCH_INSTALLED)
 	$(PY) benchmarks/bench_decode.py $(ARGS)
 
-bench: $(BENCH_INSTALLED)
+bench: $(BENCH_INSTALLED) $(EMBEDDED)/llm/config.json
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -27,6 +27,10 @@ def _overlays() -> list[tuple[Path, Path]]:
     for overlay in sorted(EXP.glob("backbones/*.yaml")) + sorted(EXP.glob("strategies/*.yaml")):
         pairs += [(EXP / "scale" / "pretrain.yaml", overlay), (EXP / "scale" / "finetune.yaml", overlay)]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))]
+    pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("baselines/*.yaml"))]
+    # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
+    pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))
+              if "init_from" not in o.read_text()]
     return pairs
 
 
