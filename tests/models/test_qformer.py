@@ -225,3 +225,17 @@ def test_folded_path_matches_transformers_blip2():
         ref = hf(query_embeds=tokens.expand(2, -1, -1), encoder_hidden_states=memory,
                  encoder_attention_mask=keep.long()).last_hidden_state
         torch.testing.assert_close(ours(memory, keep), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temporal", ["per_frame", "joint"])
+def test_small_random_fusion_tells_videos_apart(temporal):
+    """The embedded default's tiny Q-Former (init_std 0.1) must give different videos different outputs at init;
+    with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning never started."""
+    torch.manual_seed(0)
+    fusion = QFormerFusion(192, (8, 8), 1, temporal=temporal, num_query_tokens=8, video_num_query_tokens=16,
+                           hidden_size=128, num_layers=2, video_num_layers=1, num_heads=4, intermediate_size=256,
+                           cross_attention_freq=1, num_frames=8, init_std=0.1)
+    visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
+    with torch.no_grad():
+        out = fusion(visual, torch.ones(4, 8, dtype=torch.bool))
+    assert out.std(0).mean() > 0.02 * out.std()

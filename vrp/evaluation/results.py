@@ -88,14 +88,16 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
 
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
-                  held_out: Iterable[str] = (), extra: Mapping | None = None) -> tuple[Path, Path, dict]:
-    """Write ``<name>.json`` (table + rows + extra) and ``<name>.md``; returns both paths and the table."""
+                  held_out: Iterable[str] = (), extra: Mapping | None = None,
+                  blind: Mapping[str, float] | None = None) -> tuple[Path, Path, dict]:
+    """Write ``<name>.json`` (table + rows + extra) and ``<name>.md`` (with a ``blind`` column when given, in %);
+    returns both paths and the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = accuracy_table(rows, held_out)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     json_path.write_text(json.dumps({**table, **(extra or {}), "rows": list(rows)}, indent=1))
-    md_path.write_text(markdown_table(table) + "\n")
+    md_path.write_text(markdown_table(table, blind) + "\n")
     return json_path, md_path, table
 
 

@@ -155,6 +155,15 @@ class QFormerLayer(nn.Module):
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
 
+def _init_weights(m: nn.Module, std: float) -> None:
+    """BERT init (std 0.02 at BLIP-2 size). Small randomly initialised Q-Formers want a larger std: with 0.02 at
+    hidden 128 the cross-attention adds so little to the learned queries that every video gives the same output."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=std)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 class QFormer(nn.Module):
     """BLIP-2 Q-Former: `num_query_tokens` learned queries, optionally joined by text tokens (InstructBLIP).
 
@@ -166,12 +175,12 @@ class QFormer(nn.Module):
                  num_layers: int = 12, num_heads: int = 12, intermediate_size: int = 3072,
                  cross_attention_freq: int = 2, vocab_size: int = 0, max_text_len: int = 512,
                  pad_token_id: int = 0, layer_norm_eps: float = 1e-12, dropout: float = 0.0,
-                 attention_dropout: float = 0.0):
+                 attention_dropout: float = 0.0, init_std: float = 0.02):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
         self.memory_width, self.hidden_size, self.num_query_tokens = memory_width, hidden_size, num_query_tokens
-        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, hidden_size) * 0.02)
+        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, hidden_size) * init_std)
         self.supports_text = vocab_size > 0
         if self.supports_text:
             self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
@@ -183,14 +192,7 @@ class QFormer(nn.Module):
                          cross_attention=i % cross_attention_freq == 0, text=self.supports_text, eps=layer_norm_eps,
                          dropout=dropout, attention_dropout=attention_dropout)
             for i in range(num_layers))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(lambda m: _init_weights(m, init_std))
 
     def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         if not self.supports_text:
@@ -249,6 +251,7 @@ class QFormerFusion(nn.Module):
     Padding frames (frame_mask False) are masked out of every memory and skipped by the frame Q-Former.
     `objects=True` adds per-frame object tokens (`vrp.models.objects.ObjectTokens`) to the cross-attention memory.
     Text (`vocab_size > 0`) joins the queries of `qformer`, the one whose outputs leave the module (InstructBLIP).
+    `init_std` is the weight init (0.02 as BERT/BLIP-2; tiny random Q-Formers want ~0.1, see `_init_weights`).
     """
 
     def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
@@ -258,7 +261,7 @@ class QFormerFusion(nn.Module):
                  video_num_layers: int = 2, vocab_size: int = 0, max_text_len: int = 64, pad_token_id: int = 0,
                  visual_norm: bool = True, objects: bool = False, num_slots: int = 4, slot_iters: int = 3,
                  roi_size: int = 2, dropout: float = 0.0, attention_dropout: float = 0.0,
-                 layer_norm_eps: float = 1e-12):
+                 layer_norm_eps: float = 1e-12, init_std: float = 0.02):
         super().__init__()
         if temporal not in ("per_frame", "joint"):
             raise ValueError(f"temporal must be 'per_frame' or 'joint', got {temporal!r}")
@@ -269,17 +272,18 @@ class QFormerFusion(nn.Module):
         self.objects = (ObjectTokens(vision_width, grid, num_prefix_tokens, num_slots=num_slots, slot_iters=slot_iters,
                                      roi_size=roi_size, num_frames=num_frames) if objects else None)
         common = dict(hidden_size=hidden_size, num_heads=num_heads, intermediate_size=intermediate_size,
-                      layer_norm_eps=layer_norm_eps, dropout=dropout, attention_dropout=attention_dropout)
+                      layer_norm_eps=layer_norm_eps, dropout=dropout, attention_dropout=attention_dropout,
+                      init_std=init_std)
         text = dict(vocab_size=vocab_size, max_text_len=max_text_len, pad_token_id=pad_token_id)
         if temporal == "per_frame":
             self.frame_qformer = QFormer(vision_width, num_query_tokens=num_query_tokens, num_layers=num_layers,
                                          cross_attention_freq=cross_attention_freq, **common)
-            self.temporal_embed = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02)
+            self.temporal_embed = nn.Parameter(torch.randn(num_frames, hidden_size) * init_std)
             self.qformer = QFormer(hidden_size, num_query_tokens=video_num_query_tokens, num_layers=video_num_layers,
                                    cross_attention_freq=1, **common, **text)
         else:
-            self.spatial_embed = nn.Parameter(torch.randn(num_prefix_tokens + grid[0] * grid[1], vision_width) * 0.02)
-            self.temporal_embed = nn.Parameter(torch.randn(num_frames, vision_width) * 0.02)
+            self.spatial_embed = nn.Parameter(torch.randn(num_prefix_tokens + grid[0] * grid[1], vision_width) * init_std)
+            self.temporal_embed = nn.Parameter(torch.randn(num_frames, vision_width) * init_std)
             self.qformer = QFormer(vision_width, num_query_tokens=num_query_tokens, num_layers=num_layers,
                                    cross_attention_freq=cross_attention_freq, **common, **text)
         self.num_output_tokens = self.qformer.num_query_tokens

@@ -6,7 +6,6 @@ Validation logs the LM loss; test batches with `options` are scored by `scorer` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from vrp.evaluation.results import load_blind_baseline, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine
 from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
@@ -63,10 +63,13 @@ class InstructionTuning(L.LightningModule):
         min_lr_ratio: float = 0.1,
         feature_cache: str | None = None,
         results_dir: str | None = None,
+        held_out_types: list[str] | None = None,
+        blind_baseline: str | None = None,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
-        (default: the logger's folder)."""
+        (default: the logger's folder); `held_out_types` (zero-shot protocol) are marked there, with seen/unseen rows;
+        `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column."""
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
@@ -103,12 +106,7 @@ class InstructionTuning(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
-        out = self.scorer(self.model, batch)
-        target = batch["answer_index"].cpu()
-        types = batch.get("question_type") or ["all"] * len(target)
-        keys = batch.get("keys") or [""] * len(target)
-        for k, t, p, y in zip(keys, types, out.prediction.tolist(), target.tolist()):
-            self._test_rows.append({"key": k, "type": t, "prediction": int(p), "answer": int(y)})
+        self._test_rows += rows_from_batch(batch, self.scorer(self.model, batch))
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
@@ -119,16 +117,13 @@ class InstructionTuning(L.LightningModule):
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        table = accuracy_table(rows)
-        for name, acc in table["accuracy"].items():
-            self.log(f"test/acc_{name}", acc, rank_zero_only=True)
         if self.trainer.is_global_zero:
             out = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "test_results.json").write_text(json.dumps({**table, "rows": rows}, indent=1))
-            md = markdown_table(table)
-            (out / "test_results.md").write_text(md + "\n")
-            print("\n" + md + f"\n(written to {out}/test_results.md)\n", flush=True)
+            blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
+            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (), blind=blind)
+            for name, acc in table["accuracy"].items():
+                self.log(f"test/acc_{name}", acc, rank_zero_only=True)
+            print("\n" + md_path.read_text() + f"(written to {md_path})\n", flush=True)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -152,22 +147,3 @@ class InstructionTuning(L.LightningModule):
     def on_load_checkpoint(self, ckpt: dict) -> None:
         checkpoint.check_trainable_keys(ckpt, self)
 
-
-def accuracy_table(rows: list[dict]) -> dict:
-    """Per-type and overall accuracy (%) and counts from rows of {type, prediction, answer}."""
-    by_type: dict[str, list[int]] = {}
-    for r in rows:
-        by_type.setdefault(r["type"], []).append(int(r["prediction"] == r["answer"]))
-    acc = {t: 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())}
-    counts = {t: len(v) for t, v in sorted(by_type.items())}
-    if rows:
-        acc["overall"] = 100.0 * sum(int(r["prediction"] == r["answer"]) for r in rows) / len(rows)
-        counts["overall"] = len(rows)
-    return {"accuracy": acc, "counts": counts}
-
-
-def markdown_table(table: dict) -> str:
-    lines = ["| question type | n | accuracy (%) |", "|---|---:|---:|"]
-    for t, a in table["accuracy"].items():
-        lines.append(f"| {t} | {table['counts'][t]} | {a:.1f} |")
-    return "\n".join(lines)
