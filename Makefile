@@ -53,7 +53,7 @@ $(PRETRAIN_CKPT):
 # Stage 2, then the per-question-type accuracy table on the test split.
 finetune: $(EMBEDDED)/llm/config.json $(PRETRAIN_CKPT)
 	$(PY) -m vrp fit --config experiments/embedded/finetune.yaml $(ARGS)
-	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) $(ARGS)
+	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) --trainer.logger=false $(ARGS)
 	$(PY) -m vrp export --ckpt $(FINETUNE_CKPT) --out $(EXPORTED)
 
 $(FINETUNE_CKPT):
