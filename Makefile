@@ -10,7 +10,7 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data prepare pretrain finetune ablate baselines report test test-slow test-all bench bench-decode clean
+.PHONY: install data prepare pretrain finetune ablate baselines zeroshot report test test-slow test-all bench bench-decode clean
 
 install: $(INSTALLED)
 
@@ -68,8 +68,12 @@ ablate: $(EMBEDDED)/llm/config.json
 baselines: $(EMBEDDED)/llm/config.json
 	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 400 --out runs/baselines $(ARGS)
 
-RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/ablate/*/test_results.json))
+RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))
 EXTRA_RESULTS = $(foreach d,$(RESULT_DIRS),--results $(notdir $(d))=$(d))
+# Zero-shot transfer: stage 2 with question types held out (experiments/zeroshot), tested on all types.
+zeroshot: $(PRETRAIN_CKPT)
+	$(PY) scripts/ablate.py --overlays experiments/zeroshot --no-baseline-row --steps 400 --out runs/zeroshot $(ARGS)
+
 # A Markdown page with plots: curves of both stages, per-type accuracy of the model, baselines and ablations
 # (whichever have run), and attention heatmaps for a few test clips.
 report: $(FINETUNE_CKPT)

@@ -28,6 +28,7 @@ def _overlays() -> list[tuple[Path, Path]]:
         pairs += [(EXP / "scale" / "pretrain.yaml", overlay), (EXP / "scale" / "finetune.yaml", overlay)]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("baselines/*.yaml"))]
+    pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("zeroshot/*.yaml"))]
     # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
     pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))
               if "init_from" not in o.read_text()]
