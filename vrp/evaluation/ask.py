@@ -57,7 +57,7 @@ def make_batch(model: nn.Module, video: str, question: str, options: list[str] |
     try:
         sample = loader(rec)
     except BadSample as e:
-        raise AskError(f"cannot read video {video}: {e}") from e
+        raise AskError(e.detail or f"cannot read video {video}: {e.reason}") from e
     return Collator(model.llm.tokenizer)([sample])
 
 
