@@ -62,3 +62,20 @@ def test_overlay_parses(pair):
         fusion = cfg.model.init_args.model.init_args.fusion
         assert fusion.class_path == "vrp.models.MLPConnector"
         assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the MLP connector"
+
+
+
+def test_zero_shot_overlay_builds_its_sources():
+    """A list of `class_path` sources inside a YAML must arrive as source objects, not dicts."""
+    import lightning as L
+    from jsonargparse import ArgumentParser, Namespace
+
+    from data_modules.sources import LlavaInstructions
+    from vrp.evaluation.protocol import HoldOutTypes
+
+    cfg = _parse(EXP / "embedded" / "finetune.yaml", EXP / "zeroshot" / "holdout_predictive.yaml")
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=L.LightningDataModule)
+    train = parser.instantiate_classes(Namespace(data=cfg.data)).data.train_source
+    assert isinstance(train, HoldOutTypes) and train.held_out == ["counterfactual", "predictive"]
+    assert train.sources and all(isinstance(s, LlavaInstructions) for s in train.sources)

@@ -20,6 +20,7 @@ import logging
 
 from data_modules.skips import SkipCounter
 from data_modules.sources import Mixture, Record
+from data_modules.sources.mixture import MixableSource
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class HoldOutTypes(Mixture):
     """The records of ``sources`` (mixed as `Mixture` does) except those whose question type is in ``held_out``."""
 
-    def __init__(self, sources: list, held_out: list[str], weights: list[float] | None = None, *,
+    def __init__(self, sources: list[MixableSource], held_out: list[str], weights: list[float] | None = None, *,
                  num_samples: int | None = None, seed: int = 0) -> None:
         super().__init__(sources, weights, num_samples=num_samples, seed=seed)
         if not held_out:
