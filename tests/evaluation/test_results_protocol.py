@@ -27,6 +27,8 @@ def test_accuracy_table_seen_unseen(tmp_path):
     assert "| predictive (held out) | 1 | 100.0 | 20.0 | – |" in md and "| descriptive | 2 | 50.0 | 25.0 | 30.0 |" in md
     both = comparison_table({"model": table, "blind": accuracy_table(ROWS[:1])})
     assert "| descriptive | 50.0 | 100.0 | 25.0 |" in both
+    assert "| predictive (held out in model) | 100.0 | – | 20.0 |" in both
+    assert "| unseen | 100.0 | – | 20.0 |" in both  # chance from the run that has the row, not nan
     j, m, _ = write_results(tmp_path, ROWS)
     assert json.loads(j.read_text())["rows"][2]["key"] == "c" and m.read_text().startswith("| question type")
 

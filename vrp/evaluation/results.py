@@ -74,8 +74,11 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
     types: list[str] = []
     for t in tables.values():
         types += [k for k in t["accuracy"] if k not in types]
-    held = set().union(*(set(t.get("held_out", ())) for t in tables.values())) if tables else set()
-    chance = next(iter(tables.values()))["chance"] if tables else {}
+    held_by = {t: [n for n in names if t in tables[n].get("held_out", ())] for t in types}
+    chance: dict[str, float] = {}
+    for table in tables.values():  # the same questions in every run; seen/unseen rows only where held out
+        for t, c in table["chance"].items():
+            chance.setdefault(t, c)
     cols = names + ["chance"] + (["blind prior"] if blind else [])
     lines = ["| question type | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for t in types:
@@ -83,7 +86,8 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
         cells.append(f"{chance.get(t, float('nan')):.1f}")
         if blind:
             cells.append(f"{blind[t]:.1f}" if t in blind else "–")
-        lines.append(f"| {t}{' (held out)' if t in held else ''} | " + " | ".join(cells) + " |")
+        label = f"{t} (held out in {', '.join(held_by[t])})" if held_by[t] else t
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
