@@ -34,3 +34,12 @@ def adamw_cosine(
         optimizer, lambda step: cosine_with_warmup(step, warmup_steps, total_steps, min_lr_ratio)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def adamw_cosine_from_hparams(module) -> dict:
+    """`adamw_cosine` with a stage module's `lr`, `weight_decay`, `betas`, `warmup_steps`, `min_lr_ratio` hparams and
+    the trainer's step count (both stage modules take these same arguments)."""
+    hp = module.hparams
+    return adamw_cosine(module, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
+                        warmup_steps=hp.warmup_steps, total_steps=int(module.trainer.estimated_stepping_batches),
+                        min_lr_ratio=hp.min_lr_ratio)

@@ -16,7 +16,7 @@ from torch import nn
 
 from vrp.evaluation.results import load_blind_baseline, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
-from vrp.training.optim import adamw_cosine
+from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
 
 
@@ -136,10 +136,7 @@ class InstructionTuning(L.LightningModule):
         steps.log_skips(self)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return adamw_cosine(self, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
-                            warmup_steps=hp.warmup_steps, total_steps=int(self.trainer.estimated_stepping_batches),
-                            min_lr_ratio=hp.min_lr_ratio)
+        return adamw_cosine_from_hparams(self)
 
     def on_save_checkpoint(self, ckpt: dict) -> None:
         checkpoint.drop_frozen(ckpt, self)
