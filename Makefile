@@ -66,13 +66,13 @@ ablate: $(EMBEDDED)/llm/config.json
 	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
 
 baselines: $(EMBEDDED)/llm/config.json
-	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 400 --out runs/baselines $(ARGS)
+	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 1500 --out runs/baselines $(ARGS)
 
 RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))
 EXTRA_RESULTS = $(foreach d,$(RESULT_DIRS),--results $(notdir $(d))=$(d))
 # Zero-shot transfer: stage 2 with question types held out (experiments/zeroshot), tested on all types.
 zeroshot: $(PRETRAIN_CKPT)
-	$(PY) scripts/ablate.py --overlays experiments/zeroshot --no-baseline-row --steps 400 --out runs/zeroshot $(ARGS)
+	$(PY) scripts/ablate.py --overlays experiments/zeroshot --no-baseline-row --steps 1500 --out runs/zeroshot $(ARGS)
 
 # A Markdown page with plots: curves of both stages, per-type accuracy of the model, baselines and ablations
 # (whichever have run), and attention heatmaps for a few test clips.

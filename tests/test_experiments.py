@@ -79,3 +79,4 @@ def test_zero_shot_overlay_builds_its_sources():
     train = parser.instantiate_classes(Namespace(data=cfg.data)).data.train_source
     assert isinstance(train, HoldOutTypes) and train.held_out == ["counterfactual", "predictive"]
     assert train.sources and all(isinstance(s, LlavaInstructions) for s in train.sources)
+    assert all(s.boxes for s in train.sources), "the default model reads object boxes: the held-out source needs them"

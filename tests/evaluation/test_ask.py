@@ -46,3 +46,26 @@ def test_ask_bad_checkpoint(clip, tmp_path, capsys):
         ask.main([clip, "q ?", "--checkpoint", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint") and len(err.strip().splitlines()) == 1
+
+
+def _boxes_file(path, key, frames=6):
+    import json
+
+    box = [0.1, 0.2, 0.5, 0.6]
+    path.write_text(json.dumps({key: {"objects": ["red circle"], "boxes": [[box] for _ in range(frames)]}}))
+    return str(path)
+
+
+def test_ask_reads_boxes_for_the_clip(reasoner, clip, tmp_path):
+    batch = ask.make_batch(reasoner, clip, "q ?", None, num_frames=2, boxes=_boxes_file(tmp_path / "b.json", "clip"))
+    assert batch["boxes"].shape == (1, 2, 1, 4) and batch["box_mask"].all()
+    assert batch["boxes"][0, 0, 0].tolist() == pytest.approx([0.1, 0.2, 0.5, 0.6], abs=1e-6)
+
+
+@pytest.mark.parametrize("content,match", [("other", "no entry 'clip'"), (None, "does not exist")])
+def test_ask_bad_boxes_give_one_line(reasoner, clip, tmp_path, capsys, content, match):
+    path = _boxes_file(tmp_path / "b.json", content) if content else str(tmp_path / "none.json")
+    with pytest.raises(SystemExit) as e:
+        ask.main([clip, "q ?", "--boxes", path, "--num-frames", "2"], loader=lambda _: reasoner)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and match in err and len(err.strip().splitlines()) == 1

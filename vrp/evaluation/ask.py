@@ -1,8 +1,11 @@
-"""`vrp ask VIDEO "question" [--options "a|b|c|d"] [--checkpoint DIR]`: answer a question about any video file.
+"""`vrp ask VIDEO "question" [--options "a|b|c|d"] [--checkpoint DIR] [--boxes FILE]`: answer a question about any
+video file.
 
 The clip is decoded, sampled and normalised by the same data code as training (`ClipLoader`, `Collator`) with the
 model's own image size and mean/std. With ``--options`` the answer is the option of highest (length-normalised)
-likelihood, printed with the per-option scores; without, the model generates a free-form answer. A bad video,
+likelihood, printed with the per-option scores; without, the model generates a free-form answer. ``--boxes`` gives
+per-frame object boxes (the ``boxes.json`` layout of `data_modules.sources.boxes`, keyed by the video's file stem)
+to a model with object tokens; without them its object tokens fall back to slot attention. A bad video,
 question or checkpoint ends with a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
 
@@ -40,20 +43,27 @@ def load_model(checkpoint: str) -> nn.Module:
 
 
 def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,
-               num_frames: int = 8) -> dict:
+               num_frames: int = 8, boxes: str | None = None) -> dict:
     """A one-sample batch built by the training data path (decode, sample, transform, tokenise)."""
     from data_modules.collate import Collator
     from data_modules.datasets import BadSample, ClipLoader
+    from data_modules.sources.boxes import BoxTable
     from data_modules.sources.record import Record
     from data_modules.transforms import VideoTransform
 
     if not Path(video).is_file():
         raise AskError(f"video {video} does not exist")
+    table = None
+    if boxes is not None:
+        try:
+            table = BoxTable(boxes)
+        except (OSError, ValueError) as e:
+            raise AskError(f"boxes file {boxes}: {e}") from e
     vision = model.vision
     loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
                         num_frames=num_frames, sampling="uniform")
     rec = Record(key=Path(video).stem, video=str(video), turns=[(question, options[0] if options else "")],
-                 qformer_text=question, options=options, answer_index=0 if options else None)
+                 qformer_text=question, options=options, answer_index=0 if options else None, boxes=table)
     try:
         sample = loader(rec)
     except BadSample as e:
@@ -77,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--options", help='multiple-choice options separated by "|", e.g. "red|blue|green"')
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"exported model folder (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--boxes", help="per-frame object boxes for the video (boxes.json layout, keyed by its file stem)")
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     return p
@@ -94,7 +105,10 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
             if len(options) < 2 or not all(options):
                 raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
         model = loader(args.checkpoint).eval()
-        batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames)
+        batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames, boxes=args.boxes)
+        if args.boxes is None and getattr(getattr(model, "fusion", None), "objects", None) is not None:
+            print("note: this model has object tokens but no --boxes were given; they come from slot attention",
+                  file=sys.stderr)
         with torch.no_grad():
             text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
     except AskError as e:
