@@ -33,7 +33,8 @@ def _items(path: Path, skips: SkipCounter):
 
 class LlavaInstructions:
     """LLaVA-style ``{"id", "video", "conversations": [{"from": "human", "value": "<video>\\n..."},
-    {"from": "gpt", "value": "..."}, ...]}``; optional ``"type"`` becomes the question type.
+    {"from": "gpt", "value": "..."}, ...]}``; optional ``"type"`` becomes the question type, and optional
+    ``"options"`` + ``"answer_index"`` make the item scorable as multiple choice too.
     Video paths are relative to ``video_root`` (default: the file's folder)."""
 
     def __init__(self, path: str, *, video_root: str | None = None, boxes: str | None = None) -> None:
@@ -53,6 +54,11 @@ class LlavaInstructions:
                     raise ValueError(f"conversations must alternate human/gpt, got {roles}")
                 turns = [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
                 key, video = str(item.get("id", Path(item["video"]).stem)), item["video"]
+                options, index = item.get("options"), item.get("answer_index")
+                if options is not None and not (isinstance(options, list) and len(options) >= 2
+                                                and isinstance(index, int) and 0 <= index < len(options)):
+                    raise ValueError(f"options must be a list of >= 2 with an answer_index into it, got "
+                                     f"{options!r} / {index!r}")
             except (KeyError, TypeError, ValueError) as e:
                 skips.skip(where, "malformed", f"{type(e).__name__}: {e}")
                 continue
@@ -60,7 +66,8 @@ class LlavaInstructions:
                 skips.skip(where, "empty_text", "an answer is empty")
                 continue
             records.append(Record(key, resolve(video, root), turns, qformer_text=strip_placeholder(turns[0][0]),
-                                  question_type=item.get("type"), boxes=table))
+                                  question_type=item.get("type"), options=options,
+                                  answer_index=index if options is not None else None, boxes=table))
         return records
 
 

@@ -89,3 +89,16 @@ def test_max_bad_fraction_stops(tmp_path):
     with pytest.raises(TooManyBadSamples, match="max_bad_fraction"):
         for i in range(3):
             skips.skip(f"k{i}", "decode_error", "boom")
+
+
+def test_llava_items_with_options_are_multiple_choice(tmp_path):
+    conv = [{"from": "human", "value": "<video>\nWhat color?"}, {"from": "gpt", "value": "red"}]
+    items = [{"id": "ok", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 1, "conversations": conv},
+             {"id": "plain", "video": "a.mp4", "conversations": conv},
+             {"id": "bad", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 2, "conversations": conv}]
+    (tmp_path / "l.json").write_text(json.dumps(items))
+    skips = SkipCounter(max_bad_fraction=1.0)
+    ok, plain = LlavaInstructions(str(tmp_path / "l.json")).load(skips)
+    assert (ok.options, ok.answer_index) == (["blue", "red"], 1)
+    assert (plain.options, plain.answer_index) == (None, None)
+    assert skips.totals()["skipped/malformed"] == 1

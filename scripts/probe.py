@@ -1,0 +1,180 @@
+"""Fast learning probe: what can a stage-2 config learn, and how fast? Trains on frozen-encoder features held in memory.
+
+    python scripts/probe.py --config experiments/embedded/finetune.yaml [--config overlay.yaml ...]
+                            [--steps 1500] [--eval-every 500] [--eval-questions 600] [--templates count,color]
+                            [--types descriptive] [--blind] [--no-init]
+
+It builds the stage module and datamodule from the same YAMLs as `vrp fit` (overlays apply), decodes every train and
+test video ONCE with the eval view (uniform frames, no crop), runs the frozen vision encoder once per video, and then
+trains the module's trainable parts (fusion, projection, LLM per its modes) on those features with the module's own
+loss, optimiser settings and scorer. A step costs only fusion + LLM, so a run of the stage-2 length takes minutes
+where `vrp fit` takes half an hour on two CPU cores. Every `--eval-every` steps it prints accuracy per question template
+on a fixed sample of TRAIN and TEST questions: train near test near chance means the model has not learnt the template
+yet (training length or capacity); train far above test means overfitting.
+
+Not a replacement for `vrp fit`: one deterministic view per clip (no sampling jitter), no checkpoints, no validation,
+one process. `--no-init` skips the stage-1 initialisation; `--blind` zeroes the visual features and drops the boxes
+(text-only control).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _videos(records, loader, vision) -> dict[str, dict]:
+    """video_key -> {visual (T, N, D), frame_mask, boxes, box_mask}: each video decoded and encoded once."""
+    out: dict[str, dict] = {}
+    for rec in records:
+        if rec.video_key in out:
+            continue
+        s = loader(rec)
+        with torch.no_grad():
+            visual = vision(s["video"][None])[0]  # (T, N, D)
+        out[rec.video_key] = {"visual": visual, "frame_mask": s["frame_mask"], "boxes": s["boxes"],
+                              "box_mask": s["box_mask"]}
+    return out
+
+
+def _batch(records, feats, collator, blind: bool) -> dict:
+    samples = []
+    for rec in records:
+        f = feats[rec.video_key]
+        visual = torch.zeros_like(f["visual"]) if blind else f["visual"]
+        boxes, box_mask = (None, None) if blind else (f["boxes"], f["box_mask"])  # boxes carry motion: drop them too
+        samples.append({"key": rec.key, "video": visual, "frame_mask": f["frame_mask"], "boxes": boxes,
+                        "box_mask": box_mask, "turns": rec.turns, "qformer_text": rec.qformer_text,
+                        "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index})
+    batch = collator(samples)
+    batch["visual"] = batch.pop("video")  # the stage module and scorers read cached encoder tokens from "visual"
+    return batch
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", action="append", required=True)
+    p.add_argument("--steps", type=int, default=None, help="default: the config's trainer.max_steps")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-questions", type=int, default=600, help="questions sampled from each of train and test")
+    p.add_argument("--types", default="", help="comma-separated question types to train and test on")
+    p.add_argument("--templates", default="", help="comma-separated synthetic templates to train and test on")
+    p.add_argument("--blind", action="store_true", help="zero the visual features (text-only control)")
+    p.add_argument("--no-init", action="store_true", help="do not load the stage-1 checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    from vrp.cli import VRPCLI
+    from vrp.training import steps as S
+    from vrp.training.optim import adamw_cosine
+
+    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]
+    if a.no_init:
+        args.append("--model.init_args.init_from=null")
+    cli = VRPCLI(args=args, run=False)
+    module, dm = cli.model, cli.datamodule
+    model = module.model
+    torch.manual_seed(a.seed)
+    rng = random.Random(a.seed)
+    vision = model.vision.eval()
+    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    templates = {t for t in a.templates.split(",") if t}
+    types = {t for t in a.types.split(",") if t}
+    by_template = _load_templates(dm)
+
+    def keep(rec) -> bool:
+        return (not types or rec.question_type in types) and (not templates or by_template.get(rec.key) in templates)
+
+    train = [r for r in dm.records["train"] if keep(r)]
+    test = [r for r in dm.records["test"] if keep(r)]
+    if not train or not test:
+        raise SystemExit(f"no questions left after --types {a.types!r} --templates {a.templates!r}")
+    t0 = time.time()
+    loader = dm._clip_loader(train=False)
+    feats = _videos(train + test, loader, vision)
+    print(f"{len(train)} train / {len(test)} test questions; {len(feats)} videos encoded in {time.time() - t0:.0f} s",
+          flush=True)
+
+    total = a.steps or int(cli.config.trainer.max_steps)
+    hp = module.hparams
+    opt = adamw_cosine(module, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
+                       warmup_steps=hp.warmup_steps, total_steps=total, min_lr_ratio=hp.min_lr_ratio)
+    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    params = [q for q in module.parameters() if q.requires_grad]
+    collator = dm.collator()
+    samples = {"train": rng.sample(train, min(a.eval_questions, len(train))),
+               "test": rng.sample(test, min(a.eval_questions, len(test)))}
+
+    def evaluate(recs) -> dict[str, float]:
+        model.eval()
+        right, seen = Counter(), Counter()
+        with torch.no_grad():
+            for i in range(0, len(recs), 32):
+                chunk = recs[i : i + 32]
+                out = module.scorer(model, _batch(chunk, feats, collator, a.blind))
+                for rec, pred in zip(chunk, out.prediction.tolist()):
+                    for name in (by_template.get(rec.key, "?"), f"[{rec.question_type}]", "[all]"):
+                        seen[name] += 1
+                        right[name] += int(pred == rec.answer_index)
+        model.train()
+        vision.eval()
+        return {k: round(100 * right[k] / seen[k], 1) for k in sorted(seen)}
+
+    order: list[int] = []
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(1, total + 1):
+        if len(order) < dm.batch_size:
+            order += rng.sample(range(len(train)), len(train))
+        batch = _batch([train[order.pop()] for _ in range(dm.batch_size)], feats, collator, a.blind)
+        loss = S.lm_loss(model, module.encode(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % a.eval_every == 0 or step == total:
+            recent = losses[-a.eval_every:]
+            print(f"step {step}  loss {sum(recent) / len(recent):.3f}  {time.time() - t0:.0f} s", flush=True)
+            for split in ("train", "test"):
+                print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
+
+
+def _load_templates(dm) -> dict[str, str]:
+    """Record key -> synthetic template name (from the instructions file and mc.csv), where the data has them."""
+    import csv
+    import json
+
+    out: dict[str, str] = {}
+    root = Path(dm.synthetic_root)
+    path = root / "train" / "instructions.json"
+    if path.is_file():
+        for item in json.loads(path.read_text()):
+            if "template" in item:
+                out[str(item["id"])] = item["template"]
+    for split in ("val", "test"):
+        mc, instr = root / split / "mc.csv", root / split / "instructions.json"
+        if mc.is_file() and instr.is_file():
+            names = {str(item["id"]): item.get("template") for item in json.loads(instr.read_text())}
+            with open(mc, newline="") as f:
+                for row in csv.DictReader(f):
+                    key = f"{row['video']}_{row['qid']}"
+                    if names.get(key):
+                        out[key] = names[key]
+    return out
+
+
+if __name__ == "__main__":
+    main()
