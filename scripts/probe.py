@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]
     if a.no_init:
         args.append("--model.init_args.init_from=null")
+    sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` only (it warns when both are set)
     cli = VRPCLI(args=args, run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model

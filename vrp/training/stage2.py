@@ -83,7 +83,8 @@ class InstructionTuning(L.LightningModule):
         if init_from:
             loaded, fresh = load_stage1(model, init_from)
             rank_zero_info(f"stage 2: loaded {len(loaded)} weights from {init_from}; "
-                           f"{len(fresh)} trainable tensors start fresh (e.g. LoRA)")
+                           f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
+                           "trained only in stage 2)")
         self._test_rows: list[dict] = []
 
     def encode(self, batch: dict) -> torch.Tensor:
