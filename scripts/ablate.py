@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +39,9 @@ def stage2_only(overlay: Path | None) -> bool:
 
 
 def fit(stage: Path, overlay: Path | None, run_dir: Path, steps: int, extra: list[str], *more: str) -> Path:
-    """`vrp fit` one stage; returns its last checkpoint."""
+    """`vrp fit` one stage; returns its last checkpoint (a re-run first clears the row's old checkpoints, else
+    Lightning would save `last-v1.ckpt` beside the stale `last.ckpt` that the row then tests)."""
+    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
     configs = ["--config", str(stage)] + (["--config", str(overlay)] if overlay else [])
     subprocess.run([sys.executable, "-m", "vrp", "fit", *configs, *QUIET, *more,
                     f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={steps}",
