@@ -154,26 +154,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load_templates(dm) -> dict[str, str]:
-    """Record key -> synthetic template name (from the instructions file and mc.csv), where the data has them."""
-    import csv
+    """Record key -> synthetic template name, from each split's instructions file (its ids are also the mc.csv keys,
+    ``<video>_<qid>``), where the data has them."""
     import json
 
     out: dict[str, str] = {}
-    root = Path(dm.synthetic_root)
-    path = root / "train" / "instructions.json"
-    if path.is_file():
-        for item in json.loads(path.read_text()):
-            if "template" in item:
-                out[str(item["id"])] = item["template"]
-    for split in ("val", "test"):
-        mc, instr = root / split / "mc.csv", root / split / "instructions.json"
-        if mc.is_file() and instr.is_file():
-            names = {str(item["id"]): item.get("template") for item in json.loads(instr.read_text())}
-            with open(mc, newline="") as f:
-                for row in csv.DictReader(f):
-                    key = f"{row['video']}_{row['qid']}"
-                    if names.get(key):
-                        out[key] = names[key]
+    for split in ("train", "val", "test"):
+        path = Path(dm.synthetic_root) / split / "instructions.json"
+        if path.is_file():
+            out.update({str(item["id"]): item["template"] for item in json.loads(path.read_text()) if "template" in item})
     return out
 
 
