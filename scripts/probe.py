@@ -23,7 +23,6 @@ import argparse
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     from vrp.cli import VRPCLI
+    from vrp.evaluation.results import accuracy_table, rows_from_batch
     from vrp.training import steps as S
     from vrp.training.optim import adamw_cosine
 
@@ -118,19 +118,20 @@ def main(argv: list[str] | None = None) -> None:
                "test": rng.sample(test, min(a.eval_questions, len(test)))}
 
     def evaluate(recs) -> dict[str, float]:
+        """Accuracy (%) per "[type]", "[all]" and per template, from the same rows and table as `vrp test`."""
         model.eval()
-        right, seen = Counter(), Counter()
+        rows = []
         with torch.no_grad():
             for i in range(0, len(recs), 32):
-                chunk = recs[i : i + 32]
-                out = module.scorer(model, _batch(chunk, feats, collator, a.blind))
-                for rec, pred in zip(chunk, out.prediction.tolist()):
-                    for name in (by_template.get(rec.key, "?"), f"[{rec.question_type}]", "[all]"):
-                        seen[name] += 1
-                        right[name] += int(pred == rec.answer_index)
+                batch = _batch(recs[i : i + 32], feats, collator, a.blind)
+                rows += rows_from_batch(batch, module.scorer(model, batch))
         model.train()
         vision.eval()
-        return {k: round(100 * right[k] / seen[k], 1) for k in sorted(seen)}
+        per_type = accuracy_table(rows)["accuracy"]
+        per_template = accuracy_table([{**r, "type": by_template.get(r["key"], "?")} for r in rows])["accuracy"]
+        acc = {("[all]" if t == "overall" else f"[{t}]"): v for t, v in per_type.items()}
+        acc.update({t: v for t, v in per_template.items() if t != "overall"})
+        return {k: round(acc[k], 1) for k in sorted(acc)}
 
     order: list[int] = []
     losses: list[float] = []
