@@ -141,10 +141,13 @@ def write_video(
     *,
     crf: int = 18,
     keyframe_interval: int | None = None,
+    threads: int = 1,
 ) -> None:
     """Write uint8 RGB frames ``(T, H, W, C)`` to an H.264 (yuv420p) mp4 with its index at the front.
 
     ``keyframe_interval`` is the GOP length in frames (None: libx264's default, 250). H and W must be even (yuv420p).
+    ``threads`` is libx264's thread count. The bitstream depends on it, and libx264's automatic choice (0) depends on
+    the cores the process may use, so the default 1 makes the bytes a function of the frames alone on any machine.
     """
     array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or array.shape[0] == 0:
@@ -155,16 +158,40 @@ def write_video(
         raise ValueError(f"write_video({path}): H.264 yuv420p needs even height and width, got {height}x{width}")
     if not fps > 0:
         raise ValueError(f"write_video({path}): fps must be > 0, got {fps}")
-    options = {"crf": str(crf)}
+    if threads < 0:
+        raise ValueError(f"write_video({path}): threads must be >= 0, got {threads}")
+    # mbtree=0: libx264's macroblock-tree rate control reads memory it has not written on small frames, so identical
+    # frames gave different bitstreams depending on what the process had allocated before (half of 10 clips over 5
+    # encodes after freeing random-filled buffers; 0 of 10 without mbtree). It only redistributes bits between frames.
+    options = {"crf": str(crf), "threads": str(threads), "x264-params": "mbtree=0"}
     if keyframe_interval is not None:
         options |= {"g": str(keyframe_interval), "keyint_min": str(keyframe_interval)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(os.fspath(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for image in array:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        stream.codec_context.time_base = Fraction(1) / stream.codec_context.framerate
+        for i, image in enumerate(array):
+            frame = _yuv420p_frame(image)
+            frame.pts = i  # explicit timestamps: without them the encoder's rate control reads unset values
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def _yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
+    """RGB (H, W, 3) -> a yuv420p frame whose row padding is zero.
+
+    Letting the encoder convert, or filling a frame with `from_ndarray`, leaves the bytes past each row's width
+    uninitialised, and libx264's output then varies from run to run; with zeroed padding it is a function of the image.
+    """
+    yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p", threads=1)
+    out = av.VideoFrame(yuv.width, yuv.height, "yuv420p")
+    for src, dst in zip(yuv.planes, out.planes):
+        rows = np.frombuffer(memoryview(src), np.uint8).reshape(src.height, src.line_size)[:, : src.width]
+        padded = np.zeros((dst.height, dst.line_size), np.uint8)
+        padded[:, : src.width] = rows
+        dst.update(padded.tobytes())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- opening

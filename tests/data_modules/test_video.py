@@ -102,6 +102,33 @@ def test_round_trip_within_codec_tolerance(tmp_path):
     assert error < 4.0, f"mean abs error {error} after an H.264 round trip at crf 10"
 
 
+_WRITE_SCRIPT = """
+import sys, numpy as np
+from data_modules.video import write_video
+frames = np.random.default_rng(0).integers(0, 256, (24, 96, 96, 3), dtype=np.uint8)
+write_video(sys.argv[1], frames, fps=8)
+"""
+
+
+def test_write_video_bytes_do_not_depend_on_the_cores(tmp_path):
+    """libx264's automatic thread count follows the CPU affinity and changes the bitstream: pin it."""
+    import os
+    import subprocess
+    import sys
+
+    cores = sorted(os.sched_getaffinity(0))
+    outputs = []
+    for allowed in ({cores[0]}, set(cores)):
+        out = tmp_path / f"{len(allowed)}.mp4"
+        subprocess.run([sys.executable, "-c", _WRITE_SCRIPT, str(out)], check=True,
+                       preexec_fn=lambda allowed=allowed: os.sched_setaffinity(0, allowed))
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    if len(cores) > 1:  # more threads than the default must still work
+        write_video(tmp_path / "t.mp4", coded_frames(8), fps=8, threads=2)
+        assert read_video(tmp_path / "t.mp4", num_frames=8).frames.shape[0] == 8
+
+
 def test_write_video_rejects_bad_frames(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "a.mp4", np.zeros((2, 16, 16, 3), np.float32), fps=10)
