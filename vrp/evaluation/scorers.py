@@ -1,6 +1,6 @@
 """Multiple-choice scorers: candidate likelihood, option-letter logits, and generate-and-parse.
 
-Every scorer is called as ``scorer(model, batch) -> MCOutput`` with a `VideoReasoner`-like ``model`` (``encode_video``,
+Every scorer is called as ``scorer(model, batch) -> MCOutput`` with a `VideoReasoner`-like ``model`` (``video_tokens``,
 ``build_inputs``, ``llm`` with ``tokenizer``) and a multiple-choice batch (data_modules/batch.py): ``video``,
 ``frame_mask``, ``prompt`` (the user turn as the collator keeps it: placeholder stripped, no chat template),
 ``options`` and optionally ``boxes``/``box_mask``/``qformer_input_ids``/``qformer_attention_mask``. Options may be
@@ -100,24 +100,6 @@ def prompt_only(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def encode_video(model: Any, batch: dict) -> torch.Tensor:
-    """Visual tokens (B, Q, D_llm) of a batch: pixels through ``model.encode_video``, or cached encoder tokens
-    (``batch["visual"]`` (B, T, N, D), from the feature cache) through the fusion and projection."""
-    device = next(model.parameters()).device
-
-    def get(key: str) -> torch.Tensor | None:
-        value = batch.get(key)
-        return value.to(device) if isinstance(value, torch.Tensor) else None
-
-    text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
-    if "visual" in batch:
-        if not getattr(model, "use_qformer_text", False):
-            text = {"text_ids": None, "text_mask": None}
-        fused = model.fusion(get("visual"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text)
-        return model.projection(fused)
-    return model.encode_video(get("video"), get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text)
-
-
 def _logits(model: Any, video_tokens: torch.Tensor, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """LM logits (N, L', V) and labels (N, L') after the placeholder is expanded into the visual tokens."""
     device = video_tokens.device
@@ -159,7 +141,7 @@ class LikelihoodScorer(_Prompting):
     def __call__(self, model: Any, batch: dict) -> MCOutput:
         options, valid = pad_options(batch["options"])
         B, O = valid.shape
-        video_tokens = encode_video(model, batch)  # (B, Q, D) once per question
+        video_tokens = model.video_tokens(batch)  # (B, Q, D) once per question
         prompts = [p for p in batch["prompt"] for _ in range(O)]
         targets = [self.target_format.format(letter=LETTERS[i], text=o if o.strip() else "?")  # "?" rows masked
                    for row in options for i, o in enumerate(row)]
@@ -205,7 +187,7 @@ class LetterScorer(_Prompting):
         B, O = valid.shape
         tokenizer = model.llm.tokenizer
         letter_ids = torch.tensor(self.letter_token_ids(tokenizer, O))
-        video_tokens = encode_video(model, batch)
+        video_tokens = model.video_tokens(batch)
         enc = self.encode(tokenizer, batch["prompt"], [self.letter_format.format(letter="A")] * B)
         logits, labels = _logits(model, video_tokens, enc)
         # The logits that predict the first answer token sit one position before its label.

@@ -64,16 +64,51 @@ class VideoReasoner(nn.Module):
     def num_video_tokens(self) -> int:
         return self.fusion.num_output_tokens
 
+    def fuse(self, batch: Mapping, *, with_text: bool | None = None) -> torch.Tensor:
+        """The one video -> fused-tokens path (B, Q, Dq), for both stages, the scorers, the feature cache and `ask`.
+
+        Reads ``batch["visual"]`` (B, T, N, D) encoder tokens when present (feature cache, probe), else runs the vision
+        encoder on ``batch["video"]`` (B, T, C, H, W) (without autograd when it is frozen). ``boxes``/``box_mask``
+        (and ``box_labels``, read only by a state-oracle fusion) go to the fusion. The fusion reads
+        ``qformer_input_ids`` when ``with_text`` (default: ``use_qformer_text``); stage-1 contrastive queries pass
+        False. Tensors are moved to the model's device.
+        """
+        device = self.projection.weight.device
+
+        def get(key: str) -> torch.Tensor | None:
+            value = batch.get(key)
+            return value.to(device) if isinstance(value, torch.Tensor) else None
+
+        visual = get("visual")
+        if visual is None:
+            video = get("video")
+            if video is None:
+                raise KeyError(f"batch has neither 'video' nor cached 'visual' tokens (keys: {sorted(batch)})")
+            trains = any(p.requires_grad for p in self.vision.parameters())
+            with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+                visual = self.vision(video)  # (B, T, N, D)
+        else:
+            visual = visual.to(self.projection.weight.dtype)
+        text = {}
+        if self.use_qformer_text if with_text is None else with_text:
+            if batch.get("qformer_input_ids") is None:
+                raise KeyError("the fusion reads the instruction (use_qformer_text) but the batch has no "
+                               "'qformer_input_ids'; enable it in the datamodule")
+            text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
+        oracle = {"box_labels": get("box_labels")} if batch.get("box_labels") is not None else {}
+        return self.fusion(visual, get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text,
+                           **oracle)  # (B, Q, Dq)
+
+    def video_tokens(self, batch: Mapping) -> torch.Tensor:
+        """Projected visual tokens (B, Q, D_llm), inserted at the video placeholder; see `fuse`."""
+        return self.projection(self.fuse(batch))
+
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor, boxes: torch.Tensor | None = None,
                      box_mask: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
                      text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """video (B, T, C, H, W) -> projected visual tokens (B, Q, D_llm)."""
-        visual = self.vision(video)  # (B, T, N, D)
-        if not self.use_qformer_text:
-            text_ids = text_mask = None
-        fused = self.fusion(visual, frame_mask, boxes=boxes, box_mask=box_mask, text_ids=text_ids,
-                            text_mask=text_mask)  # (B, Q, Dq)
-        return self.projection(fused)  # (B, Q, D_llm)
+        """video (B, T, C, H, W) -> projected visual tokens (B, Q, D_llm): `video_tokens` with explicit arguments."""
+        return self.video_tokens({"video": video, "frame_mask": frame_mask, "boxes": boxes, "box_mask": box_mask,
+                                  "qformer_input_ids": text_ids, "qformer_attention_mask": text_mask})
 
     def build_inputs(self, video_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      labels: torch.Tensor | None = None):
@@ -101,20 +136,16 @@ class VideoReasoner(nn.Module):
             labels = torch.where(in_video, torch.full_like(text_idx, IGNORE_INDEX), labels.gather(1, text_idx))
         return inputs_embeds, mask.to(attention_mask.dtype), labels
 
-    def _video_tokens(self, batch: Mapping) -> torch.Tensor:
-        return self.encode_video(batch["video"], batch["frame_mask"], batch.get("boxes"), batch.get("box_mask"),
-                                 batch.get("qformer_input_ids"), batch.get("qformer_attention_mask"))
-
     def forward(self, batch: Mapping):
         """LM loss on ``batch["labels"]`` (a transformers CausalLMOutput with ``loss`` and ``logits``)."""
-        embeds, mask, labels = self.build_inputs(self._video_tokens(batch), batch["input_ids"],
+        embeds, mask, labels = self.build_inputs(self.video_tokens(batch), batch["input_ids"],
                                                  batch["attention_mask"], batch.get("labels"))
         return self.llm(embeds, mask, labels=labels)
 
     @torch.no_grad()
     def generate(self, batch: Mapping, max_new_tokens: int = 32, **gen) -> list[str]:
         """Greedy answers to the prompts in ``batch["input_ids"]`` (padding moved to the left if it is not)."""
-        embeds, mask, _ = self.build_inputs(self._video_tokens(batch), batch["input_ids"], batch["attention_mask"])
+        embeds, mask, _ = self.build_inputs(self.video_tokens(batch), batch["input_ids"], batch["attention_mask"])
         order = torch.sort(mask, dim=1, stable=True).indices  # padding (0) first, real tokens keep their order
         embeds = embeds.gather(1, order[..., None].expand_as(embeds))
         mask = mask.gather(1, order)

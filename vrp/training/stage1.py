@@ -78,8 +78,7 @@ class AlignmentPretraining(L.LightningModule):
         hp = self.hparams
         model = self.model
         batch = steps.with_cache(self.cache, batch)
-        visual = steps.visual_tokens(model, batch)  # (B, T, N, D)
-        queries = steps.fuse(model, visual, batch, with_text=False)  # (B, Q, Dq)
+        queries = model.fuse(batch, with_text=False)  # (B, Q, Dq): contrastive queries never read the caption
         out: dict[str, torch.Tensor] = {}
         if hp.lm_weight > 0:
             out["lm"] = steps.lm_loss(model, model.projection(queries), batch)

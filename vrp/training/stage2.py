@@ -89,10 +89,7 @@ class InstructionTuning(L.LightningModule):
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens; visual tokens from the feature cache when it holds the batch's clips."""
-        batch = steps.with_cache(self.cache, batch)
-        visual = steps.visual_tokens(self.model, batch)
-        queries = steps.fuse(self.model, visual, batch, with_text=steps.uses_qformer_text(self.model))
-        return self.model.projection(queries)
+        return self.model.video_tokens(steps.with_cache(self.cache, batch))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = steps.lm_loss(self.model, self.encode(batch), batch)

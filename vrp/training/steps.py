@@ -1,5 +1,5 @@
-"""Pieces both stage modules compose: visual tokens (pixels or cache), video tokens for the LLM, LM loss, and the
-hand-off of preprocessing from the vision encoder to the datamodule."""
+"""Pieces both stage modules compose: the feature cache, LM loss, and the hand-off of preprocessing from the vision
+encoder to the datamodule. Video -> tokens is the model's own path (`VideoReasoner.fuse` / `video_tokens`)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-
-
-def visual_tokens(model: nn.Module, batch: dict) -> torch.Tensor:
-    """(B, T, N, D) tokens of the vision encoder: from `batch["visual"]` when the batch comes from the feature cache,
-    else by running `model.vision` on `batch["video"]` (without autograd when the encoder is frozen)."""
-    if "visual" in batch:
-        return batch["visual"].to(dtype=next(model.fusion.parameters()).dtype)
-    if "video" not in batch:
-        raise KeyError(f"batch has neither 'video' nor cached 'visual' tokens (keys: {sorted(batch)})")
-    vision = model.vision
-    if any(p.requires_grad for p in vision.parameters()):
-        return vision(batch["video"])
-    with torch.no_grad():
-        return vision(batch["video"])
-
-
-def fuse(model: nn.Module, visual: torch.Tensor, batch: dict, *, with_text: bool) -> torch.Tensor:
-    """(B, Q, Dq) fusion output; the Q-Former also reads `qformer_input_ids` when `with_text` (instruction-aware)."""
-    text = {}
-    if with_text:
-        if "qformer_input_ids" not in batch:
-            raise KeyError("use_qformer_text=True but the batch has no 'qformer_input_ids'; enable it in the datamodule")
-        text = {"text_ids": batch["qformer_input_ids"], "text_mask": batch.get("qformer_attention_mask")}
-    return model.fusion(visual, batch["frame_mask"], boxes=batch.get("boxes"), box_mask=batch.get("box_mask"), **text)
-
-
-def uses_qformer_text(model: nn.Module) -> bool:
-    return bool(getattr(model, "use_qformer_text", False)) and bool(getattr(model.fusion, "supports_text", False))
 
 
 def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
