@@ -9,6 +9,7 @@ Shapes (B batch, T frames, C channels, H/W pixels, K boxes per frame, L text tok
 - ``frame_mask``       bool    (B, T)           True where the frame is real (False = padding of a short clip).
 - ``boxes``            float32 (B, T, K, 4)     optional; xyxy in [0, 1] of the frame.
 - ``box_mask``         bool    (B, T, K)        optional; True where ``boxes`` holds a real box.
+- ``box_attributes``   float32 (B, K, V)        optional, state oracle only; multi-hot attribute words of each box.
 - ``input_ids``        int64   (B, L)           LLM tokens: prompt with exactly one video placeholder token, then target.
 - ``attention_mask``   int64   (B, L)           1 for real tokens, 0 for padding (left or right, by config).
 - ``labels``           int64   (B, L)           ``input_ids`` where the loss applies (answer/caption tokens), else -100.
@@ -36,6 +37,7 @@ class Batch(TypedDict, total=False):
     frame_mask: torch.Tensor
     boxes: torch.Tensor
     box_mask: torch.Tensor
+    box_attributes: torch.Tensor
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor

@@ -126,6 +126,13 @@ class Collator:
                     k = s["boxes"].shape[1]
                     boxes[b, :, :k], mask[b, :, :k] = s["boxes"], s["box_mask"]
             batch["boxes"], batch["box_mask"] = boxes, mask  # (B, T, K, 4), (B, T, K)
+            if any(s.get("box_attributes") is not None for s in samples):  # state oracle only
+                V = next(s["box_attributes"].shape[1] for s in samples if s.get("box_attributes") is not None)
+                attributes = torch.zeros(len(samples), K, V)
+                for b, s in enumerate(samples):
+                    if s.get("box_attributes") is not None:
+                        attributes[b, : len(s["box_attributes"])] = s["box_attributes"]
+                batch["box_attributes"] = attributes  # (B, K, V)
         if any(s.get("question_type") is not None for s in samples):
             batch["question_type"] = [s.get("question_type") or "" for s in samples]
         if all(s.get("options") is not None for s in samples):

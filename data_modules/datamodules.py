@@ -58,6 +58,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
+        self.box_attributes: list[str] | None = None
 
     # --- configuration from the model -------------------------------------------------------------------------
     def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
@@ -118,7 +119,8 @@ class _ClipDataModule(L.LightningDataModule):
                                    hflip=self.hflip)
         sampling = self.train_sampling if train else self.eval_sampling
         return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
-                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side)
+                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
+                          box_attributes=self.box_attributes)
 
     def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
         rank, world = self._dist()
@@ -212,7 +214,10 @@ class InstructionDataModule(_ClipDataModule):
                  max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False) -> None:
+                 synthetic_boxes: bool = False, box_attributes: list[str] | None = None) -> None:
+        """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
+        then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
+        leave it null for a model, which sees pixels and unlabelled boxes only."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
@@ -223,6 +228,7 @@ class InstructionDataModule(_ClipDataModule):
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
         self.train_source, self.val_source, self.test_source = train, val, test
+        self.box_attributes = list(box_attributes) if box_attributes else None
 
     def _uses_synthetic(self) -> bool:
         return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None

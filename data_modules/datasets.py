@@ -22,9 +22,11 @@ class ClipLoader:
 
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None) -> None:
+                 short_side: int | None = None, box_attributes: list[str] | None = None) -> None:
+        """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
+        multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them)."""
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side = short_side
+        self.short_side, self.box_attributes = short_side, box_attributes
 
     def __call__(self, rec: Record) -> dict:
         try:
@@ -32,14 +34,17 @@ class ClipLoader:
                               short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
         except VideoReadError as e:
             raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
-        boxes = box_mask = None
+        boxes = box_mask = attributes = None
         if rec.boxes is not None:
             if rec.video_key not in rec.boxes:
                 raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
             boxes, box_mask = rec.boxes.lookup(rec.video_key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
             box_mask &= clip.frame_mask[:, None]
+            if self.box_attributes is not None:
+                attributes = rec.boxes.attributes(rec.video_key, self.box_attributes)  # (K, V)
         video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)
         return {"key": rec.key, "video": video, "frame_mask": clip.frame_mask, "boxes": boxes, "box_mask": box_mask,
+                "box_attributes": attributes,
                 "turns": rec.turns, "qformer_text": rec.qformer_text, "question_type": rec.question_type,
                 "options": rec.options, "answer_index": rec.answer_index}
 

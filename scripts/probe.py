@@ -40,7 +40,7 @@ def _videos(records, loader, vision) -> dict[str, dict]:
         with torch.no_grad():
             visual = vision(s["video"][None])[0]  # (T, N, D)
         out[rec.video_key] = {"visual": visual, "frame_mask": s["frame_mask"], "boxes": s["boxes"],
-                              "box_mask": s["box_mask"]}
+                              "box_mask": s["box_mask"], "box_attributes": s.get("box_attributes")}
     return out
 
 
@@ -51,7 +51,7 @@ def _batch(records, feats, collator, blind: bool) -> dict:
         visual = torch.zeros_like(f["visual"]) if blind else f["visual"]
         boxes, box_mask = (None, None) if blind else (f["boxes"], f["box_mask"])  # boxes carry motion: drop them too
         samples.append({"key": rec.key, "video": visual, "frame_mask": f["frame_mask"], "boxes": boxes,
-                        "box_mask": box_mask, "turns": rec.turns, "qformer_text": rec.qformer_text,
+                        "box_mask": box_mask, "box_attributes": None if blind else f["box_attributes"], "turns": rec.turns, "qformer_text": rec.qformer_text,
                         "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index})
     batch = collator(samples)
     batch["visual"] = batch.pop("video")  # the stage module and scorers read cached encoder tokens from "visual"

@@ -40,6 +40,17 @@ class BoxTable:
     def __contains__(self, key: str) -> bool:
         return key in self.table
 
+    def attributes(self, key: str, vocabulary: list[str]) -> torch.Tensor:
+        """(K, V) multi-hot of the words of each object's name found in ``vocabulary`` (e.g. "red circle" -> red,
+        circle): the state oracle's input, never a model's."""
+        index = {word: i for i, word in enumerate(vocabulary)}
+        out = torch.zeros(len(self.objects[key]), len(vocabulary))
+        for k, name in enumerate(self.objects[key]):
+            for word in name.split():
+                if word in index:
+                    out[k, index[word]] = 1.0
+        return out
+
     def lookup(self, key: str, timestamps: torch.Tensor, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (T, K, 4) and mask (T, K) of the frames at ``timestamps`` (seconds)."""
         t = self.table[key]  # (F, K, 4)

@@ -18,6 +18,20 @@ def interpolate_embeddings(table: torch.Tensor, length: int) -> torch.Tensor:
     return F.interpolate(table.T[None], size=length, mode="linear", align_corners=True)[0].T
 
 
+def roi_features(patches: torch.Tensor, grid: tuple[int, int], boxes: torch.Tensor, roi_size: int) -> torch.Tensor:
+    """RoIAlign of boxes over each frame's patch grid: patches (B, T, gh*gw, D), boxes (B, T, K, 4) xyxy in [0, 1]
+    -> (B, T, K, D * roi_size**2)."""
+    B, T, _, D = patches.shape
+    gh, gw = grid
+    K = boxes.shape[2]
+    fmap = patches.reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
+    scale = boxes.new_tensor([gw, gh, gw, gh])
+    frame = torch.arange(B * T, device=boxes.device).repeat_interleave(K)[:, None].to(boxes.dtype)
+    rois = torch.cat([frame, boxes.reshape(-1, 4) * scale], dim=1)  # (B*T*K, 5): frame index, box in grid units
+    pooled = roi_align(fmap, rois, output_size=roi_size, aligned=True)  # (B*T*K, D, r, r)
+    return pooled.flatten(1).view(B, T, K, -1)
+
+
 class SlotAttention(nn.Module):
     """Slot attention (Locatello et al., 2020) with learned, deterministic initial slots: (B, N, D) -> (B, K, D)."""
 
@@ -80,12 +94,7 @@ class ObjectTokens(nn.Module):
             K = boxes.shape[2]
             if box_mask is not None:  # absent boxes may hold NaN or junk
                 boxes = boxes.masked_fill(~box_mask.bool()[..., None], 0.0)
-            fmap = patches.reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
-            scale = boxes.new_tensor([gw, gh, gw, gh])
-            rois = torch.cat([torch.arange(B * T, device=boxes.device).repeat_interleave(K)[:, None].to(boxes.dtype),
-                              (boxes.reshape(-1, 4) * scale)], dim=1)  # (B*T*K, 5): frame index, box in grid units
-            pooled = roi_align(fmap, rois, output_size=self.roi_size, aligned=True)  # (B*T*K, D, r, r)
-            tokens = self.roi_proj(pooled.flatten(1)).view(B, T, K, D) + self.box_embed(boxes)
+            tokens = self.roi_proj(roi_features(patches, self.grid, boxes, self.roi_size)) + self.box_embed(boxes)
             mask = torch.ones(B, T, K, dtype=torch.bool, device=visual.device) if box_mask is None else box_mask.bool()
         tokens = tokens + interpolate_embeddings(self.time_embed, T)[None, :, None]
         return tokens, mask

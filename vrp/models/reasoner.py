@@ -69,7 +69,7 @@ class VideoReasoner(nn.Module):
 
         Reads ``batch["visual"]`` (B, T, N, D) encoder tokens when present (feature cache, probe), else runs the vision
         encoder on ``batch["video"]`` (B, T, C, H, W) (without autograd when it is frozen). ``boxes``/``box_mask``
-        (and ``box_labels``, read only by a state-oracle fusion) go to the fusion. The fusion reads
+        (and ``box_attributes``, read only by a state-oracle fusion) go to the fusion. The fusion reads
         ``qformer_input_ids`` when ``with_text`` (default: ``use_qformer_text``); stage-1 contrastive queries pass
         False. Tensors are moved to the model's device.
         """
@@ -79,25 +79,28 @@ class VideoReasoner(nn.Module):
             value = batch.get(key)
             return value.to(device) if isinstance(value, torch.Tensor) else None
 
-        visual = get("visual")
-        if visual is None:
-            video = get("video")
-            if video is None:
-                raise KeyError(f"batch has neither 'video' nor cached 'visual' tokens (keys: {sorted(batch)})")
-            trains = any(p.requires_grad for p in self.vision.parameters())
-            with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
-                visual = self.vision(video)  # (B, T, N, D)
-        else:
-            visual = visual.to(self.projection.weight.dtype)
+        visual = self.visual_tokens(batch)  # (B, T, N, D)
         text = {}
         if self.use_qformer_text if with_text is None else with_text:
             if batch.get("qformer_input_ids") is None:
                 raise KeyError("the fusion reads the instruction (use_qformer_text) but the batch has no "
                                "'qformer_input_ids'; enable it in the datamodule")
             text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
-        oracle = {"box_labels": get("box_labels")} if batch.get("box_labels") is not None else {}
+        oracle = {"box_attributes": get("box_attributes")} if batch.get("box_attributes") is not None else {}
         return self.fusion(visual, get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text,
                            **oracle)  # (B, Q, Dq)
+
+    def visual_tokens(self, batch: Mapping) -> torch.Tensor:
+        """Vision-encoder tokens (B, T, N, D): ``batch["visual"]`` when cached, else the encoder on ``batch["video"]``
+        (without autograd when it is frozen)."""
+        param = self.projection.weight
+        if batch.get("visual") is not None:
+            return batch["visual"].to(param.device, param.dtype)
+        if batch.get("video") is None:
+            raise KeyError(f"batch has neither 'video' nor cached 'visual' tokens (keys: {sorted(batch)})")
+        trains = any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+            return self.vision(batch["video"].to(param.device))
 
     def video_tokens(self, batch: Mapping) -> torch.Tensor:
         """Projected visual tokens (B, Q, D_llm), inserted at the video placeholder; see `fuse`."""

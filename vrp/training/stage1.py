@@ -78,7 +78,8 @@ class AlignmentPretraining(L.LightningModule):
         hp = self.hparams
         model = self.model
         batch = steps.with_cache(self.cache, batch)
-        queries = model.fuse(batch, with_text=False)  # (B, Q, Dq): contrastive queries never read the caption
+        visual = model.visual_tokens(batch)  # (B, T, N, D), once for ITC, ITM and LM
+        queries = model.fuse({**batch, "visual": visual}, with_text=False)  # (B, Q, Dq): queries never read the caption
         out: dict[str, torch.Tensor] = {}
         if hp.lm_weight > 0:
             out["lm"] = steps.lm_loss(model, model.projection(queries), batch)

@@ -1,7 +1,9 @@
 """Stage 2: instruction fine-tuning. LM loss on answer tokens; by default fusion + projection + LoRA adapters train.
 
 Initialised (weights only) from a stage-1 checkpoint via `init_from`; resumed runs use `--ckpt_path` instead.
-Validation logs the LM loss; test batches with `options` are scored by `scorer` and reported per question type.
+Validation logs the LM loss and, on batches with `options`, multiple-choice accuracy per question type
+(`val/acc_<type>`, `val/acc`): the answer loss flattens long before accuracy stops moving, so accuracy is the progress
+signal. Test batches are scored by `scorer` and reported per question type.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from vrp.evaluation.metrics import PerTypeAccuracy
 from vrp.evaluation.results import load_blind_baseline, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine_from_hparams
@@ -65,11 +68,15 @@ class InstructionTuning(L.LightningModule):
         results_dir: str | None = None,
         held_out_types: list[str] | None = None,
         blind_baseline: str | None = None,
+        val_accuracy: bool = True,
+        val_question_types: list[str] | None = None,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
         (default: the logger's folder); `held_out_types` (zero-shot protocol) are marked there, with seen/unseen rows;
-        `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column."""
+        `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column. `val_accuracy` scores validation
+        batches that carry options (per type; `val_question_types` fixes the type list, which multi-GPU runs need for
+        per-type figures, else only the overall accuracy is synced)."""
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
@@ -86,6 +93,7 @@ class InstructionTuning(L.LightningModule):
                            f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
                            "trained only in stage 2)")
         self._test_rows: list[dict] = []
+        self.val_acc = PerTypeAccuracy(val_question_types)
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens; visual tokens from the feature cache when it holds the batch's clips."""
@@ -100,6 +108,24 @@ class InstructionTuning(L.LightningModule):
         if "labels" in batch:
             loss = steps.lm_loss(self.model, self.encode(batch), batch)
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
+        if self.hparams.val_accuracy and "options" in batch:
+            out = self.scorer(self.model, steps.with_cache(self.cache, batch))
+            types = batch.get("question_type") or ["all"] * len(batch["options"])
+            self.val_acc.update(out.prediction, batch["answer_index"], types)
+
+    def on_validation_epoch_end(self) -> None:
+        if not int(self.val_acc.total.sum()):
+            return
+        fixed = not self.val_acc.grow
+        if self.trainer.world_size > 1 and not fixed:  # ranks may have seen different type lists: sync the total
+            hits = torch.stack([self.val_acc.correct.sum(), self.val_acc.total.sum()]).float().to(self.device)
+            hits = self.all_gather(hits).view(-1, 2).sum(0)
+            self.log("val/acc", (hits[0] / hits[1]).item() * 100, prog_bar=True, rank_zero_only=True)
+        else:
+            for name, acc in self.val_acc.compute().items():
+                self.log("val/acc" if name == "overall" else f"val/acc_{name}", acc * 100,
+                         prog_bar=name == "overall", rank_zero_only=True)
+        self.val_acc.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         if "options" not in batch:

@@ -1,0 +1,93 @@
+"""Track fusion: shapes, gradients, padding objects, the oracle's labels, joint attention across time, ablation switches."""
+
+import pytest
+import torch
+
+from vrp.models.tracks import TrackFusion, box_features
+
+
+def _inputs(B=2, T=3, K=2, D=8, grid=(4, 4)):
+    torch.manual_seed(0)
+    visual = torch.randn(B, T, 1 + grid[0] * grid[1], D)
+    centre = torch.rand(B, 1, K, 2) * 0.5 + 0.25 + torch.arange(T)[None, :, None, None] * 0.02  # moving right/down
+    boxes = torch.cat([centre - 0.1, centre + 0.1], dim=-1)  # (B, T, K, 4)
+    return visual, boxes, torch.ones(B, T, K, dtype=torch.bool)
+
+
+def _fusion(**kw):
+    torch.manual_seed(0)
+    args = dict(max_objects=3, num_frames=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    return TrackFusion(8, (4, 4), 1, **(args | kw))
+
+
+def test_box_features_motion_and_mask():
+    boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.2, 0.1, 0.4, 0.3], [0.4, 0.1, 0.6, 0.3]])[None, :, None]  # (1,3,1,4)
+    mask = torch.tensor([[True], [True], [False]])[None]
+    f = box_features(boxes, mask)
+    assert f.shape == (1, 3, 1, 12)
+    torch.testing.assert_close(f[0, 1, 0, 8:10], torch.tensor([1.0, 0.0]))  # moved 0.1 right since frame 0 (x10)
+    torch.testing.assert_close(f[0, 0, 0, 10:12], torch.tensor([1.0, 0.0]))  # moves 0.1 right into frame 1
+    assert f[0, 1, 0, 10:].abs().sum() == 0  # the next box is absent: no motion out of frame 1
+    assert f[0, 2].abs().sum() == 0  # absent box: all zero
+
+
+@pytest.mark.parametrize("appearance", ["roi", "oracle", "none"])
+def test_shapes_gradients_and_padding(appearance):
+    visual, boxes, mask = _inputs()
+    visual.requires_grad_(True)
+    fusion = _fusion(appearance=appearance)
+    attrs = torch.eye(10)[torch.tensor([[0, 5], [3, 9]])] if appearance == "oracle" else None  # (2, 2, 10)
+    out = fusion(visual, torch.ones(2, 3, dtype=torch.bool), boxes=boxes, box_mask=mask, box_attributes=attrs)
+    assert out.shape == (2, 3 * 3, 16) and fusion.num_output_tokens == 9 and fusion.output_dim == 16
+    tokens = out.view(2, 3, 3, 16)
+    assert tokens[:, :, 2].abs().sum() == 0  # the padding object (K=2 < max_objects=3) is zero
+    assert tokens[:, :, :2].abs().sum(-1).gt(0).all()
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in fusion.parameters() if p.requires_grad)
+    assert (visual.grad is not None and visual.grad.abs().sum() > 0) == (appearance == "roi")  # only RoI reads pixels
+
+
+def test_oracle_reads_attributes_not_pixels():
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(appearance="oracle", num_attributes=4).eval()
+    attrs = torch.tensor([[[1.0, 0, 1, 0], [0, 1, 0, 1]], [[1, 0, 0, 1], [0, 1, 1, 0]]])  # colour + shape words
+    ref = fusion(visual, None, boxes=boxes, box_mask=mask, box_attributes=attrs)
+    torch.testing.assert_close(fusion(visual * 0 + 3, None, boxes=boxes, box_mask=mask, box_attributes=attrs), ref)
+    assert not torch.allclose(fusion(visual, None, boxes=boxes, box_mask=mask, box_attributes=attrs.flip(1)), ref)
+    with pytest.raises(ValueError, match="box_attributes"):
+        fusion(visual, None, boxes=boxes, box_mask=mask)
+
+
+def test_joint_attention_reads_other_objects_and_frames():
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(appearance="none").eval()
+    ref = fusion(visual, None, boxes=boxes, box_mask=mask).view(2, 3, 3, 16)
+    moved = boxes.clone()
+    moved[:, 2, 1] += 0.05  # object 1 at the last frame only
+    out = fusion(visual, None, boxes=moved, box_mask=mask).view(2, 3, 3, 16)
+    assert not torch.allclose(out[:, 0, 0], ref[:, 0, 0])  # object 0 at frame 0 sees it
+
+
+def test_switches_and_errors():
+    visual, boxes, mask = _inputs()
+    off = _fusion(identity_embed=False, time_embed=False, motion=False)
+    assert off.identity is None and off.time is None
+    assert off(visual, None, boxes=boxes, box_mask=mask).shape == (2, 9, 16)
+    # without motion features a static and a moving track look the same at the box level
+    static = boxes[:, :1].expand_as(boxes)
+    f = off.tokens(visual, None, static, mask, None)[0]
+    assert f.shape == (2, 3, 3, 16)
+    fusion = _fusion()
+    with pytest.raises(ValueError, match="boxes"):
+        fusion(visual, None)
+    with pytest.raises(ValueError, match="K<=3"):
+        fusion(visual, None, boxes=torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="text"):
+        fusion(visual, None, boxes=boxes, text_ids=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="appearance"):
+        _fusion(appearance="pixels")
+    # more frames than the learned time table: interpolated
+    visual5 = torch.randn(2, 5, 17, 8)
+    boxes5 = torch.rand(2, 5, 2, 2) * 0.4
+    boxes5 = torch.cat([boxes5, boxes5 + 0.2], dim=-1)
+    assert fusion(visual5, None, boxes=boxes5).shape == (2, 15, 16)

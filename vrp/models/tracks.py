@@ -1,0 +1,132 @@
+"""Track fusion: one token per (object, frame), mixed by joint spatiotemporal self-attention (Aloe / SlotFormer style).
+
+The k-th box of every frame is the same object (a tracker's ids, or the simulator's object order), so each token
+carries *which* object it is (identity embedding), *when* (time embedding), *where and how it moves* (box and
+box-motion embedding) and *what it looks like*: RoIAlign of the box over the frozen encoder's patch grid
+(``appearance="roi"``, the default: pixels and unlabelled boxes only), or, for the **state oracle**, an embedding of
+the object's attributes (``appearance="oracle"``: multi-hot ``box_attributes`` from the simulator, e.g. its colour
+and shape words; no pixels), or nothing
+(``appearance="none"``: boxes only). A pre-norm transformer attends over all K x T tokens at once, so an object's
+token at frame t can read every other object at every frame: collisions, causes and what follows are relations
+between tracks, which a per-frame Q-Former has to compress away before it sees time.
+
+Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vrp.models.objects import interpolate_embeddings, roi_features
+
+Appearance = Literal["roi", "oracle", "none"]
+BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next frame
+
+
+def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, 12): xyxy, centre, size, centre motion (prev, next); 0 where
+    a box or its neighbour is absent."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, T, K, 2)
+    size = boxes[..., 2:] - boxes[..., :2]
+    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, T-1, K, 2)
+    zero = torch.zeros_like(centre[:, :1])
+    prev = torch.cat([zero, step], dim=1)  # motion into frame t
+    nxt = torch.cat([step, zero], dim=1)  # motion out of frame t
+    feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per frame: rescale
+    return feats * mask[..., None]
+
+
+class TrackFusion(nn.Module):
+    """Fusion over object tracks; built by the reasoner as ``TrackFusion(vision_width, grid, num_prefix_tokens, ...)``.
+
+    Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T, K, 4), box_mask (B, T, K),
+    box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``; boxes are required (K <=
+    ``max_objects``), ``box_attributes`` only with ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches:
+    ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features).
+    """
+
+    supports_text = False
+
+    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
+                 appearance: Appearance = "roi", max_objects: int = 5, num_frames: int = 8, hidden_size: int = 128,
+                 num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 256, roi_size: int = 2,
+                 num_attributes: int = 10, identity_embed: bool = True, time_embed: bool = True, motion: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        if appearance not in ("roi", "oracle", "none"):
+            raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
+        self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
+        self.appearance, self.max_objects, self.motion = appearance, max_objects, motion
+        self.hidden_size = self.output_dim = hidden_size
+        self.num_output_tokens = max_objects * num_frames
+        if appearance == "roi":
+            self.visual_norm = nn.LayerNorm(vision_width)
+            self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
+        elif appearance == "oracle":
+            self.attribute_embed = nn.Linear(num_attributes, hidden_size)
+        self.box_embed = nn.Sequential(nn.Linear(BOX_FEATURES, hidden_size), nn.GELU(),
+                                       nn.Linear(hidden_size, hidden_size))
+        self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
+        self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
+        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def tokens(self, visual: torch.Tensor, frame_mask: torch.Tensor | None, boxes: torch.Tensor | None,
+               box_mask: torch.Tensor | None, box_attributes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input tokens (B, T, K, H) before attention, and their keep-mask (B, T, K), K = ``max_objects``."""
+        B, T, N, D = visual.shape
+        if boxes is None:
+            raise ValueError("TrackFusion needs per-frame object boxes (B, T, K, 4): give the datamodule a boxes file "
+                             "(synthetic_boxes: true, or a detector's boxes in the boxes.json layout; `vrp ask --boxes`)")
+        K = boxes.shape[2]
+        if boxes.shape[:2] != (B, T) or boxes.shape[-1] != 4 or K > self.max_objects:
+            raise ValueError(f"boxes must be (B={B}, T={T}, K<={self.max_objects}, 4); got {tuple(boxes.shape)}")
+        mask = torch.ones(B, T, K, dtype=torch.bool, device=visual.device) if box_mask is None else box_mask.bool()
+        if frame_mask is not None:
+            mask = mask & frame_mask.bool()[:, :, None]
+        boxes = boxes.masked_fill(~mask[..., None], 0.0)  # absent boxes may hold NaN or junk
+        feats = box_features(boxes, mask)
+        if not self.motion:
+            feats = torch.cat([feats[..., :8], torch.zeros_like(feats[..., 8:])], dim=-1)
+        x = self.box_embed(feats)  # (B, T, K, H)
+        if self.appearance == "roi":
+            if N != self.num_prefix_tokens + self.grid[0] * self.grid[1]:
+                raise ValueError(f"visual has {N} tokens per frame; this fusion was built for {self.num_prefix_tokens} "
+                                 f"prefix + {self.grid[0]}x{self.grid[1]} patch tokens")
+            patches = self.visual_norm(visual[:, :, self.num_prefix_tokens:])
+            x = x + self.appearance_proj(roi_features(patches, self.grid, boxes, self.roi_size))
+        elif self.appearance == "oracle":
+            V = self.attribute_embed.in_features
+            if box_attributes is None or box_attributes.shape != (B, K, V):
+                got = None if box_attributes is None else tuple(box_attributes.shape)
+                raise ValueError(f"appearance='oracle' needs box_attributes (B={B}, K={K}, V={V}); got {got} "
+                                 "(set the datamodule's box_attributes to the attribute words)")
+            x = x + self.attribute_embed(box_attributes.to(x.dtype))[:, None]  # (B, 1, K, H): holds in every frame
+        pad = self.max_objects - K
+        if pad:
+            x = torch.cat([x, x.new_zeros(B, T, pad, x.shape[-1])], dim=2)
+            mask = torch.cat([mask, mask.new_zeros(B, T, pad)], dim=2)
+        if self.identity is not None:
+            x = x + self.identity[None, None]
+        if self.time is not None:
+            x = x + interpolate_embeddings(self.time, T)[None, :, None]
+        return x, mask
+
+    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
+                boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
+                box_attributes: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
+        if text_ids is not None:
+            raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
+        x, mask = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H), (B, T, K)
+        B, T, K, H = x.shape
+        flat, keep = x.reshape(B, T * K, H), mask.reshape(B, T * K)
+        keep = keep | ~keep.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
+        out = self.norm(self.encoder(flat, src_key_padding_mask=~keep))  # (B, T*K, H)
+        return out * mask.reshape(B, T * K, 1)
