@@ -105,7 +105,7 @@ class Collator:
             ids.append(i)
             labels.append(lab)
         batch: Batch = {
-            "video": torch.stack([s["video"] for s in samples]),  # (B, T, C, H, W)
+            **_pixels_or_features(samples),  # video (B, T, C, H, W) or cached visual (B, T, N, D)
             "frame_mask": torch.stack([s["frame_mask"] for s in samples]),  # (B, T)
             "input_ids": self._pad(ids, self.tok.pad_token_id),
             "attention_mask": self._pad([[1] * len(i) for i in ids], 0),
@@ -118,7 +118,7 @@ class Collator:
                       max_length=self.qformer_max_length, return_tensors="pt")
         batch["qformer_input_ids"], batch["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
         if any(s.get("boxes") is not None for s in samples):
-            T = batch["video"].shape[1]
+            T = batch["frame_mask"].shape[1]
             K = max(s["boxes"].shape[1] for s in samples if s.get("boxes") is not None)
             boxes, mask = torch.zeros(len(samples), T, K, 4), torch.zeros(len(samples), T, K, dtype=torch.bool)
             for b, s in enumerate(samples):
@@ -139,3 +139,12 @@ class Collator:
             batch["options"] = [s["options"] for s in samples]
             batch["answer_index"] = torch.tensor([s["answer_index"] for s in samples])
         return batch
+
+
+def _pixels_or_features(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack the clips' frames as ``video``, or their cached encoder tokens as ``visual`` (a feature-cache run)."""
+    kinds = {"visual" if s.get("visual") is not None else "video" for s in samples}
+    if len(kinds) != 1:
+        raise ValueError("a batch mixes decoded clips and cached features; the feature cache must cover every video")
+    kind = kinds.pop()
+    return {kind: torch.stack([s[kind] for s in samples])}

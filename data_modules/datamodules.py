@@ -26,6 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules.collate import Collator
 from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
+from data_modules.features import FeatureStore
 from data_modules.skips import SkipCounter
 from data_modules.sources import (CaptionManifest, LlavaInstructions, Mixture, MultipleChoice, VideoChat2Instructions,
                                   WebDatasetSource)
@@ -59,6 +60,8 @@ class _ClipDataModule(L.LightningDataModule):
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
         self.box_attributes: list[str] | None = None
+        self.feature_cache: str | None = None
+        self._features: FeatureStore | None = None
 
     # --- configuration from the model -------------------------------------------------------------------------
     def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
@@ -120,7 +123,19 @@ class _ClipDataModule(L.LightningDataModule):
         sampling = self.train_sampling if train else self.eval_sampling
         return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
                           fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
-                          box_attributes=self.box_attributes)
+                          box_attributes=self.box_attributes, features=self.features())
+
+    def features(self) -> FeatureStore | None:
+        """The `feature_cache` store (None: decode clips)."""
+        if self.feature_cache is None:
+            return None
+        if self._features is None:
+            store = FeatureStore(self.feature_cache)
+            if store.meta.get("num_frames") not in (None, self.num_frames):
+                raise ValueError(f"feature cache {self.feature_cache} holds {store.meta['num_frames']} frames per clip "
+                                 f"but num_frames={self.num_frames}; rebuild it (vrp cache) or set feature_cache: null")
+            self._features = store
+        return self._features
 
     def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
         rank, world = self._dist()
@@ -163,7 +178,7 @@ class VideoTextDataModule(_ClipDataModule):
                  max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False) -> None:
+                 synthetic_boxes: bool = False, feature_cache: str | None = None) -> None:
         super().__init__()
         self._init_common(
             tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
@@ -174,6 +189,7 @@ class VideoTextDataModule(_ClipDataModule):
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
         self.train_source, self.val_source = train, val
+        self.feature_cache = feature_cache  # a `vrp cache` folder: read encoder tokens per video, never decode
 
     def _uses_synthetic(self) -> bool:
         return self.train_source is None or self.val_source is None or self.tokenizer is None
@@ -214,10 +230,12 @@ class InstructionDataModule(_ClipDataModule):
                  max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False, box_attributes: list[str] | None = None) -> None:
+                 synthetic_boxes: bool = False, box_attributes: list[str] | None = None,
+                 feature_cache: str | None = None) -> None:
         """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
         then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
-        leave it null for a model, which sees pixels and unlabelled boxes only."""
+        leave it null for a model, which sees pixels and unlabelled boxes only. ``feature_cache``: a `vrp cache`
+        folder; every split then reads the frozen encoder's tokens per video instead of decoding."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
@@ -229,6 +247,7 @@ class InstructionDataModule(_ClipDataModule):
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
         self.train_source, self.val_source, self.test_source = train, val, test
         self.box_attributes = list(box_attributes) if box_attributes else None
+        self.feature_cache = feature_cache
 
     def _uses_synthetic(self) -> bool:
         return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None

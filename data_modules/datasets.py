@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from data_modules.features import FeatureStore
 from data_modules.skips import BadSample, SkipCounter
 from data_modules.sources.record import Record
 from data_modules.sources.webdataset import WebDatasetSource
@@ -22,31 +23,49 @@ class ClipLoader:
 
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None, box_attributes: list[str] | None = None) -> None:
+                 short_side: int | None = None, box_attributes: list[str] | None = None,
+                 features: FeatureStore | None = None) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
-        multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them)."""
+        multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
+        ``features``: read each clip's frozen-encoder tokens from this store (sample key ``visual``) instead of
+        decoding it."""
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side, self.box_attributes = short_side, box_attributes
+        self.short_side, self.box_attributes, self.features = short_side, box_attributes, features
 
-    def __call__(self, rec: Record) -> dict:
+    def decode(self, rec: Record) -> dict:
+        """The transformed frames of a record's clip: ``video`` (T, C, H, W), ``frame_mask``, ``timestamps``, ``fps``."""
         try:
             clip = read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps,
                               short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
         except VideoReadError as e:
             raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
+        return {"video": clip.frames, "frame_mask": clip.frame_mask, "timestamps": clip.timestamps, "fps": clip.fps}
+
+    def __call__(self, rec: Record) -> dict:
+        if self.features is not None:
+            try:
+                clip = dict(self.features.read(rec.video_key))  # visual, frame_mask, timestamps, fps
+            except KeyError as e:
+                raise BadSample(rec.key, "not_cached", str(e)) from e
+            clip["fps"] = float(clip["fps"])
+        else:
+            clip = self.decode(rec)
         boxes = box_mask = attributes = None
         if rec.boxes is not None:
             if rec.video_key not in rec.boxes:
                 raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
-            boxes, box_mask = rec.boxes.lookup(rec.video_key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
-            box_mask &= clip.frame_mask[:, None]
+            boxes, box_mask = rec.boxes.lookup(rec.video_key, clip["timestamps"], clip["fps"])  # (T, K, 4), (T, K)
+            box_mask &= clip["frame_mask"][:, None]
             if self.box_attributes is not None:
                 attributes = rec.boxes.attributes(rec.video_key, self.box_attributes)  # (K, V)
-        video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)
-        return {"key": rec.key, "video": video, "frame_mask": clip.frame_mask, "boxes": boxes, "box_mask": box_mask,
-                "box_attributes": attributes,
-                "turns": rec.turns, "qformer_text": rec.qformer_text, "question_type": rec.question_type,
-                "options": rec.options, "answer_index": rec.answer_index}
+        if "video" in clip:
+            video, boxes, box_mask = self.transform(clip["video"], boxes, box_mask)
+            pixels = {"video": video}
+        else:
+            pixels = {"visual": clip["visual"]}  # encoder tokens of the eval view: no transform
+        return {"key": rec.key, **pixels, "frame_mask": clip["frame_mask"], "boxes": boxes, "box_mask": box_mask,
+                "box_attributes": attributes, "turns": rec.turns, "qformer_text": rec.qformer_text,
+                "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index}
 
 
 class MapDataset(Dataset):

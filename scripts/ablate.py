@@ -8,7 +8,9 @@ Each row is the embedded default plus one overlay from `--overlays` (the `baseli
 (`experiments/embedded/finetune.yaml` + overlay, `--steps` steps) initialised from that row's own stage-1 checkpoint,
 so an overlay that changes the fusion module is pretrained with it. An overlay that sets `model.init_args.init_from`
 (e.g. `skip_stage1.yaml`, the baselines) is a stage-2-only row. Every row is tested on the synthetic mc.csv test
-split with the same scorer. Extra arguments after `--` go to every `vrp fit`.
+split with the same scorer; `ci95_overall` is the 95% interval of the overall accuracy (binomial, over the test
+questions), so two rows whose difference is within both intervals are not told apart. Extra arguments after `--`
+go to every `vrp fit`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vrp.evaluation.results import interval95  # noqa: E402
 PRETRAIN = ROOT / "experiments" / "embedded" / "pretrain.yaml"
 FINETUNE = ROOT / "experiments" / "embedded" / "finetune.yaml"
 QUIET = ["--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0"]
@@ -63,8 +67,10 @@ def run(name: str, overlay: Path | None, out: Path, steps: int, pretrain_steps: 
     subprocess.run([sys.executable, "-m", "vrp", "test", *configs, *QUIET, *init,
                     f"--model.init_args.results_dir={run_dir}", "--ckpt_path", str(stage2)], cwd=ROOT, check=True)
     result = json.loads((run_dir / "test_results.json").read_text())
+    overall, n = result["accuracy"]["overall"], result["counts"]["overall"]
     return {"ablation": name, "minutes": round((time.time() - start) / 60, 1), **{
-        f"acc_{k}": round(v, 1) for k, v in result["accuracy"].items()}}
+        f"acc_{k}": round(v, 1) for k, v in result["accuracy"].items()},
+        "ci95_overall": round(interval95(overall, n), 1)}
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ A row is ``{"key", "type", "prediction", "answer", "num_options"}`` (+ optional 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,13 @@ def rows_from_batch(batch: Mapping, out: MCOutput) -> list[dict]:
             row["text"] = out.text[i]
         rows.append(row)
     return rows
+
+
+def interval95(acc: float, n: int) -> float:
+    """Half-width, in points, of the 95% normal-approximation interval of an accuracy ``acc`` (%) over ``n``
+    questions: 1.96 * sqrt(p (1 - p) / n)."""
+    p = acc / 100.0
+    return 196.0 * math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
 def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = ()) -> dict:

@@ -5,6 +5,9 @@
   <out>/llm/   a tiny Llama (save_pretrained) with the synthetic tokenizer
 so stage 1, stage 2, export and inference rebuild identical frozen weights by path, exactly as with a real
 checkpoint. Deterministic from `seed`; re-running with existing output is a no-op unless `overwrite`.
+`--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`vrp.training.stage0`): per-patch
+colour and shape supervision on TRAIN frames, saved over <out>/vit with a <out>/vit/stage0.json report; skipped when
+that report exists.
 """
 
 from __future__ import annotations
@@ -55,5 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="artifacts/embedded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data", default="data/synthetic", help="synthetic root whose train split stage 0 reads")
+    p.add_argument("--vit-steps", type=int, default=0, help="stage-0 ViT pretraining steps (0: keep it random)")
     a = p.parse_args(argv)
-    print(f"embedded backbones at {prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)}")
+    out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
+    print(f"embedded backbones at {out}")
+    if a.vit_steps > 0 and (a.overwrite or not (out / "vit" / "stage0.json").is_file()):
+        from vrp.training.stage0 import pretrain_vit
+
+        report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
+        print(f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
+              f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}")

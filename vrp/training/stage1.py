@@ -54,12 +54,10 @@ class AlignmentPretraining(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
-        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model())
         self.model = model
-        self.cache = steps.open_cache(feature_cache, self.hparams.get("model"))
         if min(itc_weight, itm_weight, lm_weight) < 0 or itc_weight + itm_weight + lm_weight == 0:
             raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")
         fusion = model.fusion
@@ -77,7 +75,6 @@ class AlignmentPretraining(L.LightningModule):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         hp = self.hparams
         model = self.model
-        batch = steps.with_cache(self.cache, batch)
         visual = model.visual_tokens(batch)  # (B, T, N, D), once for ITC, ITM and LM
         queries = model.fuse({**batch, "visual": visual}, with_text=False)  # (B, Q, Dq): queries never read the caption
         out: dict[str, torch.Tensor] = {}
@@ -138,7 +135,7 @@ class AlignmentPretraining(L.LightningModule):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self.trainer, self.model)
+        steps.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [self.heads] if self.heads is not None else [])

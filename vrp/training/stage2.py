@@ -64,7 +64,6 @@ class InstructionTuning(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
-        feature_cache: str | None = None,
         results_dir: str | None = None,
         held_out_types: list[str] | None = None,
         blind_baseline: str | None = None,
@@ -80,7 +79,6 @@ class InstructionTuning(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
-        self.cache = steps.open_cache(feature_cache, self.hparams.get("model"))
         if scorer is None:
             from vrp.evaluation.scorers import LikelihoodScorer
 
@@ -96,8 +94,8 @@ class InstructionTuning(L.LightningModule):
         self.val_acc = PerTypeAccuracy(val_question_types)
 
     def encode(self, batch: dict) -> torch.Tensor:
-        """(B, Q, D_llm) video tokens; visual tokens from the feature cache when it holds the batch's clips."""
-        return self.model.video_tokens(steps.with_cache(self.cache, batch))
+        """(B, Q, D_llm) video tokens (from cached encoder tokens when the datamodule reads a feature cache)."""
+        return self.model.video_tokens(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = steps.lm_loss(self.model, self.encode(batch), batch)
@@ -109,7 +107,7 @@ class InstructionTuning(L.LightningModule):
             loss = steps.lm_loss(self.model, self.encode(batch), batch)
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
         if self.hparams.val_accuracy and "options" in batch:
-            out = self.scorer(self.model, steps.with_cache(self.cache, batch))
+            out = self.scorer(self.model, batch)
             types = batch.get("question_type") or ["all"] * len(batch["options"])
             self.val_acc.update(out.prediction, batch["answer_index"], types)
 
@@ -151,7 +149,7 @@ class InstructionTuning(L.LightningModule):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self.trainer, self.model)
+        steps.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [])

@@ -1,5 +1,6 @@
-"""Pieces both stage modules compose: the feature cache, LM loss, and the hand-off of preprocessing from the vision
-encoder to the datamodule. Video -> tokens is the model's own path (`VideoReasoner.fuse` / `video_tokens`)."""
+"""Pieces both stage modules compose: LM loss, logging of skips, and the hand-off of preprocessing (and the feature
+cache check) from the vision encoder to the datamodule. Video -> tokens is the model's own path
+(`VideoReasoner.fuse` / `video_tokens`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,23 @@ def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.
     return model.llm(embeds, mask, labels=labels).loss
 
 
-def configure_datamodule(trainer: L.Trainer | None, model: nn.Module) -> None:
-    """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML)."""
-    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-    if dm is not None and hasattr(dm, "configure_preprocess"):
-        vision = model.vision
+def configure_datamodule(module: L.LightningModule) -> None:
+    """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that a
+    feature cache it reads was built with this vision encoder."""
+    dm = getattr(module.trainer, "datamodule", None)  # called from setup(), when the trainer is attached
+    if dm is None:
+        return
+    vision = module.model.vision
+    if hasattr(dm, "configure_preprocess"):
         dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    store = dm.features() if hasattr(dm, "features") else None
+    if store is not None:
+        from vrp.training.cache import vision_meta
+
+        ours, theirs = vision_meta(module.hparams.get("model")), store.meta.get("vision")
+        if ours and theirs and ours != theirs:
+            raise ValueError(f"feature cache {store.root} was built with vision {theirs}, but the model uses {ours}; "
+                             "rebuild it with `vrp cache`")
 
 
 def log_skips(module: L.LightningModule) -> None:
@@ -38,26 +50,3 @@ def batch_size(batch: dict) -> int:
         if key in batch:
             return int(batch[key].shape[0])
     return 1
-
-
-def open_cache(path: str | None, model_config: Any) -> Any:
-    """The `FeatureCache` at `path` (None: no cache); fails when it was built with another vision encoder."""
-    if not path:
-        return None
-    from vrp.training.cache import FeatureCache, vision_meta
-
-    cache = FeatureCache(path)
-    ours, theirs = vision_meta(model_config if isinstance(model_config, dict) else None), cache.info.get("vision")
-    if ours and theirs and ours != theirs:
-        raise ValueError(f"feature cache {path} was built with vision {theirs}, but the model uses {ours}; "
-                         "rebuild it with `vrp cache`")
-    return cache
-
-
-def with_cache(cache: Any, batch: dict) -> dict:
-    """`batch` plus cached `visual`/`frame_mask` when every key of the batch is in the cache."""
-    if cache is None or "keys" not in batch or not cache.covers(list(batch["keys"])):
-        return batch
-    visual, mask = cache.get(list(batch["keys"]))
-    device = batch["input_ids"].device
-    return {**batch, "visual": visual.to(device), "frame_mask": mask.to(device)}

@@ -1,0 +1,124 @@
+"""Stage 0 of the embedded default: make the tiny ViT a (small) vision foundation model before it is frozen.
+
+Offline, no pretrained VFM can be downloaded, so `vrp prepare --vit-steps N` pretrains the randomly initialised
+ViT on frames of the TRAIN scenes only, supervised per patch with what the simulator drew there: the colour and the
+shape of the object covering the patch centre (or background). Labels come from the training split's `boxes.json`
+object names; validation and test scenes are never read. The result is saved in Hugging Face format over the
+random ViT (`<out>/vit`), then loaded by path and kept frozen like any real VFM. Stages 1-2 never see a label.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKGROUND = 0  # class 0 of both heads; colours / shapes are 1-based in the vocabularies below
+
+
+def patch_labels(boxes: torch.Tensor, names: list[str], grid: tuple[int, int], colours: list[str],
+                 shapes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch (colour, shape) class ids of one frame: boxes (K, 4) xyxy in [0, 1] (NaN: absent), names K object
+    names "colour shape" -> two (gh*gw,) long tensors, 0 where no box covers the patch centre; where boxes overlap
+    the object whose centre is nearest wins."""
+    gh, gw = grid
+    ys, xs = torch.meshgrid((torch.arange(gh) + 0.5) / gh, (torch.arange(gw) + 0.5) / gw, indexing="ij")
+    centres = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # (P, 2) as (x, y)
+    colour = torch.zeros(gh * gw, dtype=torch.long)
+    shape = torch.zeros(gh * gw, dtype=torch.long)
+    best = torch.full((gh * gw,), float("inf"))
+    for box, name in zip(boxes, names):
+        if torch.isnan(box).any():
+            continue
+        c, s = name.split()[0], name.split()[-1]
+        inside = ((centres >= box[:2]) & (centres <= box[2:])).all(-1)
+        dist = (centres - (box[:2] + box[2:]) / 2).norm(dim=-1)
+        win = inside & (dist < best)
+        colour[win], shape[win], best[win] = colours.index(c) + 1, shapes.index(s) + 1, dist[win]
+    return colour, shape
+
+
+def training_frames(data_root: str | Path, image_size: int, frames_per_video: int, mean, std, grid,
+                    colours: list[str], shapes: list[str], max_videos: int | None = None):
+    """(images (M, 3, S, S), colour (M, P), shape (M, P)) from the train split's videos and boxes."""
+    from data_modules.sources.boxes import BoxTable
+    from data_modules.transforms import VideoTransform
+    from data_modules.video import read_video
+
+    root = Path(data_root) / "train"
+    table = BoxTable(str(root / "boxes.json"))
+    transform = VideoTransform(image_size, tuple(mean), tuple(std), train=False)
+    keys = sorted(table.table)[:max_videos]
+    images, colour, shape = [], [], []
+    for key in keys:
+        clip = read_video(root / "videos" / f"{key}.mp4", frames_per_video, sampling="uniform")
+        raw = table.table[key][(clip.timestamps * clip.fps).round().long().clamp(0, table.table[key].shape[0] - 1)]
+        video, _, _ = transform(clip.frames, None, None)  # (T, 3, S, S)
+        for t in range(video.shape[0]):
+            if not clip.frame_mask[t]:
+                continue
+            c, s = patch_labels(raw[t], table.objects[key], grid, colours, shapes)
+            images.append(video[t])
+            colour.append(c)
+            shape.append(s)
+    return torch.stack(images), torch.stack(colour), torch.stack(shape)
+
+
+def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batch_size: int = 32, lr: float = 1e-3,
+                 frames_per_video: int = 2, seed: int = 0, max_videos: int | None = None,
+                 log_every: int = 100) -> dict:
+    """Train the ViT saved at ``vit_dir`` on per-patch colour + shape classification of training frames and save it
+    back in place (Hugging Face format); returns {"steps", "loss_start", "loss_end", "patch_accuracy", "seconds"}."""
+    from data_modules.synthetic.simulator import COLORS, SHAPES
+    from vrp.models.vision import HFVisionEncoder
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    encoder = HFVisionEncoder(str(vit_dir), frozen=False)
+    colours, shapes = list(COLORS), list(SHAPES)
+    start = time.time()
+    images, colour, shape = training_frames(data_root, encoder.image_size, frames_per_video, encoder.mean,
+                                            encoder.std, encoder.grid, colours, shapes, max_videos)
+    heads = nn.ModuleDict({"colour": nn.Linear(encoder.width, len(colours) + 1),
+                           "shape": nn.Linear(encoder.width, len(shapes) + 1)})
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    P = encoder.num_prefix_tokens
+    order: list[int] = []
+    losses: list[float] = []
+    encoder.train()
+    for step in range(1, steps + 1):
+        while len(order) < batch_size:
+            order += rng.sample(range(len(images)), len(images))
+        idx = torch.tensor([order.pop() for _ in range(batch_size)])
+        tokens = encoder(images[idx][:, None])[:, 0, P:]  # (b, gh*gw, D)
+        loss = (F.cross_entropy(heads["colour"](tokens).flatten(0, 1), colour[idx].flatten())
+                + F.cross_entropy(heads["shape"](tokens).flatten(0, 1), shape[idx].flatten()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            print(f"stage 0 (ViT): step {step}/{steps}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}"
+                  f"  {time.time() - start:.0f} s", flush=True)
+    encoder.eval()
+    with torch.no_grad():  # colour + shape both right, on the object patches of the first 256 training frames
+        idx = torch.arange(min(256, len(images)))
+        tokens = encoder(images[idx][:, None])[:, 0, P:]
+        obj = shape[idx] > 0
+        hit = (heads["shape"](tokens).argmax(-1) == shape[idx]) & (heads["colour"](tokens).argmax(-1) == colour[idx])
+        acc = float(hit[obj].float().mean()) if obj.any() else float("nan")
+    encoder.backbone.save_pretrained(str(vit_dir))  # over the random ViT: configs keep loading it by path
+    report = {"steps": steps, "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+              "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3), "patch_accuracy": round(acc, 3),
+              "frames": len(images), "seconds": round(time.time() - start, 1)}
+    (Path(vit_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
+    return report
