@@ -14,26 +14,44 @@ from data_modules.skips import BadSample, SkipCounter
 from data_modules.sources.record import Record
 from data_modules.sources.webdataset import WebDatasetSource
 from data_modules.transforms import VideoTransform
-from data_modules.video import VideoReadError, read_video
+from data_modules.video import DecodedClip, VideoReadError, read_image, read_video
 
 
 class ClipLoader:
-    """Record -> sample dict (decoded, sampled, transformed clip + its text); raises :class:`BadSample`."""
+    """Record -> sample dict (decoded, sampled, transformed clip + its text); raises :class:`BadSample`.
+
+    Image records become clips of ``image_frames`` real frames (the rest padding); text-only records get one black
+    frame that the model never sees (their prompt has no placeholder, so no visual token enters the LLM).
+    """
 
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None) -> None:
+                 short_side: int | None = None, image_frames: int = 1) -> None:
+        if not 1 <= image_frames <= num_frames:
+            raise ValueError(f"image_frames must be in [1, num_frames={num_frames}], got {image_frames}")
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side = short_side
+        self.short_side, self.image_frames = short_side, image_frames
+
+    def read(self, rec: Record) -> DecodedClip:
+        """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
+        if rec.modality == "text":
+            size = self.transform.image_size
+            return DecodedClip(frames=torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
+                               timestamps=torch.zeros(self.num_frames), frame_mask=torch.arange(self.num_frames) < 1,
+                               fps=1.0, duration=0.0)
+        if rec.modality == "image":
+            return read_image(rec.video, self.num_frames, real_frames=self.image_frames, short_side=self.short_side)
+        return read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps, start_sec=rec.start_sec,
+                          end_sec=rec.end_sec, short_side=self.short_side,
+                          name=rec.key if isinstance(rec.video, bytes) else None)
 
     def __call__(self, rec: Record) -> dict:
         try:
-            clip = read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps,
-                              short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
+            clip = self.read(rec)
         except VideoReadError as e:
             raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
         boxes = box_mask = None
-        if rec.boxes is not None:
+        if rec.boxes is not None and rec.modality == "video":
             if rec.video_key not in rec.boxes:
                 raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
             boxes, box_mask = rec.boxes.lookup(rec.video_key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
@@ -41,7 +59,8 @@ class ClipLoader:
         video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)
         return {"key": rec.key, "video": video, "frame_mask": clip.frame_mask, "boxes": boxes, "box_mask": box_mask,
                 "turns": rec.turns, "qformer_text": rec.qformer_text, "question_type": rec.question_type,
-                "options": rec.options, "answer_index": rec.answer_index}
+                "options": rec.options, "answer_index": rec.answer_index, "modality": rec.modality,
+                "system": rec.system}
 
 
 class MapDataset(Dataset):
