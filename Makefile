@@ -92,7 +92,8 @@ test-all: $(INSTALLED)
 	$(PY) -m pytest -q $(ARGS)
 
 # lmms-eval 0.7.3 pins av<16 while the core install runs av 18, so it gets a venv of its own: vrp + the `lmms`
-# extra, which resolves to av 15. `make test-lmms` runs the video reader's tests and the lmms-eval round trip there.
+# extra, which resolves to av 15. `make test-lmms` runs the video reader's and the real layouts' tests and the
+# lmms-eval round trip there (lmms-eval scores the synthetic test questions as `vrp test` does).
 LMMS_VENV := .venv-lmms
 LMMS_PY := $(LMMS_VENV)/bin/python
 LMMS_INSTALLED := $(LMMS_VENV)/.installed
@@ -106,7 +107,8 @@ $(LMMS_INSTALLED): pyproject.toml
 	touch $@
 
 test-lmms: $(LMMS_INSTALLED)
-	$(LMMS_PY) -m pytest -q -p no:cacheprovider tests/data_modules/test_video.py tests/evaluation/test_lmms.py $(ARGS)
+	$(LMMS_PY) -m pytest -q -p no:cacheprovider tests/data_modules/test_video.py tests/data_modules/test_real_layouts.py \
+	  tests/evaluation/test_lmms.py $(ARGS)
 
 bench-decode: $(BENCH_INSTALLED)
 	$(PY) benchmarks/bench_decode.py $(ARGS)

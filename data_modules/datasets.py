@@ -50,6 +50,10 @@ class ClipLoader:
             clip = self.read(rec)
         except VideoReadError as e:
             raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
+        return self.sample(rec, clip)
+
+    def sample(self, rec: Record, clip: DecodedClip) -> dict:
+        """The sample dict of ``rec`` with its decoded ``clip``: boxes looked up, frames transformed."""
         boxes = box_mask = None
         if rec.boxes is not None and rec.modality == "video":
             if rec.video_key not in rec.boxes:

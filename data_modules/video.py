@@ -135,32 +135,42 @@ def read_video(
         raise VideoReadError(label, f"not a readable video ({type(e).__name__}: {e.strerror or e})") from e
 
 
-def read_image(path: str | os.PathLike, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
+def image_clip(image, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
                pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
-    """An image file (any format Pillow reads) as a clip of ``num_frames`` frames: the image ``real_frames`` times
-    (True in ``frame_mask``), then padding as in :func:`read_video`. Timestamps are 0, ``fps`` 1, ``duration`` 0.
-    A missing or undecodable file raises ``VideoReadError`` (reason ``"file not found"`` or ``"not a readable image"``)."""
-    from PIL import Image, UnidentifiedImageError
+    """A PIL image as a clip of ``num_frames`` frames: the image ``real_frames`` times (True in ``frame_mask``),
+    then padding as in :func:`read_video`. Timestamps are 0, ``fps`` 1 and ``duration`` 0."""
+    from PIL import Image
 
     if not 1 <= real_frames <= num_frames:
         raise ValueError(f"real_frames must be in [1, num_frames={num_frames}], got {real_frames}")
+    image = image.convert("RGB")
+    if short_side is not None:
+        scale = short_side / min(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+    frames = pixels[None].expand(num_frames, -1, -1, -1).clone()  # (T, 3, H, W)
+    mask = torch.arange(num_frames) < real_frames
+    if pad == "zero":
+        frames[~mask] = 0
+    return DecodedClip(frames=frames, timestamps=torch.zeros(num_frames), frame_mask=mask, fps=1.0, duration=0.0)
+
+
+def read_image(path: str | os.PathLike, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
+               pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+    """An image file (any format Pillow reads) as a clip, see :func:`image_clip`. A missing or undecodable file
+    raises ``VideoReadError`` (reason ``"file not found"`` or ``"not a readable image ..."``)."""
+    from PIL import Image, UnidentifiedImageError
+
     label = os.fspath(path)
     if not Path(label).is_file():
         raise VideoReadError(label, "file not found", kind="image")
     try:
         with Image.open(label) as im:
-            im = im.convert("RGB")
-            if short_side is not None:
-                scale = short_side / min(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
-            image = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # (3, H, W) uint8
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            im.load()
+            return image_clip(im, num_frames, real_frames=real_frames, short_side=short_side, pad=pad)
+    except (UnidentifiedImageError, OSError) as e:
         raise VideoReadError(label, f"not a readable image ({type(e).__name__}: {e})", kind="image") from e
-    frames = image[None].expand(num_frames, -1, -1, -1).clone()  # (T, 3, H, W)
-    mask = torch.arange(num_frames) < real_frames
-    if pad == "zero":
-        frames[~mask] = 0
-    return DecodedClip(frames=frames, timestamps=torch.zeros(num_frames), frame_mask=mask, fps=1.0, duration=0.0)
 
 
 def write_video(
