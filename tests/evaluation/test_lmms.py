@@ -105,3 +105,32 @@ def test_lmms_task_writes_the_questions_vrp_test_asks(trained):
     docs = [json.loads(x) for x in (tmp / "task2" / "mine.jsonl").read_text().splitlines()]
     assert [d["key"] for d in docs] == [r["key"] for r in vrp_results["rows"]]
     assert all(Path(d["video"]).is_file() and "<video>" not in d["question"] for d in docs)
+
+
+def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from vrp.evaluation.ask import answer, make_batch
+    from vrp.evaluation.lmms import VRP, cut_at
+    from vrp.training.export import load_exported
+
+    tmp, _ = trained
+    video = str(sorted((tmp / "synthetic" / "test" / "videos").glob("*.mp4"))[0])
+    docs = [{"video": video}, {"image": Image.new("RGB", (40, 24), (255, 0, 0))}]
+    lm = VRP(checkpoint=str(tmp / "exported"), num_frames=4, max_new_tokens=6, device="cpu")
+    lm.task_dict = {"t": {"test": docs}}
+    meta = {"task": "t", "doc_id": 0, "repeats": 1}
+    requests = [Instance("generate_until", ("How many objects are there?", {"until": ["\n\n"]},
+                                            lambda d: [d["video"]], 0, "t", "test"), idx=0, metadata=meta),
+                Instance("generate_until", ("What colour is it?", {"max_new_tokens": 3},
+                                            lambda d: [d["image"]], 1, "t", "test"), idx=0, metadata=meta)]
+    got = lm.generate_until(requests)
+    model = load_exported(tmp / "exported")
+    expected, _ = answer(model, make_batch(model, video, "How many objects are there?", None, num_frames=4),
+                         max_new_tokens=6)
+    assert got[0] == cut_at(expected, ["\n\n"]) and isinstance(got[1], str)
+    assert cut_at("A. red\n\nB", ["\n\n", "B"]) == "A. red" and cut_at("red", None) == "red"
+    with pytest.raises(ValueError, match="one video or image per request, the task gave 2"):
+        lm.generate_until([Instance("generate_until", ("q", {}, lambda d: [video, video], 0, "t", "test"), idx=0,
+                                    metadata=meta)])

@@ -29,11 +29,10 @@ from PIL import Image
 from lmms_eval.api.model import lmms
 
 from data_modules.collate import Collator
-from data_modules.datasets import BadSample, ClipLoader
+from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
-from data_modules.transforms import VideoTransform
 from data_modules.video import image_clip
-from vrp.evaluation.ask import DEFAULT_CHECKPOINT
+from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
 from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer, encode_video
 from vrp.training.export import load_exported
 
@@ -60,9 +59,7 @@ class VRP(lmms):
         super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_exported(checkpoint).to(self.device)
-        vision = self.model.vision
-        self.loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-                                 num_frames=int(num_frames), sampling="uniform", image_frames=int(image_frames))
+        self.loader = clip_loader(self.model, num_frames=int(num_frames), image_frames=int(image_frames))
         self.collator = Collator(self.model.llm.tokenizer, use_chat_template=use_chat_template,
                                  system_prompt=system_prompt)
         self.likelihood = LikelihoodScorer(score_end_of_turn=score_end_of_turn, use_chat_template=use_chat_template,
