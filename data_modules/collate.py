@@ -36,8 +36,8 @@ def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
     sample) keeps the conversation free of the placeholder."""
     count = sum(u.count(VIDEO_TOKEN) for u, _ in turns)
     if count > int(visual):
-        raise ValueError(f"a {'prompt' if visual else 'text-only conversation'} may hold {int(visual)} "
-                         f"{VIDEO_TOKEN} placeholder, found {count}")
+        raise ValueError(f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}" if visual else
+                         f"a text-only conversation holds no {VIDEO_TOKEN} placeholder, found {count}")
     if count == 0 and visual:
         turns = [(f"{VIDEO_TOKEN}\n{turns[0][0]}".rstrip("\n"), turns[0][1]), *turns[1:]]
     ids: list[int] = []

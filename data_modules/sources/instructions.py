@@ -58,6 +58,14 @@ def visual_of(item: dict) -> tuple[str | None, Literal["video", "image", "text"]
     return None, "text"
 
 
+def check_placeholders(turns: list[tuple[str, str]], modality: str) -> None:
+    """A text-only item may not hold the visual placeholder (nothing would fill it); others at most one."""
+    count = sum(str(u).count(VIDEO_TOKEN) for u, _ in turns)
+    if count > (modality != "text"):
+        raise ValueError(f"{count} {VIDEO_TOKEN}/{IMAGE_TOKEN} placeholders in a {modality} item "
+                         f"(at most {int(modality != 'text')})")
+
+
 class _ModalityLog:
     """Counts a source's items per modality and logs them once, with the text-only items skipped by policy."""
 
@@ -103,6 +111,7 @@ class LlavaInstructions:
                 turns = [(conv[i]["value"].replace(IMAGE_TOKEN, VIDEO_TOKEN), conv[i + 1]["value"])
                          for i in range(0, len(conv), 2)]
                 visual, modality = visual_of(item)
+                check_placeholders(turns, modality)
                 key = str(item.get("id", Path(visual).stem if visual else where))
                 options, index = item.get("options"), item.get("answer_index")
                 if options is not None and not (isinstance(options, list) and len(options) >= 2
@@ -163,6 +172,7 @@ class VideoChat2Instructions:
                 turns = [(str(x["q"]).replace(IMAGE_TOKEN, VIDEO_TOKEN), x["a"]) for x in qa]
                 instruction = str(qa[0].get("i") or "").strip()
                 visual, modality = visual_of(item)
+                check_placeholders(turns, modality)
                 start, end = _window(item)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 skips.skip(where, "malformed", f"{type(e).__name__}: {e}")

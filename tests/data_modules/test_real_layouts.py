@@ -167,6 +167,8 @@ def mixed(tmp_path, assets):
                 {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
              {"id": "t1", "conversations": [
                 {"from": "human", "value": "What colour is a ripe tomato?"}, {"from": "gpt", "value": "red"}]},
+             {"id": "t2", "conversations": [
+                {"from": "human", "value": "<image>\nNo image here?"}, {"from": "gpt", "value": "none"}]},
              {"id": "m1", "image": ["a.png", "b.png"], "conversations": [
                 {"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "yes"}]}]
     (tmp_path / "mix.json").write_text(json.dumps(items))
@@ -179,8 +181,8 @@ def test_image_items_load_beside_video_items_with_per_modality_counts(mixed, cap
     recs = LlavaInstructions(str(mixed)).load(skips)
     assert [(r.key, r.modality) for r in recs] == [("v1", "video"), ("i1", "image"), ("i2", "image")]
     assert recs[1].turns[0][0] == "<video>\nWhat colour is it?" and recs[1].qformer_text == "What colour is it?"
-    assert skips.totals()["skipped/malformed"] == 1  # the two-image item, named in the log
-    assert "several per item are not supported" in caplog.text
+    assert skips.totals()["skipped/malformed"] == 2  # the two-image item and the text item with a placeholder
+    assert "several per item are not supported" in caplog.text and "placeholders in a text item" in caplog.text
     assert "1 video, 2 image, 1 text-only items (1 skipped: text_only='skip')" in caplog.text
     trained = LlavaInstructions(str(mixed), text_only="train").load(SkipCounter(max_bad_fraction=1.0))
     assert [r.modality for r in trained] == ["video", "image", "image", "text"]
