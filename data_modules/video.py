@@ -135,25 +135,47 @@ def read_video(
         raise VideoReadError(label, f"not a readable video ({type(e).__name__}: {e.strerror or e})") from e
 
 
+def _pil_pixels(image, size: tuple[int, int] | None, short_side: int | None) -> torch.Tensor:
+    """uint8 (3, H, W) of a PIL image: at ``size`` (W, H) if given, else its short side at ``short_side``."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if size is None and short_side is not None:
+        scale = short_side / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size is not None and size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def frames_clip(images, num_frames: int, *, short_side: int | None = None,
+                pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+    """A clip from a sequence of frames (PIL images, e.g. a benchmark's extracted frames): ``num_frames`` of them
+    sampled as ``read_video``'s ``"uniform"`` does (the centre of equal segments); with fewer, all of them, then
+    padding. All frames take the first one's (resized) size; timestamps are frame indices (``fps`` 1)."""
+    if not images:
+        raise ValueError("frames_clip needs at least one frame")
+    n = len(images)
+    idx = [int((i + 0.5) * n / num_frames) for i in range(num_frames)] if n >= num_frames else list(range(n))
+    first = _pil_pixels(images[idx[0]], None, short_side)
+    size = (first.shape[2], first.shape[1])
+    real = torch.stack([first] + [_pil_pixels(images[i], size, None) for i in idx[1:]])  # (R, 3, H, W)
+    fill = real[-1:].expand(num_frames - len(idx), -1, -1, -1)
+    frames = torch.cat([real, torch.zeros_like(fill) if pad == "zero" else fill])  # (T, 3, H, W)
+    times = torch.tensor(idx + [idx[-1]] * (num_frames - len(idx)), dtype=torch.float32)
+    return DecodedClip(frames=frames, timestamps=times, frame_mask=torch.arange(num_frames) < len(idx), fps=1.0,
+                       duration=float(n))
+
+
 def image_clip(image, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
                pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
     """A PIL image as a clip of ``num_frames`` frames: the image ``real_frames`` times (True in ``frame_mask``),
     then padding as in :func:`read_video`. Timestamps are 0, ``fps`` 1 and ``duration`` 0."""
-    from PIL import Image
-
     if not 1 <= real_frames <= num_frames:
         raise ValueError(f"real_frames must be in [1, num_frames={num_frames}], got {real_frames}")
-    image = image.convert("RGB")
-    if short_side is not None:
-        scale = short_side / min(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
-    frames = pixels[None].expand(num_frames, -1, -1, -1).clone()  # (T, 3, H, W)
-    mask = torch.arange(num_frames) < real_frames
-    if pad == "zero":
-        frames[~mask] = 0
-    return DecodedClip(frames=frames, timestamps=torch.zeros(num_frames), frame_mask=mask, fps=1.0, duration=0.0)
+    clip = frames_clip([image] * real_frames, num_frames, short_side=short_side, pad=pad)
+    return DecodedClip(frames=clip.frames, timestamps=torch.zeros(num_frames), frame_mask=clip.frame_mask, fps=1.0,
+                       duration=0.0)
 
 
 def read_image(path: str | os.PathLike, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,

@@ -5,6 +5,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -209,3 +210,15 @@ def test_mixed_file_batches_images_as_clips_and_text_without_placeholder(mixed, 
     assert placeholders == [1, 1, 0, 0]
     with pytest.raises(ValueError, match="image_frames must be in"):
         ClipLoader(VideoTransform(32), num_frames=4, image_frames=5)
+
+
+def test_frame_lists_are_sampled_like_uniform_clips():
+    from data_modules.video import frames_clip
+
+    frames = [Image.fromarray(np.full((12, 20, 3), 30 * i, np.uint8)) for i in range(8)]
+    clip = frames_clip(frames, 4)
+    assert clip.timestamps.tolist() == [1.0, 3.0, 5.0, 7.0] and clip.frame_mask.all()
+    assert [int(f[0, 0, 0]) for f in clip.frames] == [30, 90, 150, 210] and clip.frames.shape == (4, 3, 12, 20)
+    short = frames_clip(frames[:3], 4, short_side=6, pad="zero")
+    assert short.frame_mask.tolist() == [True, True, True, False] and short.frames.shape == (4, 3, 6, 10)
+    assert int(short.frames[3].max()) == 0

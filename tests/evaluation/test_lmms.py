@@ -131,6 +131,9 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
                          max_new_tokens=6)
     assert got[0] == cut_at(expected, ["\n\n"]) and isinstance(got[1], str)
     assert cut_at("A. red\n\nB", ["\n\n", "B"]) == "A. red" and cut_at("red", None) == "red"
-    with pytest.raises(ValueError, match="one video or image per request, the task gave 2"):
-        lm.generate_until([Instance("generate_until", ("q", {}, lambda d: [video, video], 0, "t", "test"), idx=0,
-                                    metadata=meta)])
+    frames = [Image.new("RGB", (40, 24), (0, 0, 40 * i)) for i in range(6)]  # MVBench's frame subsets: a frame list
+    sample = lm.visual_sample(frames, "Which way?", "t/test/2")
+    assert sample["frame_mask"].tolist() == [True] * 4 and sample["video"].shape[:2] == (4, 3)
+    assert lm.visual_sample(frames[:2], "Which way?", "t/test/3")["frame_mask"].tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="cannot read frame"):
+        lm.visual_sample([video, video], "q", "t/test/4")  # two videos are no frame list

@@ -15,8 +15,8 @@ Requests are answered as `vrp test` answers them, through the same code:
   one), i.e. `LikelihoodScorer`'s default length-normalised score with its sign flipped: a task's ``acc`` equals
   `vrp test`'s accuracy on the same questions.
 - ``generate_until``: greedy generation (`GenerateScorer.generate`), cut at the first ``until`` string.
-Each request has one visual: a video path (read like training clips: ``num_frames`` uniformly sampled frames) or a
-PIL image (a clip of ``image_frames`` real frames).
+Each request's visuals are one video path (read like training clips: ``num_frames`` uniformly sampled frames), one
+PIL image (a clip of ``image_frames`` real frames), or several frames (PIL images or image paths) sampled to a clip.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from lmms_eval.api.model import lmms
 from data_modules.collate import Collator
 from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
-from data_modules.video import image_clip
+from data_modules.video import frames_clip, image_clip
 from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
 from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer, encode_video
 from vrp.training.export import load_exported
@@ -72,21 +72,22 @@ class VRP(lmms):
 
     # ---- inputs ------------------------------------------------------------------------------------------------
     def visual_sample(self, visuals: Sequence, context: str, where: str) -> dict:
-        """The sample dict of one request: its single visual (video path or PIL image) and its context."""
-        if len(visuals) != 1:
-            raise ValueError(f"{where}: vrp reads one video or image per request, the task gave {len(visuals)}")
-        visual, prompt = visuals[0], strip_placeholder(context.replace("<image>", ""))
-        if isinstance(visual, str):
-            rec = Record(key=where, video=visual, turns=[(prompt, "")], qformer_text=prompt)
+        """The sample dict of one request: one video path, one PIL image (a clip of ``image_frames`` real frames),
+        or several frames (PIL images or image paths, as MVBench's frame subsets give them) sampled to a clip."""
+        prompt = strip_placeholder(context.replace("<image>", ""))
+        if not visuals:
+            raise ValueError(f"{where}: the task gave no video or image for this request")
+        if len(visuals) == 1 and isinstance(visuals[0], str):
+            rec = Record(key=where, video=visuals[0], turns=[(prompt, "")], qformer_text=prompt)
             try:
                 return self.loader(rec)
             except BadSample as e:
                 raise ValueError(f"{where}: {e.detail}") from e
-        if isinstance(visual, Image.Image):  # lmms-eval's image tasks hand over PIL images
-            rec = Record(key=where, video="", turns=[(prompt, "")], qformer_text=prompt, modality="image")
-            clip = image_clip(visual, self.loader.num_frames, real_frames=self.loader.image_frames)
-            return self.loader.sample(rec, clip)
-        raise ValueError(f"{where}: vrp reads a video path or a PIL image, got {type(visual).__name__}")
+        rec = Record(key=where, video="", turns=[(prompt, "")], qformer_text=prompt, modality="image")
+        if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
+            return self.loader.sample(rec, image_clip(visuals[0], self.loader.num_frames,
+                                                      real_frames=self.loader.image_frames))
+        return self.loader.sample(rec, frames_clip([open_frame(v, where) for v in visuals], self.loader.num_frames))
 
     def batch(self, samples: list[dict]) -> dict:
         batch = self.collator(samples)
@@ -141,6 +142,19 @@ class VRP(lmms):
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("vrp answers one round per request: multi-round lmms-eval tasks are not supported")
+
+
+def open_frame(visual, where: str) -> Image.Image:
+    """A frame of a multi-frame request: a PIL image, or the path of an image file."""
+    if isinstance(visual, Image.Image):
+        return visual
+    if not isinstance(visual, str):
+        raise ValueError(f"{where}: a frame must be a PIL image or an image path, got {type(visual).__name__}")
+    try:
+        with Image.open(visual) as im:
+            return im.convert("RGB")
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read frame {visual}: {e}") from e
 
 
 def continuation(request: Instance, task_dict: dict) -> str:
