@@ -130,6 +130,7 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
     expected, _ = answer(model, make_batch(model, video, "How many objects are there?", None, num_frames=4),
                          max_new_tokens=6)
     assert got[0] == cut_at(expected, ["\n\n"]) and isinstance(got[1], str)
+    assert lm.generate_until(requests[:1]) == got[:1]  # the second request's max_new_tokens=3 did not stick
     assert cut_at("A. red\n\nB", ["\n\n", "B"]) == "A. red" and cut_at("red", None) == "red"
     frames = [Image.new("RGB", (40, 24), (0, 0, 40 * i)) for i in range(6)]  # MVBench's frame subsets: a frame list
     sample = lm.visual_sample(frames, "Which way?", "t/test/2")

@@ -64,7 +64,8 @@ class VRP(lmms):
                                  system_prompt=system_prompt)
         self.likelihood = LikelihoodScorer(score_end_of_turn=score_end_of_turn, use_chat_template=use_chat_template,
                                            system_prompt=system_prompt)
-        self.generator = GenerateScorer(max_new_tokens=int(max_new_tokens), use_chat_template=use_chat_template,
+        self.max_new_tokens = int(max_new_tokens)  # when a task's generation_kwargs name none
+        self.generator = GenerateScorer(max_new_tokens=self.max_new_tokens, use_chat_template=use_chat_template,
                                         system_prompt=system_prompt)
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"vrp: --batch_size must be a positive integer, got {batch_size!r}")
@@ -134,8 +135,7 @@ class VRP(lmms):
                 samples.append(self.visual_sample(self.visuals(doc_to_visual, task, split, doc_id), context,
                                                   f"{task}/{split}/{doc_id}"))
                 limits.append(dict(gen_kwargs or {}))
-            self.generator.max_new_tokens = int(max(g.get("max_new_tokens", self.generator.max_new_tokens)
-                                                    for g in limits))
+            self.generator.max_new_tokens = int(max(g.get("max_new_tokens", self.max_new_tokens) for g in limits))
             for text, gen in zip(self.generator.generate(self.model, self.batch(samples)), limits):
                 answers.append(cut_at(text, gen.get("until")))
         return answers
