@@ -10,7 +10,8 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data prepare cache pretrain finetune evidence ablate baselines zeroshot report test test-slow test-all bench bench-decode clean
+.PHONY: install data prepare cache pretrain finetune evidence ablate baselines zeroshot report test test-slow test-all bench \
+	bench-decode lmms-env test-lmms clean
 
 install: $(INSTALLED)
 
@@ -113,6 +114,25 @@ test-slow: $(INSTALLED)
 
 test-all: $(INSTALLED)
 	$(PY) -m pytest -q $(ARGS)
+
+# lmms-eval 0.7.3 pins av<16 while the core install runs av 18, so it gets a venv of its own: vrp + the `lmms`
+# extra, which resolves to av 15. `make test-lmms` runs the video reader's and the real layouts' tests and the
+# lmms-eval round trip there (lmms-eval scores the synthetic test questions as `vrp test` does).
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_INSTALLED := $(LMMS_VENV)/.installed
+
+lmms-env: $(LMMS_INSTALLED)
+
+$(LMMS_INSTALLED): pyproject.toml
+	test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install --quiet --upgrade pip
+	$(LMMS_PY) -m pip install --quiet -e ".[dev,lmms]"
+	touch $@
+
+test-lmms: $(LMMS_INSTALLED)
+	$(LMMS_PY) -m pytest -q -p no:cacheprovider tests/data_modules/test_video.py tests/data_modules/test_real_layouts.py \
+	  tests/evaluation/test_lmms.py $(ARGS)
 
 bench-decode: $(BENCH_INSTALLED)
 	$(PY) benchmarks/bench_decode.py $(ARGS)

@@ -1,7 +1,8 @@
 """Collation: stack clips, tokenise conversations with the LLM's tokenizer and chat template, mask labels.
 
 Each prompt gets exactly ONE video placeholder token (where the source text has ``<video>``, else in front of the
-first user turn); the model expands it to its Q visual tokens. Labels cover the assistant texts (with the
+first user turn); the model expands it to its Q visual tokens. A text-only sample (``modality == "text"``) gets
+none, and the model gives it no visual tokens. A sample's own ``system`` prompt replaces the collator's. Labels cover the assistant texts (with the
 end-of-turn text the chat template puts after them, so the model learns to stop) and nothing else.
 """
 
@@ -29,14 +30,16 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
-                 system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+                 system_prompt: str | None = None, visual: bool = True) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation. Each segment (user prefix, assistant answer) is the text the chat
-    template adds for it, tokenised on its own, so the label boundary is exact."""
+    template adds for it, tokenised on its own, so the label boundary is exact. ``visual=False`` (a text-only
+    sample) keeps the conversation free of the placeholder."""
     count = sum(u.count(VIDEO_TOKEN) for u, _ in turns)
-    if count > 1:
-        raise ValueError(f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}")
-    if count == 0:
-        turns = [(f"{VIDEO_TOKEN}\n{turns[0][0]}", turns[0][1]), *turns[1:]]
+    if count > int(visual):
+        raise ValueError(f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}" if visual else
+                         f"a text-only conversation holds no {VIDEO_TOKEN} placeholder, found {count}")
+    if count == 0 and visual:
+        turns = [(f"{VIDEO_TOKEN}\n{turns[0][0]}".rstrip("\n"), turns[0][1]), *turns[1:]]
     ids: list[int] = []
     labels: list[int] = []
 
@@ -47,6 +50,8 @@ def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
 
     if tok.chat_template is None:  # plain fallback: "USER: ...\nASSISTANT: ...</s>"
         add(tok.bos_token or "", False)
+        if system_prompt:
+            add(f"{system_prompt}\n", False)
         for user, answer in turns:
             add(f"USER: {user}\nASSISTANT: ", False)
             add(f"{answer}{tok.eos_token or ''}", True)
@@ -96,12 +101,14 @@ class Collator:
     def __call__(self, samples: list[dict]) -> Batch:
         ids, labels = [], []
         for s in samples:
-            i, lab = encode_turns(self.tok, s["turns"], system_prompt=self.system_prompt)
+            visual = s.get("modality", "video") != "text"
+            i, lab = encode_turns(self.tok, s["turns"], system_prompt=s.get("system") or self.system_prompt,
+                                  visual=visual)
             if self.max_length is not None:
                 i, lab = i[: self.max_length], lab[: self.max_length]
-            if i.count(self.video_token_id) != 1:
-                raise ValueError(f"sample {s['key']}: expected one {VIDEO_TOKEN} token after tokenisation and "
-                                 f"max_length={self.max_length}, found {i.count(self.video_token_id)}")
+            if i.count(self.video_token_id) != int(visual):
+                raise ValueError(f"sample {s['key']}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
+                                 f"and max_length={self.max_length}, found {i.count(self.video_token_id)}")
             ids.append(i)
             labels.append(lab)
         batch: Batch = {

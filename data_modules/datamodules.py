@@ -16,6 +16,7 @@ Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -45,7 +46,7 @@ class _ClipDataModule(L.LightningDataModule):
     def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
                      decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
                      seed, max_bad_fraction, padding_side, max_length, synthetic_root, generate_if_missing,
-                     synthetic_videos, synthetic_seed, synthetic_boxes) -> None:
+                     synthetic_videos, synthetic_seed, synthetic_boxes, image_frames) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
         self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
@@ -55,6 +56,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.padding_side, self.max_length = padding_side, max_length
         self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
         self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
+        self.image_frames = image_frames
         self.skips = SkipCounter(max_bad_fraction)
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
@@ -123,7 +125,8 @@ class _ClipDataModule(L.LightningDataModule):
         sampling = self.train_sampling if train else self.eval_sampling
         return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
                           fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
-                          box_attributes=self.box_attributes, features=self.features())
+                          box_attributes=self.box_attributes, features=self.features(),
+                          image_frames=self.image_frames)
 
     def features(self) -> FeatureStore | None:
         """The `feature_cache` store (None: decode clips)."""
@@ -158,7 +161,9 @@ class _ClipDataModule(L.LightningDataModule):
             if not self.records[name]:
                 raise ValueError(f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
                                  "usable records; check the file and the skip log")
-            log.info("%s: %d records from %s", name, len(self.records[name]), type(source).__name__)
+            per = Counter(r.modality for r in self.records[name])
+            log.info("%s: %d records from %s (%s)", name, len(self.records[name]), type(source).__name__,
+                     ", ".join(f"{m} {per[m]}" for m in ("video", "image", "text") if per[m]))
 
 
 class VideoTextDataModule(_ClipDataModule):
@@ -178,7 +183,7 @@ class VideoTextDataModule(_ClipDataModule):
                  max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False, feature_cache: str | None = None) -> None:
+                 synthetic_boxes: bool = False, image_frames: int = 1, feature_cache: str | None = None) -> None:
         super().__init__()
         self._init_common(
             tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
@@ -187,7 +192,8 @@ class VideoTextDataModule(_ClipDataModule):
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
             max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
+            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
+            image_frames=image_frames)
         self.train_source, self.val_source = train, val
         self.feature_cache = feature_cache  # a `vrp cache` folder: read encoder tokens per video, never decode
 
@@ -219,6 +225,8 @@ class InstructionDataModule(_ClipDataModule):
 
     Defaults: train = synthetic ``train/instructions.json``; val/test/predict = synthetic ``val``/``test`` ``mc.csv``
     (multiple-choice batches carry ``options``, ``answer_index``, ``prompt`` and ``question_type``).
+    ``image_frames``: how many real frames an image item becomes (1: a one-frame clip; up to ``num_frames``: the
+    image repeated); the loaded records are logged per modality (video / image / text).
     """
 
     def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
@@ -230,7 +238,7 @@ class InstructionDataModule(_ClipDataModule):
                  max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False, box_attributes: list[str] | None = None,
+                 synthetic_boxes: bool = False, image_frames: int = 1, box_attributes: list[str] | None = None,
                  feature_cache: str | None = None) -> None:
         """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
         then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
@@ -244,7 +252,8 @@ class InstructionDataModule(_ClipDataModule):
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
             max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
+            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
+            image_frames=image_frames)
         self.train_source, self.val_source, self.test_source = train, val, test
         self.box_attributes = list(box_attributes) if box_attributes else None
         self.feature_cache = feature_cache

@@ -15,57 +15,84 @@ from data_modules.skips import BadSample, SkipCounter
 from data_modules.sources.record import Record
 from data_modules.sources.webdataset import WebDatasetSource
 from data_modules.transforms import VideoTransform
-from data_modules.video import VideoReadError, read_video
+from data_modules.video import DecodedClip, VideoReadError, read_image, read_video
 
 
 class ClipLoader:
-    """Record -> sample dict (decoded, sampled, transformed clip + its text); raises :class:`BadSample`."""
+    """Record -> sample dict (decoded, sampled, transformed clip + its text); raises :class:`BadSample`.
+
+    Image records become clips of ``image_frames`` real frames (the rest padding); text-only records get one black
+    frame that the model never sees (their prompt has no placeholder, so no visual token enters the LLM).
+    """
 
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None, box_attributes: list[str] | None = None,
+                 short_side: int | None = None, image_frames: int = 1, box_attributes: list[str] | None = None,
                  features: FeatureStore | None = None) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
-        ``features``: read each clip's frozen-encoder tokens from this store (sample key ``visual``) instead of
+        ``features``: read each video's frozen-encoder tokens from this store (sample key ``visual``) instead of
         decoding it."""
+        if not 1 <= image_frames <= num_frames:
+            raise ValueError(f"image_frames must be in [1, num_frames={num_frames}], got {image_frames}")
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side, self.box_attributes, self.features = short_side, box_attributes, features
+        self.short_side, self.image_frames = short_side, image_frames
+        self.box_attributes, self.features = box_attributes, features
 
-    def decode(self, rec: Record) -> dict:
-        """The transformed frames of a record's clip: ``video`` (T, C, H, W), ``frame_mask``, ``timestamps``, ``fps``."""
+    def read(self, rec: Record) -> DecodedClip:
+        """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
+        if rec.modality == "text":
+            size = self.transform.image_size
+            return DecodedClip(frames=torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
+                               timestamps=torch.zeros(self.num_frames), frame_mask=torch.arange(self.num_frames) < 1,
+                               fps=1.0, duration=0.0)
+        if rec.modality == "image":
+            return read_image(rec.video, self.num_frames, real_frames=self.image_frames, short_side=self.short_side)
+        return read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps, start_sec=rec.start_sec,
+                          end_sec=rec.end_sec, short_side=self.short_side,
+                          name=rec.key if isinstance(rec.video, bytes) else None)
+
+    def decode(self, rec: Record) -> DecodedClip:
+        """`read`, with unreadable input as a counted :class:`BadSample`."""
         try:
-            clip = read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps,
-                              short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
+            return self.read(rec)
         except VideoReadError as e:
             raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
-        return {"video": clip.frames, "frame_mask": clip.frame_mask, "timestamps": clip.timestamps, "fps": clip.fps}
 
     def __call__(self, rec: Record) -> dict:
-        if self.features is not None:
+        if self.features is not None and rec.modality == "video":
             try:
-                clip = dict(self.features.read(rec.video_key))  # visual, frame_mask, timestamps, fps
+                cached = self.features.read(rec.video_key)  # visual, frame_mask, timestamps, fps
             except KeyError as e:
                 raise BadSample(rec.key, "not_cached", str(e)) from e
-            clip["fps"] = float(clip["fps"])
-        else:
-            clip = self.decode(rec)
-        boxes = box_mask = attributes = None
-        if rec.boxes is not None:
-            if rec.video_key not in rec.boxes:
-                raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
-            boxes, box_mask = rec.boxes.lookup(rec.video_key, clip["timestamps"], clip["fps"])  # (T, K, 4), (T, K)
-            box_mask &= clip["frame_mask"][:, None]
-            if self.box_attributes is not None:
-                attributes = rec.boxes.attributes(rec.video_key, self.box_attributes)  # (K, V)
-        if "video" in clip:
-            video, boxes, box_mask = self.transform(clip["video"], boxes, box_mask)
-            pixels = {"video": video}
-        else:
-            pixels = {"visual": clip["visual"]}  # encoder tokens of the eval view: no transform
-        return {"key": rec.key, **pixels, "frame_mask": clip["frame_mask"], "boxes": boxes, "box_mask": box_mask,
+            boxes, box_mask, attributes = self._boxes(rec, cached["timestamps"], float(cached["fps"]),
+                                                      cached["frame_mask"])
+            return self._sample(rec, {"visual": cached["visual"]}, cached["frame_mask"], boxes, box_mask, attributes)
+        return self.sample(rec, self.decode(rec))
+
+    def sample(self, rec: Record, clip: DecodedClip) -> dict:
+        """The sample dict of ``rec`` with its decoded ``clip``: boxes looked up, frames transformed."""
+        boxes, box_mask, attributes = self._boxes(rec, clip.timestamps, clip.fps, clip.frame_mask)
+        video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)
+        return self._sample(rec, {"video": video}, clip.frame_mask, boxes, box_mask, attributes)
+
+    def _boxes(self, rec: Record, timestamps: torch.Tensor, fps: float, frame_mask: torch.Tensor):
+        """Boxes (T, K, 4), box mask (T, K) of the sampled frames, and the oracle's attributes (K, V) if asked for."""
+        if rec.boxes is None or rec.modality != "video":
+            return None, None, None
+        if rec.video_key not in rec.boxes:
+            raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+        boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps)
+        attributes = (rec.boxes.attributes(rec.video_key, self.box_attributes)
+                      if self.box_attributes is not None else None)
+        return boxes, box_mask & frame_mask[:, None], attributes
+
+    @staticmethod
+    def _sample(rec: Record, pixels: dict, frame_mask, boxes, box_mask, attributes) -> dict:
+        return {"key": rec.key, **pixels, "frame_mask": frame_mask, "boxes": boxes, "box_mask": box_mask,
                 "box_attributes": attributes, "turns": rec.turns, "qformer_text": rec.qformer_text,
-                "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index}
+                "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index,
+                "modality": rec.modality, "system": rec.system}
 
 
 class MapDataset(Dataset):

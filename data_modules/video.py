@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
 import io
 import logging
 import math
@@ -39,11 +40,11 @@ _EPS = 1e-6
 
 
 class VideoReadError(RuntimeError):
-    """A video that cannot be read; ``path`` names the input and ``reason`` says what is wrong with it."""
+    """A video (or image) that cannot be read; ``path`` names the input and ``reason`` says what is wrong with it."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, kind: Literal["video", "image"] = "video") -> None:
         self.path, self.reason = path, reason
-        super().__init__(f"cannot read video {path}: {reason}")
+        super().__init__(f"cannot read {kind} {path}: {reason}")
 
 
 @dataclass
@@ -134,6 +135,66 @@ def read_video(
         raise VideoReadError(label, f"not a readable video ({type(e).__name__}: {e.strerror or e})") from e
 
 
+def _pil_pixels(image, size: tuple[int, int] | None, short_side: int | None) -> torch.Tensor:
+    """uint8 (3, H, W) of a PIL image: at ``size`` (W, H) if given, else its short side at ``short_side``."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if size is None and short_side is not None:
+        scale = short_side / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size is not None and size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def frames_clip(images, num_frames: int, *, short_side: int | None = None,
+                pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+    """A clip from a sequence of frames (PIL images, e.g. a benchmark's extracted frames): ``num_frames`` of them
+    sampled as ``read_video``'s ``"uniform"`` does (the centre of equal segments); with fewer, all of them, then
+    padding. All frames take the first one's (resized) size; timestamps are frame indices (``fps`` 1)."""
+    if not images:
+        raise ValueError("frames_clip needs at least one frame")
+    n = len(images)
+    idx = [int((i + 0.5) * n / num_frames) for i in range(num_frames)] if n >= num_frames else list(range(n))
+    first = _pil_pixels(images[idx[0]], None, short_side)
+    size = (first.shape[2], first.shape[1])
+    real = torch.stack([first] + [_pil_pixels(images[i], size, None) for i in idx[1:]])  # (R, 3, H, W)
+    fill = real[-1:].expand(num_frames - len(idx), -1, -1, -1)
+    frames = torch.cat([real, torch.zeros_like(fill) if pad == "zero" else fill])  # (T, 3, H, W)
+    times = torch.tensor(idx + [idx[-1]] * (num_frames - len(idx)), dtype=torch.float32)
+    return DecodedClip(frames=frames, timestamps=times, frame_mask=torch.arange(num_frames) < len(idx), fps=1.0,
+                       duration=float(n))
+
+
+def image_clip(image, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
+               pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+    """A PIL image as a clip of ``num_frames`` frames: the image ``real_frames`` times (True in ``frame_mask``),
+    then padding as in :func:`read_video`. Timestamps are 0, ``fps`` 1 and ``duration`` 0."""
+    if not 1 <= real_frames <= num_frames:
+        raise ValueError(f"real_frames must be in [1, num_frames={num_frames}], got {real_frames}")
+    clip = frames_clip([image] * real_frames, num_frames, short_side=short_side, pad=pad)
+    return DecodedClip(frames=clip.frames, timestamps=torch.zeros(num_frames), frame_mask=clip.frame_mask, fps=1.0,
+                       duration=0.0)
+
+
+def read_image(path: str | os.PathLike, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
+               pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+    """An image file (any format Pillow reads) as a clip, see :func:`image_clip`. A missing or undecodable file
+    raises ``VideoReadError`` (reason ``"file not found"`` or ``"not a readable image ..."``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    label = os.fspath(path)
+    if not Path(label).is_file():
+        raise VideoReadError(label, "file not found", kind="image")
+    try:
+        with Image.open(label) as im:
+            im.load()
+            return image_clip(im, num_frames, real_frames=real_frames, short_side=short_side, pad=pad)
+    except (UnidentifiedImageError, OSError) as e:
+        raise VideoReadError(label, f"not a readable image ({type(e).__name__}: {e})", kind="image") from e
+
+
 def write_video(
     path: str | os.PathLike,
     frames: torch.Tensor | np.ndarray,
@@ -178,13 +239,25 @@ def write_video(
         container.mux(stream.encode())
 
 
+@functools.cache
+def _reformat_takes_threads() -> bool:
+    """PyAV >= 16 lets ``reformat`` use several swscale threads (we ask for 1); PyAV 15 (what lmms-eval 0.7.3 pins)
+    has no such argument and always converts on one thread."""
+    try:
+        av.VideoFrame(2, 2, "rgb24").reformat(format="yuv420p", threads=1)
+    except TypeError:
+        return False
+    return True
+
+
 def _yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
     """RGB (H, W, 3) -> a yuv420p frame whose row padding is zero.
 
     Letting the encoder convert, or filling a frame with `from_ndarray`, leaves the bytes past each row's width
     uninitialised, and libx264's output then varies from run to run; with zeroed padding it is a function of the image.
     """
-    yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p", threads=1)
+    rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    yuv = rgb.reformat(format="yuv420p", threads=1) if _reformat_takes_threads() else rgb.reformat(format="yuv420p")
     out = av.VideoFrame(yuv.width, yuv.height, "yuv420p")
     for src, dst in zip(yuv.planes, out.planes):
         rows = np.frombuffer(memoryview(src), np.uint8).reshape(src.height, src.line_size)[:, : src.width]
@@ -264,7 +337,9 @@ def _probe(container, label: str) -> _Info:
     if duration <= 0:
         raise VideoReadError(label, f"no decodable frame (duration {duration:.3f}s from {source})")
     keyframes = None
-    entries = stream.index_entries if tb else []
+    # PyAV >= 16 exposes the container index; PyAV 15 (lmms-eval's pin) does not: keyframes are then learned while
+    # decoding, as for containers without an index.
+    entries = (getattr(stream, "index_entries", None) or []) if tb else []
     if entries:
         keyframes = sorted(float(e.timestamp * tb) - start for e in entries if e.is_keyframe) or None
         if keyframes and keyframes[0] < 0:  # mp4 indexes decode times: shift so the first keyframe shows at 0

@@ -29,6 +29,8 @@ def _overlays() -> list[tuple[Path, Path]]:
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("baselines/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("zeroshot/*.yaml"))]
+    pairs += [(EXP / "scale" / f"{stage}.yaml", o) for stage in ("pretrain", "finetune")
+              for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))]
     # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
     pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))
               if "init_from" not in o.read_text()]
@@ -80,3 +82,28 @@ def test_zero_shot_overlay_builds_its_sources():
     assert isinstance(train, HoldOutTypes) and train.held_out == ["counterfactual", "predictive"]
     assert train.sources and all(isinstance(s, LlavaInstructions) for s in train.sources)
     assert all(s.boxes for s in train.sources), "the default model reads object boxes: the held-out source needs them"
+
+
+def _instantiate_data(*configs: Path):
+    import lightning as L
+    from jsonargparse import ArgumentParser, Namespace
+
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=L.LightningDataModule)
+    return parser.instantiate_classes(Namespace(data=_parse(*configs).data)).data
+
+
+def test_scale_nextqa_points_at_the_released_layout():
+    dm = _instantiate_data(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml")
+    test = dm.test_source
+    path = test.video_path.format(video="0020/4882821564")
+    assert str(Path(test.video_root) / path) == "/data/nextqa/NExTVideo/0020/4882821564.mp4"
+    assert test.video_map == "/data/nextqa/map_vid_vidorID.json"
+    assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").model.init_args.type_groups[
+        "causal"] == ["CW", "CH"]
+
+
+def test_nextqa_zero_shot_overlay_holds_out_the_causal_family():
+    dm = _instantiate_data(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml",
+                           EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml")
+    assert dm.train_source.held_out == ["CH", "CW"]

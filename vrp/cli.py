@@ -3,7 +3,7 @@
     vrp fit --config experiments/embedded/pretrain.yaml [--trainer.devices=2 ...]
     vrp fit --config experiments/embedded/finetune.yaml --ckpt_path last      # resume
     vrp test --config experiments/embedded/finetune.yaml --ckpt_path runs/embedded/finetune/checkpoints/last.ckpt
-    vrp prepare | export | cache | ask ...                                      (see `vrp <tool> --help`)
+    vrp prepare | export | cache | ask | lmms-task ...                          (see `vrp <tool> --help`)
 
 Every component (model, vision encoder, fusion, LLM, datamodule, strategy, loggers) is a `class_path` in YAML.
 The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`.
@@ -23,6 +23,7 @@ TOOLS = {
     "export": "vrp.training.export",
     "cache": "vrp.training.cache",
     "ask": "vrp.evaluation.ask",
+    "lmms-task": "vrp.evaluation.lmms_task",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -15,19 +16,38 @@ DEFAULT_TEMPLATE = "<video>\n{question}\nOptions:\n{options}\nAnswer with the op
 
 
 class MultipleChoice:
-    """NExT-QA-layout CSV. ``answer`` is the correct option's index; empty ``aN`` columns mean fewer options.
+    """NExT-QA-layout CSV. ``answer`` is the correct option's index; empty ``aN`` columns mean fewer options; other
+    columns (NExT-QA's ``frame_count``, ``width``, ``height``) are ignored.
 
     ``template`` gets ``{question}`` and ``{options}`` (one ``option_format`` line per option, with ``{letter}`` and
     ``{text}``); the target is the letter, the option text, or ``"(A) text"`` (``target="letter_text"``).
     ``video_path`` maps the ``video`` column to a file relative to ``video_root`` (default: the CSV's folder).
+    ``video_map``: a JSON file ``{"<video id>": "<folder>/<video id>"}`` (NExT-QA's ``map_vid_vidorID.json``) whose
+    value replaces the id in ``video_path``; a row whose id it lacks is skipped and counted (``missing_file``).
+    NExT-QA as released: ``video_root: .../NExTVideo, video_map: .../map_vid_vidorID.json, video_path: "{video}.mp4"``.
     """
 
     def __init__(self, path: str, *, video_root: str | None = None, video_path: str = "videos/{video}.mp4",
-                 template: str = DEFAULT_TEMPLATE, option_format: str = "({letter}) {text}",
-                 target: Literal["letter", "text", "letter_text"] = "letter", boxes: str | None = None) -> None:
-        self.path, self.video_root, self.video_path = path, video_root, video_path
+                 video_map: str | None = None, template: str = DEFAULT_TEMPLATE,
+                 option_format: str = "({letter}) {text}", target: Literal["letter", "text", "letter_text"] = "letter",
+                 boxes: str | None = None) -> None:
+        self.path, self.video_root, self.video_path, self.video_map = path, video_root, video_path, video_map
         self.template, self.option_format, self.target = template, option_format, target
         self.boxes = boxes
+
+    def load_map(self) -> dict[str, str] | None:
+        """The video-id map, or None without ``video_map``."""
+        if self.video_map is None:
+            return None
+        path = Path(self.video_map)
+        if not path.is_file():
+            raise FileNotFoundError(f"video map {path} does not exist; set MultipleChoice's `video_map` to the "
+                                    "dataset's map file (NExT-QA: map_vid_vidorID.json) or null")
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise ValueError(f'{path}: expected an object {{"<video id>": "<folder>/<video id>"}}')
+        return {str(k): v for k, v in raw.items()}
 
     def render(self, question: str, options: list[str]) -> str:
         lines = "\n".join(self.option_format.format(letter=LETTERS[i], text=o) for i, o in enumerate(options))
@@ -43,6 +63,7 @@ class MultipleChoice:
             raise FileNotFoundError(f"multiple-choice CSV {path} does not exist; check MultipleChoice's `path`")
         root = self.video_root if self.video_root is not None else path.parent
         table = BoxTable(self.boxes) if self.boxes else None
+        video_map = self.load_map()
         records = []
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -65,8 +86,12 @@ class MultipleChoice:
                 except (ValueError, TypeError, AttributeError) as e:
                     skips.skip(where, "malformed", str(e))
                     continue
-                key = f"{row['video']}_{row.get('qid') or reader.line_num}"
-                video = resolve(self.video_path.format(video=row["video"]), root)
+                video_id = row["video"].strip()
+                if video_map is not None and video_id not in video_map:
+                    skips.skip(where, "missing_file", f"video id {video_id!r} is not in the video map {self.video_map}")
+                    continue
+                key = f"{video_id}_{row.get('qid') or reader.line_num}"
+                video = resolve(self.video_path.format(video=video_map[video_id] if video_map else video_id), root)
                 records.append(Record(key, video, [(self.render(question, options), self.answer_text(options, index))],
                                       qformer_text=question, question_type=row.get("type") or None,
                                       options=options, answer_index=index, boxes=table))

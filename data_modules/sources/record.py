@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from data_modules.batch import VIDEO_TOKEN
 
@@ -15,6 +16,10 @@ class Record:
 
     ``turns`` are (user, assistant) pairs; the first user turn holds the ``<video>`` placeholder (the collator adds
     one in front when the source text has none). Labels later cover the assistant texts only.
+    ``modality``: ``"video"`` (``video`` is a clip), ``"image"`` (``video`` is an image file, read as a clip of
+    ``image_frames`` real frames) or ``"text"`` (no visual input: no placeholder, no visual tokens).
+    ``start_sec``/``end_sec`` restrict a clip to that window of the video (VideoChat2-IT ``start``/``end``).
+    ``system`` is this conversation's system prompt (VideoChat2-IT's instruction ``i``), else the collator's.
     """
 
     key: str
@@ -25,6 +30,10 @@ class Record:
     options: list[str] | None = None
     answer_index: int | None = None
     boxes: object | None = None  # a BoxTable holding this video's per-frame boxes, if the source has one
+    modality: Literal["video", "image", "text"] = "video"
+    start_sec: float | None = None
+    end_sec: float | None = None
+    system: str | None = None
 
     @property
     def video_key(self) -> str:

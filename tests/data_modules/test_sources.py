@@ -45,7 +45,8 @@ def test_llava_and_videochat2(tmp_path):
     vc2 = [{"video": "a.mp4", "QA": [{"i": "Watch carefully.", "q": "Who moves?", "a": "the dog"}]}]
     (tmp_path / "vc.jsonl").write_text("\n".join(json.dumps(x) for x in vc2))
     (rec,) = VideoChat2Instructions(str(tmp_path / "vc.jsonl"), video_root="/data").load(skips)
-    assert rec.video == "/data/a.mp4" and rec.turns == [("Watch carefully.\nWho moves?", "the dog")]
+    assert rec.video == "/data/a.mp4" and rec.turns == [("Who moves?", "the dog")]
+    assert rec.system == "Watch carefully."  # VideoChat2's loader: the instruction is the system message
 
 
 def test_nextqa_multiple_choice_rendering(tmp_path):

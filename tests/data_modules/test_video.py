@@ -51,6 +51,8 @@ def encode(path: Path, frames: np.ndarray, *, codec: str = "libx264", fmt: str |
             time_base, pts = Fraction(1, fps), pts or list(range(len(frames)))
         stream.time_base = stream.codec_context.time_base = time_base
         if rotation is not None:
+            if not hasattr(stream, "set_display_rotation"):  # PyAV 15 (lmms-eval's pin) reads rotation, cannot write it
+                pytest.skip("this PyAV cannot write a display matrix (set_display_rotation is PyAV >= 16)")
             stream.set_display_rotation(rotation)
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")

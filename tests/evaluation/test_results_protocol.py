@@ -69,3 +69,53 @@ def test_baseline_fusions():
     torch.testing.assert_close(mid(changed, frame_mask), out)
     changed[1, 1] += 1  # the middle real frame of clip 1
     assert not torch.allclose(mid(changed, frame_mask)[1], out[1])
+
+
+NEXTQA_GROUPS = {"causal": ["CW", "CH"], "temporal": ["TN", "TC", "TP"], "descriptive": ["DC", "DL", "DO"]}
+
+
+def _row(key, code, correct, options=5):
+    return {"key": key, "type": code, "prediction": 0 if correct else 1, "answer": 0, "num_options": options}
+
+
+NEXTQA_ROWS = [_row("1", "CW", True), _row("2", "CW", False), _row("3", "CH", True), _row("4", "TN", True),
+               _row("5", "TC", False), _row("6", "DC", True), _row("7", "DO", True, options=4), _row("8", "XX", False)]
+
+
+def test_nextqa_codes_grouped_into_families_as_papers_report_them():
+    table = accuracy_table(NEXTQA_ROWS, groups=NEXTQA_GROUPS)
+    assert list(table["accuracy"]) == ["causal", "CW", "CH", "temporal", "TN", "TC", "descriptive", "DC", "DO",
+                                       "XX", "overall"]
+    acc, counts = table["accuracy"], table["counts"]
+    assert (acc["causal"], counts["causal"]) == (pytest.approx(200 / 3), 3) and acc["CW"] == 50.0
+    assert (acc["temporal"], acc["descriptive"], acc["overall"]) == (50.0, 100.0, 62.5)
+    assert table["chance"]["descriptive"] == pytest.approx(100 * (1 / 5 + 1 / 4) / 2)
+    assert table["groups"] == {"causal": ["CW", "CH"], "temporal": ["TN", "TC"], "descriptive": ["DC", "DO"]}
+    md = markdown_table(table)
+    assert "| causal | 3 | 66.7 | 20.0 |\n| ↳ CW | 2 | 50.0 | 20.0 |\n| ↳ CH | 1 | 100.0 | 20.0 |" in md
+    assert "| XX | 1 | 0.0 | 20.0 |" in md and md.endswith("| overall | 8 | 62.5 | 20.6 |")
+
+
+def test_a_held_out_family_holds_out_its_codes():
+    table = accuracy_table(NEXTQA_ROWS, held_out=["causal"], groups=NEXTQA_GROUPS)
+    assert table["held_out"] == ["CH", "CW", "causal"]
+    assert (table["accuracy"]["unseen"], table["counts"]["unseen"]) == (pytest.approx(200 / 3), 3)
+    assert table["counts"]["seen"] == 5 and "| causal (held out) | 3 |" in markdown_table(table)
+    assert "| ↳ CW (held out) | 2 |" in markdown_table(table)
+
+    class _NextQA:
+        path = "fixture"
+
+        def load(self, skips):
+            return [Record(r["key"], "v.mp4", [("q", "a")], question_type=r["type"]) for r in NEXTQA_ROWS]
+
+    kept = HoldOutTypes([_NextQA()], held_out=["causal", "TC"], type_groups=NEXTQA_GROUPS).load(SkipCounter(0.5))
+    assert sorted(r.question_type for r in kept) == ["DC", "DO", "TN", "XX"]
+
+
+@pytest.mark.parametrize("groups,match", [({"a": ["X"], "b": ["X"]}, "'X' is in both 'a' and 'b'"),
+                                          ({"a": ["b"], "b": ["Y"]}, "'b' is both a family"),
+                                          ({"a": []}, "lists no question types")])
+def test_bad_type_groups_are_errors(groups, match):
+    with pytest.raises(ValueError, match=match):
+        accuracy_table(NEXTQA_ROWS, groups=groups)

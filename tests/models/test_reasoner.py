@@ -65,7 +65,23 @@ def test_build_inputs_puts_visual_tokens_at_the_placeholder(stage1):
     assert new_labels.tolist() == [[-100] * 6 + [7, -100], [-100] * 7 + [9]]
 
 
-def test_each_row_needs_exactly_one_placeholder(stage1):
+def test_text_only_row_gets_no_visual_tokens(stage1):
+    """A row without placeholder (text-only sample) in a batch with video rows: its loss and logits are the LLM's on
+    its text alone, whatever its row of visual tokens holds."""
+    v = stage1.llm.video_token_id
+    ids = torch.tensor([[1, v, 6, 7, 0], [1, 8, 9, 6, 7]])
+    mask = (ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, 7, -100], [-100, -100, 9, 6, 7]])
+    embeds, new_mask, new_labels = stage1.build_inputs(torch.randn(2, 4, 64), ids, mask, labels)
+    assert new_mask[1].tolist() == [1] * 5 + [0] * 3 and new_labels[1].tolist() == [-100, -100, 9, 6, 7] + [-100] * 3
+    torch.testing.assert_close(embeds[1, :5], stage1.llm.embed(ids)[1])
+    with torch.no_grad():
+        got = stage1.llm(embeds[1:], new_mask[1:]).logits[0, :5]
+        alone = stage1.llm(stage1.llm.embed(ids[1:]), mask[1:]).logits[0]
+    torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_each_row_holds_at_most_one_placeholder(stage1):
     v = stage1.llm.video_token_id
     with pytest.raises(ValueError, match=r"\(1, 2\)"):
         stage1.build_inputs(torch.randn(2, 4, 64), torch.tensor([[v, 6], [v, v]]), torch.ones(2, 2, dtype=torch.long))

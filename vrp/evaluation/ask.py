@@ -42,14 +42,23 @@ def load_model(checkpoint: str) -> nn.Module:
         raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(e).__name__}: {e}") from e
 
 
+def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1):
+    """The evaluation-time `ClipLoader` of ``model``: its vision encoder's size and mean/std, uniform sampling."""
+    from data_modules.datasets import ClipLoader
+    from data_modules.transforms import VideoTransform
+
+    vision = model.vision
+    return ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
+                      num_frames=num_frames, sampling="uniform", image_frames=image_frames)
+
+
 def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,
                num_frames: int = 8, boxes: str | None = None) -> dict:
     """A one-sample batch built by the training data path (decode, sample, transform, tokenise)."""
     from data_modules.collate import Collator
-    from data_modules.datasets import BadSample, ClipLoader
+    from data_modules.datasets import BadSample
     from data_modules.sources.boxes import BoxTable
     from data_modules.sources.record import Record
-    from data_modules.transforms import VideoTransform
 
     if not Path(video).is_file():
         raise AskError(f"video {video} does not exist")
@@ -59,9 +68,7 @@ def make_batch(model: nn.Module, video: str, question: str, options: list[str] |
             table = BoxTable(boxes)
         except (OSError, ValueError) as e:
             raise AskError(f"boxes file {boxes}: {e}") from e
-    vision = model.vision
-    loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-                        num_frames=num_frames, sampling="uniform")
+    loader = clip_loader(model, num_frames=num_frames)
     rec = Record(key=Path(video).stem, video=str(video), turns=[(question, options[0] if options else "")],
                  qformer_text=question, options=options, answer_index=0 if options else None, boxes=table)
     try:

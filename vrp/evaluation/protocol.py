@@ -12,6 +12,9 @@ it) and list the same types under the module's evaluation; the results table the
             held_out: [predictive, counterfactual]
             sources: [{class_path: data_modules.sources.LlavaInstructions,
                        init_args: {path: data/synthetic/train/instructions.json}}]
+
+A family of question types is held out by name when both sides get the same ``type_groups`` mapping (NExT-QA:
+``held_out: [causal]``, ``type_groups: {causal: [CW, CH], ...}``; `experiments/zeroshot/nextqa_holdout_causal.yaml`).
 """
 
 from __future__ import annotations
@@ -21,19 +24,24 @@ import logging
 from data_modules.skips import SkipCounter
 from data_modules.sources import Mixture, Record
 from data_modules.sources.mixture import MixableSource
+from vrp.evaluation.results import expand_types
 
 log = logging.getLogger(__name__)
 
 
 class HoldOutTypes(Mixture):
-    """The records of ``sources`` (mixed as `Mixture` does) except those whose question type is in ``held_out``."""
+    """The records of ``sources`` (mixed as `Mixture` does) except those whose question type is in ``held_out``.
+
+    ``held_out`` may name families of ``type_groups`` (the same mapping as the module's ``type_groups``), which
+    hold out all their codes: ``held_out: [causal]`` with NExT-QA's families drops ``CW`` and ``CH``."""
 
     def __init__(self, sources: list[MixableSource], held_out: list[str], weights: list[float] | None = None, *,
-                 num_samples: int | None = None, seed: int = 0) -> None:
+                 type_groups: dict[str, list[str]] | None = None, num_samples: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__(sources, weights, num_samples=num_samples, seed=seed)
         if not held_out:
             raise ValueError("HoldOutTypes needs at least one type in `held_out` (else use the source directly)")
-        self.held_out = sorted(held_out)
+        self.held_out = expand_types(held_out, type_groups)
 
     def load(self, skips: SkipCounter) -> list[Record]:
         records = super().load(skips)

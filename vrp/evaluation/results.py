@@ -40,27 +40,81 @@ def interval95(acc: float, n: int) -> float:
     return 196.0 * math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
-def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = ()) -> dict:
-    """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...]}``; held-out
-    (zero-shot) types also get ``seen``/``unseen`` aggregate rows when both kinds are present."""
-    held_out = sorted(set(held_out))
-    types = sorted({r["type"] for r in rows})
-    metric = PerTypeAccuracy(types)
+def check_groups(groups: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """Question-type families (e.g. NExT-QA's ``{"causal": ["CW", "CH"], "temporal": ["TN", "TC", "TP"],
+    "descriptive": ["DC", "DL", "DO"]}``) as plain lists; a code in two families, or a family named like a code,
+    is an error."""
+    out = {str(name): [str(c) for c in codes] for name, codes in (groups or {}).items()}
+    seen: dict[str, str] = {}
+    for name, codes in out.items():
+        if not codes:
+            raise ValueError(f"type_groups: family {name!r} lists no question types")
+        for code in codes:
+            if code in seen:
+                raise ValueError(f"type_groups: question type {code!r} is in both {seen[code]!r} and {name!r}")
+            if code in out:
+                raise ValueError(f"type_groups: {code!r} is both a family and a question type of {name!r}")
+            seen[code] = name
+    return out
+
+
+def expand_types(names: Iterable[str], groups: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Question types named by ``names``: a family stands for its codes, anything else for itself."""
+    groups = check_groups(groups)
+    return sorted({t for n in names for t in groups.get(n, [n])})
+
+
+def _share(group: Sequence[Mapping], key: str) -> float:
+    if key == "chance":
+        return 100.0 * sum(1 / r["num_options"] for r in group) / len(group)
+    return 100.0 * sum(r["prediction"] == r["answer"] for r in group) / len(group)
+
+
+def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
+                   groups: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...],
+    "groups": {family: [types]}}``. With ``groups`` each family present gets a row (over its codes' questions)
+    followed by its codes, in the order given, then the ungrouped types; held-out (zero-shot) types (or families,
+    which hold out their codes) also get ``seen``/``unseen`` aggregate rows when both kinds are present."""
+    groups = check_groups(groups)
+    held_names = set(held_out)
+    held_types = set(expand_types(held_names, groups))
+    present = {r["type"] for r in rows}
+    grouped = [c for codes in groups.values() for c in codes]
+    order = [t for t in grouped if t in present] + sorted(present - set(grouped))
+    metric = PerTypeAccuracy(order)
     if rows:
         metric.update(torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["answer"] for r in rows]),
                       [r["type"] for r in rows])
-    acc = {t: 100.0 * a for t, a in metric.compute().items()} if rows else {}
-    counts = metric.counts() if rows else {}
-    chance = {t: 100.0 * sum(1 / r["num_options"] for r in rows if r["type"] == t) / counts[t] for t in types}
+    per_type = {t: 100.0 * a for t, a in metric.compute().items()} if rows else {}
+    type_counts = metric.counts() if rows else {}
+    acc, chance, counts, families = {}, {}, {}, {}
+    for name in [*groups, *(t for t in order if t not in grouped)]:
+        codes = [c for c in groups.get(name, [name]) if c in present]
+        if not codes:
+            continue
+        if name in groups:
+            group = [r for r in rows if r["type"] in codes]
+            acc[name], chance[name], counts[name] = _share(group, "accuracy"), _share(group, "chance"), len(group)
+            families[name] = codes
+        for t in codes:
+            acc[t], counts[t] = per_type[t], type_counts[t]
+            chance[t] = _share([r for r in rows if r["type"] == t], "chance")
     if rows:
-        chance["overall"] = 100.0 * sum(1 / r["num_options"] for r in rows) / len(rows)
-    for name, group in (("seen", [r for r in rows if r["type"] not in held_out]),
-                        ("unseen", [r for r in rows if r["type"] in held_out])):
-        if held_out and group and len(group) < len(rows):
-            acc[name] = 100.0 * sum(r["prediction"] == r["answer"] for r in group) / len(group)
-            chance[name] = 100.0 * sum(1 / r["num_options"] for r in group) / len(group)
-            counts[name] = len(group)
-    return {"accuracy": acc, "chance": chance, "counts": counts, "held_out": held_out}
+        acc["overall"], chance["overall"], counts["overall"] = per_type["overall"], _share(rows, "chance"), len(rows)
+    for name, group in (("seen", [r for r in rows if r["type"] not in held_types]),
+                        ("unseen", [r for r in rows if r["type"] in held_types])):
+        if held_types and group and len(group) < len(rows):
+            acc[name], chance[name], counts[name] = _share(group, "accuracy"), _share(group, "chance"), len(group)
+    marked = held_types | {n for n in held_names if n in groups}
+    return {"accuracy": acc, "chance": chance, "counts": counts, "held_out": sorted(marked), "groups": families}
+
+
+def _label(table: Mapping, t: str) -> str:
+    """A row's name: family codes indented under their family (``↳ CW``), held-out rows marked."""
+    sub = any(t in codes for codes in table.get("groups", {}).values())
+    name = f"↳ {t}" if sub else t
+    return f"{name} (held out)" if t in table.get("held_out", ()) else name
 
 
 def markdown_table(table: Mapping, blind: Mapping[str, float] | None = None) -> str:
@@ -68,8 +122,7 @@ def markdown_table(table: Mapping, blind: Mapping[str, float] | None = None) -> 
     head = "| question type | n | accuracy (%) | chance (%) |" + (" blind (%) |" if blind else "")
     lines = [head, "|---|---:|---:|---:|" + ("---:|" if blind else "")]
     for t, a in table["accuracy"].items():
-        name = f"{t} (held out)" if t in table.get("held_out", ()) else t
-        line = f"| {name} | {table['counts'][t]} | {a:.1f} | {table['chance'].get(t, float('nan')):.1f} |"
+        line = f"| {_label(table, t)} | {table['counts'][t]} | {a:.1f} | {table['chance'].get(t, float('nan')):.1f} |"
         if blind:
             line += f" {blind[t]:.1f} |" if t in blind else " – |"
         lines.append(line)
@@ -100,13 +153,13 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
 
 
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
-                  held_out: Iterable[str] = (), extra: Mapping | None = None,
-                  blind: Mapping[str, float] | None = None) -> tuple[Path, Path, dict]:
+                  held_out: Iterable[str] = (), groups: Mapping[str, Sequence[str]] | None = None,
+                  extra: Mapping | None = None, blind: Mapping[str, float] | None = None) -> tuple[Path, Path, dict]:
     """Write ``<name>.json`` (table + rows + extra) and ``<name>.md`` (with a ``blind`` column when given, in %);
-    returns both paths and the table."""
+    returns both paths and the table (families from ``groups`` as in `accuracy_table`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = accuracy_table(rows, held_out)
+    table = accuracy_table(rows, held_out, groups)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
     json_path.write_text(json.dumps({**table, **(extra or {}), "rows": list(rows)}, indent=1))
     md_path.write_text(markdown_table(table, blind) + "\n")

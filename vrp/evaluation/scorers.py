@@ -48,6 +48,13 @@ def continuation_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return -nll.sum(1), (target != IGNORE_INDEX).sum(1)
 
 
+def greedy_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: every labelled token is the argmax of the logits before it (what greedy decoding would emit)."""
+    target = labels[:, 1:]
+    hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE_INDEX)
+    return hit.all(1)
+
+
 def pad_options(options: Sequence[Sequence[str]]) -> tuple[list[list[str]], torch.Tensor]:
     """Pad ragged option lists with "" to the widest row; mask (B, O) True where a non-empty option exists."""
     width = max(len(o) for o in options)
@@ -59,19 +66,21 @@ def pad_options(options: Sequence[Sequence[str]]) -> tuple[list[list[str]], torc
 def encode_candidates(
     tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, score_end_of_turn: bool = True,
     use_chat_template: bool = True, system_prompt: str | None = None, padding_side: str = "right",
+    visual: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Tokenise (prompt, answer) pairs exactly as training collation does (`data_modules.collate.encode_turns`:
     placeholder in front when the prompt has none, chat template, labels on the answer and its end-of-turn text).
 
     ``score_end_of_turn=False`` keeps labels on the answer's own tokens only. ``use_chat_template``/``system_prompt``
-    must match the datamodule's collator. Returns input_ids, attention_mask, labels, each (N, L).
+    must match the datamodule's collator; ``visual=False`` encodes text-only pairs (no placeholder). Returns
+    input_ids, attention_mask, labels, each (N, L).
     """
     if not use_chat_template and tokenizer.chat_template is not None:
         tokenizer = copy.copy(tokenizer)  # shares the backend; only this copy loses its template
         tokenizer.chat_template = None
     seqs, labs = [], []
     for prompt, target in zip(prompts, targets):
-        ids, labels = encode_turns(tokenizer, [(prompt, target)], system_prompt=system_prompt)
+        ids, labels = encode_turns(tokenizer, [(prompt, target)], system_prompt=system_prompt, visual=visual)
         if not score_end_of_turn:
             start = next(i for i, x in enumerate(labels) if x != IGNORE_INDEX)
             n = len(tokenizer(target, add_special_tokens=False)["input_ids"])
@@ -138,6 +147,25 @@ class LikelihoodScorer(_Prompting):
         self.target_format, self.chunk_size = target_format, chunk_size
 
     @torch.no_grad()
+    def pair_logprobs(self, model: Any, video_tokens: torch.Tensor, prompts: Sequence[str], targets: Sequence[str],
+                      *, visual: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed log-probability (N,), scored-token count (N,) and greedy flag (N,) of each target after its prompt,
+        row i seeing ``video_tokens[i]`` (N, Q, D), in forwards of ``chunk_size`` rows (the lmms-eval adapter's
+        ``loglikelihood`` is this too)."""
+        enc = self.encode(model.llm.tokenizer, prompts, targets, score_end_of_turn=self.score_end_of_turn,
+                          visual=visual)
+        N = len(prompts)
+        step = self.chunk_size or N
+        sums, counts, greedy = [], [], []
+        for s in range(0, N, step):
+            logits, labels = _logits(model, video_tokens[s : s + step], {k: v[s : s + step] for k, v in enc.items()})
+            total, n = continuation_logprobs(logits, labels)
+            sums.append(total)
+            counts.append(n)
+            greedy.append(greedy_match(logits, labels))
+        return torch.cat(sums), torch.cat(counts), torch.cat(greedy)
+
+    @torch.no_grad()
     def __call__(self, model: Any, batch: dict) -> MCOutput:
         options, valid = pad_options(batch["options"])
         B, O = valid.shape
@@ -145,16 +173,8 @@ class LikelihoodScorer(_Prompting):
         prompts = [p for p in batch["prompt"] for _ in range(O)]
         targets = [self.target_format.format(letter=LETTERS[i], text=o if o.strip() else "?")  # "?" rows masked
                    for row in options for i, o in enumerate(row)]
-        enc = self.encode(model.llm.tokenizer, prompts, targets, score_end_of_turn=self.score_end_of_turn)
-        tokens = video_tokens.repeat_interleave(O, dim=0)  # (B*O, Q, D)
-        step = self.chunk_size or B * O
-        sums, counts = [], []
-        for s in range(0, B * O, step):
-            logits, labels = _logits(model, tokens[s : s + step], {k: v[s : s + step] for k, v in enc.items()})
-            total, n = continuation_logprobs(logits, labels)
-            sums.append(total)
-            counts.append(n)
-        total, n = torch.cat(sums).view(B, O), torch.cat(counts).view(B, O)
+        total, n, _ = self.pair_logprobs(model, video_tokens.repeat_interleave(O, dim=0), prompts, targets)
+        total, n = total.view(B, O), n.view(B, O)
         scores = total / n.clamp_min(1) if self.length_normalize else total
         scores = scores.cpu().masked_fill(~valid, float("-inf"))
         return MCOutput(scores=scores, prediction=scores.argmax(1))

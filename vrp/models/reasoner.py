@@ -115,18 +115,23 @@ class VideoReasoner(nn.Module):
 
     def build_inputs(self, video_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      labels: torch.Tensor | None = None):
-        """Replace each row's single video placeholder by its Q visual tokens -> sequences of length L + Q - 1."""
+        """Replace each row's single video placeholder by its Q visual tokens -> sequences of length L + Q - 1.
+
+        A row without a placeholder (a text-only sample) keeps its text and gets Q - 1 padding slots at its end
+        (attention 0, label -100), so its row's visual tokens never reach the LLM."""
         B, L = input_ids.shape
         Q = video_tokens.shape[1]
         is_video = input_ids == self.llm.video_token_id
         counts = is_video.sum(1)
-        if (counts != 1).any():
-            bad = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c != 1]
-            raise ValueError(f"each row of input_ids needs exactly one video token (id {self.llm.video_token_id}); "
+        if (counts > 1).any():
+            bad = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c > 1]
+            raise ValueError(f"each row of input_ids may hold one video token (id {self.llm.video_token_id}); "
                              f"(row, count) violating it: {bad}")
-        pos = is_video.long().argmax(1, keepdim=True)  # (B, 1)
+        has_video = (counts == 1)[:, None]  # (B, 1)
+        pos = torch.where(has_video, is_video.long().argmax(1, keepdim=True), L)  # (B, 1); text-only: after the text
         j = torch.arange(L + Q - 1, device=input_ids.device)[None]  # (1, L+Q-1)
-        in_video = (j >= pos) & (j < pos + Q)  # (B, L+Q-1)
+        in_slots = (j >= pos) & (j < pos + Q)  # (B, L+Q-1)
+        in_video, in_pad = in_slots & has_video, in_slots & ~has_video
         text_idx = torch.where(j < pos, j, j - Q + 1).clamp(0, L - 1)  # source text position for non-video slots
         video_idx = (j - pos).clamp(0, Q - 1)
         text_embeds = self.llm.embed(input_ids)  # (B, L, D)
@@ -134,9 +139,11 @@ class VideoReasoner(nn.Module):
         gathered_text = text_embeds.gather(1, text_idx[..., None].expand(B, -1, D))
         gathered_video = video_tokens.to(text_embeds.dtype).gather(1, video_idx[..., None].expand(B, -1, D))
         inputs_embeds = torch.where(in_video[..., None], gathered_video, gathered_text)  # (B, L+Q-1, D)
+        inputs_embeds = inputs_embeds.masked_fill(in_pad[..., None], 0.0)
         mask = torch.where(in_video, torch.ones_like(text_idx), attention_mask.gather(1, text_idx))
+        mask = mask.masked_fill(in_pad, 0)
         if labels is not None:
-            labels = torch.where(in_video, torch.full_like(text_idx, IGNORE_INDEX), labels.gather(1, text_idx))
+            labels = torch.where(in_slots, torch.full_like(text_idx, IGNORE_INDEX), labels.gather(1, text_idx))
         return inputs_embeds, mask.to(attention_mask.dtype), labels
 
     def forward(self, batch: Mapping):

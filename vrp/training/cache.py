@@ -30,18 +30,18 @@ def write_features(vision: nn.Module, loader, records: Iterable, store: FeatureS
     ``store``; returns how many videos were written (videos already stored are skipped)."""
     todo, seen = [], set()
     for rec in records:
-        if rec.video_key not in seen and rec.video_key not in store:
+        if rec.modality == "video" and rec.video_key not in seen and rec.video_key not in store:
             seen.add(rec.video_key)
             todo.append(rec)
     device = next(vision.parameters()).device
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
         clips = [loader.decode(rec) for rec in chunk]
-        frames = torch.stack([loader.transform(c["video"], None, None)[0] for c in clips])  # (B, T, C, H, W)
+        frames = torch.stack([loader.transform(c.frames, None, None)[0] for c in clips])  # (B, T, C, H, W)
         with torch.no_grad():
             visual = vision(frames.to(device))  # (B, T, N, D)
         for rec, clip, v in zip(chunk, clips, visual):
-            store.write(rec.video_key, v, clip["frame_mask"], clip["timestamps"], clip["fps"])
+            store.write(rec.video_key, v, clip.frame_mask, clip.timestamps, clip.fps)
     return len(todo)
 
 

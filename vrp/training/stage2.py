@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vrp.evaluation.metrics import PerTypeAccuracy
-from vrp.evaluation.results import load_blind_baseline, rows_from_batch, write_results
+from vrp.evaluation.results import check_groups, load_blind_baseline, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
@@ -66,17 +66,21 @@ class InstructionTuning(L.LightningModule):
         min_lr_ratio: float = 0.1,
         results_dir: str | None = None,
         held_out_types: list[str] | None = None,
+        type_groups: dict[str, list[str]] | None = None,
         blind_baseline: str | None = None,
         val_accuracy: bool = True,
         val_question_types: list[str] | None = None,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
-        (default: the logger's folder); `held_out_types` (zero-shot protocol) are marked there, with seen/unseen rows;
-        `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column. `val_accuracy` scores validation
-        batches that carry options (per type; `val_question_types` fixes the type list, which multi-GPU runs need for
-        per-type figures, else only the overall accuracy is synced)."""
+        (default: the logger's folder); `held_out_types` (zero-shot protocol: types, or families of `type_groups`)
+        are marked there, with seen/unseen rows; `type_groups` (e.g. NExT-QA's `{causal: [CW, CH], temporal: [TN, TC,
+        TP], descriptive: [DC, DL, DO]}`) adds a row per family with its codes as sub-rows; `blind_baseline` (a
+        synthetic `meta.json`) adds the blind text-prior column. `val_accuracy` scores
+        validation batches that carry options (per type; `val_question_types` fixes the type list, which multi-GPU
+        runs need for per-type figures, else only the overall accuracy is synced)."""
         super().__init__()
+        check_groups(type_groups)  # a bad mapping fails when the config is read, not after the test epoch
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
         if scorer is None:
@@ -142,7 +146,8 @@ class InstructionTuning(L.LightningModule):
         if self.trainer.is_global_zero:
             out = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
             blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
-            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (), blind=blind)
+            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (),
+                                              groups=self.hparams.type_groups, blind=blind)
             for name, acc in table["accuracy"].items():
                 self.log(f"test/acc_{name}", acc, rank_zero_only=True)
             print("\n" + md_path.read_text() + f"(written to {md_path})\n", flush=True)
