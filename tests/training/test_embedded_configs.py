@@ -34,6 +34,7 @@ def _overrides(root: Path, config: Path) -> list[str]:
             f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
             f"--data.init_args.synthetic_root={data}", "--data.init_args.generate_if_missing=false",
             "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--trainer.fast_dev_run=true",
+            "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
             f"--trainer.default_root_dir={root / 'runs' / config.stem}"]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
         args += ["--model.init_args.init_from=null", "--model.init_args.results_dir=null",
