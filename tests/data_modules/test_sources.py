@@ -102,3 +102,16 @@ def test_llava_items_with_options_are_multiple_choice(tmp_path):
     assert (ok.options, ok.answer_index) == (["blue", "red"], 1)
     assert (plain.options, plain.answer_index) == (None, None)
     assert skips.totals()["skipped/malformed"] == 1
+
+
+def test_multiple_choice_blank_middle_option_keeps_the_label(tmp_path):
+    p = tmp_path / "mc.csv"
+    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+                 "v1,which colour,2,red,,green,blue,,1,D\n"  # a blank between options: answer 2 is still green
+                 "v2,which colour,1,red,,green,,,2,D\n"  # the answer points at the blank option
+                 "v3,which colour,0,red,,,,,3,D\n")  # one option left
+    skips = SkipCounter(max_bad_fraction=1.0)
+    (rec,) = MultipleChoice(str(p), video_path="{video}.mp4", target="text").load(skips)
+    assert rec.options == ["red", "green", "blue"] and rec.answer_index == 1 and rec.turns[0][1] == "green"
+    assert rec.options[rec.answer_index] == "green"
+    assert skips.totals()["skipped/malformed"] == 2
