@@ -16,7 +16,11 @@ import sys
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from lightning.pytorch.utilities import rank_zero_info
+
+from vrp.training import runs
 from vrp.training.callbacks import RNGState
+from vrp.training.checkpoint import remove_stale_temp_files
 
 TOOLS = {
     "prepare": "vrp.training.embedded",
@@ -27,10 +31,65 @@ TOOLS = {
 
 
 class VRPCLI(LightningCLI):
-    """LightningCLI with the project's always-on pieces: RNG state in checkpoints and atomic checkpoint writes."""
+    """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, run
+    folders that never overlap (`vrp.training.runs`), and the user's model config winning over a checkpoint's."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self.given_config = self.config.clone()  # before LightningCLI merges a --ckpt_path's hyper-parameters
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub is None:
+            return
+        self._keep_given_model(sub)
+        if sub in runs.OWN_FOLDER_SUBCOMMANDS:
+            folder = runs.redirect_to_own_folder(self.config[sub]["trainer"], sub)
+            rank_zero_info(f"vrp {sub}: logs and results go to {folder}")
+
+    def _keep_given_model(self, sub: str) -> None:
+        """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's saved hyper-parameters;
+        what the user gave (config files and command line) wins instead, and the keys that differ are named."""
+        given = self.given_config[sub].get("model")
+        merged = self.config[sub].get("model")
+        if given is None or merged is None or given == merged:
+            return
+        ours, theirs = dict(given.items()), dict(merged.items())
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        rank_zero_info(f"vrp {sub}: using the given model config, not the checkpoint's hyper-parameters, for "
+                       f"{', '.join('model.' + k for k in changed[:8])}{' ...' if len(changed) > 8 else ''}")
+        self.config[sub]["model"] = given
+
+    def _lock_run_folders(self, *, checkpoints: bool) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        folders = runs.written_folders(self.trainer)
+        if not checkpoints:
+            folders = [folders[0]]  # an evaluation run writes only its own new folder
+        runs.lock_folders(folders)
+        for cb in self.trainer.checkpoint_callbacks if checkpoints else []:
+            for p in remove_stale_temp_files(cb.dirpath) if getattr(cb, "dirpath", None) else []:
+                rank_zero_info(f"removed {p}, a checkpoint write that a killed run left unfinished")
+
+    def before_fit(self) -> None:
+        self._lock_run_folders(checkpoints=True)
+
+    def before_validate(self) -> None:
+        self._lock_run_folders(checkpoints=False)
+
+    def before_test(self) -> None:
+        self._lock_run_folders(checkpoints=False)
+
+    def before_predict(self) -> None:
+        self._lock_run_folders(checkpoints=False)
+
+    def after_fit(self) -> None:
+        runs.release_folders()
+
+    after_validate = after_test = after_predict = after_fit
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> VRPCLI:

@@ -64,6 +64,18 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files `AtomicCheckpointIO` leaves behind when a run is killed mid-write.
+
+    Call it only while holding the folder's run lock (`vrp.training.runs.lock_folders`): then no live writer owns them.
+    """
+    folder = Path(folder)
+    stale = sorted(p for p in folder.glob(".*.*.tmp") if p.is_file()) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temporary file in the target folder, fsync, then rename over the target.
 

@@ -68,8 +68,9 @@ class InstructionTuning(L.LightningModule):
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
-        (default: the logger's folder); `held_out_types` (zero-shot protocol) are marked there, with seen/unseen rows;
-        `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column."""
+        (default: the trainer's default_root_dir, a new folder per `vrp test` run); `held_out_types` (zero-shot
+        protocol) are marked there, with seen/unseen rows; `blind_baseline` (a synthetic `meta.json`) adds the blind
+        text-prior column."""
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
@@ -119,7 +120,7 @@ class InstructionTuning(L.LightningModule):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
         if self.trainer.is_global_zero:
-            out = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+            out = Path(self.hparams.results_dir or self.trainer.default_root_dir)
             blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
             _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (), blind=blind)
             for name, acc in table["accuracy"].items():

@@ -1,0 +1,86 @@
+"""Run folders (vrp.training.runs through the real CLI): `vrp test` never touches the training run's records and
+honours what the user typed; two live runs never share a folder; a killed write's temp file is cleaned up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vrp.cli import cli
+from vrp.training.runs import RunFolderBusy
+
+
+def write_config(root: Path, run: Path, **model_args) -> Path:
+    """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(run), "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}}]},
+        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
+            "lr": 1e-3, "warmup_steps": 1, **model_args, "model": {
+                "class_path": "vrp.models.VideoReasoner", "init_args": {
+                    "vision": {"class_path": "vrp.models.HFVisionEncoder",
+                               "init_args": {"model_name_or_path": str(root / "vit")}},
+                    "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
+                    "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
+                    "llm_mode": "full"}}}},
+        "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run / "config.yaml"
+
+
+def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_root, run)
+    cli(["fit", "--config", str(config)])
+    metrics, fit_config = (run / "csv" / "metrics.csv").read_text(), (run / "csv" / "config.yaml").read_text()
+    assert len(metrics.splitlines()) >= 3
+    ckpt = str(run / "ckpt" / "last.ckpt")
+    typed = tmp_path / "typed_results"
+    cli(["test", "--config", str(config), "--ckpt_path", ckpt, f"--model.init_args.results_dir={typed}"])
+    assert (typed / "test_results.json").is_file() and (typed / "test_results.md").is_file()
+    cli(["test", "--config", str(config), "--ckpt_path", ckpt])
+    assert (run / "csv" / "metrics.csv").read_text() == metrics  # the training run's records are untouched
+    assert (run / "csv" / "config.yaml").read_text() == fit_config
+    assert not (run / "test_results.json").exists()
+    assert (run / "test" / "version_0" / "csv" / "metrics.csv").is_file()  # each test run has its own folder
+    assert (run / "test" / "version_1" / "test_results.json").is_file()
+
+
+def test_a_folder_held_by_a_live_run_is_refused(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_root, run)
+    holder = subprocess.Popen(  # another live run holding the folder, until its stdin closes
+        [sys.executable, "-c", f"import sys; from vrp.training.runs import lock_folders; lock_folders([{str(run)!r}]);"
+         " print('held', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=f"{run} is in use by another live run \\(pid {holder.pid} "):
+            cli(["fit", "--config", str(config)])
+        assert not (run / "csv" / "metrics.csv").exists() and not (run / "ckpt" / "last.ckpt").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    cli(["fit", "--config", str(config)])  # the holder has ended: its lock went with it
+    assert (run / "ckpt" / "last.ckpt").is_file()
+
+
+def test_a_killed_checkpoint_write_is_cleaned_up_on_the_next_start(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_root, run)
+    (run / "ckpt").mkdir(parents=True)
+    stale = run / "ckpt" / ".last.ckpt.k3x9q1.tmp"  # what AtomicCheckpointIO leaves when killed mid-write
+    stale.write_bytes(b"\0" * 1024)
+    cli(["fit", "--config", str(config)])
+    assert not stale.exists() and (run / "ckpt" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == [".vrp-run.lock", "last.ckpt"]  # nothing else
