@@ -15,12 +15,15 @@ import sys
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
-
 from lightning.pytorch.utilities import rank_zero_info
 
 from vrp.training import runs
 from vrp.training.callbacks import RNGState
-from vrp.training.checkpoint import remove_stale_temp_files
+from vrp.training.checkpoint import CheckpointError, read_checkpoint, remove_stale_temp_files
+
+# Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
+# `error: ...` with exit status 2 instead of a traceback.
+USER_ERRORS = (CheckpointError, runs.RunFolderBusy)
 
 TOOLS = {
     "prepare": "vrp.training.embedded",
@@ -40,6 +43,10 @@ class VRPCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         self.given_config = self.config.clone()  # before LightningCLI merges a --ckpt_path's hyper-parameters
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
+            read_checkpoint(ckpt_path)  # a bad file ends in one line naming it, before LightningCLI reads it raw
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
@@ -113,4 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
         importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return
-    cli(argv)
+    try:
+        cli(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,35 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tiny import write_config
 from vrp.cli import cli
 from vrp.training.runs import RunFolderBusy
-
-
-def write_config(root: Path, run: Path, **model_args) -> Path:
-    """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(run), "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}}]},
-        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
-            "lr": 1e-3, "warmup_steps": 1, **model_args, "model": {
-                "class_path": "vrp.models.VideoReasoner", "init_args": {
-                    "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                               "init_args": {"model_name_or_path": str(root / "vit")}},
-                    "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
-                    "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
-                    "llm_mode": "full"}}}},
-        "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
-    }
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return run / "config.yaml"
 
 
 def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
@@ -112,3 +113,28 @@ class ToyData(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.seed + 2, True, False)
+
+
+def write_config(root: Path, run: Path, **model_args) -> Path:
+    """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(run), "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}}]},
+        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
+            "lr": 1e-3, "warmup_steps": 1, **model_args, "model": {
+                "class_path": "vrp.models.VideoReasoner", "init_args": {
+                    "vision": {"class_path": "vrp.models.HFVisionEncoder",
+                               "init_args": {"model_name_or_path": str(root / "vit")}},
+                    "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
+                    "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
+                    "llm_mode": "full"}}}},
+        "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run / "config.yaml"

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vrp.training.checkpoint import CheckpointError, read_checkpoint
 
 
 def build_model(config: dict) -> nn.Module:
@@ -33,10 +35,11 @@ def build_model(config: dict) -> nn.Module:
 
 
 def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt)
     config = checkpoint.get("hyper_parameters", {}).get("model")
     if not isinstance(config, dict) or "class_path" not in config:
-        raise ValueError(f"{ckpt}: no model config in hyper_parameters; export needs a checkpoint written by `vrp fit`")
+        raise CheckpointError(f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a "
+                              "checkpoint written by `vrp fit`")
     model = build_model(config)
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
@@ -75,4 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--merge-lora", action="store_true")
     a = p.parse_args(argv)
-    print(f"exported to {export(a.ckpt, a.out, merge_lora=a.merge_lora)}")
+    try:
+        out = export(a.ckpt, a.out, merge_lora=a.merge_lora)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"exported to {out}")
