@@ -11,19 +11,22 @@ The seed (`seed_everything`) is part of the config; checkpoints load with `weigh
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import NoReturn
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from vrp.models.paths import ModelPathError
 from vrp.training import runs
 from vrp.training.callbacks import RNGState
 from vrp.training.checkpoint import CheckpointError, read_checkpoint, remove_stale_temp_files
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
 # `error: ...` with exit status 2 instead of a traceback.
-USER_ERRORS = (CheckpointError, runs.RunFolderBusy)
+USER_ERRORS = (CheckpointError, ModelPathError, runs.RunFolderBusy)
 
 TOOLS = {
     "prepare": "vrp.training.embedded",
@@ -31,6 +34,35 @@ TOOLS = {
     "cache": "vrp.training.cache",
     "ask": "vrp.evaluation.ask",
 }
+
+
+NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+
+
+def root_cause(message: str) -> str | None:
+    """The line that matters in a multi-line jsonargparse error, e.g. ``model (vrp.training.InstructionTuning):
+    Option 'lerning_rate' is not accepted``: the innermost message under the union noise, with its key and class."""
+    lines = [line.strip() for line in message.splitlines()]
+    causes = [line.removeprefix("- ") for line in lines
+              if line and not line.startswith(NOISE) and "Problem with given class_path" not in line]
+    if len(lines) < 2 or not causes:
+        return None
+    cause = causes[-1]
+    accepted = re.search(r"Option '[^']+' is not accepted", cause)
+    cause = accepted.group(0) if accepted else cause
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    classes = re.findall(r"Problem with given class_path '([^']+)'", message)
+    where = ".init_args.".join(keys) + (f" ({classes[-1]})" if classes and len(classes) == len(keys) else "")
+    return f"{where}: {cause}" if where else cause
+
+
+class VRPArgumentParser(LightningArgumentParser):
+    """Ends every config error with the line that matters (the real message is otherwise several lines up, above
+    jsonargparse's account of the union types it tried)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        cause = root_cause(message) if self.exit_on_error else None  # only where it is printed, not nested ones
+        super().error(message + (f"\nerror: {cause}" if cause else ""), ex)
 
 
 class VRPCLI(LightningCLI):
@@ -107,6 +139,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> VRPCLI:
         subclass_mode_data=True,
         trainer_defaults={"plugins": [{"class_path": "vrp.training.checkpoint.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
+        parser_class=VRPArgumentParser,
         parser_kwargs={"default_env": False},
         args=args,
         run=run,
@@ -122,6 +155,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         cli(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 -- only user errors are caught; anything else is re-raised unchanged
+        cause = user_error(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The `USER_ERRORS` instance in an exception's chain (jsonargparse wraps errors raised while it instantiates
+    the config's classes), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

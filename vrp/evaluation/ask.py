@@ -39,7 +39,10 @@ def load_model(checkpoint: str) -> nn.Module:
     try:
         return load_exported(str(path))
     except Exception as e:  # any failure to read a user-given folder is reported in one line
-        raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(e).__name__}: {e}") from e
+        from vrp.cli import user_error
+
+        cause = user_error(e) or e
+        raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(cause).__name__}: {cause}") from e
 
 
 def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,

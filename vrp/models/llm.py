@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vrp.models.paths import pretrained_source
 from vrp.models.vision import resolve_dtype
 
 VIDEO_TOKEN = "<video>"
@@ -31,9 +32,12 @@ class CausalLM(nn.Module):
 
         if (model_name_or_path is None) == (config is None):
             raise ValueError("give exactly one of model_name_or_path or config")
+        if model_name_or_path is not None:
+            model_name_or_path = pretrained_source(model_name_or_path, "LLM model_name_or_path")
         tok_path = tokenizer or model_name_or_path
         if tok_path is None:
             raise ValueError("an LLM built from `config` needs `tokenizer` (a tokenizer folder or hub name)")
+        tok_path = pretrained_source(tok_path, "LLM tokenizer")
         self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
         if VIDEO_TOKEN not in self.tokenizer.get_vocab():
             self.tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})

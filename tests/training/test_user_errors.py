@@ -1,5 +1,5 @@
-"""A bad checkpoint file ends in one line that names it and says what is wrong, never torch's advice to load it
-with `weights_only=False`: through `read_checkpoint`, `vrp test --ckpt_path` and `vrp export`."""
+"""User mistakes end in one line that says what is wrong, last: a bad checkpoint file (never torch's advice to load
+it with `weights_only=False`), a model path that does not exist, a config key with a typo."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from tiny import write_config
 from vrp.cli import main
+from vrp.models.paths import ModelPathError, pretrained_source
 from vrp.training import export
 from vrp.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 
@@ -61,3 +63,37 @@ def test_vrp_test_and_export_print_one_error_line(tiny_root, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"error: checkpoint {tmp_path / 'bad' / 'truncated.ckpt'} is truncated "
                                                f"or corrupted ({os.path.getsize(tmp_path / 'bad' / 'truncated.ckpt')} "
                                                "bytes; its zip archive cannot be read)")
+
+
+def last_error_line(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
+    missing = tmp_path / "artifacts" / "llm"
+    with pytest.raises(ModelPathError, match=f"LLM model_name_or_path '{missing}' does not exist"):
+        pretrained_source(str(missing), "LLM model_name_or_path")
+    with pytest.raises(ModelPathError):
+        pretrained_source("artifacts/embedded/llm", "LLM")  # two slashes: a local path by form
+    assert pretrained_source("Qwen/Qwen2.5-0.5B", "LLM") == "Qwen/Qwen2.5-0.5B"  # a Hub id: left to the Hub
+    config = write_config(tiny_root, tmp_path / "run")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["model"]["init_args"]["llm"]["init_args"]["model_name_or_path"] = str(missing)
+    config.write_text(yaml.safe_dump(cfg))
+    assert last_error_line(capsys, ["fit", "--config", str(config)]) == (
+        f"error: LLM model_name_or_path '{missing}' does not exist (a local path: check it, or create it first, "
+        "e.g. `make prepare` for the embedded default's artifacts/embedded)")
+
+
+def test_a_config_typo_is_the_last_line(tiny_root, tmp_path, capsys):
+    config = write_config(tiny_root, tmp_path / "run")
+    assert last_error_line(capsys, ["fit", "--config", str(config), "--model.init_args.lerning_rate=1"]) == (
+        "error: model (vrp.training.InstructionTuning): Option 'lerning_rate' is not accepted")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]["outptu_dim"] = 3
+    config.write_text(yaml.safe_dump(cfg))
+    assert last_error_line(capsys, ["fit", "--config", str(config)]) == (
+        "error: model.init_args.model.init_args.fusion: Option 'outptu_dim' is not accepted")
