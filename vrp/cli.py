@@ -21,12 +21,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from vrp.models.paths import ModelPathError
 from vrp.training import runs
-from vrp.training.callbacks import RNGState
-from vrp.training.checkpoint import CheckpointError, read_checkpoint, remove_stale_temp_files
+from vrp.training.callbacks import NonFiniteError, NonFiniteGuard, RNGState
+from vrp.training.checkpoint import CheckpointError, check_finite, read_checkpoint, remove_stale_temp_files
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
 # `error: ...` with exit status 2 instead of a traceback.
-USER_ERRORS = (CheckpointError, ModelPathError, runs.RunFolderBusy)
+USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy)
 
 TOOLS = {
     "prepare": "vrp.training.embedded",
@@ -66,11 +66,13 @@ class VRPArgumentParser(LightningArgumentParser):
 
 
 class VRPCLI(LightningCLI):
-    """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, run
-    folders that never overlap (`vrp.training.runs`), and the user's model config winning over a checkpoint's."""
+    """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, the
+    non-finite guard, run folders that never overlap (`vrp.training.runs`), and the user's model config winning over
+    a checkpoint's."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -78,7 +80,8 @@ class VRPCLI(LightningCLI):
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
-            read_checkpoint(ckpt_path)  # a bad file ends in one line naming it, before LightningCLI reads it raw
+            # a bad file ends in one line naming it, before LightningCLI reads it raw
+            check_finite(read_checkpoint(ckpt_path).get("state_dict", {}), f"checkpoint {ckpt_path}")
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")

@@ -42,12 +42,14 @@ def build_backbones(root: Path) -> Path:
 
 
 class _Toy(Dataset):
-    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool) -> None:
+    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool,
+                 nan_samples: tuple[int, ...] = ()) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, len(ANSWERS), (n,), generator=g)
         # the answer is visible: a colour-coded mean brightness per channel plus noise
         base = torch.eye(4, 3)[self.labels]  # (n, 3)
         self.video = base[:, None, :, None, None] + 0.3 * torch.randn(n, frames, 3, size, size, generator=g)
+        self.video[list(nan_samples)] = float("nan")  # damaged samples: their loss and gradients are NaN
         prompt = tokenizer("<video> what colour is it ?")["input_ids"]
         self.rows = [(prompt, tokenizer(ANSWERS[int(y)], add_special_tokens=False)["input_ids"]
                       + [tokenizer.eos_token_id]) for y in self.labels]
@@ -84,20 +86,21 @@ class ToyData(L.LightningDataModule):
     """Map-style toy data; `shuffle=True` draws a seeded permutation per epoch."""
 
     def __init__(self, tokenizer: str, num_samples: int = 32, num_frames: int = 2, batch_size: int = 4,
-                 shuffle: bool = False, seed: int = 0) -> None:
+                 shuffle: bool = False, seed: int = 0, nan_samples: tuple[int, ...] = ()) -> None:
         super().__init__()
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(tokenizer)
         self.num_samples, self.num_frames, self.batch_size, self.shuffle, self.seed = (
             num_samples, num_frames, batch_size, shuffle, seed)
+        self.nan_samples = tuple(nan_samples)
         self.image_size = 32
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
         self.image_size = image_size
 
-    def _loader(self, seed: int, with_options: bool, shuffle: bool) -> DataLoader:
-        ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options)
+    def _loader(self, seed: int, with_options: bool, shuffle: bool, nan_samples: tuple[int, ...] = ()) -> DataLoader:
+        ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options, nan_samples)
         if self.trainer is not None and self.trainer.world_size > 1:  # rank r reads samples r, r + W, ...
             sampler = DistributedSampler(ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle,
                                          seed=self.seed)
@@ -106,7 +109,7 @@ class ToyData(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.seed, False, self.shuffle)
+        return self._loader(self.seed, False, self.shuffle, self.nan_samples)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.seed + 1, False, False)

@@ -39,8 +39,17 @@ def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
     checkpoint["trainable_keys"] = sorted(keep)
 
 
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """`CheckpointError` when any floating-point tensor of `state` holds NaN or Inf (a diverged run's weights)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first {bad[0]}); "
+                              "the run that wrote them diverged: use an earlier checkpoint")
+
+
 def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
-    """Fail clearly when a checkpoint lacks trainable weights of `module` or carries unknown ones."""
+    """Fail clearly when a checkpoint lacks trainable weights of `module`, carries unknown ones or non-finite ones."""
+    check_finite(checkpoint.get("state_dict", {}), path)
     keys = set(checkpoint.get("state_dict", {}))
     expected = trainable_names(module)
     missing, unexpected = sorted(expected - keys), sorted(keys - set(module.state_dict()))
@@ -88,7 +97,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file."""
+    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file; refuses
+    non-finite weights."""
     path = str(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
@@ -97,14 +107,16 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not Path(path).is_file():
             raise CheckpointError(f"weights file {path} does not exist")
         try:
-            return load_file(path)
+            state = load_file(path)
         except SafetensorError as e:
             raise CheckpointError(f"weights file {path} is not a readable safetensors file ({e})") from None
-    checkpoint = read_checkpoint(path)
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a "
-                              ".safetensors file")
-    return checkpoint["state_dict"]
+    else:
+        state = read_checkpoint(path).get("state_dict")
+        if state is None:
+            raise CheckpointError(f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a "
+                                  ".safetensors file")
+    check_finite(state, f"weights file {path}")
+    return state
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:

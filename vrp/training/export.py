@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from vrp.training.checkpoint import CheckpointError, read_checkpoint
+from vrp.training.checkpoint import CheckpointError, check_finite, load_weights, read_checkpoint
 
 
 def build_model(config: dict) -> nn.Module:
@@ -41,6 +41,7 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
         raise CheckpointError(f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a "
                               "checkpoint written by `vrp fit`")
     model = build_model(config)
+    check_finite(checkpoint.get("state_dict", {}), f"checkpoint {ckpt}")
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
     out = Path(out)
@@ -68,7 +69,7 @@ def load_exported(folder: str | Path) -> nn.Module:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing; is {folder} a folder written by `vrp export`?")
     model = build_model(yaml.safe_load((folder / "model.yaml").read_text()))
-    model.load_trainable(load_file(str(folder / "trainable.safetensors")), strict=True)
+    model.load_trainable(load_weights(folder / "trainable.safetensors"), strict=True)
     return model.eval()
 
 
