@@ -94,6 +94,16 @@ class Collator:
         return torch.tensor([p + r if self.padding_side == "left" else r + p for r, p in zip(rows, pad)])
 
     def __call__(self, samples: list[dict]) -> Batch:
+        skipped = [{"key": s["key"], "reason": s["skipped"]} for s in samples if "skipped" in s]
+        samples = [s for s in samples if "skipped" not in s]
+        if not samples:
+            return {"keys": [], "skipped": skipped}
+        batch = self._collate(samples)
+        if skipped:
+            batch["skipped"] = skipped
+        return batch
+
+    def _collate(self, samples: list[dict]) -> Batch:
         ids, labels = [], []
         for s in samples:
             i, lab = encode_turns(self.tok, s["turns"], system_prompt=self.system_prompt)

@@ -128,7 +128,7 @@ class _ClipDataModule(L.LightningDataModule):
             ds = StreamingDataset(source, self._clip_loader(train), self.skips, shuffle=train,
                                   shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world)
             return StatefulDataLoader(ds, **common)
-        ds = MapDataset(records, self._clip_loader(train), self.skips)
+        ds = MapDataset(records, self._clip_loader(train), self.skips, replace_bad=train)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)

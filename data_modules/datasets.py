@@ -45,18 +45,30 @@ class ClipLoader:
 
 
 class MapDataset(Dataset):
-    """Records in memory. A bad record is counted and replaced by the next good one (so batches keep their size and
-    ranks stay in step); ``max_retries`` consecutive bad records raise."""
+    """Records in memory. Training (``replace_bad=True``): a bad record is counted and replaced by the next good one
+    (so batches keep their size and ranks stay in step); ``max_retries`` consecutive bad records raise.
+    Evaluation (``replace_bad=False``): a bad record is counted and comes out as a ``{"key", "skipped": reason}``
+    marker that the collator lists under ``batch["skipped"]``, so no question is scored twice or silently lost."""
 
-    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20) -> None:
+    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20,
+                 replace_bad: bool = True) -> None:
         if not records:
             raise ValueError("MapDataset got no records; check the source's path and the skip log")
         self.records, self.loader, self.skips, self.max_retries = records, loader, skips, max_retries
+        self.replace_bad = replace_bad
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
+        if not self.replace_bad:
+            try:
+                sample = self.loader(self.records[i])
+            except BadSample as e:
+                self.skips.skip(e.key, e.reason, e.detail)
+                return {"key": self.records[i].key, "skipped": e.reason}
+            self.skips.good()
+            return sample
         for attempt in range(self.max_retries):
             rec = self.records[(i + attempt) % len(self.records)]
             try:

@@ -91,17 +91,28 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
     return "\n".join(lines)
 
 
+def skipped_line(skipped: Sequence[Mapping]) -> str:
+    """One line for the questions evaluation could not read (``{"key", "reason"}`` each): how many, why."""
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    return f"Skipped {len(skipped)} question(s) whose sample could not be read ({why}); not counted above."
+
+
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
                   held_out: Iterable[str] = (), extra: Mapping | None = None,
-                  blind: Mapping[str, float] | None = None) -> tuple[Path, Path, dict]:
-    """Write ``<name>.json`` (table + rows + extra) and ``<name>.md`` (with a ``blind`` column when given, in %);
-    returns both paths and the table."""
+                  blind: Mapping[str, float] | None = None,
+                  skipped: Sequence[Mapping] = ()) -> tuple[Path, Path, dict]:
+    """Write ``<name>.json`` (table + rows + skipped + extra) and ``<name>.md`` (with a ``blind`` column when given,
+    in %, and a line for the skipped questions); returns both paths and the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = accuracy_table(rows, held_out)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps({**table, **(extra or {}), "rows": list(rows)}, indent=1))
-    md_path.write_text(markdown_table(table, blind) + "\n")
+    json_path.write_text(json.dumps({**table, **(extra or {}), "skipped": list(skipped), "rows": list(rows)},
+                                    indent=1))
+    md_path.write_text(markdown_table(table, blind) + "\n" + (f"\n{skipped_line(skipped)}\n" if skipped else ""))
     return json_path, md_path, table
 
 

@@ -87,6 +87,7 @@ class InstructionTuning(L.LightningModule):
                            f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
                            "trained only in stage 2)")
         self._test_rows: list[dict] = []
+        self._test_skipped: list[dict] = []
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens; visual tokens from the feature cache when it holds the batch's clips."""
@@ -106,23 +107,29 @@ class InstructionTuning(L.LightningModule):
             self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._test_skipped += batch.get("skipped", [])
+        if not steps.has_samples(batch):
+            return
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
         self._test_rows += rows_from_batch(batch, self.scorer(self.model, batch))
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows = []
+        self._test_rows, self._test_skipped = [], []
 
     def on_test_epoch_end(self) -> None:
-        rows = self._test_rows
+        rows, skipped = self._test_rows, self._test_skipped
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+            torch.distributed.all_gather_object(gathered, (rows, skipped))
+            # DistributedSampler pads ranks to equal length by repeating questions: keep each key once
+            rows = list({r["key"] or i: r for i, r in enumerate(r for part in gathered for r in part[0])}.values())
+            skipped = list({s["key"]: s for part in gathered for s in part[1]}.values())
         if self.trainer.is_global_zero:
             out = Path(self.hparams.results_dir or self.trainer.default_root_dir)
             blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
-            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (), blind=blind)
+            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (), blind=blind,
+                                              skipped=skipped)
             for name, acc in table["accuracy"].items():
                 self.log(f"test/acc_{name}", acc, rank_zero_only=True)
             print("\n" + md_path.read_text() + f"(written to {md_path})\n", flush=True)

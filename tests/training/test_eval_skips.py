@@ -1,0 +1,46 @@
+"""A question whose video cannot be read at evaluation is skipped, counted and reported beside the table: never
+replaced by the next record (which would score that one twice and change the denominator)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+
+from data_modules.video import write_video
+from tiny import write_config
+from vrp.cli import cli
+
+
+def mc_data(folder, missing: str) -> dict:
+    """An InstructionDataModule config over a 4-question mc.csv whose video `missing` does not exist."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        if f"clip{i}" != missing:
+            write_video(folder / f"clip{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
+        rows.append(f"clip{i},what colour is it ?,{i % 2},red,green,q{i},descriptive")
+    (folder / "mc.csv").write_text("video,question,answer,a0,a1,qid,type\n" + "\n".join(rows) + "\n")
+    source = {"class_path": "data_modules.sources.MultipleChoice",
+              "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"}}
+    return {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
+        "train": source, "val": source, "test": source, "tokenizer": None, "num_frames": 2, "batch_size": 4,
+        "eval_batch_size": 2, "num_workers": 0, "generate_if_missing": False}}
+
+
+def test_missing_video_at_test_is_skipped_and_reported(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_root, run)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"] = mc_data(tmp_path / "mc", missing="clip1")
+    cfg["data"]["init_args"]["tokenizer"] = str(tiny_root / "tokenizer")
+    config.write_text(yaml.safe_dump(cfg))
+    cli(["test", "--config", str(config)])
+    result = json.loads((run / "test" / "version_0" / "test_results.json").read_text())
+    keys = [r["key"] for r in result["rows"]]
+    assert sorted(keys) == ["clip0_q0", "clip2_q2", "clip3_q3"]  # each once; clip1 neither scored nor replaced
+    assert result["counts"]["overall"] == 3
+    assert result["skipped"] == [{"key": "clip1_q1", "reason": "missing_file"}]
+    md = (run / "test" / "version_0" / "test_results.md").read_text()
+    assert "Skipped 1 question(s) whose sample could not be read (missing_file 1); not counted above." in md
