@@ -199,12 +199,13 @@ class InstructionDataModule(_ClipDataModule):
     """Stage 2 (instruction tuning) and evaluation: LLaVA / VideoChat2 instructions and NExT-QA-layout
     multiple choice, or a weighted ``Mixture`` of them.
 
-    Defaults: train = synthetic ``train/instructions.json``; val/test/predict = synthetic ``val``/``test`` ``mc.csv``
+    Defaults: train = synthetic ``train/instructions.json``; val/test = synthetic ``val``/``test`` ``mc.csv``;
+    predict (what `vrp predict` answers) = the test source
     (multiple-choice batches carry ``options``, ``answer_index``, ``prompt`` and ``question_type``).
     """
 
     def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
-                 *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
+                 predict: MapSource | None = None, *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
                  train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
@@ -222,7 +223,7 @@ class InstructionDataModule(_ClipDataModule):
             max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
-        self.train_source, self.val_source, self.test_source = train, val, test
+        self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
 
     def _uses_synthetic(self) -> bool:
         return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None
@@ -239,7 +240,9 @@ class InstructionDataModule(_ClipDataModule):
         if self.test_source is None:
             self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
                                               target="text", boxes=self._boxes("test"))
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        if self.predict_source is None:
+            self.predict_source = self.test_source
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in wanted.get(stage, ("train", "val", "test")):
             if name not in self.records:
                 self._load_records(name, getattr(self, f"{name}_source"))
@@ -254,4 +257,4 @@ class InstructionDataModule(_ClipDataModule):
         return self._loader(self.test_source, self.records.get("test"), train=False)
 
     def predict_dataloader(self) -> StatefulDataLoader:
-        return self.test_dataloader()
+        return self._loader(self.predict_source, self.records.get("predict"), train=False)

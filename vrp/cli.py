@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from vrp.models.paths import ModelPathError
 from vrp.training import runs
-from vrp.training.callbacks import NonFiniteError, NonFiniteGuard, RNGState
+from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
 from vrp.training.checkpoint import CheckpointError, check_finite, read_checkpoint, remove_stale_temp_files
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
@@ -73,6 +73,7 @@ class VRPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
+        parser.add_lightning_class_args(JsonlPredictions, "predictions")  # vrp predict: --predictions.path=FILE
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -5,28 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import yaml
 
-from data_modules.video import write_video
-from tiny import write_config
+from tiny import mc_data, write_config
 from vrp.cli import cli
-
-
-def mc_data(folder, missing: str) -> dict:
-    """An InstructionDataModule config over a 4-question mc.csv whose video `missing` does not exist."""
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(4):
-        if f"clip{i}" != missing:
-            write_video(folder / f"clip{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
-        rows.append(f"clip{i},what colour is it ?,{i % 2},red,green,q{i},descriptive")
-    (folder / "mc.csv").write_text("video,question,answer,a0,a1,qid,type\n" + "\n".join(rows) + "\n")
-    source = {"class_path": "data_modules.sources.MultipleChoice",
-              "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"}}
-    return {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-        "train": source, "val": source, "test": source, "tokenizer": None, "num_frames": 2, "batch_size": 4,
-        "eval_batch_size": 2, "num_workers": 0, "generate_if_missing": False}}
 
 
 def test_missing_video_at_test_is_skipped_and_reported(tiny_root, tmp_path):

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from data_modules.video import write_video
 
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
 ANSWERS = ["red", "green", "blue", "yellow"]
@@ -141,3 +144,19 @@ def write_config(root: Path, run: Path, **model_args) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     return run / "config.yaml"
+
+
+def mc_data(folder, missing: str) -> dict:
+    """An InstructionDataModule config over a 4-question mc.csv whose video `missing` does not exist."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        if f"clip{i}" != missing:
+            write_video(folder / f"clip{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
+        rows.append(f"clip{i},what colour is it ?,{i % 2},red,green,q{i},descriptive")
+    (folder / "mc.csv").write_text("video,question,answer,a0,a1,qid,type\n" + "\n".join(rows) + "\n")
+    source = {"class_path": "data_modules.sources.MultipleChoice",
+              "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"}}
+    return {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
+        "train": source, "val": source, "test": source, "tokenizer": None, "num_frames": 2, "batch_size": 4,
+        "eval_batch_size": 2, "num_workers": 0, "generate_if_missing": False}}

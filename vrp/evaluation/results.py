@@ -32,6 +32,29 @@ def rows_from_batch(batch: Mapping, out: MCOutput) -> list[dict]:
     return rows
 
 
+def prediction_rows(batch: Mapping, out: MCOutput | None, generated: Sequence[str] | None = None) -> list[dict]:
+    """What `vrp predict` writes per sample: ``{"key", "type", "prompt", "choice", "option", "scores", "answer"}``
+    for a multiple-choice batch (``out``), ``{"key", "type", "prompt", "generated"}`` for an open one, and
+    ``{"key", "skipped": reason}`` for each sample that could not be read."""
+    rows = [{"key": s["key"], "skipped": s["reason"]} for s in batch.get("skipped", [])]
+    keys = batch.get("keys", [])
+    types = batch.get("question_type") or [None] * len(keys)
+    prompts = batch.get("prompt") or [None] * len(keys)
+    mc = rows_from_batch(batch, out) if out is not None else []
+    for i, key in enumerate(keys):
+        row = {"key": key, "type": types[i] or None, "prompt": prompts[i]}
+        if out is not None:
+            choice = mc[i]["prediction"]
+            row.update(choice=choice, option=batch["options"][i][choice] if choice >= 0 else None,
+                       scores=mc[i]["scores"], answer=mc[i]["answer"])
+            if "text" in mc[i]:
+                row["generated"] = mc[i]["text"]
+        else:
+            row["generated"] = generated[i]
+        rows.append(row)
+    return rows
+
+
 def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = ()) -> dict:
     """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...]}``; held-out
     (zero-shot) types also get ``seen``/``unseen`` aggregate rows when both kinds are present."""

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class RNGState(L.Callback):
@@ -101,6 +102,33 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped = int(state["skipped"])
+
+
+class JsonlPredictions(BasePredictionWriter):
+    """Writes what `predict_step` returns (a list of row dicts per batch) as JSON lines, flushed per batch, to
+    ``path`` (default: ``<default_root_dir>/predictions.jsonl``, the predict run's own folder); with several ranks
+    each writes ``predictions.rank<R>.jsonl``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self.written: Path | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = Path(self.path or Path(trainer.default_root_dir) / "predictions.jsonl")
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self.written = path
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        with self.written.open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in prediction)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(f"predictions written to {self.written}")
 
 
 class StepLossLog(L.Callback):

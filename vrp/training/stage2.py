@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vrp.evaluation.results import load_blind_baseline, rows_from_batch, write_results
+from vrp.evaluation.results import load_blind_baseline, prediction_rows, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
@@ -65,12 +65,13 @@ class InstructionTuning(L.LightningModule):
         results_dir: str | None = None,
         held_out_types: list[str] | None = None,
         blind_baseline: str | None = None,
+        max_new_tokens: int = 32,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
         (default: the trainer's default_root_dir, a new folder per `vrp test` run); `held_out_types` (zero-shot
         protocol) are marked there, with seen/unseen rows; `blind_baseline` (a synthetic `meta.json`) adds the blind
-        text-prior column."""
+        text-prior column; `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
         super().__init__()
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
         self.model = model
@@ -113,6 +114,17 @@ class InstructionTuning(L.LightningModule):
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
         self._test_rows += rows_from_batch(batch, self.scorer(self.model, batch))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Rows for `vrp predict` (`vrp.evaluation.results.prediction_rows`): the scorer's choice and per-option
+        scores for multiple-choice batches, generated text otherwise; `JsonlPredictions` writes them."""
+        if not steps.has_samples(batch):
+            return prediction_rows(batch, None, [])
+        if "options" in batch:
+            return prediction_rows(batch, self.scorer(self.model, batch))
+        from vrp.evaluation.scorers import GenerateScorer
+
+        return prediction_rows(batch, None, GenerateScorer(self.hparams.max_new_tokens).generate(self.model, batch))
 
     def on_test_epoch_start(self) -> None:
         self._test_rows, self._test_skipped = [], []
