@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.llm import SequenceTooLong
+
 DEFAULT_CHECKPOINT = "artifacts/embedded/finetune"
 
 
@@ -37,6 +39,12 @@ def load_model(checkpoint: str) -> nn.Module:
     except ImportError as e:
         raise AskError(f"cannot load checkpoints: vrp.training.export is unavailable ({e})") from e
     try:
+        from vrp.training.export import export_info
+
+        if export_info(path).get("stage") == 1:
+            print(f"warning: {checkpoint} was exported from a stage-1 (video-text alignment) checkpoint; it was never "
+                  "instruction-tuned, so its answers mean little: export a stage-2 checkpoint (make finetune)",
+                  file=sys.stderr)
         return load_exported(str(path))
     except Exception as e:  # any failure to read a user-given folder is reported in one line
         from vrp.cli import user_error
@@ -112,8 +120,11 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
         if args.boxes is None and getattr(getattr(model, "fusion", None), "objects", None) is not None:
             print("note: this model has object tokens but no --boxes were given; they come from slot attention",
                   file=sys.stderr)
-        with torch.no_grad():
-            text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
+        try:
+            with torch.no_grad():
+                text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
+        except SequenceTooLong as e:
+            raise AskError(f"the question does not fit: {e}") from e
     except AskError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

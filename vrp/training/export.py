@@ -4,6 +4,7 @@
 
 <out>/model.yaml            the VideoReasoner config (class_path/init_args; frozen backbones by name/path)
 <out>/trainable.safetensors  fusion + projection (+ LoRA adapters unless merged) weights
+<out>/export.json           which module trained it (stage 1 or 2), its step and checkpoint
 <out>/llm/                  with --merge-lora: the LLM with LoRA merged (save_pretrained + tokenizer);
                             model.yaml then points at it with llm_mode frozen
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -59,7 +62,31 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
         weights = {k: v for k, v in weights.items() if not k.startswith("llm.")}
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "trainable.safetensors"))
     (out / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    module = checkpoint["hyper_parameters"].get("_class_path")
+    info = {"module": module, "stage": training_stage(module), "global_step": checkpoint.get("global_step"),
+            "checkpoint": str(ckpt)}
+    (out / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def training_stage(class_path: str | None) -> int | None:
+    """1 for a stage-1 (alignment) module, 2 for a stage-2 (instruction-tuned) one, None if unknown."""
+    from vrp.training import AlignmentPretraining, InstructionTuning
+
+    if not class_path or "." not in class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return 1 if issubclass(cls, AlignmentPretraining) else 2 if issubclass(cls, InstructionTuning) else None
+
+
+def export_info(folder: str | Path) -> dict:
+    """What `export` recorded about the checkpoint behind `folder` (``export.json``); {} for older exports."""
+    path = Path(folder) / "export.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_exported(folder: str | Path) -> nn.Module:
