@@ -10,7 +10,9 @@ std)`` from its ``setup()`` (it owns the encoder). Loaders are built lazily in `
 Resuming: loaders are ``torchdata`` ``StatefulDataLoader``s, whose state Lightning saves in the checkpoint and
 restores, so a resumed run continues mid-epoch (map-style: the sampler position; streaming: each worker's position,
 see ``StreamingDataset``). The datamodule's own ``state_dict`` keeps the skip counters.
-Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>"}``) to log.
+Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>", "rows"}``) to
+log. ``max_bad_fraction`` bounds the bad share of the rows sources read and, apart, of the samples decoded or
+streamed, each once ``bad_fraction_min_samples`` items have been read.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class _ClipDataModule(L.LightningDataModule):
 
     def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
                      decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
-                     seed, max_bad_fraction, padding_side, max_length, synthetic_root, generate_if_missing,
+                     seed, max_bad_fraction, bad_fraction_min_samples, padding_side, max_length, synthetic_root, generate_if_missing,
                      synthetic_videos, synthetic_seed, synthetic_boxes) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
@@ -54,7 +56,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.padding_side, self.max_length = padding_side, max_length
         self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
         self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
-        self.skips = SkipCounter(max_bad_fraction)
+        self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
@@ -137,7 +139,7 @@ class _ClipDataModule(L.LightningDataModule):
 
     def _load_records(self, name: str, source) -> None:
         if source is not None and not isinstance(source, WebDatasetSource):
-            self.records[name] = source.load(self.skips)
+            self.records[name] = self.skips.load(source, f"the {name} source {type(source).__name__}")
             if not self.records[name]:
                 raise ValueError(f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
                                  "usable records; check the file and the skip log")
@@ -158,7 +160,8 @@ class VideoTextDataModule(_ClipDataModule):
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256, seed: int = 0,
-                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
                  synthetic_boxes: bool = False) -> None:
@@ -168,7 +171,8 @@ class VideoTextDataModule(_ClipDataModule):
             train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
-            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
         self.train_source, self.val_source = train, val
@@ -210,7 +214,8 @@ class InstructionDataModule(_ClipDataModule):
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
                  synthetic_boxes: bool = False) -> None:
@@ -220,7 +225,8 @@ class InstructionDataModule(_ClipDataModule):
             train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
-            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
         self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
