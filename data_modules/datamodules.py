@@ -12,7 +12,8 @@ restores, so a resumed run continues mid-epoch (map-style: the sampler position;
 see ``StreamingDataset``). The datamodule's own ``state_dict`` keeps the skip counters.
 Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>", "rows"}``) to
 log. ``max_bad_fraction`` bounds the bad share of the rows sources read and, apart, of the samples decoded or
-streamed, each once ``bad_fraction_min_samples`` items have been read.
+streamed, each once ``bad_fraction_min_samples`` items have been read. ``damaged_clips``: a clip some of whose
+packets fail to decode is skipped (``decode_error``, the default) or kept with its readable frames.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class _ClipDataModule(L.LightningDataModule):
 
     def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
                      decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
-                     seed, max_bad_fraction, bad_fraction_min_samples, padding_side, max_length, synthetic_root, generate_if_missing,
-                     synthetic_videos, synthetic_seed, synthetic_boxes) -> None:
+                     seed, max_bad_fraction, bad_fraction_min_samples, damaged_clips, padding_side, max_length,
+                     synthetic_root, generate_if_missing, synthetic_videos, synthetic_seed, synthetic_boxes) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
         self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
@@ -57,6 +58,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
         self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
         self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
+        self.damaged_clips = damaged_clips
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
@@ -120,7 +122,8 @@ class _ClipDataModule(L.LightningDataModule):
                                    hflip=self.hflip)
         sampling = self.train_sampling if train else self.eval_sampling
         return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
-                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side)
+                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
+                          damaged=self.damaged_clips)
 
     def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
         rank, world = self._dist()
@@ -161,6 +164,7 @@ class VideoTextDataModule(_ClipDataModule):
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256, seed: int = 0,
                  max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 damaged_clips: Literal["skip", "keep"] = "skip",
                  padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
@@ -172,6 +176,7 @@ class VideoTextDataModule(_ClipDataModule):
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
             max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            damaged_clips=damaged_clips,
             padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)
@@ -209,12 +214,14 @@ class InstructionDataModule(_ClipDataModule):
     """
 
     def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
-                 predict: MapSource | None = None, *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
+                 predict: MapSource | None = None, *, tokenizer: str | None = None,
+                 qformer_tokenizer: str | None = None, num_frames: int = 8,
                  train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
                  max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 damaged_clips: Literal["skip", "keep"] = "skip",
                  padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
@@ -226,6 +233,7 @@ class InstructionDataModule(_ClipDataModule):
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
             max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            damaged_clips=damaged_clips,
             padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes)

@@ -22,20 +22,26 @@ class ClipLoader:
 
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None) -> None:
+                 short_side: int | None = None, damaged: Literal["skip", "keep"] = "skip") -> None:
+        """``damaged``: a clip some of whose packets fail to decode is skipped (``decode_error``) or kept, decoded
+        from its readable packets."""
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side = short_side
+        self.short_side, self.damaged = short_side, damaged
 
     def __call__(self, rec: Record) -> dict:
         try:
             clip = read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps,
-                              short_side=self.short_side, name=rec.key if isinstance(rec.video, bytes) else None)
+                              short_side=self.short_side, name=rec.where if isinstance(rec.video, bytes) else None)
         except VideoReadError as e:
-            raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
+            reason = "missing_file" if e.reason == "file not found" else "decode_error"
+            raise BadSample(rec.where, reason, str(e)) from e
+        if clip.failed_packets and self.damaged == "skip":
+            raise BadSample(rec.where, "decode_error", f"{clip.failed_packets} packets failed to decode (a partly "
+                            "damaged clip; damaged_clips='keep' would use its readable frames)")
         boxes = box_mask = None
         if rec.boxes is not None:
             if rec.video_key not in rec.boxes:
-                raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+                raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
             boxes, box_mask = rec.boxes.lookup(rec.video_key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
             box_mask &= clip.frame_mask[:, None]
         video, boxes, box_mask = self.transform(clip.frames, boxes, box_mask)

@@ -36,7 +36,8 @@ TOOLS = {
 }
 
 
-NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>")
+NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
+         "- Expected a <class 'NoneType'>")
 
 
 def root_cause(message: str) -> str | None:

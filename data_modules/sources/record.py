@@ -25,6 +25,12 @@ class Record:
     options: list[str] | None = None
     answer_index: int | None = None
     boxes: object | None = None  # a BoxTable holding this video's per-frame boxes, if the source has one
+    origin: str = ""  # the shard (or file) the sample came from, when ``key`` alone does not say
+
+    @property
+    def where(self) -> str:
+        """How logs and skips name the sample: ``<origin>:<key>``, or the key."""
+        return f"{self.origin}:{self.key}" if self.origin else self.key
 
     @property
     def video_key(self) -> str:
