@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Literal
 
@@ -50,6 +51,24 @@ class ClipLoader:
                 "options": rec.options, "answer_index": rec.answer_index}
 
 
+def sample_seed(*parts: object) -> int:
+    """A 63-bit seed that is a function of ``parts`` only (not of the process, worker or RNG history)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def seeded(seed: int | None, fn: Callable[[], dict]) -> dict:
+    """``fn()`` with torch's CPU RNG seeded by ``seed`` (its random frame sampling and crop), the global state left as
+    it was; ``seed=None`` runs it on the global RNG. Seeds per sample make augmentation independent of which worker
+    decodes a sample and of how far its RNG has run, so a resumed run sees exactly the clips an uninterrupted one
+    sees."""
+    if seed is None:
+        return fn()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
 class MapDataset(Dataset):
     """Records in memory. Training (``replace_bad=True``): a bad record is counted and replaced by the next good one
     (so batches keep their size and ranks stay in step); ``max_retries`` consecutive bad records raise.
@@ -66,19 +85,25 @@ class MapDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, i: int) -> dict:
+        """Record ``i`` decoded, its randomness seeded by (the epoch's loader seed, ``i``) in a worker process (that
+        base seed is restored on resume by the StatefulDataLoader); in the main process, from the global RNG."""
+        info = get_worker_info()
+        seed = None if info is None else sample_seed(info.seed - info.id, i)
+        return seeded(seed, lambda: self.loader(self.records[i]))
+
     def __getitem__(self, i: int) -> dict:
         if not self.replace_bad:
             try:
-                sample = self.loader(self.records[i])
+                sample = self._load(i)
             except BadSample as e:
                 self.skips.skip(e.key, e.reason, e.detail)
                 return {"key": self.records[i].key, "skipped": e.reason}
             self.skips.good()
             return sample
         for attempt in range(self.max_retries):
-            rec = self.records[(i + attempt) % len(self.records)]
             try:
-                sample = self.loader(rec)
+                sample = self._load((i + attempt) % len(self.records))
             except BadSample as e:
                 self.skips.skip(e.key, e.reason, e.detail)
                 continue
@@ -145,14 +170,15 @@ class StreamingDataset(IterableDataset):
             epoch, skip = int(self.epochs[row]), 0
         self.epochs[row] = epoch + 1
         self._epoch, self._taken = epoch, 0
-        for item in self.stream(epoch, self.rank * workers + worker, self.world_size * workers):
+        reader = self.rank * workers + worker
+        for item in self.stream(epoch, reader, self.world_size * workers):
             self._taken += 1
             if self._taken <= skip:
                 continue
             try:
                 if isinstance(item, BadSample):
                     raise item
-                sample = self.loader(item)
+                sample = seeded(sample_seed(self.seed, epoch, reader, self._taken), lambda: self.loader(item))
             except BadSample as e:
                 self.skips.skip(e.key, e.reason, e.detail)
                 continue
