@@ -91,16 +91,19 @@ class CausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)  # (B, L, D)
 
-    def check_length(self, length: int, new_tokens: int = 0) -> None:
-        """`SequenceTooLong` when `length` real tokens (+ `new_tokens` to generate) need more positions than the
-        model has (``max_position_embeddings``): past its table a model silently degrades or fails."""
-        if self.max_positions is not None and length + new_tokens > self.max_positions:
+    def check_length(self, attention_mask: torch.Tensor, new_tokens: int = 0) -> None:
+        """`SequenceTooLong` when the longest row's real tokens (+ `new_tokens` to generate) need more positions than
+        the model has (``max_position_embeddings``): past its table a model silently degrades or fails."""
+        if self.max_positions is None or attention_mask.shape[-1] + new_tokens <= self.max_positions:
+            return  # even fully used, the padded length fits (no device sync needed)
+        length = int(attention_mask.sum(-1).max())
+        if length + new_tokens > self.max_positions:
             extra = f" + {new_tokens} new tokens" if new_tokens else ""
             raise SequenceTooLong(f"the input is {length} tokens (text and video tokens){extra}, more than the LLM's "
                                   f"max_position_embeddings={self.max_positions}; shorten it")
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
-        self.check_length(int(attention_mask.sum(-1).max()))
+        self.check_length(attention_mask)
         # Positions count real tokens only, so left- and right-padded rows see the same positions.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -110,7 +113,7 @@ class CausalLM(nn.Module):
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                  **gen) -> torch.Tensor:
         """Left-padded prompt embeddings -> new token ids (B, <= max_new_tokens), prompt not included."""
-        self.check_length(int(attention_mask.sum(-1).max()), max_new_tokens)
+        self.check_length(attention_mask, max_new_tokens)
         gen.setdefault("do_sample", False)
         gen.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
