@@ -3,6 +3,8 @@ honours what the user typed; two live runs never share a folder; a killed write'
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,17 @@ def test_a_killed_checkpoint_write_is_cleaned_up_on_the_next_start(tiny_root, tm
     cli(["fit", "--config", str(config)])
     assert not stale.exists() and (run / "ckpt" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == [".vrp-run.lock", "last.ckpt"]  # nothing else
+
+
+def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_root, run)
+    cli(["fit", "--config", str(config)])
+    proc = subprocess.run([sys.executable, "-m", "vrp", "test", "--config", str(config), "--trainer.devices=2",
+                           "--trainer.strategy=ddp", "--ckpt_path", str(run / "ckpt" / "last.ckpt")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (run / "test").iterdir()) == ["version_0"]  # both ranks wrote into one folder
+    result = json.loads((run / "test" / "version_0" / "test_results.json").read_text())
+    assert sorted(r["key"] for r in result["rows"]) == [f"toy_{i:04d}" for i in range(8)]

@@ -60,7 +60,7 @@ def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = ()) -> dic
     (zero-shot) types also get ``seen``/``unseen`` aggregate rows when both kinds are present."""
     held_out = sorted(set(held_out))
     types = sorted({r["type"] for r in rows})
-    metric = PerTypeAccuracy(types)
+    metric = PerTypeAccuracy(types, sync_on_compute=False)  # rows are complete here (gathered from every rank)
     if rows:
         metric.update(torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["answer"] for r in rows]),
                       [r["type"] for r in rows])
