@@ -26,13 +26,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vrp.evaluation.results import comparison_table, load_blind_baseline  # noqa: E402
+from vrp.training.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
 
 
-def _find(folder: str | Path, name: str) -> Path:
+def _find(folder: str | Path, name: str, *, training_only: bool = False) -> Path:
+    """``folder/name``, else the newest ``name`` below it; ``training_only`` leaves out the folders of evaluation
+    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.training.runs`), whose logs hold no training curves."""
     folder = Path(folder)
     if (folder / name).is_file():
         return folder / name
-    found = sorted(folder.rglob(name), key=lambda p: p.stat().st_mtime)
+    found = [p for p in folder.rglob(name)
+             if not (training_only and set(p.relative_to(folder).parts[:-1]) & set(OWN_FOLDER_SUBCOMMANDS))]
+    found = sorted(found, key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no {name} under {folder}; has the run finished (and been tested)?")
     return found[-1]  # the newest
@@ -40,7 +45,7 @@ def _find(folder: str | Path, name: str) -> Path:
 
 def read_curves(folder: str | Path) -> dict[str, tuple[list[float], list[float]]]:
     """Loss-like columns of the newest ``metrics.csv`` under ``folder``: {column: (steps, values)}."""
-    path = _find(folder, "metrics.csv")
+    path = _find(folder, "metrics.csv", training_only=True)
     curves: dict[str, tuple[list[float], list[float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
