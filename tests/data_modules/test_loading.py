@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -199,7 +200,8 @@ def test_partly_damaged_clip_is_a_skip_unless_kept(tmp_path, caplog):
     skips = SkipCounter(max_bad_fraction=1.0)
     assert _streamed([str(shard)], skips) == ["ok"]
     assert skips.totals()["skipped/decode_error"] == 1 and skips.totals()["good"] == 1
-    assert f"skipping sample {shard}:bad: decode_error: 3 packets failed to decode" in caplog.text
+    assert re.search(f"skipping sample {re.escape(str(shard))}:bad: decode_error: [0-9]+ packets failed to decode",
+                     caplog.text)
     kept = SkipCounter(max_bad_fraction=1.0)
     assert _streamed([str(shard)], kept, damaged="keep") == ["bad", "ok"] and kept.totals()["skipped"] == 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_a_folder_held_by_a_live_run_is_refused(tiny_root, tmp_path):
          " print('held', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunFolderBusy, match=f"{run} is in use by another live run \\(pid {holder.pid} "):
+        with pytest.raises(RunFolderBusy, match=re.escape(f"{run} is in use by another live run (pid {holder.pid} ")):
             cli(["fit", "--config", str(config)])
         assert not (run / "csv" / "metrics.csv").exists() and not (run / "ckpt" / "last.ckpt").exists()
     finally:
