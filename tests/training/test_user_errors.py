@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from data_modules.collate import Collator
 from tiny import write_config
 from vrp.cli import main
 from vrp.models.paths import ModelPathError, pretrained_source
@@ -79,6 +80,8 @@ def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
     with pytest.raises(ModelPathError):
         pretrained_source("artifacts/embedded/llm", "LLM")  # two slashes: a local path by form
     assert pretrained_source("Qwen/Qwen2.5-0.5B", "LLM") == "Qwen/Qwen2.5-0.5B"  # a Hub id: left to the Hub
+    with pytest.raises(ModelPathError, match=f"tokenizer '{missing}' does not exist"):
+        Collator(str(missing))  # the datamodule's tokenizer path, checked the same way
     config = write_config(tiny_root, tmp_path / "run")
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["model"]["init_args"]["llm"]["init_args"]["model_name_or_path"] = str(missing)
