@@ -3,10 +3,12 @@
     vrp fit --config experiments/embedded/pretrain.yaml [--trainer.devices=2 ...]
     vrp fit --config experiments/embedded/finetune.yaml --ckpt_path last      # resume
     vrp test --config experiments/embedded/finetune.yaml --ckpt_path runs/embedded/finetune/checkpoints/last.ckpt
+    vrp predict --config experiments/embedded/finetune.yaml --ckpt_path ...     # answers as JSONL
     vrp prepare | export | cache | ask ...                                      (see `vrp <tool> --help`)
 
 Every component (model, vision encoder, fusion, LLM, datamodule, strategy, loggers) is a `class_path` in YAML.
-The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`.
+The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`. validate / test /
+predict write into a new folder of their own (`vrp.training.runs`); user errors end in one `error: ...` line.
 """
 
 from __future__ import annotations
