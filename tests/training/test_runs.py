@@ -76,3 +76,24 @@ def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(ti
     assert sorted(p.name for p in (run / "test").iterdir()) == ["version_0"]  # both ranks wrote into one folder
     result = json.loads((run / "test" / "version_0" / "test_results.json").read_text())
     assert sorted(r["key"] for r in result["rows"]) == [f"toy_{i:04d}" for i in range(8)]
+
+
+def test_a_killed_run_frees_its_folder_even_while_its_forked_workers_live(tmp_path):
+    from vrp.training.runs import lock_folders, release_folders
+
+    script = (f"import os, sys, time; from vrp.training.runs import lock_folders; lock_folders([{str(tmp_path)!r}])\n"
+              "child = os.fork()  # like a DataLoader worker: inherits every open file descriptor\n"
+              "if child == 0:\n    sys.stdin.read(); os._exit(0)\n"
+              "print(child, flush=True); time.sleep(600)\n")
+    run = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())
+    try:
+        with pytest.raises(RunFolderBusy):
+            lock_folders([tmp_path])
+        run.kill()  # SIGKILL; the forked worker is still alive
+        run.wait(timeout=60)
+        os.kill(worker, 0)  # raises if the worker were gone
+        lock_folders([tmp_path])  # the lock went with the killed process, not with its worker
+    finally:
+        release_folders()
+        run.stdin.close()  # the worker reads EOF and exits

@@ -4,8 +4,9 @@
   (trainer ``default_root_dir`` and every logger's ``save_dir`` point there), never over the training run's logs.
 - Every run locks the folders it writes (default_root_dir, each logger's save_dir, each checkpoint dirpath) for as
   long as it lives; a second live run asking for a held folder stops with one line naming the folder and the holder.
-  The lock is an ``flock`` on ``<folder>/.vrp-run.lock``, released by the kernel when the process ends (even by
-  SIGKILL), so a resumed run after a crash is never refused.
+  The lock is a POSIX record lock (``fcntl.lockf``) on ``<folder>/.vrp-run.lock``: it belongs to this process
+  only (forked DataLoader workers do not inherit it, unlike ``flock``) and the kernel releases it when the process
+  ends, even by SIGKILL, so a resumed run after a crash is never refused.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def lock_folders(folders: Iterable[str | os.PathLike]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / LOCK_NAME, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES or EAGAIN: another process holds it
             handle.seek(0)
             holder = handle.read().strip() or "unknown process"
             handle.close()
