@@ -61,7 +61,8 @@ def test_a_killed_checkpoint_write_is_cleaned_up_on_the_next_start(tiny_root, tm
     stale.write_bytes(b"\0" * 1024)
     cli(["fit", "--config", str(config)])
     assert not stale.exists() and (run / "ckpt" / "last.ckpt").is_file()
-    assert sorted(p.name for p in (run / "ckpt").iterdir()) == [".vrp-run.lock", "last.ckpt"]  # nothing else
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["last.ckpt"]  # nothing else (run/ holds the lock)
+    assert (run / ".vrp-run.lock").is_file()
 
 
 def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(tiny_root, tmp_path):

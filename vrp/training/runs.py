@@ -87,8 +87,13 @@ def written_folders(trainer: Any) -> list[Path]:
 
 
 def lock_folders(folders: Iterable[str | os.PathLike]) -> None:
-    """Hold an exclusive lock on each folder for the life of this process; `RunFolderBusy` if a live run has it."""
-    for folder in sorted({Path(f).resolve() for f in folders}):
+    """Hold an exclusive lock on each folder for the life of this process; `RunFolderBusy` if a live run has it.
+    A folder inside another one of the list is covered by that one's lock (no lock file of its own)."""
+    chosen: list[Path] = []
+    for folder in sorted({Path(f).resolve() for f in folders}):  # parents sort before their subfolders
+        if not any(folder.is_relative_to(parent) for parent in chosen):
+            chosen.append(folder)
+    for folder in chosen:
         if folder in _held:
             continue
         folder.mkdir(parents=True, exist_ok=True)
