@@ -20,6 +20,9 @@ Shapes (B batch, T frames, C channels, H/W pixels, K boxes per frame, L text tok
 - ``options``          list[list[str]] (B, O)   optional; multiple-choice candidates.
 - ``answer_index``     int64   (B,)             optional; index of the correct option.
 - ``prompt``/``target`` list[str] (B,)          optional; the untokenised prompt and answer text.
+- ``skipped``          list[dict]               optional, evaluation only: ``{"key", "reason"}`` of the batch's
+                                                samples that could not be read; they are in no other field. A batch
+                                                of only such samples holds just ``keys`` (empty) and ``skipped``.
 """
 
 from __future__ import annotations
@@ -49,3 +52,4 @@ class Batch(TypedDict, total=False):
     answer_index: torch.Tensor
     prompt: list[str]
     target: list[str]
+    skipped: list[dict]

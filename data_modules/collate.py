@@ -16,12 +16,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_modules.batch import IGNORE_INDEX, VIDEO_TOKEN, Batch
 from data_modules.sources.record import strip_placeholder
+from vrp.models.paths import pretrained_source
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """AutoTokenizer with the ``<video>`` special token added if missing (the model side adds it the same way, so
     ids agree) and a pad token (eos if the tokenizer has none)."""
-    tok = AutoTokenizer.from_pretrained(name_or_path)
+    tok = AutoTokenizer.from_pretrained(pretrained_source(name_or_path, "tokenizer"))
     if VIDEO_TOKEN not in tok.get_vocab():
         tok.add_tokens([AddedToken(VIDEO_TOKEN, special=True, normalized=False)], special_tokens=True)
     if tok.pad_token is None:
@@ -99,6 +100,16 @@ class Collator:
         return torch.tensor([p + r if self.padding_side == "left" else r + p for r, p in zip(rows, pad)])
 
     def __call__(self, samples: list[dict]) -> Batch:
+        skipped = [{"key": s["key"], "reason": s["skipped"]} for s in samples if "skipped" in s]
+        samples = [s for s in samples if "skipped" not in s]
+        if not samples:
+            return {"keys": [], "skipped": skipped}
+        batch = self._collate(samples)
+        if skipped:
+            batch["skipped"] = skipped
+        return batch
+
+    def _collate(self, samples: list[dict]) -> Batch:
         ids, labels = [], []
         for s in samples:
             visual = s.get("modality", "video") != "text"

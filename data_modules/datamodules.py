@@ -10,7 +10,10 @@ std)`` from its ``setup()`` (it owns the encoder). Loaders are built lazily in `
 Resuming: loaders are ``torchdata`` ``StatefulDataLoader``s, whose state Lightning saves in the checkpoint and
 restores, so a resumed run continues mid-epoch (map-style: the sampler position; streaming: each worker's position,
 see ``StreamingDataset``). The datamodule's own ``state_dict`` keeps the skip counters.
-Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>"}``) to log.
+Bad samples: ``skip_counts()`` returns cumulative counts (``{"good", "skipped", "skipped/<reason>", "rows"}``) to
+log. ``max_bad_fraction`` bounds the bad share of the rows sources read and, apart, of the samples decoded or
+streamed, each once ``bad_fraction_min_samples`` items have been read. ``damaged_clips``: a clip some of whose
+packets fail to decode is skipped (``decode_error``, the default) or kept with its readable frames.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ class _ClipDataModule(L.LightningDataModule):
 
     def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
                      decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
-                     seed, max_bad_fraction, padding_side, max_length, synthetic_root, generate_if_missing,
-                     synthetic_videos, synthetic_seed, synthetic_boxes, image_frames) -> None:
+                     seed, max_bad_fraction, bad_fraction_min_samples, damaged_clips, padding_side, max_length,
+                     synthetic_root, generate_if_missing, synthetic_videos, synthetic_seed, synthetic_boxes,
+                     image_frames) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
         self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
@@ -57,7 +61,8 @@ class _ClipDataModule(L.LightningDataModule):
         self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
         self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
         self.image_frames = image_frames
-        self.skips = SkipCounter(max_bad_fraction)
+        self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
+        self.damaged_clips = damaged_clips
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
@@ -126,7 +131,7 @@ class _ClipDataModule(L.LightningDataModule):
         return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
                           fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
                           box_attributes=self.box_attributes, features=self.features(),
-                          image_frames=self.image_frames)
+                          image_frames=self.image_frames, damaged=self.damaged_clips)
 
     def features(self) -> FeatureStore | None:
         """The `feature_cache` store (None: decode clips)."""
@@ -148,7 +153,7 @@ class _ClipDataModule(L.LightningDataModule):
             ds = StreamingDataset(source, self._clip_loader(train), self.skips, shuffle=train,
                                   shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world)
             return StatefulDataLoader(ds, **common)
-        ds = MapDataset(records, self._clip_loader(train), self.skips)
+        ds = MapDataset(records, self._clip_loader(train), self.skips, replace_bad=train)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)
@@ -157,7 +162,7 @@ class _ClipDataModule(L.LightningDataModule):
 
     def _load_records(self, name: str, source) -> None:
         if source is not None and not isinstance(source, WebDatasetSource):
-            self.records[name] = source.load(self.skips)
+            self.records[name] = self.skips.load(source, f"the {name} source {type(source).__name__}")
             if not self.records[name]:
                 raise ValueError(f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
                                  "usable records; check the file and the skip log")
@@ -180,7 +185,9 @@ class VideoTextDataModule(_ClipDataModule):
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256, seed: int = 0,
-                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 damaged_clips: Literal["skip", "keep"] = "skip",
+                 padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
                  synthetic_boxes: bool = False, image_frames: int = 1, feature_cache: str | None = None) -> None:
@@ -190,7 +197,9 @@ class VideoTextDataModule(_ClipDataModule):
             train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
-            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            damaged_clips=damaged_clips,
+            padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
             image_frames=image_frames)
@@ -223,19 +232,23 @@ class InstructionDataModule(_ClipDataModule):
     """Stage 2 (instruction tuning) and evaluation: LLaVA / VideoChat2 instructions and NExT-QA-layout
     multiple choice, or a weighted ``Mixture`` of them.
 
-    Defaults: train = synthetic ``train/instructions.json``; val/test/predict = synthetic ``val``/``test`` ``mc.csv``
+    Defaults: train = synthetic ``train/instructions.json``; val/test = synthetic ``val``/``test`` ``mc.csv``;
+    predict (what `vrp predict` answers) = the test source
     (multiple-choice batches carry ``options``, ``answer_index``, ``prompt`` and ``question_type``).
     ``image_frames``: how many real frames an image item becomes (1: a one-frame clip; up to ``num_frames``: the
     image repeated); the loaded records are logged per modality (video / image / text).
     """
 
     def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
-                 *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
+                 predict: MapSource | None = None, *, tokenizer: str | None = None,
+                 qformer_tokenizer: str | None = None, num_frames: int = 8,
                  train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
                  sample_fps: float | None = None, decode_short_side: int | None = None,
                  crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-                 max_bad_fraction: float = 0.05, padding_side: Literal["left", "right"] = "right",
+                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
+                 damaged_clips: Literal["skip", "keep"] = "skip",
+                 padding_side: Literal["left", "right"] = "right",
                  max_length: int | None = None, synthetic_root: str = "data/synthetic",
                  generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
                  synthetic_boxes: bool = False, image_frames: int = 1, box_attributes: list[str] | None = None,
@@ -250,11 +263,13 @@ class InstructionDataModule(_ClipDataModule):
             train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
             decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
-            max_bad_fraction=max_bad_fraction, padding_side=padding_side, max_length=max_length,
+            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            damaged_clips=damaged_clips,
+            padding_side=padding_side, max_length=max_length,
             synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
             synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
             image_frames=image_frames)
-        self.train_source, self.val_source, self.test_source = train, val, test
+        self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
         self.box_attributes = list(box_attributes) if box_attributes else None
         self.feature_cache = feature_cache
 
@@ -273,7 +288,9 @@ class InstructionDataModule(_ClipDataModule):
         if self.test_source is None:
             self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
                                               target="text", boxes=self._boxes("test"))
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        if self.predict_source is None:
+            self.predict_source = self.test_source
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for name in wanted.get(stage, ("train", "val", "test")):
             if name not in self.records:
                 self._load_records(name, getattr(self, f"{name}_source"))
@@ -288,4 +305,4 @@ class InstructionDataModule(_ClipDataModule):
         return self._loader(self.test_source, self.records.get("test"), train=False)
 
     def predict_dataloader(self) -> StatefulDataLoader:
-        return self.test_dataloader()
+        return self._loader(self.predict_source, self.records.get("predict"), train=False)

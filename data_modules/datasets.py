@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Literal
 
@@ -28,15 +29,16 @@ class ClipLoader:
     def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
                  sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
                  short_side: int | None = None, image_frames: int = 1, box_attributes: list[str] | None = None,
-                 features: FeatureStore | None = None) -> None:
+                 features: FeatureStore | None = None, damaged: Literal["skip", "keep"] = "skip") -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
         ``features``: read each video's frozen-encoder tokens from this store (sample key ``visual``) instead of
-        decoding it."""
+        decoding it. ``damaged``: a clip some of whose packets fail to decode is skipped (``decode_error``) or kept,
+        decoded from its readable packets."""
         if not 1 <= image_frames <= num_frames:
             raise ValueError(f"image_frames must be in [1, num_frames={num_frames}], got {image_frames}")
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
-        self.short_side, self.image_frames = short_side, image_frames
+        self.short_side, self.image_frames, self.damaged = short_side, image_frames, damaged
         self.box_attributes, self.features = box_attributes, features
 
     def read(self, rec: Record) -> DecodedClip:
@@ -50,21 +52,26 @@ class ClipLoader:
             return read_image(rec.video, self.num_frames, real_frames=self.image_frames, short_side=self.short_side)
         return read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps, start_sec=rec.start_sec,
                           end_sec=rec.end_sec, short_side=self.short_side,
-                          name=rec.key if isinstance(rec.video, bytes) else None)
+                          name=rec.where if isinstance(rec.video, bytes) else None)
 
     def decode(self, rec: Record) -> DecodedClip:
         """`read`, with unreadable input as a counted :class:`BadSample`."""
         try:
-            return self.read(rec)
+            clip = self.read(rec)
         except VideoReadError as e:
-            raise BadSample(rec.key, "missing_file" if e.reason == "file not found" else "decode_error", str(e)) from e
+            reason = "missing_file" if e.reason == "file not found" else "decode_error"
+            raise BadSample(rec.where, reason, str(e)) from e
+        if clip.failed_packets and self.damaged == "skip":
+            raise BadSample(rec.where, "decode_error", f"{clip.failed_packets} packets failed to decode (a partly "
+                            "damaged clip; damaged_clips='keep' would use its readable frames)")
+        return clip
 
     def __call__(self, rec: Record) -> dict:
         if self.features is not None and rec.modality == "video":
             try:
                 cached = self.features.read(rec.video_key)  # visual, frame_mask, timestamps, fps
             except KeyError as e:
-                raise BadSample(rec.key, "not_cached", str(e)) from e
+                raise BadSample(rec.where, "not_cached", str(e)) from e
             boxes, box_mask, attributes = self._boxes(rec, cached["timestamps"], float(cached["fps"]),
                                                       cached["frame_mask"])
             return self._sample(rec, {"visual": cached["visual"]}, cached["frame_mask"], boxes, box_mask, attributes)
@@ -81,7 +88,7 @@ class ClipLoader:
         if rec.boxes is None or rec.modality != "video":
             return None, None, None
         if rec.video_key not in rec.boxes:
-            raise BadSample(rec.key, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+            raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
         boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps)
         attributes = (rec.boxes.attributes(rec.video_key, self.box_attributes)
                       if self.box_attributes is not None else None)
@@ -95,23 +102,59 @@ class ClipLoader:
                 "modality": rec.modality, "system": rec.system}
 
 
-class MapDataset(Dataset):
-    """Records in memory. A bad record is counted and replaced by the next good one (so batches keep their size and
-    ranks stay in step); ``max_retries`` consecutive bad records raise."""
+def sample_seed(*parts: object) -> int:
+    """A 63-bit seed that is a function of ``parts`` only (not of the process, worker or RNG history)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
-    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20) -> None:
+
+def seeded(seed: int | None, fn: Callable[[], dict]) -> dict:
+    """``fn()`` with torch's CPU RNG seeded by ``seed`` (its random frame sampling and crop), the global state left as
+    it was; ``seed=None`` runs it on the global RNG. Seeds per sample make augmentation independent of which worker
+    decodes a sample and of how far its RNG has run, so a resumed run sees exactly the clips an uninterrupted one
+    sees."""
+    if seed is None:
+        return fn()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+class MapDataset(Dataset):
+    """Records in memory. Training (``replace_bad=True``): a bad record is counted and replaced by the next good one
+    (so batches keep their size and ranks stay in step); ``max_retries`` consecutive bad records raise.
+    Evaluation (``replace_bad=False``): a bad record is counted and comes out as a ``{"key", "skipped": reason}``
+    marker that the collator lists under ``batch["skipped"]``, so no question is scored twice or silently lost."""
+
+    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20,
+                 replace_bad: bool = True) -> None:
         if not records:
             raise ValueError("MapDataset got no records; check the source's path and the skip log")
         self.records, self.loader, self.skips, self.max_retries = records, loader, skips, max_retries
+        self.replace_bad = replace_bad
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, i: int) -> dict:
+        """Record ``i`` decoded, its randomness seeded by (the epoch's loader seed, ``i``) in a worker process (that
+        base seed is restored on resume by the StatefulDataLoader); in the main process, from the global RNG."""
+        info = get_worker_info()
+        seed = None if info is None else sample_seed(info.seed - info.id, i)
+        return seeded(seed, lambda: self.loader(self.records[i]))
+
     def __getitem__(self, i: int) -> dict:
-        for attempt in range(self.max_retries):
-            rec = self.records[(i + attempt) % len(self.records)]
+        if not self.replace_bad:
             try:
-                sample = self.loader(rec)
+                sample = self._load(i)
+            except BadSample as e:
+                self.skips.skip(e.key, e.reason, e.detail)
+                return {"key": self.records[i].key, "skipped": e.reason}
+            self.skips.good()
+            return sample
+        for attempt in range(self.max_retries):
+            try:
+                sample = self._load((i + attempt) % len(self.records))
             except BadSample as e:
                 self.skips.skip(e.key, e.reason, e.detail)
                 continue
@@ -178,14 +221,15 @@ class StreamingDataset(IterableDataset):
             epoch, skip = int(self.epochs[row]), 0
         self.epochs[row] = epoch + 1
         self._epoch, self._taken = epoch, 0
-        for item in self.stream(epoch, self.rank * workers + worker, self.world_size * workers):
+        reader = self.rank * workers + worker
+        for item in self.stream(epoch, reader, self.world_size * workers):
             self._taken += 1
             if self._taken <= skip:
                 continue
             try:
                 if isinstance(item, BadSample):
                     raise item
-                sample = self.loader(item)
+                sample = seeded(sample_seed(self.seed, epoch, reader, self._taken), lambda: self.loader(item))
             except BadSample as e:
                 self.skips.skip(e.key, e.reason, e.detail)
                 continue

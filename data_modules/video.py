@@ -54,6 +54,7 @@ class DecodedClip:
     frame_mask: torch.Tensor  # bool (T,) False for padding frames of a clip shorter than T
     fps: float  # average frame rate of the stream
     duration: float  # seconds of the whole video stream (not of the window)
+    failed_packets: int = 0  # packets that failed to decode and were skipped (a partly damaged file)
 
 
 @dataclass
@@ -420,7 +421,7 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
     if decoder.errors:
         log.warning("%s: %d packets failed to decode and were skipped", label, decoder.errors)
     return DecodedClip(frames=images.contiguous(), timestamps=times, frame_mask=mask, fps=info.fps,
-                       duration=info.duration)
+                       duration=info.duration, failed_packets=decoder.errors)
 
 
 def _at_or_before(frames: list[tuple[float, av.VideoFrame]], targets: list[float]):

@@ -65,7 +65,8 @@ def run(name: str, overlay: Path | None, out: Path, steps: int, pretrain_steps: 
     stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--model.init_args.results_dir={run_dir}")
     configs = ["--config", str(FINETUNE)] + (["--config", str(overlay)] if overlay else [])
     subprocess.run([sys.executable, "-m", "vrp", "test", *configs, *QUIET, *init,
-                    f"--model.init_args.results_dir={run_dir}", "--ckpt_path", str(stage2)], cwd=ROOT, check=True)
+                    f"--trainer.default_root_dir={run_dir}", f"--model.init_args.results_dir={run_dir}",
+                    "--ckpt_path", str(stage2)], cwd=ROOT, check=True)
     result = json.loads((run_dir / "test_results.json").read_text())
     overall, n = result["accuracy"]["overall"], result["counts"]["overall"]
     return {"ablation": name, "minutes": round((time.time() - start) / 60, 1), **{

@@ -3,7 +3,8 @@
     python scripts/evidence.py --results test=runs/embedded/finetune --results fresh-4711=runs/evidence/fresh-4711
                                [--target 25]
 
-Each `--results NAME=DIR` names a folder holding a `test_results.json` (`vrp test` writes one). The interval is the
+Each `--results NAME=DIR` names a folder holding a `test_results.json` (`vrp test` writes one; the newest below DIR
+is read, e.g. runs/embedded/finetune/test/version_N/). The interval is the
 normal approximation of the binomial, ±1.96·sqrt(p(1-p)/n); `--target` marks the types at least that many points
 above chance. `make evidence` generates a fresh-seed set, tests the fine-tuned model on it and calls this.
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vrp.evaluation.report import find_file  # noqa: E402
 from vrp.evaluation.results import interval95  # noqa: E402
 
 TYPES = ("descriptive", "temporal", "explanatory", "predictive", "counterfactual", "overall")
@@ -48,10 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for spec in a.results:
         name, _, folder = spec.partition("=")
-        path = Path(folder) / "test_results.json"
-        if not name or not path.is_file():
-            raise SystemExit(f"evidence: --results {spec!r} needs NAME=DIR with DIR/test_results.json (run vrp test)")
+        try:
+            path = find_file(folder, "test_results.json")
+        except FileNotFoundError:
+            path = None
+        if not name or path is None:
+            raise SystemExit(f"evidence: --results {spec!r} needs NAME=DIR with a test_results.json below DIR "
+                             "(run vrp test)")
         results[name] = json.loads(path.read_text())
+        print(f"{name}: {path}")
     print(table(results, a.target))
     print(f"\n± is the 95% interval; ✓: at least {a.target:g} points above chance.")
 

@@ -15,8 +15,21 @@ LETTERS = "ABCDEFGHIJ"
 DEFAULT_TEMPLATE = "<video>\n{question}\nOptions:\n{options}\nAnswer with the option's letter."
 
 
+def _options(row: dict, columns: list[str], answer: int) -> tuple[list[str], int]:
+    """The non-blank options of a row and the answer's index among them. ``answer`` indexes the ``aN`` columns, so
+    a blank column before the answer moves it down by one (``a0=red, a1='', a2=green, answer=2`` -> green, 1)."""
+    texts = [(row.get(c) or "").strip() for c in columns]
+    if not 0 <= answer < len(texts) or not texts[answer]:
+        raise ValueError(f"answer {answer} does not name a non-blank option among {columns}")
+    options = [t for t in texts if t]
+    if len(options) < 2:
+        raise ValueError(f"{len(options)} non-blank option(s); a multiple-choice row needs at least 2")
+    return options, answer - sum(1 for t in texts[:answer] if not t)
+
+
 class MultipleChoice:
-    """NExT-QA-layout CSV. ``answer`` is the correct option's index; empty ``aN`` columns mean fewer options; other
+    """NExT-QA-layout CSV. ``answer`` is the correct option's index among the ``aN`` columns; blank columns are
+    dropped (fewer options) and the answer index is renumbered so it still names the same option text; other
     columns (NExT-QA's ``frame_count``, ``width``, ``height``) are ignored.
 
     ``template`` gets ``{question}`` and ``{options}`` (one ``option_format`` line per option, with ``{letter}`` and
@@ -76,10 +89,7 @@ class MultipleChoice:
                 try:
                     if None in row:
                         raise ValueError(f"more fields than the header's {len(reader.fieldnames)}")
-                    options = [row[c].strip() for c in option_cols if row.get(c) and row[c].strip()]
-                    index = int(row["answer"])
-                    if not 0 <= index < len(options) or len(options) < 2:
-                        raise ValueError(f"answer {index} is not an index into {len(options)} options")
+                    options, index = _options(row, option_cols, int(row["answer"]))
                     question = row["question"].strip()
                     if not question:
                         raise ValueError("empty question")

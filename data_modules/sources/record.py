@@ -34,6 +34,12 @@ class Record:
     start_sec: float | None = None
     end_sec: float | None = None
     system: str | None = None
+    origin: str = ""  # the shard (or file) the sample came from, when ``key`` alone does not say
+
+    @property
+    def where(self) -> str:
+        """How logs and skips name the sample: ``<origin>:<key>``, or the key."""
+        return f"{self.origin}:{self.key}" if self.origin else self.key
 
     @property
     def video_key(self) -> str:

@@ -5,6 +5,7 @@ splitting, shuffling and resumable state live in :class:`data_modules.datasets.S
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import webdataset as wds
@@ -13,6 +14,8 @@ from data_modules.sources.boxes import BoxTable
 from data_modules.skips import BadSample, SkipCounter
 from data_modules.sources.manifest import DEFAULT_CAPTION_PROMPT
 from data_modules.sources.record import Record
+
+log = logging.getLogger(__name__)
 
 
 class WebDatasetSource:
@@ -33,16 +36,26 @@ class WebDatasetSource:
 
     def records(self, shards: list[str], skips: SkipCounter) -> Iterator[Record | BadSample]:
         """Records of ``shards`` in file order; a bad sample comes out as a :class:`BadSample` in its place (so the
-        caller's position count stays exact), an unreadable shard is counted and skipped."""
+        caller's position count stays exact). A shard that cannot be read to its end (truncated, unreadable) is
+        logged once with its error; the sample it cut short is one bad sample, and the samples past the break are
+        gone (they cannot be counted)."""
         if self.boxes and self._table is None:
             self._table = BoxTable(self.boxes)
         for url in shards:
-            def handler(exn: Exception, url: str = url) -> bool:
-                skips.skip(url, "other", f"shard read error: {type(exn).__name__}: {exn}")
+            errors: list[Exception] = []  # webdataset reports one break at several levels: keep them, log once
+
+            def handler(exn: Exception, errors: list[Exception] = errors) -> bool:
+                errors.append(exn)
                 return True
 
             for sample in wds.tariterators.tarfile_samples(iter([{"url": url}]), handler=handler):
-                yield self.parse(sample)
+                item = self.parse(sample)
+                if errors and isinstance(item, BadSample):  # the sample the break cut short
+                    item = BadSample(item.key, "malformed", f"incomplete, the shard breaks off here ({item.detail})")
+                yield item
+            if errors:
+                log.warning("shard %s could not be read to its end (%s: %s); samples past that point are lost",
+                            url, type(errors[0]).__name__, errors[0])
 
     def parse(self, sample: dict) -> Record | BadSample:
         key = f"{sample['__url__']}:{sample['__key__']}"
@@ -61,4 +74,4 @@ class WebDatasetSource:
         if not caption:
             return BadSample(key, "empty_text", "empty caption")
         return Record(sample["__key__"], sample[self.video_ext], [(self.prompt, caption)], qformer_text=caption,
-                      boxes=self._table)
+                      boxes=self._table, origin=sample["__url__"])

@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -136,3 +137,76 @@ def test_map_style_ranks_resume_and_skips(assets, tmp_path):
     resumed = make()
     resumed.load_state_dict(state)
     assert first + _keys(resumed) == full
+
+
+def _shard(path, samples: dict[str, bytes]) -> bytes:
+    """A tar shard of `{key}.mp4` + `{key}.json` per sample; returns its bytes."""
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, video in samples.items():
+            for name, data in ((f"{key}.mp4", video), (f"{key}.json", json.dumps({"caption": key}).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def _damaged_mkv(path, bad=(5, 6, 9)) -> bytes:
+    """16 frames of H.264 in Matroska whose packets `bad` hold noise: they fail to decode, the rest decode."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=8, options={"g": "4", "bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        packets = []
+        for i in range(16):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 15 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            packets += list(stream.encode(frame))
+        for i, packet in enumerate(packets + list(stream.encode())):
+            if i in bad:
+                view = memoryview(packet).cast("B")
+                view[4:] = rng.integers(0, 256, len(view) - 4, dtype=np.uint8).tobytes()
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def _streamed(shards: list[str], skips: SkipCounter, damaged: str = "skip") -> list[str]:
+    loader = ClipLoader(VideoTransform(16), num_frames=16, sampling="uniform", damaged=damaged)
+    return [s["key"] for s in StreamingDataset(WebDatasetSource(shards), loader, skips, shuffle=False)]
+
+
+def test_truncated_shard_is_one_skip_naming_shard_and_key(assets, tmp_path, caplog):
+    clips = {f"clip{i:02d}": (assets / "videos" / f"clip{i:02d}.mp4").read_bytes() for i in range(3)}
+    whole = _shard(tmp_path / "whole.tar", clips)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole[: whole.index(b"clip02.json") + 515])  # breaks off inside the data of clip02.json
+    skips = SkipCounter(max_bad_fraction=1.0)
+    assert _streamed([str(cut)], skips) == ["clip00", "clip01"]
+    t = skips.totals()
+    assert (t["skipped"], t["skipped/malformed"], t["good"]) == (1, 1, 2)
+    assert f"skipping sample {cut}:clip02: malformed: incomplete, the shard breaks off here" in caplog.text
+    assert caplog.text.count(f"shard {cut} could not be read to its end") == 1
+
+
+def test_partly_damaged_clip_is_a_skip_unless_kept(tmp_path, caplog):
+    shard = tmp_path / "s.tar"
+    _shard(shard, {"bad": _damaged_mkv(tmp_path / "damaged.mkv"), "ok": _damaged_mkv(tmp_path / "intact.mkv", bad=())})
+    skips = SkipCounter(max_bad_fraction=1.0)
+    assert _streamed([str(shard)], skips) == ["ok"]
+    assert skips.totals()["skipped/decode_error"] == 1 and skips.totals()["good"] == 1
+    assert re.search(f"skipping sample {re.escape(str(shard))}:bad: decode_error: [0-9]+ packets failed to decode",
+                     caplog.text)
+    kept = SkipCounter(max_bad_fraction=1.0)
+    assert _streamed([str(shard)], kept, damaged="keep") == ["bad", "ok"] and kept.totals()["skipped"] == 0
+
+
+def test_streaming_decode_errors_name_the_shard(assets, caplog):
+    skips = SkipCounter(max_bad_fraction=0.5)
+    _keys(StatefulDataLoader(_stream(assets, skips), batch_size=2, collate_fn=_collator(assets)))
+    assert f"skipping sample {assets / 'shards' / 'part-0003.tar'}:clip11: decode_error" in caplog.text

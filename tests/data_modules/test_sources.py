@@ -103,3 +103,40 @@ def test_llava_items_with_options_are_multiple_choice(tmp_path):
     assert (ok.options, ok.answer_index) == (["blue", "red"], 1)
     assert (plain.options, plain.answer_index) == (None, None)
     assert skips.totals()["skipped/malformed"] == 1
+
+
+def test_multiple_choice_blank_middle_option_keeps_the_label(tmp_path):
+    p = tmp_path / "mc.csv"
+    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+                 "v1,which colour,2,red,,green,blue,,1,D\n"  # a blank between options: answer 2 is still green
+                 "v2,which colour,1,red,,green,,,2,D\n"  # the answer points at the blank option
+                 "v3,which colour,0,red,,,,,3,D\n")  # one option left
+    skips = SkipCounter(max_bad_fraction=1.0)
+    (rec,) = MultipleChoice(str(p), video_path="{video}.mp4", target="text").load(skips)
+    assert rec.options == ["red", "green", "blue"] and rec.answer_index == 1 and rec.turns[0][1] == "green"
+    assert rec.options[rec.answer_index] == "green"
+    assert skips.totals()["skipped/malformed"] == 2
+
+
+def test_bad_row_budget_is_a_fraction_of_the_rows_read(tmp_path):
+    p = tmp_path / "mc.csv"
+    rows = [f"v{i},q{i},{9 if i % 600 == 0 else 0},a,b,,,," for i in range(12011)]  # 21 rows answer option 9
+    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid\n" + "\n".join(rows) + "\n")
+    skips = SkipCounter(max_bad_fraction=0.05)
+    records = skips.load(MultipleChoice(str(p)), "mc.csv")
+    assert len(records) == 12011 - 21 and skips.totals()["skipped/malformed"] == 21 and skips.totals()["rows"] == 12011
+    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid\n" + "\n".join(
+        f"v{i},q{i},{9 if i % 3 == 0 else 0},a,b,,,," for i in range(300)) + "\n")  # a third bad
+    with pytest.raises(TooManyBadSamples, match=r"^100 of 300 rows read from bad\.csv were bad \(> max_bad_fraction"):
+        SkipCounter(max_bad_fraction=0.05).load(MultipleChoice(str(p)), "bad.csv")
+
+
+def test_bad_sample_budget_waits_for_the_minimum_count():
+    skips = SkipCounter(max_bad_fraction=0.05, min_samples=100)
+    for i in range(20):  # 20 bad first: below the minimum count, no verdict yet
+        skips.skip(f"k{i}", "decode_error")
+    for _ in range(380):
+        skips.good()
+    skips.check("samples")  # 20 of 400 = 5%: within budget
+    with pytest.raises(TooManyBadSamples, match="21 of 401 samples read were bad"):
+        skips.skip("k20", "decode_error")

@@ -69,3 +69,15 @@ def test_ask_bad_boxes_give_one_line(reasoner, clip, tmp_path, capsys, content, 
         ask.main([clip, "q ?", "--boxes", path, "--num-frames", "2"], loader=lambda _: reasoner)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and match in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("options", [None, "red|blue"])
+def test_ask_refuses_a_question_longer_than_the_llm(reasoner, clip, capsys, options):
+    question = "what colour is the ball ? " * 60  # 360 tokens; the tiny LLM has 256 positions
+    argv = [clip, question, "--num-frames", "2"] + (["--options", options] if options else [])
+    with pytest.raises(SystemExit) as e:
+        ask.main(argv, loader=lambda _: reasoner)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the question does not fit: the input is ") and "\n" not in err
+    assert "max_position_embeddings=256; shorten it" in err

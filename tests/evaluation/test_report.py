@@ -73,3 +73,14 @@ def test_report_cli_errors_in_one_line(tmp_path, capsys):
         assert str(e.code).startswith("error: no test_results.json under")
     else:
         raise AssertionError("expected an error")
+
+
+def test_curves_come_from_the_training_run_not_a_later_test_run(tmp_path):
+    from vrp.evaluation.report import read_curves
+
+    run = _tiny_run(tmp_path)
+    test_csv = run / "test" / "version_0" / "csv" / "metrics.csv"  # what `vrp test` writes later, in its own folder
+    test_csv.parent.mkdir(parents=True)
+    test_csv.write_text("epoch,step,test/acc_overall\n0,0,50.0\n")
+    curves = read_curves(run)
+    assert sorted(curves) == ["train/loss", "val/loss"] and len(curves["train/loss"][0]) == 5

@@ -36,3 +36,23 @@ def test_export_roundtrip_separate_and_merged(tiny_root, tmp_path):
         with torch.no_grad():
             got = load_exported(out)(batch).logits
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ask_warns_about_a_stage1_export(tiny_root, tmp_path, capsys):
+    import numpy as np
+
+    from data_modules.video import write_video
+    from vrp.evaluation import ask
+
+    write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
+    model = build_model(_config(tiny_root))
+    state = {f"model.{k}": v for k, v in model.state_dict_trainable().items()}
+    for stage, module in ((1, "vrp.training.AlignmentPretraining"), (2, "vrp.training.InstructionTuning")):
+        torch.save({"state_dict": state, "global_step": 7, "hyper_parameters": {"_class_path": module,
+                                                                                "model": _config(tiny_root)}},
+                   tmp_path / f"stage{stage}.ckpt")
+        out = export(tmp_path / f"stage{stage}.ckpt", tmp_path / f"export{stage}")
+        ask.main([str(tmp_path / "clip.mp4"), "what colour is it ?", "--options", "red|green", "--num-frames", "2",
+                  "--checkpoint", str(out)])
+        err = capsys.readouterr().err
+        assert ("exported from a stage-1 (video-text alignment) checkpoint" in err) == (stage == 1), err

@@ -76,7 +76,7 @@ def test_checkpoint_holds_only_trainable_weights_and_loads_weights_only(tmp_path
     check_trainable_keys(loaded, m)
     torch.testing.assert_close(loaded["state_dict"]["head.weight"], m.head.weight)
     torch.save({"state_dict": {}, "evil": _Mod()}, tmp_path / "pickled.ckpt")
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(Exception, match="holds Python objects other than tensors"):
         io.load_checkpoint(tmp_path / "pickled.ckpt")
     with pytest.raises(RuntimeError, match="missing"):
         check_trainable_keys({"state_dict": {"head.weight": m.head.weight}}, m)

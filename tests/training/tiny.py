@@ -6,8 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from data_modules.video import write_video
 
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
 ANSWERS = ["red", "green", "blue", "yellow"]
@@ -41,12 +45,14 @@ def build_backbones(root: Path) -> Path:
 
 
 class _Toy(Dataset):
-    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool) -> None:
+    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool,
+                 nan_samples: tuple[int, ...] = ()) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, len(ANSWERS), (n,), generator=g)
         # the answer is visible: a colour-coded mean brightness per channel plus noise
         base = torch.eye(4, 3)[self.labels]  # (n, 3)
         self.video = base[:, None, :, None, None] + 0.3 * torch.randn(n, frames, 3, size, size, generator=g)
+        self.video[list(nan_samples)] = float("nan")  # damaged samples: their loss and gradients are NaN
         prompt = tokenizer("<video> what colour is it ?")["input_ids"]
         self.rows = [(prompt, tokenizer(ANSWERS[int(y)], add_special_tokens=False)["input_ids"]
                       + [tokenizer.eos_token_id]) for y in self.labels]
@@ -83,20 +89,21 @@ class ToyData(L.LightningDataModule):
     """Map-style toy data; `shuffle=True` draws a seeded permutation per epoch."""
 
     def __init__(self, tokenizer: str, num_samples: int = 32, num_frames: int = 2, batch_size: int = 4,
-                 shuffle: bool = False, seed: int = 0) -> None:
+                 shuffle: bool = False, seed: int = 0, nan_samples: tuple[int, ...] = ()) -> None:
         super().__init__()
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(tokenizer)
         self.num_samples, self.num_frames, self.batch_size, self.shuffle, self.seed = (
             num_samples, num_frames, batch_size, shuffle, seed)
+        self.nan_samples = tuple(nan_samples)
         self.image_size = 32
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
         self.image_size = image_size
 
-    def _loader(self, seed: int, with_options: bool, shuffle: bool) -> DataLoader:
-        ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options)
+    def _loader(self, seed: int, with_options: bool, shuffle: bool, nan_samples: tuple[int, ...] = ()) -> DataLoader:
+        ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options, nan_samples)
         if self.trainer is not None and self.trainer.world_size > 1:  # rank r reads samples r, r + W, ...
             sampler = DistributedSampler(ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle,
                                          seed=self.seed)
@@ -105,10 +112,51 @@ class ToyData(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.seed, False, self.shuffle)
+        return self._loader(self.seed, False, self.shuffle, self.nan_samples)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.seed + 1, False, False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.seed + 2, True, False)
+
+
+def write_config(root: Path, run: Path, **model_args) -> Path:
+    """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(run), "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}}]},
+        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
+            "lr": 1e-3, "warmup_steps": 1, **model_args, "model": {
+                "class_path": "vrp.models.VideoReasoner", "init_args": {
+                    "vision": {"class_path": "vrp.models.HFVisionEncoder",
+                               "init_args": {"model_name_or_path": str(root / "vit")}},
+                    "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
+                    "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
+                    "llm_mode": "full"}}}},
+        "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run / "config.yaml"
+
+
+def mc_data(folder, missing: str) -> dict:
+    """An InstructionDataModule config over a 4-question mc.csv whose video `missing` does not exist."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        if f"clip{i}" != missing:
+            write_video(folder / f"clip{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
+        rows.append(f"clip{i},what colour is it ?,{i % 2},red,green,q{i},descriptive")
+    (folder / "mc.csv").write_text("video,question,answer,a0,a1,qid,type\n" + "\n".join(rows) + "\n")
+    source = {"class_path": "data_modules.sources.MultipleChoice",
+              "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"}}
+    return {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
+        "train": source, "val": source, "test": source, "tokenizer": None, "num_frames": 2, "batch_size": 4,
+        "eval_batch_size": 2, "num_workers": 0, "generate_if_missing": False}}

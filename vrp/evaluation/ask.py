@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.llm import SequenceTooLong
+
 DEFAULT_CHECKPOINT = "artifacts/embedded/finetune"
 
 
@@ -37,19 +39,29 @@ def load_model(checkpoint: str) -> nn.Module:
     except ImportError as e:
         raise AskError(f"cannot load checkpoints: vrp.training.export is unavailable ({e})") from e
     try:
+        from vrp.training.export import export_info
+
+        if export_info(path).get("stage") == 1:
+            print(f"warning: {checkpoint} was exported from a stage-1 (video-text alignment) checkpoint; it was never "
+                  "instruction-tuned, so its answers mean little: export a stage-2 checkpoint (make finetune)",
+                  file=sys.stderr)
         return load_exported(str(path))
     except Exception as e:  # any failure to read a user-given folder is reported in one line
-        raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(e).__name__}: {e}") from e
+        from vrp.cli import user_error
+
+        cause = user_error(e) or e
+        raise AskError(f"checkpoint {checkpoint} could not be loaded: {type(cause).__name__}: {cause}") from e
 
 
 def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1):
-    """The evaluation-time `ClipLoader` of ``model``: its vision encoder's size and mean/std, uniform sampling."""
+    """The evaluation-time `ClipLoader` of ``model``: its vision encoder's size and mean/std, uniform sampling; a
+    partly damaged user file is answered anyway (``damaged="keep"``)."""
     from data_modules.datasets import ClipLoader
     from data_modules.transforms import VideoTransform
 
     vision = model.vision
     return ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-                      num_frames=num_frames, sampling="uniform", image_frames=image_frames)
+                      num_frames=num_frames, sampling="uniform", image_frames=image_frames, damaged="keep")
 
 
 def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,
@@ -119,8 +131,11 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
         if args.boxes is None and getattr(getattr(model, "fusion", None), "objects", None) is not None:
             print("note: this model has object tokens but no --boxes were given; they come from slot attention",
                   file=sys.stderr)
-        with torch.no_grad():
-            text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
+        try:
+            with torch.no_grad():
+                text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)
+        except SequenceTooLong as e:
+            raise AskError(f"the question does not fit: {e}") from e
     except AskError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

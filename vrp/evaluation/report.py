@@ -26,13 +26,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vrp.evaluation.results import comparison_table, load_blind_baseline  # noqa: E402
+from vrp.training.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
 
 
-def _find(folder: str | Path, name: str) -> Path:
+def find_file(folder: str | Path, name: str, *, training_only: bool = False) -> Path:
+    """``folder/name``, else the newest ``name`` below it; ``training_only`` leaves out the folders of evaluation
+    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.training.runs`), whose logs hold no training curves."""
     folder = Path(folder)
     if (folder / name).is_file():
         return folder / name
-    found = sorted(folder.rglob(name), key=lambda p: p.stat().st_mtime)
+    found = [p for p in folder.rglob(name)
+             if not (training_only and set(p.relative_to(folder).parts[:-1]) & set(OWN_FOLDER_SUBCOMMANDS))]
+    found = sorted(found, key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no {name} under {folder}; has the run finished (and been tested)?")
     return found[-1]  # the newest
@@ -40,7 +45,7 @@ def _find(folder: str | Path, name: str) -> Path:
 
 def read_curves(folder: str | Path) -> dict[str, tuple[list[float], list[float]]]:
     """Loss-like columns of the newest ``metrics.csv`` under ``folder``: {column: (steps, values)}."""
-    path = _find(folder, "metrics.csv")
+    path = find_file(folder, "metrics.csv", training_only=True)
     curves: dict[str, tuple[list[float], list[float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -155,7 +160,7 @@ def build_report(out: str | Path, results: Mapping[str, str], curves: Mapping[st
     if curves:
         plot_curves({stage: read_curves(folder) for stage, folder in curves.items()}, out / "curves.png")
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
-    tables = {name: json.loads(_find(folder, "test_results.json").read_text()) for name, folder in results.items()}
+    tables = {name: json.loads(find_file(folder, "test_results.json").read_text()) for name, folder in results.items()}
     blind = load_blind_baseline(meta) if meta else None
     if tables:
         plot_accuracy(tables, out / "accuracy.png", blind)

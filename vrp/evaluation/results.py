@@ -70,6 +70,29 @@ def _share(group: Sequence[Mapping], key: str) -> float:
     return 100.0 * sum(r["prediction"] == r["answer"] for r in group) / len(group)
 
 
+def prediction_rows(batch: Mapping, out: MCOutput | None, generated: Sequence[str] | None = None) -> list[dict]:
+    """What `vrp predict` writes per sample: ``{"key", "type", "prompt", "choice", "option", "scores", "answer"}``
+    for a multiple-choice batch (``out``), ``{"key", "type", "prompt", "generated"}`` for an open one, and
+    ``{"key", "skipped": reason}`` for each sample that could not be read."""
+    rows = [{"key": s["key"], "skipped": s["reason"]} for s in batch.get("skipped", [])]
+    keys = batch.get("keys", [])
+    types = batch.get("question_type") or [None] * len(keys)
+    prompts = batch.get("prompt") or [None] * len(keys)
+    mc = rows_from_batch(batch, out) if out is not None else []
+    for i, key in enumerate(keys):
+        row = {"key": key, "type": types[i] or None, "prompt": prompts[i]}
+        if out is not None:
+            choice = mc[i]["prediction"]
+            row.update(choice=choice, option=batch["options"][i][choice] if choice >= 0 else None,
+                       scores=mc[i]["scores"], answer=mc[i]["answer"])
+            if "text" in mc[i]:
+                row["generated"] = mc[i]["text"]
+        else:
+            row["generated"] = generated[i]
+        rows.append(row)
+    return rows
+
+
 def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
                    groups: Mapping[str, Sequence[str]] | None = None) -> dict:
     """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...],
@@ -82,7 +105,7 @@ def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
     present = {r["type"] for r in rows}
     grouped = [c for codes in groups.values() for c in codes]
     order = [t for t in grouped if t in present] + sorted(present - set(grouped))
-    metric = PerTypeAccuracy(order)
+    metric = PerTypeAccuracy(order, sync_on_compute=False)  # rows are complete here (gathered from every rank)
     if rows:
         metric.update(torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["answer"] for r in rows]),
                       [r["type"] for r in rows])
@@ -152,17 +175,29 @@ def comparison_table(tables: Mapping[str, Mapping], blind: Mapping[str, float] |
     return "\n".join(lines)
 
 
+def skipped_line(skipped: Sequence[Mapping]) -> str:
+    """One line for the questions evaluation could not read (``{"key", "reason"}`` each): how many, why."""
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    return f"Skipped {len(skipped)} question(s) whose sample could not be read ({why}); not counted above."
+
+
 def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
                   held_out: Iterable[str] = (), groups: Mapping[str, Sequence[str]] | None = None,
-                  extra: Mapping | None = None, blind: Mapping[str, float] | None = None) -> tuple[Path, Path, dict]:
-    """Write ``<name>.json`` (table + rows + extra) and ``<name>.md`` (with a ``blind`` column when given, in %);
-    returns both paths and the table (families from ``groups`` as in `accuracy_table`)."""
+                  extra: Mapping | None = None, blind: Mapping[str, float] | None = None,
+                  skipped: Sequence[Mapping] = ()) -> tuple[Path, Path, dict]:
+    """Write ``<name>.json`` (table + rows + skipped + extra) and ``<name>.md`` (with a ``blind`` column when given,
+    in %, and a line for the skipped questions); returns both paths and the table (families from ``groups`` as in
+    `accuracy_table`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = accuracy_table(rows, held_out, groups)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps({**table, **(extra or {}), "rows": list(rows)}, indent=1))
-    md_path.write_text(markdown_table(table, blind) + "\n")
+    json_path.write_text(json.dumps({**table, **(extra or {}), "skipped": list(skipped), "rows": list(rows)},
+                                    indent=1))
+    md_path.write_text(markdown_table(table, blind) + "\n" + (f"\n{skipped_line(skipped)}\n" if skipped else ""))
     return json_path, md_path, table
 
 

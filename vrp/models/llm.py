@@ -9,9 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vrp.models.paths import pretrained_source
 from vrp.models.vision import resolve_dtype
 
 VIDEO_TOKEN = "<video>"
+
+
+class SequenceTooLong(ValueError):
+    """An input longer than the LLM's position table."""
 
 
 class CausalLM(nn.Module):
@@ -31,9 +36,12 @@ class CausalLM(nn.Module):
 
         if (model_name_or_path is None) == (config is None):
             raise ValueError("give exactly one of model_name_or_path or config")
+        if model_name_or_path is not None:
+            model_name_or_path = pretrained_source(model_name_or_path, "LLM model_name_or_path")
         tok_path = tokenizer or model_name_or_path
         if tok_path is None:
             raise ValueError("an LLM built from `config` needs `tokenizer` (a tokenizer folder or hub name)")
+        tok_path = pretrained_source(tok_path, "LLM tokenizer")
         self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=trust_remote_code)
         if VIDEO_TOKEN not in self.tokenizer.get_vocab():
             self.tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
@@ -60,6 +68,7 @@ class CausalLM(nn.Module):
         self.model = model
         self.video_token_id: int = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
         self.hidden_size: int = model.config.get_text_config().hidden_size
+        self.max_positions: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         self.lora_rank, self.lora_alpha, self.lora_dropout = lora_rank, lora_alpha, lora_dropout
         self.lora_target_modules = lora_target_modules
 
@@ -82,7 +91,19 @@ class CausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)  # (B, L, D)
 
+    def check_length(self, attention_mask: torch.Tensor, new_tokens: int = 0) -> None:
+        """`SequenceTooLong` when the longest row's real tokens (+ `new_tokens` to generate) need more positions than
+        the model has (``max_position_embeddings``): past its table a model silently degrades or fails."""
+        if self.max_positions is None or attention_mask.shape[-1] + new_tokens <= self.max_positions:
+            return  # even fully used, the padded length fits (no device sync needed)
+        length = int(attention_mask.sum(-1).max())
+        if length + new_tokens > self.max_positions:
+            extra = f" + {new_tokens} new tokens" if new_tokens else ""
+            raise SequenceTooLong(f"the input is {length} tokens (text and video tokens){extra}, more than the LLM's "
+                                  f"max_position_embeddings={self.max_positions}; shorten it")
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        self.check_length(attention_mask)
         # Positions count real tokens only, so left- and right-padded rows see the same positions.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -92,6 +113,7 @@ class CausalLM(nn.Module):
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                  **gen) -> torch.Tensor:
         """Left-padded prompt embeddings -> new token ids (B, <= max_new_tokens), prompt not included."""
+        self.check_length(attention_mask, max_new_tokens)
         gen.setdefault("do_sample", False)
         gen.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,

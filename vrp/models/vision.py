@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.paths import pretrained_source
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -121,6 +123,7 @@ class HFVisionEncoder(_FrozenBackbone):
             cfg = getattr(cfg, "vision_config", None) or cfg
             model = AutoModel.from_config(cfg, trust_remote_code=trust_remote_code)
         else:
+            model_name_or_path = pretrained_source(model_name_or_path, "vision model_name_or_path")
             cfg = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
             cfg = getattr(cfg, "vision_config", None) or cfg  # CLIP / SigLIP: vision tower only
             model = AutoModel.from_pretrained(model_name_or_path, config=cfg, trust_remote_code=trust_remote_code)
@@ -179,6 +182,8 @@ class OpenClipVisionEncoder(_FrozenBackbone):
             cfg_dir = Path(tempfile.mkdtemp(prefix="vrp_open_clip_cfg_"))
             (cfg_dir / f"{model_name}.json").write_text(json.dumps(model_config))
             open_clip.add_model_config(cfg_dir)
+        if pretrained is not None:
+            pretrained = pretrained_source(pretrained, "open_clip pretrained")
         model = open_clip.create_model(model_name, pretrained=pretrained, force_image_size=image_size,
                                        require_pretrained=pretrained is not None)
         pre = open_clip.get_model_preprocess_cfg(model)

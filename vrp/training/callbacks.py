@@ -1,4 +1,5 @@
-"""Callbacks: RNG state in checkpoints (exact resume), a per-step loss log, and progress lines for logs."""
+"""Callbacks: RNG state in checkpoints (exact resume), the non-finite loss/gradient guard, a per-step loss log, and
+progress lines for logs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class RNGState(L.Callback):
@@ -44,6 +47,92 @@ class RNGState(L.Callback):
         random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NonFiniteError(RuntimeError):
+    """A training step produced a NaN/Inf loss or gradient."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops the run (``policy="stop"``) or skips the optimizer step (``policy="skip"``, counted, logged as
+    ``train/nonfinite_skipped``; more than ``max_skipped`` skips stop the run) when a step's loss or any gradient is
+    NaN/Inf, naming the step and the keys of its batch in one line. Checked after backward, before the optimizer
+    step, and agreed across ranks, so every rank takes the same decision. A skipped step leaves the weights and the
+    optimizer's moments untouched (every ``.grad`` is dropped); the LR schedule still advances.
+    """
+
+    def __init__(self, policy: Literal["stop", "skip"] = "stop", max_skipped: int = 10) -> None:
+        if policy not in ("stop", "skip"):
+            raise ValueError(f"NonFiniteGuard policy must be 'stop' or 'skip', got {policy!r}")
+        self.policy, self.max_skipped = policy, max_skipped
+        self.skipped = 0
+        self._keys: list[str] = []
+        self._loss: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        keys = batch.get("keys") if isinstance(batch, dict) else None
+        self._keys += [str(k) for k in keys or []]
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if self._loss is None and not bool(torch.isfinite(loss.detach()).all()):
+            self._loss = float(loss.detach().float().mean())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            bad = []  # fp16 loss scaling: overflowing gradients are the scaler's to skip; only the loss is checked
+        keys, loss = self._keys, self._loss
+        self._keys, self._loss = [], None
+        if not trainer.strategy.reduce_boolean_decision(bool(bad) or loss is not None, all=False):
+            return
+        shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} samples)" if len(keys) > 8 else "")
+        what = (f"loss {loss}" if loss is not None else "loss finite") + (
+            f", non-finite gradients in {len(bad)} of {len(grads)} tensors (first {bad[0]})" if bad else "")
+        message = f"step {trainer.global_step + 1}: {what}; batch keys: {shown or 'unknown (batch has no keys)'}"
+        if self.policy == "stop" or self.skipped >= self.max_skipped:
+            limit = f" after {self.skipped} skipped steps (max_skipped={self.max_skipped})" if self.skipped else ""
+            raise NonFiniteError(f"{message}{limit}. Lower the learning rate, check these samples, or set "
+                                 "--nonfinite.policy=skip")
+        for p in pl_module.parameters():
+            p.grad = None  # the optimizer skips parameters without a gradient
+        self.skipped += 1
+        rank_zero_warn(f"skipped {message} ({self.skipped} skipped so far)")
+        pl_module.log("train/nonfinite_skipped", float(self.skipped), rank_zero_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state["skipped"])
+
+
+class JsonlPredictions(BasePredictionWriter):
+    """Writes what `predict_step` returns (a list of row dicts per batch) as JSON lines, flushed per batch, to
+    ``path`` (default: ``<default_root_dir>/predictions.jsonl``, the predict run's own folder); with several ranks
+    each writes ``predictions.rank<R>.jsonl``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self.written: Path | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = Path(self.path or Path(trainer.default_root_dir) / "predictions.jsonl")
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self.written = path
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        with self.written.open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in prediction)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(f"predictions written to {self.written}")
 
 
 class StepLossLog(L.Callback):

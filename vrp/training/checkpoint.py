@@ -9,6 +9,7 @@ dataloader state. The stage modules call `drop_frozen` from `on_save_checkpoint`
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -38,8 +39,17 @@ def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
     checkpoint["trainable_keys"] = sorted(keep)
 
 
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """`CheckpointError` when any floating-point tensor of `state` holds NaN or Inf (a diverged run's weights)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first {bad[0]}); "
+                              "the run that wrote them diverged: use an earlier checkpoint")
+
+
 def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
-    """Fail clearly when a checkpoint lacks trainable weights of `module` or carries unknown ones."""
+    """Fail clearly when a checkpoint lacks trainable weights of `module`, carries unknown ones or non-finite ones."""
+    check_finite(checkpoint.get("state_dict", {}), path)
     keys = set(checkpoint.get("state_dict", {}))
     expected = trainable_names(module)
     missing, unexpected = sorted(expected - keys), sorted(keys - set(module.state_dict()))
@@ -51,17 +61,74 @@ def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: st
         )
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and says what is wrong with it."""
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in our words (never torch's advice)."""
+    detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+    if isinstance(error, pickle.UnpicklingError) and detail:
+        return ("holds Python objects other than tensors, numbers, strings and containers, which vrp never loads "
+                f"({detail.removeprefix('WeightsUnpickler error: ').split(' was not')[0]})")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a zip archive, as torch.save writes
+            return f"is truncated or corrupted ({size} bytes; its zip archive cannot be read)"
+    return f"is not a PyTorch checkpoint ({size} bytes that are neither a zip archive nor a pickle of tensors)"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint dict read with `weights_only=True`; any problem is a one-line `CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file (.ckpt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write or copy; use another one")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} {_unreadable(path, e)}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file."""
+    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file; refuses
+    non-finite weights."""
     path = str(path)
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in checkpoint:
-        raise KeyError(f"{path}: no 'state_dict' key; expected a Lightning checkpoint or a .safetensors file")
-    return checkpoint["state_dict"]
+        if not Path(path).is_file():
+            raise CheckpointError(f"weights file {path} does not exist")
+        try:
+            state = load_file(path)
+        except SafetensorError as e:
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({e})") from None
+    else:
+        state = read_checkpoint(path).get("state_dict")
+        if state is None:
+            raise CheckpointError(f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a "
+                                  ".safetensors file")
+    check_finite(state, f"weights file {path}")
+    return state
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files `AtomicCheckpointIO` leaves behind when a run is killed mid-write.
+
+    Call it only while holding the folder's run lock (`vrp.training.runs.lock_folders`): then no live writer owns them.
+    """
+    folder = Path(folder)
+    stale = sorted(p for p in folder.glob(".*.*.tmp") if p.is_file()) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -94,6 +161,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        if "://" not in str(path):
+            return read_checkpoint(path)
         if not get_filesystem(path).exists(path):
-            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            raise CheckpointError(f"checkpoint {path} does not exist")
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

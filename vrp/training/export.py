@@ -4,6 +4,7 @@
 
 <out>/model.yaml            the VideoReasoner config (class_path/init_args; frozen backbones by name/path)
 <out>/trainable.safetensors  fusion + projection (+ LoRA adapters unless merged) weights
+<out>/export.json           which module trained it (stage 1 or 2), its step and checkpoint
 <out>/llm/                  with --merge-lora: the LLM with LoRA merged (save_pretrained + tokenizer);
                             model.yaml then points at it with llm_mode frozen
 """
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import json
+import sys
 from pathlib import Path
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from vrp.training.checkpoint import CheckpointError, check_finite, load_weights, read_checkpoint
 
 
 def build_model(config: dict) -> nn.Module:
@@ -33,11 +38,13 @@ def build_model(config: dict) -> nn.Module:
 
 
 def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt)
     config = checkpoint.get("hyper_parameters", {}).get("model")
     if not isinstance(config, dict) or "class_path" not in config:
-        raise ValueError(f"{ckpt}: no model config in hyper_parameters; export needs a checkpoint written by `vrp fit`")
+        raise CheckpointError(f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a "
+                              "checkpoint written by `vrp fit`")
     model = build_model(config)
+    check_finite(checkpoint.get("state_dict", {}), f"checkpoint {ckpt}")
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
     out = Path(out)
@@ -55,7 +62,31 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
         weights = {k: v for k, v in weights.items() if not k.startswith("llm.")}
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "trainable.safetensors"))
     (out / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    module = checkpoint["hyper_parameters"].get("_class_path")
+    info = {"module": module, "stage": training_stage(module), "global_step": checkpoint.get("global_step"),
+            "checkpoint": str(ckpt)}
+    (out / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def training_stage(class_path: str | None) -> int | None:
+    """1 for a stage-1 (alignment) module, 2 for a stage-2 (instruction-tuned) one, None if unknown."""
+    from vrp.training import AlignmentPretraining, InstructionTuning
+
+    if not class_path or "." not in class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return 1 if issubclass(cls, AlignmentPretraining) else 2 if issubclass(cls, InstructionTuning) else None
+
+
+def export_info(folder: str | Path) -> dict:
+    """What `export` recorded about the checkpoint behind `folder` (``export.json``); {} for older exports."""
+    path = Path(folder) / "export.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_exported(folder: str | Path) -> nn.Module:
@@ -65,7 +96,7 @@ def load_exported(folder: str | Path) -> nn.Module:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing; is {folder} a folder written by `vrp export`?")
     model = build_model(yaml.safe_load((folder / "model.yaml").read_text()))
-    model.load_trainable(load_file(str(folder / "trainable.safetensors")), strict=True)
+    model.load_trainable(load_weights(folder / "trainable.safetensors"), strict=True)
     return model.eval()
 
 
@@ -75,4 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--merge-lora", action="store_true")
     a = p.parse_args(argv)
-    print(f"exported to {export(a.ckpt, a.out, merge_lora=a.merge_lora)}")
+    try:
+        out = export(a.ckpt, a.out, merge_lora=a.merge_lora)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"exported to {out}")

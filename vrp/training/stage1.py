@@ -127,6 +127,8 @@ class AlignmentPretraining(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not steps.has_samples(batch):
+            return
         parts = self.losses(batch)
         bs = steps.batch_size(batch)
         self.log("val/loss", self._total(parts), prog_bar=True, sync_dist=True, batch_size=bs)

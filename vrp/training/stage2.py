@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vrp.evaluation.metrics import PerTypeAccuracy
-from vrp.evaluation.results import check_groups, load_blind_baseline, rows_from_batch, write_results
+from vrp.evaluation.results import check_groups, load_blind_baseline, prediction_rows, rows_from_batch, write_results
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
@@ -70,15 +70,17 @@ class InstructionTuning(L.LightningModule):
         blind_baseline: str | None = None,
         val_accuracy: bool = True,
         val_question_types: list[str] | None = None,
+        max_new_tokens: int = 32,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
-        (default: the logger's folder); `held_out_types` (zero-shot protocol: types, or families of `type_groups`)
-        are marked there, with seen/unseen rows; `type_groups` (e.g. NExT-QA's `{causal: [CW, CH], temporal: [TN, TC,
-        TP], descriptive: [DC, DL, DO]}`) adds a row per family with its codes as sub-rows; `blind_baseline` (a
-        synthetic `meta.json`) adds the blind text-prior column. `val_accuracy` scores
-        validation batches that carry options (per type; `val_question_types` fixes the type list, which multi-GPU
-        runs need for per-type figures, else only the overall accuracy is synced)."""
+        (default: the trainer's default_root_dir, a new folder per `vrp test` run); `held_out_types` (zero-shot
+        protocol: types, or families of `type_groups`) are marked there, with seen/unseen rows; `type_groups` (e.g.
+        NExT-QA's `{causal: [CW, CH], temporal: [TN, TC, TP], descriptive: [DC, DL, DO]}`) adds a row per family with
+        its codes as sub-rows; `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column;
+        `val_accuracy` scores validation batches that carry options (per type; `val_question_types` fixes the type
+        list, which multi-GPU runs need for per-type figures, else only the overall accuracy is synced);
+        `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
         super().__init__()
         check_groups(type_groups)  # a bad mapping fails when the config is read, not after the test epoch
         self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
@@ -96,6 +98,7 @@ class InstructionTuning(L.LightningModule):
                            "trained only in stage 2)")
         self._test_rows: list[dict] = []
         self.val_acc = PerTypeAccuracy(val_question_types)
+        self._test_skipped: list[dict] = []
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens (from cached encoder tokens when the datamodule reads a feature cache)."""
@@ -130,24 +133,40 @@ class InstructionTuning(L.LightningModule):
         self.val_acc.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._test_skipped += batch.get("skipped", [])
+        if not steps.has_samples(batch):
+            return
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
         self._test_rows += rows_from_batch(batch, self.scorer(self.model, batch))
 
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Rows for `vrp predict` (`vrp.evaluation.results.prediction_rows`): the scorer's choice and per-option
+        scores for multiple-choice batches, generated text otherwise; `JsonlPredictions` writes them."""
+        if not steps.has_samples(batch):
+            return prediction_rows(batch, None, [])
+        if "options" in batch:
+            return prediction_rows(batch, self.scorer(self.model, batch))
+        from vrp.evaluation.scorers import GenerateScorer
+
+        return prediction_rows(batch, None, GenerateScorer(self.hparams.max_new_tokens).generate(self.model, batch))
+
     def on_test_epoch_start(self) -> None:
-        self._test_rows = []
+        self._test_rows, self._test_skipped = [], []
 
     def on_test_epoch_end(self) -> None:
-        rows = self._test_rows
+        rows, skipped = self._test_rows, self._test_skipped
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+            torch.distributed.all_gather_object(gathered, (rows, skipped))
+            # DistributedSampler pads ranks to equal length by repeating questions: keep each key once
+            rows = list({r["key"] or i: r for i, r in enumerate(r for part in gathered for r in part[0])}.values())
+            skipped = list({s["key"]: s for part in gathered for s in part[1]}.values())
         if self.trainer.is_global_zero:
-            out = Path(self.hparams.results_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+            out = Path(self.hparams.results_dir or self.trainer.default_root_dir)
             blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
             _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (),
-                                              groups=self.hparams.type_groups, blind=blind)
+                                              groups=self.hparams.type_groups, blind=blind, skipped=skipped)
             for name, acc in table["accuracy"].items():
                 self.log(f"test/acc_{name}", acc, rank_zero_only=True)
             print("\n" + md_path.read_text() + f"(written to {md_path})\n", flush=True)

@@ -45,6 +45,11 @@ def log_skips(module: L.LightningModule) -> None:
             module.log(f"data/skipped_{reason}", float(n), rank_zero_only=True)
 
 
+def has_samples(batch: dict) -> bool:
+    """False for an evaluation batch whose every sample was skipped (it holds only ``keys`` and ``skipped``)."""
+    return "input_ids" in batch
+
+
 def batch_size(batch: dict) -> int:
     for key in ("input_ids", "video", "visual"):
         if key in batch:
