@@ -39,16 +39,21 @@ PRETRAIN_CKPT := runs/embedded/pretrain/checkpoints/last.ckpt
 FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
 EXPORTED := artifacts/embedded/finetune
 
-prepare: $(EMBEDDED)/llm/config.json
+# Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random); both run once.
+VIT_STEPS ?= 600
+prepare: $(EMBEDDED)/vit/stage0.json
 
 $(EMBEDDED)/llm/config.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED)
+
+$(EMBEDDED)/vit/stage0.json: $(EMBEDDED)/llm/config.json
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS)
 
 # The frozen ViT's tokens of every train/val/test video, once (the embedded configs read them instead of decoding).
 CACHE := artifacts/cache/embedded
 cache: $(CACHE)/meta.json
 
-$(CACHE)/meta.json: $(EMBEDDED)/llm/config.json
+$(CACHE)/meta.json: $(EMBEDDED)/vit/stage0.json
 	$(PY) -m vrp cache --config experiments/embedded/finetune.yaml --out $(CACHE)
 
 # Stage 1. `make pretrain` always trains; `make finetune` runs it only when its checkpoint is missing.
@@ -87,10 +92,10 @@ evidence: $(FINETUNE_CKPT)
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
 # stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
 # Narrow them with e.g. ARGS="--only fusion_joint,frames_4 --steps 100".
-ablate: $(EMBEDDED)/llm/config.json
+ablate: $(CACHE)/meta.json
 	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
 
-baselines: $(EMBEDDED)/llm/config.json
+baselines: $(CACHE)/meta.json
 	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 1500 --out runs/baselines $(ARGS)
 
 RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))

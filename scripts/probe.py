@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.training import steps as S
     from vrp.training.optim import adamw_cosine
 
-    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]
+    # the probe decodes and encodes each video itself (its view equals the feature cache's: eval sampling, no crop)
+    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false", "--data.init_args.feature_cache=null"]
     if a.no_init:
         args.append("--model.init_args.init_from=null")
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` only (it warns when both are set)

@@ -23,7 +23,7 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
     prepare(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit={**TINY_VIT, "image_size": 64},
-            llm=TINY_LLM)
+            llm={**TINY_LLM, "max_position_embeddings": 512})  # captions + 40 track tokens
     return root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tiny import TINY_LLM, TINY_VIT
@@ -33,7 +34,11 @@ def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, mon
     real = stage0.training_frames
     monkeypatch.setattr(stage0, "training_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
     out = tmp_path / "emb"
-    embedded.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out)])
+    embedded.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "0"])
+    assert json.loads((out / "vit" / "stage0.json").read_text()) == {"steps": 0}  # random ViT, recorded
+    with pytest.raises(SystemExit, match="--overwrite"):  # never trained on top of a kept random ViT silently
+        embedded.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "4"])
+    (out / "vit" / "stage0.json").unlink()
     before = HFVisionEncoder(str(out / "vit")).backbone.state_dict()
     embedded.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out),
                    "--data", str(tmp_path / "data"), "--vit-steps", "4"])

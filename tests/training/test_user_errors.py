@@ -78,7 +78,7 @@ def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
     with pytest.raises(ModelPathError, match=f"LLM model_name_or_path '{missing}' does not exist"):
         pretrained_source(str(missing), "LLM model_name_or_path")
     with pytest.raises(ModelPathError):
-        pretrained_source("artifacts/embedded/llm", "LLM")  # two slashes: a local path by form
+        pretrained_source("no_such_folder/embedded/llm", "LLM")  # two slashes: a local path by form
     assert pretrained_source("Qwen/Qwen2.5-0.5B", "LLM") == "Qwen/Qwen2.5-0.5B"  # a Hub id: left to the Hub
     with pytest.raises(ModelPathError, match=f"tokenizer '{missing}' does not exist"):
         Collator(str(missing))  # the datamodule's tokenizer path, checked the same way

@@ -63,9 +63,18 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    if a.vit_steps > 0 and (a.overwrite or not (out / "vit" / "stage0.json").is_file()):
-        from vrp.training.stage0 import pretrain_vit
+    report_path = out / "vit" / "stage0.json"
+    if report_path.is_file():
+        done = json.loads(report_path.read_text()).get("steps")
+        if done != a.vit_steps:
+            raise SystemExit(f"vrp prepare: {out / 'vit'} holds a ViT from stage 0 with {done} steps, not "
+                             f"--vit-steps {a.vit_steps}; add --overwrite to rebuild the backbones")
+        return
+    if a.vit_steps == 0:  # the random ViT, recorded so that a later --vit-steps N is not applied on top of it
+        report_path.write_text(json.dumps({"steps": 0}))
+        return
+    from vrp.training.stage0 import pretrain_vit
 
-        report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
-        print(f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
-              f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}")
+    report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
+    print(f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
+          f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}")
