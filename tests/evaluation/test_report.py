@@ -42,9 +42,11 @@ def _tiny_run(tmp_path):
     run.mkdir(parents=True)
     with open(run / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "step", "train/loss", "val/loss"])
+        w.writerow(["epoch", "step", "train/loss", "val/loss", "val/acc", "val/acc_temporal"])
         for s in range(5):
-            w.writerow([0, s, 3.0 - 0.4 * s, "" if s % 2 else 2.9 - 0.3 * s])
+            val = not s % 2
+            w.writerow([0, s, 3.0 - 0.4 * s, 2.9 - 0.3 * s if val else "", 25.0 + 5 * s if val else "",
+                        20.0 + 4 * s if val else ""])
     rows = [{"key": f"k{i}", "type": t, "prediction": i % 2, "answer": 0, "num_options": 4}
             for i, t in enumerate(["descriptive", "temporal", "descriptive", "predictive"])]
     write_results(run, rows)
@@ -83,4 +85,5 @@ def test_curves_come_from_the_training_run_not_a_later_test_run(tmp_path):
     test_csv.parent.mkdir(parents=True)
     test_csv.write_text("epoch,step,test/acc_overall\n0,0,50.0\n")
     curves = read_curves(run)
-    assert sorted(curves) == ["train/loss", "val/loss"] and len(curves["train/loss"][0]) == 5
+    assert sorted(curves) == ["train/loss", "val/acc", "val/acc_temporal", "val/loss"]  # accuracy beside the loss
+    assert len(curves["train/loss"][0]) == 5 and curves["val/acc"] == ([0.0, 2.0, 4.0], [25.0, 35.0, 45.0])

@@ -44,13 +44,14 @@ def find_file(folder: str | Path, name: str, *, training_only: bool = False) -> 
 
 
 def read_curves(folder: str | Path) -> dict[str, tuple[list[float], list[float]]]:
-    """Loss-like columns of the newest ``metrics.csv`` under ``folder``: {column: (steps, values)}."""
+    """Loss and accuracy columns (``*loss*``, ``val/acc*``) of the newest training ``metrics.csv`` under ``folder``:
+    {column: (steps, values)}."""
     path = find_file(folder, "metrics.csv", training_only=True)
     curves: dict[str, tuple[list[float], list[float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             for col, value in row.items():
-                if "loss" in col and value not in ("", None):
+                if ("loss" in col or col.startswith("val/acc")) and value not in ("", None):
                     steps, values = curves.setdefault(col, ([], []))
                     steps.append(float(row.get("step") or len(steps)))
                     values.append(float(value))
@@ -60,10 +61,18 @@ def read_curves(folder: str | Path) -> dict[str, tuple[list[float], list[float]]
 def plot_curves(curves: Mapping[str, Mapping[str, tuple[list[float], list[float]]]], out: Path) -> Path:
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
     for ax, (stage, cols) in zip(axes[0], curves.items()):
+        acc_ax = None
         for col, (steps, values) in sorted(cols.items()):
-            ax.plot(steps, values, label=col, marker="." if len(steps) < 30 else None)
+            is_acc = col.startswith("val/acc")
+            if is_acc and acc_ax is None:  # accuracy (%) on a second axis: the answer loss flattens before it does
+                acc_ax = ax.twinx()
+                acc_ax.set_ylabel("validation accuracy (%)")
+            target = acc_ax if is_acc else ax
+            target.plot(steps, values, label=col, linestyle="--" if is_acc else "-",
+                        marker="." if len(steps) < 30 else None)
         ax.set(title=stage, xlabel="step", ylabel="loss")
-        ax.legend(fontsize=7)
+        handles = [h for a in (ax, acc_ax) if a is not None for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles=handles, fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
