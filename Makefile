@@ -43,11 +43,10 @@ EXPORTED := artifacts/embedded/finetune
 VIT_STEPS ?= 600
 prepare: $(EMBEDDED)/vit/stage0.json
 
-$(EMBEDDED)/llm/config.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED)
-
-$(EMBEDDED)/vit/stage0.json: $(EMBEDDED)/llm/config.json
+$(EMBEDDED)/vit/stage0.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS)
+
+$(EMBEDDED)/llm/config.json: $(EMBEDDED)/vit/stage0.json
 
 # The frozen ViT's tokens of every train/val/test video, once (the embedded configs read them instead of decoding).
 CACHE := artifacts/cache/embedded

@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--data", default="data/synthetic", help="synthetic root whose train split stage 0 reads")
-    p.add_argument("--vit-steps", type=int, default=0, help="stage-0 ViT pretraining steps (0: keep it random)")
+    p.add_argument("--vit-steps", type=int, default=None,
+                   help="stage-0 ViT pretraining steps (0: keep it random, recorded; default: leave stage 0 alone)")
     a = p.parse_args(argv)
     out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
     report_path = out / "vit" / "stage0.json"
+    if a.vit_steps is None:
+        return
     if report_path.is_file():
         done = json.loads(report_path.read_text()).get("steps")
         if done != a.vit_steps:
