@@ -14,7 +14,8 @@ yet (training length or capacity); train far above test means overfitting.
 
 Not a replacement for `vrp fit`: one deterministic view per clip (no sampling jitter), no checkpoints, no validation,
 one process. `--no-init` skips the stage-1 initialisation; `--blind` zeroes the visual features and drops the boxes
-(text-only control).
+(text-only control, for fusions that run without boxes; with track fusion use the blind baseline's overlay,
+`--config experiments/baselines/blind.yaml`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     cli = VRPCLI(args=args, run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model
+    if a.blind and getattr(model.fusion, "needs_boxes", False):
+        raise SystemExit(f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
+                         "--config experiments/baselines/blind.yaml instead")
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     vision = model.vision.eval()
