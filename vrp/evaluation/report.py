@@ -126,7 +126,8 @@ def plot_clip(frames: torch.Tensor, attention: torch.Tensor | None, title: str, 
 
 
 def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_frames: int = 8) -> list[str]:
-    """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention."""
+    """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention
+    (boxes from a ``boxes.json`` beside the CSV, when there is one)."""
     from data_modules.datasets import ClipLoader
     from data_modules.collate import Collator
     from data_modules.skips import SkipCounter
@@ -136,7 +137,9 @@ def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_fr
     from vrp.evaluation.attention import cross_attention_maps
     from vrp.evaluation.scorers import LikelihoodScorer
 
-    source = MultipleChoice(mc_csv, template="<video>\n{question}", target="text")
+    boxes = Path(mc_csv).parent / "boxes.json"  # the split's per-frame boxes, for models that read object tracks
+    source = MultipleChoice(mc_csv, template="<video>\n{question}", target="text",
+                            boxes=str(boxes) if boxes.is_file() else None)
     records = source.load(SkipCounter(1.0))[:n]
     vision = model.vision
     loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
