@@ -107,3 +107,13 @@ def test_nextqa_zero_shot_overlay_holds_out_the_causal_family():
     dm = _instantiate_data(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml",
                            EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml")
     assert dm.train_source.held_out == ["CH", "CW"]
+
+
+@pytest.mark.parametrize("stage", STAGES[:2], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_embedded_checkpoints_are_replaced_not_versioned(stage):
+    """`make finetune` tests and exports `last.ckpt`: a re-run must overwrite it, not write `last-v1.ckpt` beside it."""
+    import yaml
+
+    callbacks = yaml.safe_load(stage.read_text())["trainer"]["callbacks"]
+    ckpts = [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert ckpts and all(c["init_args"].get("enable_version_counter") is False for c in ckpts)
