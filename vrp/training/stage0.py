@@ -57,7 +57,8 @@ def training_frames(data_root: str | Path, image_size: int, frames_per_video: in
     images, colour, shape = [], [], []
     for key in keys:
         clip = read_video(root / "videos" / f"{key}.mp4", frames_per_video, sampling="uniform")
-        raw = table.table[key][(clip.timestamps * clip.fps).round().long().clamp(0, table.table[key].shape[0] - 1)]
+        boxes, present = table.lookup(key, clip.timestamps, clip.fps)  # the sampled frames' rows (T, K, 4), (T, K)
+        raw = boxes.masked_fill(~present[..., None], float("nan"))  # absent objects label no patch
         video, _, _ = transform(clip.frames, None, None)  # (T, 3, S, S)
         for t in range(video.shape[0]):
             if not clip.frame_mask[t]:
