@@ -73,8 +73,10 @@ $(FINETUNE_CKPT):
 
 # Generalisation check: scenes from a seed training never saw (random unless FRESH_SEED is given), scored by the
 # fine-tuned model and printed per type beside the test split, with 95% intervals and chance.
+ifeq ($(filter evidence,$(MAKECMDGOALS)),evidence)  # drawn once, and only for `make evidence`
 ifndef FRESH_SEED
 FRESH_SEED := $(shell $(PYTHON) -c "import random; print(random.randrange(1000, 1000000))")
+endif
 endif
 FRESH_VIDEOS ?= 300
 FRESH := data/fresh-$(FRESH_SEED)
