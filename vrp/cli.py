@@ -25,6 +25,7 @@ from vrp.models.paths import ModelPathError
 from vrp.training import runs
 from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
 from vrp.training.checkpoint import CheckpointError, check_finite, read_checkpoint, remove_stale_temp_files
+from vrp.training.strategies import close_process_group
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
 # `error: ...` with exit status 2 instead of a traceback.
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         cli(argv)
+        close_process_group()
     except Exception as e:  # noqa: BLE001 -- only user errors are caught; anything else is re-raised unchanged
         cause = user_error(e)
         if cause is None:

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from tiny import ToyData, build_backbones  # noqa: E402
 from vrp.training.callbacks import StepLossLog  # noqa: E402
+from vrp.training.strategies import close_process_group  # noqa: E402
 
 
 def build(root: Path, fusion: str):
@@ -73,6 +74,7 @@ def main() -> None:
     state = {n: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().clone() for n, v in state.items()}
     if trainer.is_global_zero:
         torch.save(state, a.out)
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -91,3 +91,11 @@ def hparams_ignore_model() -> list[str]:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return [] if _given_hyperparameters.get() is not None else ["model"]
+
+
+def close_process_group() -> None:
+    """Destroy the default process group, if any, once a run has finished. Left to interpreter exit, gloo's worker
+    threads are destroyed while still joinable and the process aborts ("terminate called without an active
+    exception", exit 134) on some runs -- after the work is done, but the run reports failure."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
