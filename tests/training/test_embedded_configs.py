@@ -38,17 +38,30 @@ def _overrides(root: Path, config: Path) -> list[str]:
             f"--trainer.default_root_dir={root / 'runs' / config.stem}"]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
         args += ["--model.init_args.init_from=null", "--model.init_args.results_dir=null",
+                 f"--model.init_args.blind_baseline={data / 'meta.json'}",
                  "--data.init_args.val=" + json.dumps({"class_path": "data_modules.sources.MultipleChoice", "init_args": {
                      "path": str(data / "train" / "mc.csv"), "template": "<video>\n{question}", "target": "text",
                      "boxes": str(data / "train" / "boxes.json")}})]
     return args
 
 
+def _checkout_runs() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the checkout's runs/embedded."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "runs" / "embedded").rglob("*")
+            if p.is_file()}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_fast_dev_run_of_each_embedded_config(tiny_synthetic, config):
+def test_fast_dev_run_of_each_embedded_config(tiny_synthetic, config, monkeypatch):
+    cwd = tiny_synthetic / "cwd" / config.stem
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)  # the configs' relative run folders (checkpoints, loggers) land here, not in the checkout
+    before = _checkout_runs()
     run = cli(["fit", "--config", str(config), *_overrides(tiny_synthetic, config)])
     metrics = run.trainer.callback_metrics
     assert run.trainer.global_step == 1
+    assert (cwd / "runs" / "embedded").is_dir()
+    assert _checkout_runs() == before, "the test wrote into the checkout's runs/ (it replaced a user's last.ckpt)"
     if "InstructionTuning" in config.read_text():
         assert "val/loss" in metrics and "val/acc" in metrics
         assert any(k.startswith("val/acc_") for k in metrics)  # per question type
