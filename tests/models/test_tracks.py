@@ -91,3 +91,43 @@ def test_switches_and_errors():
     boxes5 = torch.rand(2, 5, 2, 2) * 0.4
     boxes5 = torch.cat([boxes5, boxes5 + 0.2], dim=-1)
     assert fusion(visual5, None, boxes=boxes5).shape == (2, 15, 16)
+
+
+def test_pair_features_by_hand():
+    from vrp.models.tracks import pair_features
+
+    boxes = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.4, 0.1, 0.6, 0.3]],  # frame 0: 0.1 apart in x
+                          [[0.2, 0.1, 0.4, 0.3], [0.3, 0.1, 0.5, 0.3]]])[None]  # frame 1: overlapping by 0.1
+    f = pair_features(boxes, num_frames=2)  # (1, 4, 4, 7), tokens (t0 k0, t0 k1, t1 k0, t1 k1)
+    assert f.shape == (1, 4, 4, 7)
+    torch.testing.assert_close(f[0, 0, 1], torch.tensor([0.3, 0.0, 0.3, 0.1, 0.0, 0.0, 1.0]))
+    torch.testing.assert_close(f[0, 2, 3], torch.tensor([0.1, 0.0, 0.1, -0.1, 0.0, 0.0, 1.0]))
+    torch.testing.assert_close(f[0, 0, 2], torch.tensor([0.1, 0.0, 0.1, -0.1, 1.0, 1.0, 0.0]))  # same object, next frame
+    torch.testing.assert_close(f[0, 2, 0, 4], torch.tensor(-1.0))
+
+
+def test_relation_bias_trains_and_keeps_padding_out():
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(relation_bias=True)
+    mask[1, :, 1] = False  # sample 1 has one object
+    out = fusion(visual, torch.ones(2, 3, dtype=torch.bool), boxes=boxes, box_mask=mask)
+    assert out.shape == (2, 9, 16) and torch.isfinite(out).all()
+    out.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.relation.parameters())
+    junk = boxes.clone()
+    junk[1, :, 1] = torch.tensor([0.0, 0.0, 0.9, 0.9])  # an absent box's coordinates must not matter
+    again = fusion(visual, torch.ones(2, 3, dtype=torch.bool), boxes=junk, box_mask=mask)
+    torch.testing.assert_close(again, out)
+
+
+@pytest.mark.parametrize("relation_bias", [False, True])
+def test_inference_matches_training_mode(relation_bias):
+    """torch's inference fast path returned NaN for a float attention bias: eval + no_grad must equal train mode."""
+    visual, boxes, mask = _inputs()
+    mask[1, :, 1] = False
+    fusion = _fusion(relation_bias=relation_bias, num_layers=2)
+    train = fusion(visual, None, boxes=boxes, box_mask=mask)
+    fusion.eval()
+    with torch.no_grad():
+        infer = fusion(visual, None, boxes=boxes, box_mask=mask)
+    torch.testing.assert_close(infer, train)

@@ -10,6 +10,12 @@ and shape words; no pixels), or nothing
 token at frame t can read every other object at every frame: collisions, causes and what follows are relations
 between tracks, which a per-frame Q-Former has to compress away before it sees time.
 
+With ``relation_bias=True`` every attention logit between two tokens also gets a learned per-head bias computed
+from the pair's boxes (centre offset, distance, the gap between the boxes, time offset, same object / same frame):
+"which object is touching me now" becomes one attention hop instead of a comparison the layers must learn to compute
+from absolute coordinates (the relative-position bias of T5 / Swin, over boxes; the pairwise relations of
+interaction networks).
+
 Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
 """
 
@@ -18,12 +24,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
 BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next frame
+PAIR_FEATURES = 7  # centre offset (2), distance, box gap, time offset, same object, same frame
 
 
 def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -37,6 +45,43 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     nxt = torch.cat([step, zero], dim=1)  # motion out of frame t
     feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per frame: rescale
     return feats * mask[..., None]
+
+
+def pair_features(boxes: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B, T, K, 4) xyxy (absent boxes zeroed) -> (B, T*K, T*K, 7) features of every frame-major token pair (p, q):
+    q's centre minus p's (x, y), their distance, the gap between the boxes (< 0: overlapping), (t_q - t_p) / T,
+    same object, same frame."""
+    B, T, K, _ = boxes.shape
+    flat = boxes.reshape(B, T * K, 4)
+    centre, half = (flat[..., :2] + flat[..., 2:]) / 2, (flat[..., 2:] - flat[..., :2]) / 2  # (B, L, 2)
+    offset = centre[:, None] - centre[:, :, None]  # (B, L, L, 2): q - p
+    gap = (offset.abs() - half[:, None] - half[:, :, None]).amax(-1, keepdim=True)  # (B, L, L, 1)
+    t = torch.arange(T, device=boxes.device).repeat_interleave(K)  # (L,)
+    k = torch.arange(K, device=boxes.device).repeat(T)
+    dt = ((t[None] - t[:, None]).to(boxes.dtype) / max(num_frames - 1, 1))[None, :, :, None].expand(B, -1, -1, 1)
+    same_obj = (k[None] == k[:, None]).to(boxes.dtype)[None, :, :, None].expand(B, -1, -1, 1)
+    same_frame = (t[None] == t[:, None]).to(boxes.dtype)[None, :, :, None].expand(B, -1, -1, 1)
+    return torch.cat([offset, offset.norm(dim=-1, keepdim=True), gap, dt, same_obj, same_frame], dim=-1)
+
+
+class BiasedBlock(nn.Module):
+    """Pre-norm transformer block whose attention logits take an additive per-head bias (B, heads, L, L).
+    (nn.TransformerEncoder accepts such a bias as a float ``mask``, but its inference fast path returns NaN for it.)"""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        self.qkv, self.out = nn.Linear(hidden_size, 3 * hidden_size), nn.Linear(hidden_size, hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, intermediate_size), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(intermediate_size, hidden_size))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        x = x + F.dropout(self.out(a.transpose(1, 2).reshape(B, L, H)), self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
 
 
 class TrackFusion(nn.Module):
@@ -55,12 +100,13 @@ class TrackFusion(nn.Module):
                  appearance: Appearance = "roi", max_objects: int = 5, num_frames: int = 8, hidden_size: int = 128,
                  num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 256, roi_size: int = 2,
                  num_attributes: int = 10, identity_embed: bool = True, time_embed: bool = True, motion: bool = True,
-                 dropout: float = 0.0):
+                 relation_bias: bool = False, dropout: float = 0.0):
         super().__init__()
         if appearance not in ("roi", "oracle", "none"):
             raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
         self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
         self.appearance, self.max_objects, self.motion = appearance, max_objects, motion
+        self.num_frames, self.num_heads = num_frames, num_heads
         self.hidden_size = self.output_dim = hidden_size
         self.num_output_tokens = max_objects * num_frames
         if appearance == "roi":
@@ -72,9 +118,16 @@ class TrackFusion(nn.Module):
                                        nn.Linear(hidden_size, hidden_size))
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
-        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        if relation_bias:
+            self.relation = nn.Sequential(nn.Linear(PAIR_FEATURES, hidden_size // 4), nn.GELU(),
+                                          nn.Linear(hidden_size // 4, num_heads))
+            self.blocks = nn.ModuleList(BiasedBlock(hidden_size, num_heads, intermediate_size, dropout)
+                                        for _ in range(num_layers))
+        else:
+            self.relation = None
+            layer = nn.TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, dropout=dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
 
     def tokens(self, visual: torch.Tensor, frame_mask: torch.Tensor | None, boxes: torch.Tensor | None,
@@ -112,11 +165,12 @@ class TrackFusion(nn.Module):
         if pad:
             x = torch.cat([x, x.new_zeros(B, T, pad, x.shape[-1])], dim=2)
             mask = torch.cat([mask, mask.new_zeros(B, T, pad)], dim=2)
+            boxes = torch.cat([boxes, boxes.new_zeros(B, T, pad, 4)], dim=2)
         if self.identity is not None:
             x = x + self.identity[None, None]
         if self.time is not None:
             x = x + interpolate_embeddings(self.time, T)[None, :, None]
-        return x, mask
+        return x, mask, boxes
 
     def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
                 boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
@@ -125,9 +179,17 @@ class TrackFusion(nn.Module):
         """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
         if text_ids is not None:
             raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
-        x, mask = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H), (B, T, K)
+        x, mask, boxes = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H), (B, T, K)
         B, T, K, H = x.shape
         flat, keep = x.reshape(B, T * K, H), mask.reshape(B, T * K)
         keep = keep | ~keep.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
-        out = self.norm(self.encoder(flat, src_key_padding_mask=~keep))  # (B, T*K, H)
+        if self.relation is None:
+            out = self.encoder(flat, src_key_padding_mask=~keep)  # (B, T*K, H)
+        else:  # the pair bias, and -inf on padded keys
+            bias = self.relation(pair_features(boxes, self.num_frames)).permute(0, 3, 1, 2)  # (B, heads, L, L)
+            bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
+            out = flat
+            for block in self.blocks:
+                out = block(out, bias)
+        out = self.norm(out)
         return out * mask.reshape(B, T * K, 1)
