@@ -32,15 +32,13 @@ from data_modules.collate import Collator
 from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
 from data_modules.skips import SkipCounter
-from data_modules.sources import (CaptionManifest, LlavaInstructions, Mixture, MultipleChoice, VideoChat2Instructions,
-                                  WebDatasetSource)
+from data_modules.sources import CaptionManifest, LlavaInstructions, MapSource, MultipleChoice, WebDatasetSource
 from data_modules.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 
 log = logging.getLogger(__name__)
 
 Sampling = Literal["uniform", "segment", "fps"]
 SYNTHETIC_MC_TEMPLATE = "<video>\n{question}"
-MapSource = CaptionManifest | LlavaInstructions | VideoChat2Instructions | MultipleChoice | Mixture
 
 
 class _ClipDataModule(L.LightningDataModule):

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     cli = VRPCLI(args=args, run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model
-    if a.blind and getattr(model.fusion, "needs_boxes", False):
+    if a.blind and model.fusion.needs_boxes:
         raise SystemExit(f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
                          "--config experiments/baselines/blind.yaml instead")
     torch.manual_seed(a.seed)

@@ -68,7 +68,7 @@ def test_overlay_parses(pair):
 
 
 def test_zero_shot_overlay_builds_its_sources():
-    """A list of `class_path` sources inside a YAML must arrive as source objects, not dicts."""
+    """A `class_path` source inside a YAML must arrive as a source object, not a dict."""
     import lightning as L
     from jsonargparse import ArgumentParser, Namespace
 
@@ -80,8 +80,8 @@ def test_zero_shot_overlay_builds_its_sources():
     parser.add_argument("--data", type=L.LightningDataModule)
     train = parser.instantiate_classes(Namespace(data=cfg.data)).data.train_source
     assert isinstance(train, HoldOutTypes) and train.held_out == ["counterfactual", "predictive"]
-    assert train.sources and all(isinstance(s, LlavaInstructions) for s in train.sources)
-    assert all(s.boxes for s in train.sources), "the default model reads object boxes: the held-out source needs them"
+    assert isinstance(train.source, LlavaInstructions)
+    assert train.source.boxes, "the default model reads object boxes: the held-out source needs them"
 
 
 def _instantiate_data(*configs: Path):

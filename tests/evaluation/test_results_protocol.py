@@ -48,10 +48,10 @@ class _Source:
 
 
 def test_hold_out_types():
-    kept = HoldOutTypes([_Source()], held_out=["a"]).load(SkipCounter(0.5))
+    kept = HoldOutTypes(_Source(), held_out=["a"]).load(SkipCounter(0.5))
     assert sorted(r.question_type for r in kept) == ["b", "c"]
     with pytest.raises(ValueError, match="no record has a held-out type"):
-        HoldOutTypes([_Source()], held_out=["zzz"]).load(SkipCounter(0.5))
+        HoldOutTypes(_Source(), held_out=["zzz"]).load(SkipCounter(0.5))
 
 
 def test_baseline_fusions():
@@ -109,7 +109,7 @@ def test_a_held_out_family_holds_out_its_codes():
         def load(self, skips):
             return [Record(r["key"], "v.mp4", [("q", "a")], question_type=r["type"]) for r in NEXTQA_ROWS]
 
-    kept = HoldOutTypes([_NextQA()], held_out=["causal", "TC"], type_groups=NEXTQA_GROUPS).load(SkipCounter(0.5))
+    kept = HoldOutTypes(_NextQA(), held_out=["causal", "TC"], type_groups=NEXTQA_GROUPS).load(SkipCounter(0.5))
     assert sorted(r.question_type for r in kept) == ["DC", "DO", "TN", "XX"]
 
 

@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
                 raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
         model = loader(args.checkpoint).eval()
         batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames, boxes=args.boxes)
-        if args.boxes is None and getattr(getattr(model, "fusion", None), "needs_boxes", False):
+        if args.boxes is None and model.fusion.needs_boxes:
             raise AskError(f"this model ({type(model.fusion).__name__}) reads object tracks: give per-frame boxes "
                            "with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)")
-        if args.boxes is None and getattr(getattr(model, "fusion", None), "objects", None) is not None:
+        if args.boxes is None and model.fusion.reads_boxes:
             print("note: this model has object tokens but no --boxes were given; they come from slot attention",
                   file=sys.stderr)
         try:

@@ -268,6 +268,7 @@ class QFormerFusion(nn.Module):
         self.temporal, self.grid, self.num_prefix_tokens = temporal, tuple(grid), num_prefix_tokens
         self.hidden_size = self.output_dim = hidden_size
         self.supports_text = vocab_size > 0
+        self.needs_boxes, self.reads_boxes = False, objects  # object tokens: RoIAlign of boxes, else slot attention
         self.visual_norm = nn.LayerNorm(vision_width) if visual_norm else nn.Identity()
         self.objects = (ObjectTokens(vision_width, grid, num_prefix_tokens, num_slots=num_slots, slot_iters=slot_iters,
                                      roi_size=roi_size, num_frames=num_frames) if objects else None)
@@ -318,8 +319,10 @@ class QFormerFusion(nn.Module):
 
     def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
                 boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
-                text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """visual (B, T, N, D), frame_mask (B, T) -> (B, Q, output_dim); text (B, L) joins the queries if given."""
+                box_attributes: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual (B, T, N, D), frame_mask (B, T) -> (B, Q, output_dim); text (B, L) joins the queries if given
+        (``box_attributes``, read only by the state oracle, is ignored)."""
         if text_ids is not None and not self.supports_text:
             raise ValueError("text_ids given to a fusion built without text; set vocab_size > 0 or pass no text")
         memory, keep = self.memory(visual, frame_mask, boxes, box_mask)

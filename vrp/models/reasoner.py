@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vrp.models.contracts import Fusion, VisionEncoder
 from vrp.models.llm import CausalLM
 
 IGNORE_INDEX = -100
@@ -32,17 +33,21 @@ class VideoReasoner(nn.Module):
                  vision_mode: Mode = "frozen", fusion_mode: Mode = "full", projection_mode: Mode = "full",
                  llm_mode: Literal["frozen", "lora", "full"] = "frozen", use_qformer_text: bool = False):
         super().__init__()
+        if not isinstance(vision, VisionEncoder):
+            raise TypeError(f"{type(vision).__name__} is not a vision encoder (vrp.models.contracts.VisionEncoder)")
         self.vision = vision
         self.fusion = fusion(vision.width, tuple(vision.grid), vision.num_prefix_tokens)
+        if not isinstance(self.fusion, Fusion):
+            raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm
         self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
-        if use_qformer_text and not getattr(self.fusion, "supports_text", False):
+        if use_qformer_text and not self.fusion.supports_text:
             raise ValueError(f"use_qformer_text=True but {type(self.fusion).__name__} does not read text")
         self.use_qformer_text = use_qformer_text
         self.modes = {"vision": vision_mode, "fusion": fusion_mode, "projection": projection_mode, "llm": llm_mode}
 
         if vision_mode == "full":
-            vision.unfreeze() if hasattr(vision, "unfreeze") else vision.requires_grad_(True)
+            vision.unfreeze()
         elif vision_mode != "frozen":
             raise ValueError(f"vision_mode must be 'frozen' or 'full', got {vision_mode!r}")
         for name, module, mode in (("fusion", self.fusion, fusion_mode), ("projection", self.projection,
@@ -80,15 +85,14 @@ class VideoReasoner(nn.Module):
             return value.to(device) if isinstance(value, torch.Tensor) else None
 
         visual = self.visual_tokens(batch)  # (B, T, N, D)
-        text = {}
+        text_ids = text_mask = None
         if self.use_qformer_text if with_text is None else with_text:
             if batch.get("qformer_input_ids") is None:
                 raise KeyError("the fusion reads the instruction (use_qformer_text) but the batch has no "
                                "'qformer_input_ids'; enable it in the datamodule")
-            text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
-        oracle = {"box_attributes": get("box_attributes")} if batch.get("box_attributes") is not None else {}
-        return self.fusion(visual, get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text,
-                           **oracle)  # (B, Q, Dq)
+            text_ids, text_mask = get("qformer_input_ids"), get("qformer_attention_mask")
+        return self.fusion(visual, get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"),
+                           box_attributes=get("box_attributes"), text_ids=text_ids, text_mask=text_mask)  # (B, Q, Dq)
 
     def visual_tokens(self, batch: Mapping) -> torch.Tensor:
         """Vision-encoder tokens (B, T, N, D): ``batch["visual"]`` when cached, else the encoder on ``batch["video"]``

@@ -49,7 +49,7 @@ class TrackFusion(nn.Module):
     """
 
     supports_text = False
-    needs_boxes = True  # no tracks, no tokens: there is no fallback for missing boxes
+    needs_boxes = reads_boxes = True  # no tracks, no tokens: there is no fallback for missing boxes
 
     def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
                  appearance: Appearance = "roi", max_objects: int = 5, num_frames: int = 8, hidden_size: int = 128,

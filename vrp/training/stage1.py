@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vrp.models.contracts import TextFusion
 from vrp.training import checkpoint, steps
 from vrp.training.losses import contrastive_loss, matching_loss, sample_hard_negatives
 from vrp.training.optim import adamw_cosine_from_hparams
@@ -61,7 +62,7 @@ class AlignmentPretraining(L.LightningModule):
         if min(itc_weight, itm_weight, lm_weight) < 0 or itc_weight + itm_weight + lm_weight == 0:
             raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")
         fusion = model.fusion
-        if (itc_weight > 0 or itm_weight > 0) and not getattr(fusion, "supports_text", False):
+        if (itc_weight > 0 or itm_weight > 0) and not (isinstance(fusion, TextFusion) and fusion.supports_text):
             raise ValueError(
                 f"itc_weight/itm_weight > 0 need a fusion with a text encoder (a Q-Former); "
                 f"{type(fusion).__name__} has supports_text=False: set itc_weight: 0 and itm_weight: 0"

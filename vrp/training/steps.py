@@ -4,11 +4,26 @@ cache check) from the vision encoder to the datamodule. Video -> tokens is the m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from torch import nn
+
+from data_modules.features import FeatureStore
+
+
+@runtime_checkable
+class ClipDataModule(Protocol):
+    """What the stage modules ask of a datamodule that decodes clips (both of `data_modules.datamodules`); another
+    datamodule is used as it is."""
+
+    def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
+                             std: tuple[float, float, float]) -> None: ...
+
+    def features(self) -> FeatureStore | None: ...
+
+    def skip_counts(self) -> dict[str, int]: ...
 
 
 def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -20,13 +35,12 @@ def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.
 def configure_datamodule(module: L.LightningModule) -> None:
     """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that a
     feature cache it reads was built with this vision encoder."""
-    dm = getattr(module.trainer, "datamodule", None)  # called from setup(), when the trainer is attached
-    if dm is None:
+    dm = module.trainer.datamodule  # called from setup(), when the trainer is attached
+    if not isinstance(dm, ClipDataModule):
         return
     vision = module.model.vision
-    if hasattr(dm, "configure_preprocess"):
-        dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    store = dm.features() if hasattr(dm, "features") else None
+    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    store = dm.features()
     if store is not None:
         from vrp.training.cache import vision_meta
 
@@ -38,8 +52,8 @@ def configure_datamodule(module: L.LightningModule) -> None:
 
 def log_skips(module: L.LightningModule) -> None:
     """Log the datamodule's bad-sample counters (if it exposes `skip_counts()`) as `data/skipped_<reason>`."""
-    dm = getattr(module.trainer, "datamodule", None)
-    counts: Any = dm.skip_counts() if dm is not None and hasattr(dm, "skip_counts") else None
+    dm = module.trainer.datamodule
+    counts = dm.skip_counts() if isinstance(dm, ClipDataModule) else None
     if counts:
         for reason, n in counts.items():
             module.log(f"data/skipped_{reason}", float(n), rank_zero_only=True)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vrp.models.contracts import TextFusion
+
 
 def blocks(module: nn.Module) -> list[nn.Module]:
     """Transformer blocks of `module`: children of every `nn.ModuleList` whose children share one type and hold
@@ -46,8 +48,10 @@ class BlockWrapPolicy:
         return True if recurse else id(module) in self._ids
 
 
-# methods other than forward that the training/eval code calls on sharded components
-_FSDP_METHODS = {"fusion": ("encode_text", "forward_with_text"), "llm": ("embed", "generate")}
+def _fsdp_methods(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Methods other than forward that the training/eval code calls on sharded components."""
+    text = ("encode_text", "forward_with_text") if isinstance(model.fusion, TextFusion) else ()
+    return {"fusion": text, "llm": ("embed", "generate")}
 
 
 def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forward: bool = True) -> None:
@@ -78,9 +82,8 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
         for block in blocks(component):
             fully_shard(block, **kwargs)
         fully_shard(component, **kwargs)
-        for method in _FSDP_METHODS.get(name, ()):
-            if hasattr(component, method):
-                register_fsdp_forward_method(component, method)
+        for method in _fsdp_methods(model).get(name, ()):
+            register_fsdp_forward_method(component, method)
     for m in extra:
         fully_shard(m, **kwargs)
 
