@@ -87,7 +87,7 @@ evidence: $(FINETUNE_CKPT)
 	  --data.init_args.test.init_args.path=$(FRESH)/train/mc.csv --data.init_args.test.init_args.target=text \
 	  --data.init_args.test.init_args.template="<video>"$$'\n'"{question}" \
 	  --data.init_args.test.init_args.boxes=$(FRESH)/train/boxes.json \
-	  --model.init_args.results_dir=runs/evidence/fresh-$(FRESH_SEED) --model.init_args.blind_baseline=null $(ARGS)
+	  --results.dir=runs/evidence/fresh-$(FRESH_SEED) --results.blind_baseline=null $(ARGS)
 	$(PY) scripts/evidence.py --results test=runs/embedded/finetune --results fresh-$(FRESH_SEED)=runs/evidence/fresh-$(FRESH_SEED)
 
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,

@@ -62,10 +62,10 @@ def run(name: str, overlay: Path | None, out: Path, steps: int, pretrain_steps: 
     if not stage2_only(overlay):
         stage1 = fit(PRETRAIN, overlay, run_dir / "pretrain", pretrain_steps, extra)
         init = [f"--model.init_args.init_from={stage1}"]
-    stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--model.init_args.results_dir={run_dir}")
+    stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--results.dir={run_dir}")
     configs = ["--config", str(FINETUNE)] + (["--config", str(overlay)] if overlay else [])
     subprocess.run([sys.executable, "-m", "vrp", "test", *configs, *QUIET, *init,
-                    f"--trainer.default_root_dir={run_dir}", f"--model.init_args.results_dir={run_dir}",
+                    f"--trainer.default_root_dir={run_dir}", f"--results.dir={run_dir}",
                     "--ckpt_path", str(stage2)], cwd=ROOT, check=True)
     result = json.loads((run_dir / "test_results.json").read_text())
     overall, n = result["accuracy"]["overall"], result["counts"]["overall"]

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     from vrp.cli import VRPCLI
-    from vrp.evaluation.results import accuracy_table, rows_from_batch
+    from vrp.evaluation.results import accuracy_table
+    from vrp.scoring.rows import rows_from_batch
     from vrp.training import steps as S
     from vrp.training.optim import adamw_cosine
 

@@ -99,7 +99,7 @@ def test_scale_nextqa_points_at_the_released_layout():
     path = test.video_path.format(video="0020/4882821564")
     assert str(Path(test.video_root) / path) == "/data/nextqa/NExTVideo/0020/4882821564.mp4"
     assert test.video_map == "/data/nextqa/map_vid_vidorID.json"
-    assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").model.init_args.type_groups[
+    assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").results.type_groups[
         "causal"] == ["CW", "CH"]
 
 

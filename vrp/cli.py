@@ -8,7 +8,7 @@
 
 Every component (model, vision encoder, fusion, LLM, datamodule, strategy, loggers) is a `class_path` in YAML.
 The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`. validate / test /
-predict write into a new folder of their own (`vrp.training.runs`); user errors end in one `error: ...` line.
+predict write into a new folder of their own (`vrp.runs`); user errors end in one `error: ...` line.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from vrp.evaluation.callbacks import TestResults
 from vrp.models.paths import ModelPathError
-from vrp.training import runs
+from vrp import runs
 from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
-from vrp.training.checkpoint import CheckpointError, check_finite, read_checkpoint, remove_stale_temp_files
+from vrp.models.io import CheckpointError, check_finite, read_checkpoint
+from vrp.training.checkpoint import remove_stale_temp_files
 from vrp.training.strategies import close_process_group
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
@@ -72,13 +74,14 @@ class VRPArgumentParser(LightningArgumentParser):
 
 class VRPCLI(LightningCLI):
     """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, the
-    non-finite guard, run folders that never overlap (`vrp.training.runs`), and the user's model config winning over
+    non-finite guard, run folders that never overlap (`vrp.runs`), and the user's model config winning over
     a checkpoint's."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
         parser.add_lightning_class_args(JsonlPredictions, "predictions")  # vrp predict: --predictions.path=FILE
+        parser.add_lightning_class_args(TestResults, "results")  # vrp test: --results.dir=DIR, --results.blind_baseline=
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

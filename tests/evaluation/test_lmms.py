@@ -37,8 +37,9 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
                     "enable_progress_bar": False, "default_root_dir": str(run),
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True}}]},
+        "results": {"dir": str(run)},
         "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
-            "lr": 1e-3, "warmup_steps": 1, "results_dir": str(run),
+            "lr": 1e-3, "warmup_steps": 1,
             "model": {"class_path": "vrp.models.VideoReasoner", "init_args": {
                 "vision": {"class_path": "vrp.models.HFVisionEncoder",
                            "init_args": {"model_name_or_path": str(root / "vit")}},
@@ -113,7 +114,7 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
 
     from vrp.evaluation.ask import answer, make_batch
     from vrp.evaluation.lmms import VRP, cut_at
-    from vrp.training.export import load_exported
+    from vrp.models.io import load_exported
 
     tmp, _ = trained
     video = str(sorted((tmp / "synthetic" / "test" / "videos").glob("*.mp4"))[0])

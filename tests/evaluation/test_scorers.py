@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data_modules.collate import encode_turns
-from vrp.evaluation.scorers import (
+from vrp.scoring.scorers import (
     GenerateScorer, LetterScorer, LikelihoodScorer, continuation_logprobs, encode_candidates, parse_choice,
     prompt_only,
 )

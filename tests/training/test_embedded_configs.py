@@ -37,7 +37,7 @@ def _overrides(root: Path, config: Path) -> list[str]:
             "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
             f"--trainer.default_root_dir={root / 'runs' / config.stem}"]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
-        args += ["--model.init_args.init_from=null", "--model.init_args.results_dir=null",
+        args += ["--model.init_args.init_from=null", "--results.dir=null",
                  "--data.init_args.val=" + json.dumps({"class_path": "data_modules.sources.MultipleChoice", "init_args": {
                      "path": str(data / "train" / "mc.csv"), "template": "<video>\n{question}", "target": "text",
                      "boxes": str(data / "train" / "boxes.json")}})]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from tiny import ToyData
-from vrp.training.export import build_model, export, load_exported
+from vrp.models.io import build_model, load_exported
+from vrp.training.export import export
 
 
 def _config(root) -> dict:

@@ -14,7 +14,7 @@ from tiny import write_config
 from vrp.cli import main
 from vrp.models.paths import ModelPathError, pretrained_source
 from vrp.training import export
-from vrp.training.checkpoint import CheckpointError, load_weights, read_checkpoint
+from vrp.models.io import CheckpointError, load_weights, read_checkpoint
 
 
 class NotAllowed:

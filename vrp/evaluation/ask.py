@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.io import export_info, load_exported
 from vrp.models.llm import SequenceTooLong
 
 DEFAULT_CHECKPOINT = "artifacts/embedded/finetune"
@@ -29,18 +30,12 @@ class AskError(Exception):
 
 
 def load_model(checkpoint: str) -> nn.Module:
-    """A `VideoReasoner` from an exported model folder (`vrp export`, see `vrp.training.export`)."""
+    """A `VideoReasoner` from an exported model folder (`vrp export`; read by `vrp.models.io.load_exported`)."""
     path = Path(checkpoint)
     if not path.exists():
         raise AskError(f"checkpoint {checkpoint} does not exist; train with `make finetune` and export it "
                        "with `vrp export`, or pass --checkpoint DIR")
     try:
-        from vrp.training.export import load_exported
-    except ImportError as e:
-        raise AskError(f"cannot load checkpoints: vrp.training.export is unavailable ({e})") from e
-    try:
-        from vrp.training.export import export_info
-
         if export_info(path).get("stage") == 1:
             print(f"warning: {checkpoint} was exported from a stage-1 (video-text alignment) checkpoint; it was never "
                   "instruction-tuned, so its answers mean little: export a stage-2 checkpoint (make finetune)",
@@ -92,7 +87,7 @@ def make_batch(model: nn.Module, video: str, question: str, options: list[str] |
 
 def answer(model: nn.Module, batch: dict, *, max_new_tokens: int = 32) -> tuple[str, list[float] | None]:
     """The model's answer and, for multiple choice, the per-option scores (mean log-prob per answer token)."""
-    from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer
+    from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 
     if batch.get("options"):
         out = LikelihoodScorer()(model, batch)

@@ -33,8 +33,8 @@ from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
 from data_modules.video import frames_clip, image_clip
 from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
-from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer
-from vrp.training.export import load_exported
+from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
+from vrp.models.io import load_exported
 
 
 def manifest():

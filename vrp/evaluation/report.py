@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vrp.evaluation.results import comparison_table, load_blind_baseline  # noqa: E402
-from vrp.training.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
+from vrp.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
 
 
 def find_file(folder: str | Path, name: str, *, training_only: bool = False) -> Path:
     """``folder/name``, else the newest ``name`` below it; ``training_only`` leaves out the folders of evaluation
-    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.training.runs`), whose logs hold no training curves."""
+    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.runs`), whose logs hold no training curves."""
     folder = Path(folder)
     if (folder / name).is_file():
         return folder / name
@@ -135,7 +135,7 @@ def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_fr
     from data_modules.transforms import VideoTransform
     from data_modules.video import read_video
     from vrp.evaluation.attention import cross_attention_maps
-    from vrp.evaluation.scorers import LikelihoodScorer
+    from vrp.scoring.scorers import LikelihoodScorer
 
     boxes = Path(mc_csv).parent / "boxes.json"  # the split's per-frame boxes, for models that read object tracks
     source = MultipleChoice(mc_csv, template="<video>\n{question}", target="text",

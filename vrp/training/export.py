@@ -20,21 +20,8 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import save_file
-from torch import nn
 
-from vrp.training.checkpoint import CheckpointError, check_finite, load_weights, read_checkpoint
-
-
-def build_model(config: dict) -> nn.Module:
-    """Instantiate a `VideoReasoner` from its class_path/init_args dict (as LightningCLI saved it)."""
-    from jsonargparse import ArgumentParser
-
-    from vrp.models import VideoReasoner
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=VideoReasoner)
-    cfg = parser.parse_object({"model": config})
-    return parser.instantiate_classes(cfg).model
+from vrp.models.io import CheckpointError, build_model, check_finite, read_checkpoint
 
 
 def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
@@ -81,23 +68,6 @@ def training_stage(class_path: str | None) -> int | None:
     except (ImportError, AttributeError):
         return None
     return 1 if issubclass(cls, AlignmentPretraining) else 2 if issubclass(cls, InstructionTuning) else None
-
-
-def export_info(folder: str | Path) -> dict:
-    """What `export` recorded about the checkpoint behind `folder` (``export.json``); {} for older exports."""
-    path = Path(folder) / "export.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_exported(folder: str | Path) -> nn.Module:
-    """The VideoReasoner of an exported folder, in eval mode."""
-    folder = Path(folder)
-    for name in ("model.yaml", "trainable.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing; is {folder} a folder written by `vrp export`?")
-    model = build_model(yaml.safe_load((folder / "model.yaml").read_text()))
-    model.load_trainable(load_weights(folder / "trainable.safetensors"), strict=True)
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -226,7 +226,7 @@ def parse_choice(text: str, options: Sequence[str]) -> int:
     Accepted, in order: a leading letter ("B", "(B)", "B. ...", "Answer: B"), the exact option text (normalised),
     then the option sharing the most words with the answer (ties and no overlap give -1).
     """
-    from vrp.evaluation.metrics import normalize_answer
+    from vrp.scoring.metrics import normalize_answer
 
     valid = [i for i, o in enumerate(options) if str(o).strip()]
     stripped = re.sub(r"^\s*(answer|option)\s*[:\-]?\s*", "", text.strip(), flags=re.IGNORECASE)
