@@ -23,14 +23,15 @@ from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.protocol import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
 from vrp.models.contracts import Fusion, TextFusion, VisionEncoder
-from vrp.models.qformer import QFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
-TINY_QFORMER = dict(num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                    video_num_query_tokens=2, video_num_layers=1, num_frames=T, init_std=0.1)
+TINY_QFORMER = dict(num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T,
+                    init_std=0.1)
+TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
 TINY_TRACKS = dict(max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
                    num_attributes=4)
 FUSIONS = {
@@ -38,15 +39,15 @@ FUSIONS = {
     "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
     "MLPConnector": partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2), hidden_dim=8, output_dim=8),
     "PerceiverResampler": partial(PerceiverResampler, num_latents=3, depth=1, num_heads=2, output_dim=8),
-    "QFormerFusion-per_frame": partial(QFormerFusion, temporal="per_frame", **TINY_QFORMER),
-    "QFormerFusion-joint-text-objects": partial(QFormerFusion, temporal="joint", vocab_size=20, objects=True,
-                                                **TINY_QFORMER),
+    "FrameQFormerFusion": partial(FrameQFormerFusion, **TINY_QFORMER, **TINY_VIDEO_QFORMER),
+    "JointQFormerFusion-text-objects": partial(JointQFormerFusion, vocab_size=20, objects=True, **TINY_QFORMER),
     "TrackFusion-roi": partial(TrackFusion, **TINY_TRACKS),
     "TrackFusion-oracle": partial(TrackFusion, appearance="oracle", **TINY_TRACKS),
     "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
     "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
     "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
-    "MiddleFrame-QFormer": partial(MiddleFrame, fusion=partial(QFormerFusion, vocab_size=20, **TINY_QFORMER)),
+    "MiddleFrame-QFormer": partial(MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER,
+                                                               **TINY_VIDEO_QFORMER)),
 }
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -108,7 +109,7 @@ def test_fusion_contract(name):
     assert out.shape == (2, fusion.num_output_tokens, fusion.output_dim) and torch.isfinite(out).all()
     if not fusion.needs_boxes:  # boxes are optional: the same shape without them
         assert fusion(visual, frame_mask).shape == out.shape
-    if name.startswith("QFormerFusion"):
+    if "QFormerFusion" in name and not name.startswith("MiddleFrame"):
         assert isinstance(fusion, TextFusion)  # a text encoder for stage 1, whether or not the queries read text
     if isinstance(fusion, TextFusion) and fusion.supports_text:
         text_features = fusion.encode_text(text["text_ids"], text["text_mask"])

@@ -28,7 +28,7 @@ TINY_LLM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "
 
 def _config(root: Path, synthetic: Path, run: Path) -> dict:
     """The embedded stage-2 recipe (Q-Former fusion, full LLM) at toy size, two steps."""
-    fusion = {"temporal": "per_frame", "num_query_tokens": 4, "video_num_query_tokens": 4, "hidden_size": 32,
+    fusion = {"num_query_tokens": 4, "video_num_query_tokens": 4, "hidden_size": 32,
               "num_layers": 1, "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64,
               "cross_attention_freq": 1, "num_frames": 4, "vocab_size": 1024, "max_text_len": 64, "init_std": 0.1}
     return {
@@ -43,7 +43,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
             "model": {"class_path": "vrp.models.VideoReasoner", "init_args": {
                 "vision": {"class_path": "vrp.models.HFVisionEncoder",
                            "init_args": {"model_name_or_path": str(root / "vit")}},
-                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": fusion},
+                "fusion": {"class_path": "vrp.models.FrameQFormerFusion", "init_args": fusion},
                 "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
                 "vision_mode": "frozen", "llm_mode": "full", "use_qformer_text": False}}}},
         "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {

@@ -11,16 +11,16 @@ from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models.qformer import QFormerFusion
+from vrp.models import FrameQFormerFusion, JointQFormerFusion
 
 
 class Model(nn.Module):
     def __init__(self, vision, temporal, objects):
         super().__init__()
         self.vision = vision
-        self.fusion = QFormerFusion(vision.width, vision.grid, vision.num_prefix_tokens, temporal=temporal,
-                                    num_query_tokens=3, hidden_size=16, num_layers=2, num_heads=2,
-                                    intermediate_size=32, num_frames=3, objects=objects, num_slots=2)
+        cls = FrameQFormerFusion if temporal == "per_frame" else JointQFormerFusion
+        self.fusion = cls(vision.width, vision.grid, vision.num_prefix_tokens, num_query_tokens=3, hidden_size=16,
+                          num_layers=2, num_heads=2, intermediate_size=32, num_frames=3, objects=objects, num_slots=2)
 
     def encode_video(self, video, frame_mask, **unused):
         return self.fusion(self.vision(video), frame_mask)

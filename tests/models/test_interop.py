@@ -19,7 +19,8 @@ from vrp.models.interop import (
     load_blip2_qformer,
     qformer_from_blip2,
 )
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=50,
             max_position_embeddings=16, cross_attention_frequency=2, encoder_hidden_size=24)
@@ -139,8 +140,8 @@ def test_blip2_checkpoint_folder_roundtrip(tmp_path):
 
 def test_blip2_loads_into_per_frame_fusion(tmp_path):
     model, path = _tiny_blip2(tmp_path)
-    fusion = QFormerFusion(24, (2, 2), 1, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4,
-                           intermediate_size=64, video_num_query_tokens=4, video_num_layers=1).eval()
+    fusion = FrameQFormerFusion(24, (2, 2), 1, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4,
+                                intermediate_size=64, video_num_query_tokens=4, video_num_layers=1).eval()
     loaded = load_blip2_fusion(fusion, path)
     assert "vision_model.post_layernorm.weight" in loaded
     torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
@@ -150,6 +151,27 @@ def test_blip2_loads_into_per_frame_fusion(tmp_path):
                                    intermediate_size=64, vocab_size=50), path)
     with pytest.raises(KeyError, match="num_layers=2"):
         load_blip2_qformer(_ours(text=False), path)
+
+
+@pytest.mark.parametrize("cls", [FrameQFormerFusion, JointQFormerFusion])
+def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
+    """`init_from_pretrained: <folder>` (as a YAML gives it) loads the BLIP-2 Q-Former into the Q-Former that reads
+    the vision tokens, and BLIP-2's ln_vision into visual_norm."""
+    model, path = _tiny_blip2(tmp_path)
+    sizes = dict(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    extra = dict(video_num_query_tokens=4, video_num_layers=1) if cls is FrameQFormerFusion else {}
+    fusion = cls(24, (2, 2), 1, **sizes, **extra, init_from_pretrained=str(path)).eval()
+    assert fusion.vision_qformer is (fusion.frame_qformer if cls is FrameQFormerFusion else fusion.qformer)
+    torch.testing.assert_close(fusion.vision_qformer.query_tokens, model.query_tokens)
+    torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
+    memory = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
+        torch.testing.assert_close(fusion.vision_qformer(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
+    fresh = cls(24, (2, 2), 1, **sizes, **extra)
+    assert not torch.equal(fresh.vision_qformer.query_tokens, fusion.vision_qformer.query_tokens)
+    with pytest.raises(KeyError, match="num_layers=2"):  # sizes that are not the checkpoint's fail by name
+        cls(24, (2, 2), 1, **{**sizes, "num_layers": 1}, **extra, init_from_pretrained=str(path))
 
 
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):

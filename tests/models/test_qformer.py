@@ -1,20 +1,24 @@
-"""QFormerFusion: shapes for every option, gradients, frame-count changes, padding frames, text joined or not."""
+"""The Q-Former fusions (FrameQFormerFusion = temporal "per_frame", JointQFormerFusion = "joint"): shapes for every
+option, gradients, frame-count changes, padding frames, text joined or not."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
 
 
-def fusion(**kw) -> QFormerFusion:
+def fusion(temporal: str = "per_frame", **kw) -> FrameQFormerFusion | JointQFormerFusion:
     torch.manual_seed(0)
     args = dict(num_query_tokens=4, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_frames=T,
-                video_num_query_tokens=3, video_num_layers=1, num_slots=2, slot_iters=2)
-    return QFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
+                num_slots=2, slot_iters=2)
+    if temporal == "per_frame":
+        return FrameQFormerFusion(D, GRID, PREFIX, **(args | dict(video_num_query_tokens=3, video_num_layers=1) | kw)).eval()
+    return JointQFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -123,14 +127,12 @@ def test_bad_inputs_are_clear_errors():
         f(visual[:, :, :-1], mask)
     with pytest.raises(ValueError, match="no real frame"):
         f(visual, torch.zeros_like(mask))
-    with pytest.raises(ValueError, match="temporal"):
-        fusion(temporal="sideways")
 
 
 def test_factory_call_matches_reasoner_contract():
     from functools import partial
 
-    make = partial(QFormerFusion, num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+    make = partial(FrameQFormerFusion, num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
                    video_num_query_tokens=2, video_num_layers=1)
     f = make(D, GRID, PREFIX)
     assert (f.output_dim, f.num_output_tokens, f.hidden_size, f.supports_text) == (16, 2, 16, False)
@@ -232,9 +234,10 @@ def test_small_random_fusion_tells_videos_apart(temporal):
     """The embedded default's tiny Q-Former (init_std 0.1) must give different videos different outputs at init;
     with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning never started."""
     torch.manual_seed(0)
-    fusion = QFormerFusion(192, (8, 8), 1, temporal=temporal, num_query_tokens=8, video_num_query_tokens=16,
-                           hidden_size=128, num_layers=2, video_num_layers=1, num_heads=4, intermediate_size=256,
-                           cross_attention_freq=1, num_frames=8, init_std=0.1)
+    sizes = dict(num_query_tokens=8, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                 cross_attention_freq=1, num_frames=8, init_std=0.1)
+    fusion = (FrameQFormerFusion(192, (8, 8), 1, video_num_query_tokens=16, video_num_layers=1, **sizes)
+              if temporal == "per_frame" else JointQFormerFusion(192, (8, 8), 1, **sizes))
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(visual, torch.ones(4, 8, dtype=torch.bool))

@@ -37,7 +37,7 @@ def config(tmp_path_factory) -> Path:
             "class_path": "vrp.models.VideoReasoner", "init_args": {
                 "vision": {"class_path": "vrp.models.HFVisionEncoder",
                            "init_args": {"model_name_or_path": str(root / "backbones" / "vit")}},
-                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": {
+                "fusion": {"class_path": "vrp.models.FrameQFormerFusion", "init_args": {
                     "num_query_tokens": 2, "video_num_query_tokens": 4, "hidden_size": 32, "num_layers": 1,
                     "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64, "num_frames": 2,
                     "objects": True}},

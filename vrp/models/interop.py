@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -133,13 +133,13 @@ def load_blip2_qformer(qformer: QFormer, source: str | os.PathLike | StateDict, 
     return loaded
 
 
-def load_blip2_fusion(fusion: QFormerFusion, source: str | os.PathLike | StateDict, *,
+def load_blip2_fusion(fusion: nn.Module, source: str | os.PathLike | StateDict, *,
                       projection: nn.Linear | None = None, strict: bool = True) -> list[str]:
-    """Load BLIP-2 / InstructBLIP weights into a fusion: the frame Q-Former (per_frame) or the Q-Former (joint), plus
-    the vision `post_layernorm` into `fusion.visual_norm` (BLIP-2's ln_vision) when both exist."""
+    """Load BLIP-2 / InstructBLIP weights into a Q-Former fusion (`vrp.models.qformer_fusion`): its
+    ``vision_qformer`` (the frame Q-Former of `FrameQFormerFusion`, the Q-Former of `JointQFormerFusion`), plus the
+    vision `post_layernorm` into ``fusion.visual_norm`` (BLIP-2's ln_vision) when both exist."""
     sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
-    target = fusion.frame_qformer if fusion.temporal == "per_frame" else fusion.qformer
-    loaded = load_blip2_qformer(target, sd, projection=projection, strict=strict)
+    loaded = load_blip2_qformer(fusion.vision_qformer, sd, projection=projection, strict=strict)
     if isinstance(fusion.visual_norm, nn.LayerNorm) and "vision_model.post_layernorm.weight" in sd:
         fusion.visual_norm.load_state_dict({"weight": sd["vision_model.post_layernorm.weight"],
                                             "bias": sd["vision_model.post_layernorm.bias"]})
