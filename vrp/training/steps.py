@@ -13,16 +13,21 @@ from torch import nn
 from data_modules.features import FeatureStore
 
 
+# What the stage modules ask of a datamodule, one capability each (both of `data_modules.datamodules` have all
+# three; a datamodule without one is used as it is).
 @runtime_checkable
-class ClipDataModule(Protocol):
-    """What the stage modules ask of a datamodule that decodes clips (both of `data_modules.datamodules`); another
-    datamodule is used as it is."""
-
+class TakesPreprocess(Protocol):
     def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
                              std: tuple[float, float, float]) -> None: ...
 
+
+@runtime_checkable
+class ReadsFeatures(Protocol):
     def features(self) -> FeatureStore | None: ...
 
+
+@runtime_checkable
+class CountsSkips(Protocol):
     def skip_counts(self) -> dict[str, int]: ...
 
 
@@ -36,11 +41,10 @@ def configure_datamodule(module: L.LightningModule) -> None:
     """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that a
     feature cache it reads was built with this vision encoder."""
     dm = module.trainer.datamodule  # called from setup(), when the trainer is attached
-    if not isinstance(dm, ClipDataModule):
-        return
     vision = module.model.vision
-    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    store = dm.features()
+    if isinstance(dm, TakesPreprocess):
+        dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    store = dm.features() if isinstance(dm, ReadsFeatures) else None
     if store is not None:
         from vrp.training.cache import vision_meta
 
@@ -53,7 +57,7 @@ def configure_datamodule(module: L.LightningModule) -> None:
 def log_skips(module: L.LightningModule) -> None:
     """Log the datamodule's bad-sample counters (if it exposes `skip_counts()`) as `data/skipped_<reason>`."""
     dm = module.trainer.datamodule
-    counts = dm.skip_counts() if isinstance(dm, ClipDataModule) else None
+    counts = dm.skip_counts() if isinstance(dm, CountsSkips) else None
     if counts:
         for reason, n in counts.items():
             module.log(f"data/skipped_{reason}", float(n), rank_zero_only=True)
