@@ -53,3 +53,21 @@ def test_fast_dev_run_of_each_embedded_config(tiny_synthetic, config):
         assert "val/loss" in metrics and "val/acc" in metrics
         assert any(k.startswith("val/acc_") for k in metrics)  # per question type
         assert 0.0 <= float(metrics["val/acc"]) <= 100.0
+
+
+def test_vrp_test_of_the_embedded_finetune_config_prints_and_writes_the_table(tiny_synthetic, capsys):
+    """`vrp test --config experiments/embedded/finetune.yaml`: the per-type table (with the config's blind column)
+    is printed and written to `<root>/test/version_N/test_results.{json,md}` by the results callback."""
+    config = ROOT / "experiments" / "embedded" / "finetune.yaml"
+    args = [a for a in _overrides(tiny_synthetic, config) if a != "--trainer.fast_dev_run=true"]
+    args += [a.replace("--data.init_args.val=", "--data.init_args.test=") for a in args
+             if a.startswith("--data.init_args.val=")]  # train's questions, as for validation above
+    meta = tiny_synthetic / "blind_meta.json"  # a 30-video set fits no text prior: give the column one
+    meta.write_text(json.dumps({"baselines": {"test": {"descriptive": {"best_text_prior": 0.25}}}}))
+    cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2", f"--results.blind_baseline={meta}"])
+    folder = tiny_synthetic / "runs" / "finetune" / "test" / "version_0"
+    table = json.loads((folder / "test_results.json").read_text())
+    assert table["counts"]["overall"] == len(table["rows"]) > 0
+    out = capsys.readouterr().out
+    assert "| question type | n | accuracy (%) | chance (%) | blind (%) |" in out
+    assert (folder / "test_results.md").read_text() in out

@@ -70,13 +70,19 @@ class _Toy(Dataset):
         return item
 
 
-def _collate(items: list[dict]) -> dict:
+def _collate(items: list[dict], boxes: bool = False) -> dict:
     ids = torch.stack([x["input_ids"] for x in items])
     batch = {"video": torch.stack([x["video"] for x in items]), "input_ids": ids,
              "attention_mask": torch.ones_like(ids), "labels": torch.stack([x["labels"] for x in items]),
              "keys": [x["key"] for x in items], "qformer_input_ids": ids[:, 2:], "qformer_attention_mask":
              torch.ones_like(ids[:, 2:])}
     batch["frame_mask"] = torch.ones(batch["video"].shape[:2], dtype=torch.bool)
+    if boxes:  # two objects per frame, one of them absent in the last frame
+        B, T = batch["frame_mask"].shape
+        corner = torch.linspace(0.0, 0.4, B * T * 2).view(B, T, 2, 1).expand(B, T, 2, 2)
+        batch["boxes"] = torch.cat([corner, corner + 0.5], dim=-1)
+        batch["box_mask"] = torch.ones(B, T, 2, dtype=torch.bool)
+        batch["box_mask"][:, -1, 1] = False
     if "answer_index" in items[0]:
         batch["answer_index"] = torch.tensor([x["answer_index"] for x in items])
         batch["options"] = [list(ANSWERS) for _ in items]
@@ -89,7 +95,7 @@ class ToyData(L.LightningDataModule):
     """Map-style toy data; `shuffle=True` draws a seeded permutation per epoch."""
 
     def __init__(self, tokenizer: str, num_samples: int = 32, num_frames: int = 2, batch_size: int = 4,
-                 shuffle: bool = False, seed: int = 0, nan_samples: tuple[int, ...] = ()) -> None:
+                 shuffle: bool = False, seed: int = 0, nan_samples: tuple[int, ...] = (), boxes: bool = False) -> None:
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -97,6 +103,7 @@ class ToyData(L.LightningDataModule):
         self.num_samples, self.num_frames, self.batch_size, self.shuffle, self.seed = (
             num_samples, num_frames, batch_size, shuffle, seed)
         self.nan_samples = tuple(nan_samples)
+        self.boxes = boxes
         self.image_size = 32
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
@@ -107,9 +114,12 @@ class ToyData(L.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:  # rank r reads samples r, r + W, ...
             sampler = DistributedSampler(ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle,
                                          seed=self.seed)
-            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=_collate)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate,
+            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate,
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    def _collate(self, items: list[dict]) -> dict:
+        return _collate(items, self.boxes)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.seed, False, self.shuffle, self.nan_samples)
