@@ -33,7 +33,8 @@ from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
 from data_modules.skips import SkipCounter
 from data_modules.sources import CaptionManifest, LlavaInstructions, MapSource, MultipleChoice, WebDatasetSource
-from data_modules.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
+from data_modules.transforms import VideoTransform
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
 

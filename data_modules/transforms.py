@@ -9,8 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
 
 class VideoTransform:

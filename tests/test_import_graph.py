@@ -1,6 +1,6 @@
 """The layering between the packages, read from every import statement (module level or inside a function):
 
-    data_modules  ->  vrp.models (paths only: where a tokenizer or model comes from)
+    data_modules  ->  vrp.models.paths (where a tokenizer comes from), vrp.models.constants (the shared constants)
     vrp.models    ->  nothing of the others (plain torch)
     vrp.scoring   ->  vrp.models, data_modules
     vrp.training  ->  vrp.models, vrp.scoring, data_modules       (never vrp.evaluation)
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["data_modules", "vrp.models", "vrp.scoring", "vrp.training", "vrp.evaluation"]
 ALLOWED = {
-    "data_modules": {"vrp.models.paths"},
+    "data_modules": {"vrp.models.paths", "vrp.models.constants"},
     "vrp.models": set(),
     "vrp.scoring": {"vrp.models", "data_modules"},
     "vrp.training": {"vrp.models", "vrp.scoring", "data_modules"},
@@ -53,7 +53,8 @@ def _graph() -> dict[str, set[str]]:
             for module, _ in _imports(path):
                 target = _package_of(module)
                 if target and target != package:
-                    graph[package].add("vrp.models.paths" if module.startswith("vrp.models.paths") else target)
+                    shared = next((m for m in ("vrp.models.paths", "vrp.models.constants") if module.startswith(m)), None)
+                    graph[package].add(shared if package == "data_modules" and shared else target)
     return graph
 
 

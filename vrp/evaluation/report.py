@@ -132,6 +132,7 @@ def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_fr
     from data_modules.collate import Collator
     from data_modules.skips import SkipCounter
     from data_modules.sources import MultipleChoice
+    from data_modules.sources.record import strip_placeholder
     from data_modules.transforms import VideoTransform
     from data_modules.video import read_video
     from vrp.evaluation.attention import cross_attention_maps
@@ -154,7 +155,7 @@ def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_fr
         except ValueError:
             attention = None
         frames = read_video(rec.video, num_frames, sampling="uniform").frames
-        png = plot_clip(frames, attention, rec.turns[0][0].replace("<video>", "").strip(), out / f"clip_{i}.png")
+        png = plot_clip(frames, attention, strip_placeholder(rec.turns[0][0]), out / f"clip_{i}.png")
         options = "; ".join(f"**{o}**" if j == rec.answer_index else o for j, o in enumerate(rec.options))
         mark = "correct" if pred == rec.answer_index else "wrong"
         blocks.append(f"### {rec.key} ({rec.question_type})\n\n{rec.turns[0][0].replace('<video>', '').strip()}  \n"

@@ -1,7 +1,8 @@
 """Model components (plain torch): vision encoders, fusion connectors, the LLM wrapper and the reasoner."""
 
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
-from vrp.models.llm import VIDEO_TOKEN, CausalLM, tiny_llama_config
+from vrp.models.constants import VIDEO_TOKEN
+from vrp.models.llm import CausalLM, tiny_llama_config
 from vrp.models.qformer import QFormer
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.reasoner import VideoReasoner

@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vrp.models.constants import VIDEO_TOKEN
 from vrp.models.paths import pretrained_source
 from vrp.models.vision import resolve_dtype
-
-VIDEO_TOKEN = "<video>"
 
 
 class SequenceTooLong(ValueError):

@@ -13,10 +13,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vrp.models.constants import IGNORE_INDEX
 from vrp.models.contracts import Fusion, VisionEncoder
 from vrp.models.llm import CausalLM
 
-IGNORE_INDEX = -100
 Mode = Literal["frozen", "full"]
 
 

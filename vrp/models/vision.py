@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 from vrp.models.paths import pretrained_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from data_modules.collate import encode_turns
+from vrp.models.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 LETTERS = string.ascii_uppercase
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from vrp.models.constants import VIDEO_TOKEN
+
 VIT = {"model_type": "vit", "image_size": 128, "patch_size": 16, "hidden_size": 192, "num_hidden_layers": 4,
        "num_attention_heads": 3, "intermediate_size": 768}
 LLM = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
@@ -41,8 +43,8 @@ def prepare(tokenizer: str, out: str | Path, *, seed: int = 0, vit: dict | None 
     (out / "vit" / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": (vit or VIT)["image_size"]}))
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    if "<video>" not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    if VIDEO_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
            "eos_token_id": tok.eos_token_id}
     torch.manual_seed(seed + 1)
