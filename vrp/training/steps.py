@@ -10,11 +10,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from data_modules.collate import Collator
 from data_modules.features import FeatureStore
+from vrp.models.constants import VIDEO_TOKEN
 
 
 # What the stage modules ask of a datamodule, one capability each (both of `data_modules.datamodules` have all
-# three; a datamodule without one is used as it is).
+# four; a datamodule without one is used as it is).
 @runtime_checkable
 class TakesPreprocess(Protocol):
     def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
@@ -31,6 +33,11 @@ class CountsSkips(Protocol):
     def skip_counts(self) -> dict[str, int]: ...
 
 
+@runtime_checkable
+class Collates(Protocol):
+    def collator(self) -> Collator: ...
+
+
 def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
     """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder."""
     embeds, mask, labels = model.build_inputs(video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -38,9 +45,11 @@ def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.
 
 
 def configure_datamodule(module: L.LightningModule) -> None:
-    """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that a
-    feature cache it reads was built with this vision encoder."""
+    """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that its
+    collator's video placeholder is the LLM's and that a feature cache it reads was built with this vision encoder."""
     dm = module.trainer.datamodule  # called from setup(), when the trainer is attached
+    if isinstance(dm, Collates):
+        check_video_token(dm.collator(), module.model.llm)
     vision = module.model.vision
     if isinstance(dm, TakesPreprocess):
         dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
@@ -52,6 +61,15 @@ def configure_datamodule(module: L.LightningModule) -> None:
         if ours and theirs and ours != theirs:
             raise ValueError(f"feature cache {store.root} was built with vision {theirs}, but the model uses {ours}; "
                              "rebuild it with `vrp cache`")
+
+
+def check_video_token(collator: Collator, llm: nn.Module) -> None:
+    """The collator's tokenizer and the LLM's must give the video placeholder the same id, else the reasoner finds no
+    placeholder (or the wrong token) in the batch and the visual tokens never reach the LLM."""
+    if collator.video_token_id != llm.video_token_id:
+        raise ValueError(f"the data's tokenizer gives {VIDEO_TOKEN} the id {collator.video_token_id}, the LLM's "
+                         f"tokenizer {llm.video_token_id}: give the datamodule the LLM's tokenizer (data.init_args."
+                         "tokenizer), or save the LLM with the data's tokenizer")
 
 
 def log_skips(module: L.LightningModule) -> None:
