@@ -30,16 +30,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def block_stacks(module: nn.Module) -> list[nn.ModuleList | nn.Sequential]:
+    """The one transformer-block finder: every ModuleList/Sequential of ``module`` whose children share one type and
+    hold parameters (ViT blocks, Q-Former layers, LLM decoder layers), in module order, nested ones included.
+    `transformer_blocks` takes the longest (blocks to unfreeze); `vrp.training.strategies.blocks` the outermost
+    ones' children (FSDP units)."""
+    return [m for m in module.modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 0
+            and len({type(c) for c in m}) == 1 and any(True for _ in m.parameters())]
+
+
 def transformer_blocks(module: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The longest ModuleList/Sequential of identically typed children: the transformer's block stack."""
-    best: nn.Module | None = None
-    for m in module.modules():
-        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 0:
-            if len({type(c) for c in m}) == 1 and (best is None or len(m) > len(best)):
-                best = m
-    if best is None:
+    """The longest block stack (`block_stacks`): the transformer's blocks."""
+    stacks = block_stacks(module)
+    if not stacks:
         raise ValueError(f"found no transformer block list in {type(module).__name__}; cannot unfreeze blocks")
-    return best
+    return max(stacks, key=len)
 
 
 class _FrozenBackbone(nn.Module):

@@ -16,20 +16,18 @@ import torch
 from torch import nn
 
 from vrp.models.contracts import TextFusion
+from vrp.models.vision import block_stacks
 
 
 def blocks(module: nn.Module) -> list[nn.Module]:
-    """Transformer blocks of `module`: children of every `nn.ModuleList` whose children share one type and hold
-    parameters (decoder layers, ViT blocks, Q-Former layers), outermost lists only."""
+    """Transformer blocks of `module` (the FSDP units): the children of its outermost block stacks
+    (`vrp.models.vision.block_stacks`)."""
     found: list[nn.Module] = []
     inside: set[int] = set()
-    for m in module.modules():
-        if id(m) in inside:
-            continue
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
-            if any(True for _ in m.parameters()):
-                found.extend(m)
-                inside.update(id(x) for c in m for x in c.modules())
+    for stack in block_stacks(module):
+        if id(stack) not in inside:
+            found.extend(stack)
+            inside.update(id(x) for x in stack.modules())
     return found
 
 
