@@ -123,7 +123,7 @@ class _ClipDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _clip_loader(self, train: bool) -> ClipLoader:
+    def clip_loader(self, train: bool) -> ClipLoader:
         transform = VideoTransform(self.image_size, self.mean, self.std, train=train, scale=self.crop_scale,
                                    hflip=self.hflip)
         sampling = self.train_sampling if train else self.eval_sampling
@@ -149,10 +149,10 @@ class _ClipDataModule(L.LightningDataModule):
         common = dict(batch_size=self.batch_size if train else self.eval_batch_size, num_workers=self.num_workers,
                       collate_fn=self.collator(), persistent_workers=False)
         if isinstance(source, WebDatasetSource):
-            ds = StreamingDataset(source, self._clip_loader(train), self.skips, shuffle=train,
+            ds = StreamingDataset(source, self.clip_loader(train), self.skips, shuffle=train,
                                   shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world)
             return StatefulDataLoader(ds, **common)
-        ds = MapDataset(records, self._clip_loader(train), self.skips, replace_bad=train)
+        ds = MapDataset(records, self.clip_loader(train), self.skips, replace_bad=train)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)

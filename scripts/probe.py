@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if not train or not test:
         raise SystemExit(f"no questions left after --types {a.types!r} --templates {a.templates!r}")
     t0 = time.time()
-    loader = dm._clip_loader(train=False)
+    loader = dm.clip_loader(train=False)
     feats = _videos(train + test, loader, vision)
     print(f"{len(train)} train / {len(test)} test questions; {len(feats)} videos encoded in {time.time() - t0:.0f} s",
           flush=True)

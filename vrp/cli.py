@@ -18,6 +18,7 @@ import sys
 from typing import NoReturn
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -100,6 +101,19 @@ class VRPCLI(LightningCLI):
         if sub in runs.OWN_FOLDER_SUBCOMMANDS:
             folder = runs.redirect_to_own_folder(self.config[sub]["trainer"], sub)
             rank_zero_info(f"vrp {sub}: logs and results go to {folder}")
+
+    def instantiate_classes(self) -> None:
+        """Build the classes, then record the reasoner's config (class_path / init_args, as the config files and
+        command line gave it) in the stage module's hyper-parameters, which checkpoints carry: `vrp export` and
+        `--ckpt_path` rebuild the frozen backbones by name from it. The module itself saves no nn.Module
+        (``save_hyperparameters(ignore=["model"])``), so a module built in Python has no model config, as before."""
+        super().instantiate_classes()
+        dump = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml"))
+        sub = self.config.get("subcommand")
+        dump = dump[sub] if sub else dump
+        reasoner = ((dump.get("model") or {}).get("init_args") or {}).get("model")
+        if reasoner is not None:
+            self.model.hparams["model"] = reasoner
 
     def _keep_given_model(self, sub: str) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's saved hyper-parameters;

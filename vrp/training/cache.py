@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if "test" in splits:
         dm.setup("test")
     store = FeatureStore(a.out, create=True)
-    loader = dm._clip_loader(train=False)
+    loader = dm.clip_loader(train=False)
     start = time.time()
     for split in splits:
         if split not in dm.records:

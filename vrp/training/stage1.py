@@ -22,7 +22,7 @@ from vrp.models.contracts import TextFusion
 from vrp.training import checkpoint, steps
 from vrp.training.losses import contrastive_loss, matching_loss, sample_hard_negatives
 from vrp.training.optim import adamw_cosine_from_hparams
-from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
+from vrp.training.strategies import configure_fsdp2
 
 
 class AlignmentHeads(nn.Module):
@@ -57,7 +57,7 @@ class AlignmentPretraining(L.LightningModule):
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=hparams_ignore_model())
+        self.save_hyperparameters(ignore=["model"])  # its config: the CLI records it (vrp.cli.VRPCLI)
         self.model = model
         if min(itc_weight, itm_weight, lm_weight) < 0 or itc_weight + itm_weight + lm_weight == 0:
             raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")

@@ -23,7 +23,7 @@ from vrp.scoring.rows import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
 from vrp.training import checkpoint, steps
 from vrp.training.optim import adamw_cosine_from_hparams
-from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
+from vrp.training.strategies import configure_fsdp2
 
 
 def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
@@ -76,7 +76,7 @@ class InstructionTuning(L.LightningModule):
         list, which multi-GPU runs need for per-type figures, else only the overall accuracy is synced);
         `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
         super().__init__()
-        self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
+        self.save_hyperparameters(ignore=["model", "scorer"])  # the model's config: the CLI records it (vrp.cli)
         self.model = model
         self.scorer = LikelihoodScorer() if scorer is None else scorer
         self.strict_loading = False

@@ -60,7 +60,7 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
     gradient all-reduce of its own). Mixed precision follows the trainer's `precision` ("bf16-mixed" -> bf16
     params/fp32 reduce is done by `MixedPrecisionPolicy` here, since ModelParallelStrategy leaves it to the user).
     """
-    mesh = getattr(module, "_device_mesh", None)
+    mesh = module.device_mesh
     if mesh is None:
         return
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
@@ -84,14 +84,6 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
             register_fsdp_forward_method(component, method)
     for m in extra:
         fully_shard(m, **kwargs)
-
-
-def hparams_ignore_model() -> list[str]:
-    """`save_hyperparameters(ignore=...)`: keep the model's class_path config when LightningCLI built the module
-    (needed for export and to rebuild frozen backbones by name), drop the live nn.Module otherwise."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return [] if _given_hyperparameters.get() is not None else ["model"]
 
 
 def close_process_group() -> None:
