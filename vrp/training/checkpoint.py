@@ -26,12 +26,6 @@ def trainable_names(module: nn.Module) -> set[str]:
     return {name for name, p in module.named_parameters() if p.requires_grad}
 
 
-def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters of `module`, keyed as in `module.state_dict()`."""
-    names = trainable_names(module)
-    return {k: v for k, v in module.state_dict().items() if k in names}
-
-
 def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
     """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`)."""
     keep = trainable_names(module)
