@@ -35,7 +35,7 @@ def main() -> None:
     from tiny import build_tokenizer
 
     from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
-    from vrp.training import steps
+    from vrp.training.losses import lm_loss
     from data_modules.features import FeatureStore
     from vrp.training.stage2 import InstructionTuning
 
@@ -69,7 +69,7 @@ def main() -> None:
             feed = batch if name == "pixels" else {  # what the datamodule collates from the store
                 **{k: v for k, v in batch.items() if k != "video"},
                 "visual": torch.stack([store.read(k)["visual"] for k in batch["keys"]])}
-            steps.lm_loss(module.model, module.encode(feed), feed).backward()
+            lm_loss(module.model, module.encode(feed), feed).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i:  # first step is warm-up

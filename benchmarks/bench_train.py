@@ -75,9 +75,9 @@ def bench(stage: str, args, device: torch.device, peak: float) -> dict:
         if losses is not None:
             loss = sum(losses(batch).values())
         else:
-            from vrp.training import steps
+            from vrp.training.losses import lm_loss
 
-            loss = steps.lm_loss(module.model, module.encode(batch), batch)
+            loss = lm_loss(module.model, module.encode(batch), batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.cli import VRPCLI
     from vrp.evaluation.results import accuracy_table
     from vrp.scoring.rows import rows_from_batch
-    from vrp.training import steps as S
+    from vrp.training.losses import lm_loss
     from vrp.training.optim import adamw_cosine
 
     # the probe decodes and encodes each video itself (its view equals the feature cache's: eval sampling, no crop)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(order) < dm.batch_size:
             order += rng.sample(range(len(train)), len(train))
         batch = _batch([train[order.pop()] for _ in range(dm.batch_size)], feats, collator, a.blind)
-        loss = S.lm_loss(model, module.encode(batch), batch)
+        loss = lm_loss(model, module.encode(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -35,7 +35,7 @@ from vrp.training.strategies import close_process_group
 USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy)
 
 TOOLS = {
-    "prepare": "vrp.training.embedded",
+    "prepare": "vrp.training.tiny_backbones",
     "export": "vrp.training.export",
     "cache": "vrp.training.cache",
     "ask": "vrp.evaluation.ask",

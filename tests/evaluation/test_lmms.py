@@ -56,7 +56,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
 def trained(tmp_path_factory):
     """Synthetic data, the tiny embedded backbones (vrp prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     tmp = tmp_path_factory.mktemp("lmms")
     synthetic = tmp / "synthetic"

@@ -15,7 +15,7 @@ from tiny import TINY_LLM, TINY_VIT
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("cache")
     generate(root / "data", videos=12, seed=1, workers=1, size=64, min_frames=8, max_frames=10)
@@ -74,10 +74,10 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
         encoded = pixels_module.model.vision(pixels["video"])
         torch.testing.assert_close(cached["visual"].float(), encoded, atol=2e-3, rtol=2e-3)  # float16 storage
         cached_module.model.load_state_dict(pixels_module.model.state_dict())
-        from vrp.training import steps
+        from vrp.training.losses import lm_loss
 
-        a = steps.lm_loss(pixels_module.model, pixels_module.encode(pixels), pixels)
-        b = steps.lm_loss(cached_module.model, cached_module.encode(cached), cached)
+        a = lm_loss(pixels_module.model, pixels_module.encode(pixels), pixels)
+        b = lm_loss(cached_module.model, cached_module.encode(cached), cached)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 

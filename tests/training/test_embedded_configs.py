@@ -18,7 +18,7 @@ CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)

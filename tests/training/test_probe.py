@@ -25,7 +25,7 @@ def probe():
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("probe")
     generate(root / "data", videos=30, seed=0, workers=1)

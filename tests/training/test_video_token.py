@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from data_modules.datamodules import InstructionDataModule
 from tiny import WORDS
 from vrp.models import CausalLM
-from vrp.training import steps
+from vrp.training import data_hooks
 
 
 def _module(dm, llm):
@@ -23,7 +23,7 @@ def _module(dm, llm):
 def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_path):
     llm = CausalLM(str(tiny_root / "llm"))
     same = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
-    steps.configure_datamodule(_module(same, llm))  # the LLM's own tokenizer: fine
+    data_hooks.configure_datamodule(_module(same, llm))  # the LLM's own tokenizer: fine
     assert same.collator().video_token_id == llm.video_token_id and same.image_size == 32
     # a tokenizer without <video>: the collator appends it, at another id than the LLM's
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *WORDS])},
@@ -34,4 +34,4 @@ def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_pa
     other = InstructionDataModule(tokenizer=str(tmp_path / "other"))
     with pytest.raises(ValueError, match=rf"<video> the id {other.collator().video_token_id}, the LLM's tokenizer "
                                          rf"{llm.video_token_id}"):
-        steps.configure_datamodule(_module(other, llm))
+        data_hooks.configure_datamodule(_module(other, llm))

@@ -36,7 +36,7 @@ def build_tokenizer(path: Path) -> Path:
 
 def build_backbones(root: Path) -> Path:
     """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     if not (root / "llm" / "config.json").is_file():
         build_tokenizer(root / "tokenizer")

@@ -193,7 +193,7 @@ class ProgressLog(L.Callback):
                            batch_idx: int) -> None:
         if not trainer.is_global_zero or not self.enabled():
             return
-        from vrp.training.steps import batch_size
+        from vrp.training.data_hooks import batch_size
 
         if outputs is not None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vrp.models.contracts import TextFusion
-from vrp.training import checkpoint, steps
-from vrp.training.losses import contrastive_loss, matching_loss, sample_hard_negatives
+from vrp.training import checkpoint, data_hooks
+from vrp.training.losses import contrastive_loss, lm_loss, matching_loss, sample_hard_negatives
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2
 
@@ -80,7 +80,7 @@ class AlignmentPretraining(L.LightningModule):
         queries = model.fuse({**batch, "visual": visual}, with_text=False)  # (B, Q, Dq): queries never read the caption
         out: dict[str, torch.Tensor] = {}
         if hp.lm_weight > 0:
-            out["lm"] = steps.lm_loss(model, model.projection(queries), batch)
+            out["lm"] = lm_loss(model, model.projection(queries), batch)
         if self.heads is None:
             return out
         if "qformer_input_ids" not in batch:
@@ -119,7 +119,7 @@ class AlignmentPretraining(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         parts = self.losses(batch)
         loss = self._total(parts)
-        bs = steps.batch_size(batch)
+        bs = data_hooks.batch_size(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"train/{k}", v, prog_bar=True, batch_size=bs)
@@ -128,23 +128,23 @@ class AlignmentPretraining(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if not steps.has_samples(batch):
+        if not data_hooks.has_samples(batch):
             return
         parts = self.losses(batch)
-        bs = steps.batch_size(batch)
+        bs = data_hooks.batch_size(batch)
         self.log("val/loss", self._total(parts), prog_bar=True, sync_dist=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"val/{k}", v, sync_dist=True, batch_size=bs)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self)
+        data_hooks.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [self.heads] if self.heads is not None else [])
 
     def on_train_epoch_end(self) -> None:
-        steps.log_skips(self)
+        data_hooks.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)

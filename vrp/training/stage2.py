@@ -21,7 +21,8 @@ from vrp.models.io import load_weights
 from vrp.scoring.metrics import PerTypeAccuracy
 from vrp.scoring.rows import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
-from vrp.training import checkpoint, steps
+from vrp.training import checkpoint, data_hooks
+from vrp.training.losses import lm_loss
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2
 
@@ -92,14 +93,14 @@ class InstructionTuning(L.LightningModule):
         return self.model.video_tokens(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = steps.lm_loss(self.model, self.encode(batch), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=steps.batch_size(batch))
+        loss = lm_loss(self.model, self.encode(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=data_hooks.batch_size(batch))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "labels" in batch:
-            loss = steps.lm_loss(self.model, self.encode(batch), batch)
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
+            loss = lm_loss(self.model, self.encode(batch), batch)
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=data_hooks.batch_size(batch))
         if self.hparams.val_accuracy and "options" in batch:
             out = self.scorer(self.model, batch)
             types = batch.get("question_type") or ["all"] * len(batch["options"])
@@ -121,7 +122,7 @@ class InstructionTuning(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> MCOutput | None:
         """The scored batch (None when every sample was skipped); the results callback turns it into rows."""
-        if not steps.has_samples(batch):
+        if not data_hooks.has_samples(batch):
             return None
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
@@ -130,7 +131,7 @@ class InstructionTuning(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Rows for `vrp predict` (`vrp.scoring.rows.prediction_rows`): the scorer's choice and per-option
         scores for multiple-choice batches, generated text otherwise; `JsonlPredictions` writes them."""
-        if not steps.has_samples(batch):
+        if not data_hooks.has_samples(batch):
             return prediction_rows(batch, None, [])
         if "options" in batch:
             return prediction_rows(batch, self.scorer(self.model, batch))
@@ -138,13 +139,13 @@ class InstructionTuning(L.LightningModule):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self)
+        data_hooks.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [])
 
     def on_train_epoch_end(self) -> None:
-        steps.log_skips(self)
+        data_hooks.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)

@@ -1,13 +1,13 @@
-"""Pieces both stage modules compose: LM loss, logging of skips, and the hand-off of preprocessing (and the feature
-cache check) from the vision encoder to the datamodule. Video -> tokens is the model's own path
-(`VideoReasoner.fuse` / `video_tokens`)."""
+"""The stage modules' hooks into the datamodule and its batches: the hand-off of preprocessing from the vision encoder
+to the datamodule, the video-token and feature-cache checks, skip logging, and what a batch says about itself
+(`has_samples`, `batch_size`). Video -> tokens is the model's own path (`VideoReasoner.fuse` / `video_tokens`); the LM
+loss is `vrp.training.losses.lm_loss`."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
 import lightning as L
-import torch
 from torch import nn
 
 from data_modules.collate import Collator
@@ -36,12 +36,6 @@ class CountsSkips(Protocol):
 @runtime_checkable
 class Collates(Protocol):
     def collator(self) -> Collator: ...
-
-
-def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder."""
-    embeds, mask, labels = model.build_inputs(video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return model.llm(embeds, mask, labels=labels).loss
 
 
 def configure_datamodule(module: L.LightningModule) -> None:
