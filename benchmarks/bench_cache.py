@@ -34,9 +34,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from tiny import build_tokenizer
 
+    from data_modules.features import FeatureStore
     from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
     from vrp.training.losses import lm_loss
-    from data_modules.features import FeatureStore
     from vrp.training.stage2 import InstructionTuning
 
     tmp = Path(tempfile.mkdtemp(prefix="vrp_bench_cache_"))

@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vrp.evaluation.results import interval95  # noqa: E402
+
 PRETRAIN = ROOT / "experiments" / "embedded" / "pretrain.yaml"
 FINETUNE = ROOT / "experiments" / "embedded" / "finetune.yaml"
 QUIET = ["--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0"]

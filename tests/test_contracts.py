@@ -17,8 +17,15 @@ from torch import nn
 import data_modules.sources
 import vrp.models
 from data_modules.skips import SkipCounter
-from data_modules.sources import (CaptionManifest, LlavaInstructions, MapSource, Mixture, MultipleChoice, Record,
-                                  VideoChat2Instructions)
+from data_modules.sources import (
+    CaptionManifest,
+    LlavaInstructions,
+    MapSource,
+    Mixture,
+    MultipleChoice,
+    Record,
+    VideoChat2Instructions,
+)
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.protocol import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector

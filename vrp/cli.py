@@ -22,11 +22,11 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from vrp.evaluation.callbacks import TestResults
-from vrp.models.paths import ModelPathError
 from vrp import runs
-from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
+from vrp.evaluation.callbacks import TestResults
 from vrp.models.io import CheckpointError, check_finite, read_checkpoint
+from vrp.models.paths import ModelPathError
+from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
 from vrp.training.checkpoint import remove_stale_temp_files
 from vrp.training.strategies import close_process_group
 

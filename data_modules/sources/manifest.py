@@ -10,8 +10,8 @@ import re
 import string
 from pathlib import Path
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.record import Record, resolve
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.record import Record, resolve
 
 LETTERS = "ABCDEFGHIJ"

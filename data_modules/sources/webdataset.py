@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import webdataset as wds
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import BadSample, SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.manifest import DEFAULT_CAPTION_PROMPT
 from data_modules.sources.record import Record
 

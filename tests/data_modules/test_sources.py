@@ -3,8 +3,14 @@ import json
 import pytest
 
 from data_modules.skips import SkipCounter, TooManyBadSamples
-from data_modules.sources import (BoxTable, CaptionManifest, LlavaInstructions, Mixture, MultipleChoice,
-                                  VideoChat2Instructions)
+from data_modules.sources import (
+    BoxTable,
+    CaptionManifest,
+    LlavaInstructions,
+    Mixture,
+    MultipleChoice,
+    VideoChat2Instructions,
+)
 
 
 def test_webvid_csv_maps_columns_and_reports_bad_rows(tmp_path, caplog):

@@ -10,7 +10,12 @@ import torch
 
 from data_modules.collate import encode_turns
 from vrp.scoring.scorers import (
-    GenerateScorer, LetterScorer, LikelihoodScorer, continuation_logprobs, encode_candidates, parse_choice,
+    GenerateScorer,
+    LetterScorer,
+    LikelihoodScorer,
+    continuation_logprobs,
+    encode_candidates,
+    parse_choice,
     prompt_only,
 )
 

@@ -70,8 +70,16 @@ def test_bfloat16_backbone_returns_input_dtype():
 
 
 def _hf_models():
-    from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, SiglipVisionConfig,
-                              SiglipVisionModel, ViTConfig, ViTModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
     yield "vit", lambda: ViTModel(ViTConfig(patch_size=8, **small)), 1

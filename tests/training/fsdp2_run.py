@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from tiny import ToyData  # noqa: E402
 
-from tiny import ToyData, build_backbones  # noqa: E402
 from vrp.training.callbacks import StepLossLog  # noqa: E402
 from vrp.training.strategies import close_process_group  # noqa: E402
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 

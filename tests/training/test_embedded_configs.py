@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tiny import TINY_LLM, TINY_VIT
+
 from vrp.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]

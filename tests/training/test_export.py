@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from tiny import ToyData
+
 from vrp.models.io import build_model, load_exported
 from vrp.training.export import export
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny import write_config
+
 from vrp.cli import main
 from vrp.evaluation import ask
 from vrp.training import export

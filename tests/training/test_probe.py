@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[2]

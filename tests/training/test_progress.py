@@ -10,8 +10,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-
 from tiny import ToyData
+
 from vrp.training.callbacks import ProgressLog, StepLossLog
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 STEPS, CKPT_EVERY, KILL_AFTER = 10, 4, 6

@@ -8,11 +8,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from tiny import write_config
+
 from vrp.cli import cli
 from vrp.runs import RunFolderBusy
 

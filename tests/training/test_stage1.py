@@ -9,8 +9,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-
 from tiny import ANSWERS, ToyData
+
 from vrp.evaluation.callbacks import TestResults
 from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, VideoReasoner
 from vrp.scoring.scorers import MCOutput

@@ -50,6 +50,7 @@ def test_blocks_and_wrap_policy_find_transformer_layers(tiny_root):
 def test_vrp_closes_the_process_group_when_a_distributed_run_ends(tiny_root, tmp_path):
     """A process group left open at exit aborted 1 in 8 FSDP2 runs on gloo (exit 134) after the work was done."""
     from tiny import write_config
+
     from vrp.cli import main
 
     config = write_config(tiny_root, tmp_path / "run")

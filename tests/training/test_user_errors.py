@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 import yaml
+from tiny import write_config
 
 from data_modules.collate import Collator
-from tiny import write_config
 from vrp.cli import main
+from vrp.models.io import CheckpointError, load_weights, read_checkpoint
 from vrp.models.paths import ModelPathError, pretrained_source
 from vrp.training import export
-from vrp.models.io import CheckpointError, load_weights, read_checkpoint
 
 
 class NotAllowed:

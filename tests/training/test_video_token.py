@@ -5,11 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from tiny import WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from data_modules.datamodules import InstructionDataModule
-from tiny import WORDS
 from vrp.models import CausalLM
 from vrp.training import data_hooks
 

@@ -25,16 +25,16 @@ from collections.abc import Sequence
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance
-from PIL import Image
 from lmms_eval.api.model import lmms
+from PIL import Image
 
 from data_modules.collate import Collator
 from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
 from data_modules.video import frames_clip, image_clip
 from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
-from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 from vrp.models.io import load_exported
+from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 
 
 def manifest():

@@ -128,8 +128,8 @@ def plot_clip(frames: torch.Tensor, attention: torch.Tensor | None, title: str, 
 def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_frames: int = 8) -> list[str]:
     """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention
     (boxes from a ``boxes.json`` beside the CSV, when there is one)."""
-    from data_modules.datasets import ClipLoader
     from data_modules.collate import Collator
+    from data_modules.datasets import ClipLoader
     from data_modules.skips import SkipCounter
     from data_modules.sources import MultipleChoice
     from data_modules.sources.record import strip_placeholder
