@@ -36,11 +36,13 @@ from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_c
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
-TINY_QFORMER = dict(num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T,
-                    init_std=0.1)
+TINY_QFORMER = dict(
+    num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T, init_std=0.1
+)
 TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
-TINY_TRACKS = dict(max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                   num_attributes=4)
+TINY_TRACKS = dict(
+    max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_attributes=4
+)
 FUSIONS = {
     "PoolingConnector": partial(PoolingConnector, temporal_bins=2, spatial_size=(1, 1)),
     "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
@@ -53,15 +55,19 @@ FUSIONS = {
     "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
     "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
     "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
-    "MiddleFrame-QFormer": partial(MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER,
-                                                               **TINY_VIDEO_QFORMER)),
+    "MiddleFrame-QFormer": partial(
+        MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER, **TINY_VIDEO_QFORMER)
+    ),
 }
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-             "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1},
+}
 ENCODERS = {
-    "HFVisionEncoder": lambda: HFVisionEncoder(config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=16,
-                                                                      num_layers=1, num_heads=2)),
+    "HFVisionEncoder": lambda: HFVisionEncoder(
+        config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2)
+    ),
     "OpenClipVisionEncoder": lambda: OpenClipVisionEncoder("vrp-contracts-tiny-clip", model_config=TINY_CLIP),
 }
 
@@ -70,8 +76,12 @@ def _classes(package, keep) -> set[type]:
     """The classes defined in ``package``'s modules (and vrp.evaluation.baselines / .protocol) that ``keep`` selects."""
     modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
     modules += [importlib.import_module("vrp.evaluation.baselines"), importlib.import_module("vrp.evaluation.protocol")]
-    return {c for m in modules for _, c in inspect.getmembers(m, inspect.isclass)
-            if c.__module__ == m.__name__ and not c.__name__.startswith("_") and keep(c)}
+    return {
+        c
+        for m in modules
+        for _, c in inspect.getmembers(m, inspect.isclass)
+        if c.__module__ == m.__name__ and not c.__name__.startswith("_") and keep(c)
+    }
 
 
 def _is_fusion_class(cls: type) -> bool:
@@ -111,8 +121,14 @@ def test_fusion_contract(name):
     assert not fusion.needs_boxes or fusion.reads_boxes
     visual, frame_mask, boxes, box_mask, attributes = _inputs()
     text = {"text_ids": torch.tensor([[1, 2, 3], [4, 5, 0]]), "text_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
-    out = fusion(visual, frame_mask, boxes=boxes, box_mask=box_mask, box_attributes=attributes,
-                 **(text if fusion.supports_text else {}))
+    out = fusion(
+        visual,
+        frame_mask,
+        boxes=boxes,
+        box_mask=box_mask,
+        box_attributes=attributes,
+        **(text if fusion.supports_text else {}),
+    )
     assert out.shape == (2, fusion.num_output_tokens, fusion.output_dim) and torch.isfinite(out).all()
     if not fusion.needs_boxes:  # boxes are optional: the same shape without them
         assert fusion(visual, frame_mask).shape == out.shape
@@ -138,31 +154,55 @@ def test_vision_encoder_contract(name):
 
 def _source_files(tmp_path):
     (tmp_path / "captions.csv").write_text("video,caption\na.mp4,a red ball\nb.mp4,a blue cube\n")
-    (tmp_path / "llava.json").write_text(json.dumps([
-        {"id": f"q{i}", "video": f"v{i}.mp4", "type": t,
-         "conversations": [{"from": "human", "value": "<video>\nwhat next?"}, {"from": "gpt", "value": "red"}]}
-        for i, t in enumerate(["predictive", "descriptive"])]))
+    (tmp_path / "llava.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"q{i}",
+                    "video": f"v{i}.mp4",
+                    "type": t,
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nwhat next?"},
+                        {"from": "gpt", "value": "red"},
+                    ],
+                }
+                for i, t in enumerate(["predictive", "descriptive"])
+            ]
+        )
+    )
     (tmp_path / "vc2.jsonl").write_text(json.dumps({"video": "a.mp4", "QA": [{"i": "Watch.", "q": "Who?", "a": "x"}]}))
-    (tmp_path / "mc.csv").write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
-                                     "v1,why did it turn,1,red,blue,green,cube,ball,1,explanatory\n")
+    (tmp_path / "mc.csv").write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid,type\nv1,why did it turn,1,red,blue,green,cube,ball,1,explanatory\n"
+    )
     return {
         "CaptionManifest": lambda: CaptionManifest(str(tmp_path / "captions.csv")),
         "LlavaInstructions": lambda: LlavaInstructions(str(tmp_path / "llava.json")),
         "VideoChat2Instructions": lambda: VideoChat2Instructions(str(tmp_path / "vc2.jsonl")),
         "MultipleChoice": lambda: MultipleChoice(str(tmp_path / "mc.csv"), video_path="{video}.mp4"),
-        "Mixture": lambda: Mixture([LlavaInstructions(str(tmp_path / "llava.json")),
-                                    MultipleChoice(str(tmp_path / "mc.csv"), video_path="{video}.mp4")]),
+        "Mixture": lambda: Mixture(
+            [
+                LlavaInstructions(str(tmp_path / "llava.json")),
+                MultipleChoice(str(tmp_path / "mc.csv"), video_path="{video}.mp4"),
+            ]
+        ),
         "HoldOutTypes": lambda: HoldOutTypes(LlavaInstructions(str(tmp_path / "llava.json")), held_out=["predictive"]),
     }
 
 
-SOURCES = ["CaptionManifest", "LlavaInstructions", "VideoChat2Instructions", "MultipleChoice", "Mixture",
-           "HoldOutTypes"]
+SOURCES = [
+    "CaptionManifest",
+    "LlavaInstructions",
+    "VideoChat2Instructions",
+    "MultipleChoice",
+    "Mixture",
+    "HoldOutTypes",
+]
 
 
 def test_every_map_source_class_has_a_row():
-    found = _classes(data_modules.sources, lambda c: inspect.isfunction(getattr(c, "load", None))
-                     and c is not MapSource)
+    found = _classes(
+        data_modules.sources, lambda c: inspect.isfunction(getattr(c, "load", None)) and c is not MapSource
+    )
     assert {c.__name__ for c in found} == set(SOURCES)
 
 

@@ -29,11 +29,17 @@ def _overlays() -> list[tuple[Path, Path]]:
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("baselines/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("zeroshot/*.yaml"))]
-    pairs += [(EXP / "scale" / f"{stage}.yaml", o) for stage in ("pretrain", "finetune")
-              for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))]
+    pairs += [
+        (EXP / "scale" / f"{stage}.yaml", o)
+        for stage in ("pretrain", "finetune")
+        for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))
+    ]
     # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
-    pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))
-              if "init_from" not in o.read_text()]
+    pairs += [
+        (EXP / "embedded" / "pretrain.yaml", o)
+        for o in sorted(EXP.glob("ablations/*.yaml"))
+        if "init_from" not in o.read_text()
+    ]
     return pairs
 
 
@@ -55,16 +61,21 @@ def test_scale_configs_parse_with_backbone_overlays():
         _parse(stage, EXP / "backbones" / "siglip_qwen.yaml")
 
 
-@pytest.mark.parametrize("pair", _overlays(), ids=lambda p: f"{p[0].parent.name}/{p[0].stem}+{p[1].parent.name}/{p[1].stem}")
+@pytest.mark.parametrize(
+    "pair", _overlays(), ids=lambda p: f"{p[0].parent.name}/{p[0].stem}+{p[1].parent.name}/{p[1].stem}"
+)
 def test_overlay_parses(pair):
     stage, overlay = pair
-    extra = [EXP / "backbones" / "siglip_qwen.yaml"] if stage.parent.name == "scale" and "backbones" not in str(overlay) else []
+    extra = (
+        [EXP / "backbones" / "siglip_qwen.yaml"]
+        if stage.parent.name == "scale" and "backbones" not in str(overlay)
+        else []
+    )
     cfg = _parse(stage, *extra, overlay)
     if overlay.name == "fusion_mlp.yaml":
         fusion = cfg.model.init_args.model.init_args.fusion
         assert fusion.class_path == "vrp.models.MLPConnector"
         assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the MLP connector"
-
 
 
 def test_zero_shot_overlay_builds_its_sources():
@@ -100,12 +111,16 @@ def test_scale_nextqa_points_at_the_released_layout():
     assert str(Path(test.video_root) / path) == "/data/nextqa/NExTVideo/0020/4882821564.mp4"
     assert test.video_map == "/data/nextqa/map_vid_vidorID.json"
     assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").results.type_groups[
-        "causal"] == ["CW", "CH"]
+        "causal"
+    ] == ["CW", "CH"]
 
 
 def test_nextqa_zero_shot_overlay_holds_out_the_causal_family():
-    dm = _instantiate_data(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml",
-                           EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml")
+    dm = _instantiate_data(
+        EXP / "scale" / "finetune.yaml",
+        EXP / "backbones" / "siglip_qwen.yaml",
+        EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml",
+    )
     assert dm.train_source.held_out == ["CH", "CW"]
 
 

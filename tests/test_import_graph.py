@@ -53,7 +53,9 @@ def _graph() -> dict[str, set[str]]:
             for module, _ in _imports(path):
                 target = _package_of(module)
                 if target and target != package:
-                    shared = next((m for m in ("vrp.models.paths", "vrp.models.constants") if module.startswith(m)), None)
+                    shared = next(
+                        (m for m in ("vrp.models.paths", "vrp.models.constants") if module.startswith(m)), None
+                    )
                     graph[package].add(shared if package == "data_modules" and shared else target)
     return graph
 

@@ -43,16 +43,25 @@ TOOLS = {
 }
 
 
-NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
-         "- Expected a <class 'NoneType'>")
+NOISE = (
+    "Parser key",
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "- Expected a <class 'NoneType'>",
+)
 
 
 def root_cause(message: str) -> str | None:
     """The line that matters in a multi-line jsonargparse error, e.g. ``model (vrp.training.InstructionTuning):
     Option 'lerning_rate' is not accepted``: the innermost message under the union noise, with its key and class."""
     lines = [line.strip() for line in message.splitlines()]
-    causes = [line.removeprefix("- ") for line in lines
-              if line and not line.startswith(NOISE) and "Problem with given class_path" not in line]
+    causes = [
+        line.removeprefix("- ")
+        for line in lines
+        if line and not line.startswith(NOISE) and "Problem with given class_path" not in line
+    ]
     if len(lines) < 2 or not causes:
         return None
     cause = causes[-1]
@@ -82,7 +91,9 @@ class VRPCLI(LightningCLI):
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
         parser.add_lightning_class_args(JsonlPredictions, "predictions")  # vrp predict: --predictions.path=FILE
-        parser.add_lightning_class_args(TestResults, "results")  # vrp test: --results.dir=DIR, --results.blind_baseline=
+        parser.add_lightning_class_args(
+            TestResults, "results"
+        )  # vrp test: --results.dir=DIR, --results.blind_baseline=
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -124,8 +135,10 @@ class VRPCLI(LightningCLI):
             return
         ours, theirs = dict(given.items()), dict(merged.items())
         changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        rank_zero_info(f"vrp {sub}: using the given model config, not the checkpoint's hyper-parameters, for "
-                       f"{', '.join('model.' + k for k in changed[:8])}{' ...' if len(changed) > 8 else ''}")
+        rank_zero_info(
+            f"vrp {sub}: using the given model config, not the checkpoint's hyper-parameters, for "
+            f"{', '.join('model.' + k for k in changed[:8])}{' ...' if len(changed) > 8 else ''}"
+        )
         self.config[sub]["model"] = given
 
     def _lock_run_folders(self, *, checkpoints: bool) -> None:

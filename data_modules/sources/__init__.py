@@ -10,5 +10,14 @@ from data_modules.sources.multiple_choice import MultipleChoice
 from data_modules.sources.record import MapSource, Record
 from data_modules.sources.webdataset import WebDatasetSource
 
-__all__ = ["BoxTable", "CaptionManifest", "LlavaInstructions", "MapSource", "Mixture", "MultipleChoice", "Record",
-           "VideoChat2Instructions", "WebDatasetSource"]
+__all__ = [
+    "BoxTable",
+    "CaptionManifest",
+    "LlavaInstructions",
+    "MapSource",
+    "Mixture",
+    "MultipleChoice",
+    "Record",
+    "VideoChat2Instructions",
+    "WebDatasetSource",
+]

@@ -142,8 +142,9 @@ class _Video:
         return [n for j, n in enumerate(self.names) if j not in skip]
 
 
-def _candidate(type_: str, template: str, question: str, answer: str, sentence: str, n: int, pool, preferred=(),
-               exclude=()) -> Candidate:
+def _candidate(
+    type_: str, template: str, question: str, answer: str, sentence: str, n: int, pool, preferred=(), exclude=()
+) -> Candidate:
     return Candidate(type_, template, question, answer, sentence, n, list(pool), list(preferred), tuple(exclude))
 
 
@@ -151,29 +152,68 @@ def propose(scene: Scene, traj: Trajectory, observed: int, rng: np.random.Genera
     """Candidates for one video. `traj` runs past the `observed` frames (for predictive questions). Each family
     proposes at most one candidate per template, in this order (they share ``rng``)."""
     video = _Video(scene, traj, observed, rng)
-    return [c for family in (_descriptive, _temporal, _explanatory, _predictive, _counterfactual)
-            for c in family(video)]
+    return [
+        c for family in (_descriptive, _temporal, _explanatory, _predictive, _counterfactual) for c in family(video)
+    ]
 
 
 def _descriptive(v: _Video) -> list[Candidate]:
     objs, names, colors, k = v.scene.objects, v.names, v.colors, v.k
-    out = [_candidate("descriptive", "count", "How many objects are there?", NUMBERS[k],
-                      f"There are {NUMBERS[k]} objects.", 4, NUMBERS[2:6])]
+    out = [
+        _candidate(
+            "descriptive",
+            "count",
+            "How many objects are there?",
+            NUMBERS[k],
+            f"There are {NUMBERS[k]} objects.",
+            4,
+            NUMBERS[2:6],
+        )
+    ]
     i = int(v.rng.integers(k))
-    out.append(_candidate("descriptive", "shape", f"What shape is the {colors[i]} object?", objs[i].shape,
-                          f"The {colors[i]} object is a {objs[i].shape}.", 4, SHAPES, exclude=(colors[i],)))
+    out.append(
+        _candidate(
+            "descriptive",
+            "shape",
+            f"What shape is the {colors[i]} object?",
+            objs[i].shape,
+            f"The {colors[i]} object is a {objs[i].shape}.",
+            4,
+            SHAPES,
+            exclude=(colors[i],),
+        )
+    )
     unique = [j for j in range(k) if sum(o.shape == objs[j].shape for o in objs) == 1]
     if (j := v.pick(unique)) is not None:
         shape = objs[j].shape
-        out.append(_candidate("descriptive", "color", f"What color is the {shape}?", colors[j],
-                              f"The {shape} is {colors[j]}.", 5, list(COLORS),
-                              preferred=[c for c in colors if c != colors[j]]))
-    speed = np.linalg.norm(np.diff(v.traj.positions[:v.observed], axis=0), axis=-1).mean(0)  # (K,)
+        out.append(
+            _candidate(
+                "descriptive",
+                "color",
+                f"What color is the {shape}?",
+                colors[j],
+                f"The {shape} is {colors[j]}.",
+                5,
+                list(COLORS),
+                preferred=[c for c in colors if c != colors[j]],
+            )
+        )
+    speed = np.linalg.norm(np.diff(v.traj.positions[: v.observed], axis=0), axis=-1).mean(0)  # (K,)
     order = np.argsort(-speed)
     if k >= 2 and speed[order[0]] >= 1.25 * speed[order[1]]:
         f = int(order[0])
-        out.append(_candidate("descriptive", "fastest", "Which object moves fastest?", names[f],
-                              f"The {names[f]} moves fastest.", 5, ALL_OBJECTS, preferred=v.others(f)))
+        out.append(
+            _candidate(
+                "descriptive",
+                "fastest",
+                "Which object moves fastest?",
+                names[f],
+                f"The {names[f]} moves fastest.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(f),
+            )
+        )
     return out
 
 
@@ -186,15 +226,35 @@ def _temporal(v: _Video) -> list[Candidate]:
             if not _clear(ev, lambda e: e.partner(x)):
                 continue
             ans = _partner_name(names, ev[0], x)
-            out.append(_candidate("temporal", template, f"What did the {names[x]} hit {word}?", ans,
-                                  f"The {names[x]} hit {'a wall' if ans == WALL else 'the ' + ans} {word}.", 5,
-                                  _obj_pool({colors[x]}) + [WALL], preferred=v.others(x), exclude=(colors[x],)))
+            out.append(
+                _candidate(
+                    "temporal",
+                    template,
+                    f"What did the {names[x]} hit {word}?",
+                    ans,
+                    f"The {names[x]} hit {'a wall' if ans == WALL else 'the ' + ans} {word}.",
+                    5,
+                    _obj_pool({colors[x]}) + [WALL],
+                    preferred=v.others(x),
+                    exclude=(colors[x],),
+                )
+            )
             break
     walls = [e for e in v.seen if e.is_wall]
     if _clear(walls, lambda e: e.a):
         w = walls[0].a
-        out.append(_candidate("temporal", "first_wall", "Which object hit a wall first?", names[w],
-                              f"The {names[w]} hit a wall first.", 5, ALL_OBJECTS, preferred=v.others(w)))
+        out.append(
+            _candidate(
+                "temporal",
+                "first_wall",
+                "Which object hit a wall first?",
+                names[w],
+                f"The {names[w]} hit a wall first.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(w),
+            )
+        )
     return out
 
 
@@ -205,13 +265,24 @@ def _explanatory(v: _Video) -> list[Candidate]:
         e = _first_events(v.seen, x, 1, v.observed)[0]
         p = _partner_name(names, e, x)
         ans = "it hit a wall" if p == WALL else f"it hit the {p}"
-        out.append(_candidate("explanatory", "why_turn", f"Why did the {names[x]} change direction?", ans,
-                              f"The {names[x]} changed direction because {ans}.", 5,
-                              [f"it hit the {n}" for n in _obj_pool({colors[x]})] + ["it hit a wall"],
-                              preferred=[f"it hit the {n}" for n in v.others(x)], exclude=(colors[x],)))
+        out.append(
+            _candidate(
+                "explanatory",
+                "why_turn",
+                f"Why did the {names[x]} change direction?",
+                ans,
+                f"The {names[x]} changed direction because {ans}.",
+                5,
+                [f"it hit the {n}" for n in _obj_pool({colors[x]})] + ["it hit a wall"],
+                preferred=[f"it hit the {n}" for n in v.others(x)],
+                exclude=(colors[x],),
+            )
+        )
     vel = np.linalg.norm(v.traj.velocities, axis=-1)  # (F, K)
-    for template, sign, verb, phrase in (("why_faster", 1, "speed up", "it was hit by the"),
-                                         ("why_slower", -1, "slow down", "it hit the")):
+    for template, sign, verb, phrase in (
+        ("why_faster", 1, "speed up", "it was hit by the"),
+        ("why_slower", -1, "slow down", "it hit the"),
+    ):
         changes: dict[int, list[tuple[int, Event]]] = {}
         for e in v.seen:
             if e.is_wall or e.frame >= v.observed:
@@ -223,10 +294,19 @@ def _explanatory(v: _Video) -> list[Candidate]:
         if (x := v.pick([x for x, c in changes.items() if len(c) == 1])) is not None:
             y = changes[x][0][0]
             ans = f"{phrase} {names[y]}"
-            out.append(_candidate("explanatory", template, f"Why did the {names[x]} {verb}?", ans,
-                                  f"The {names[x]} {'sped up' if sign > 0 else 'slowed down'} because {ans}.", 5,
-                                  [f"{phrase} {n}" for n in _obj_pool({colors[x]})],
-                                  preferred=[f"{phrase} {n}" for n in v.others(x, y)], exclude=(colors[x],)))
+            out.append(
+                _candidate(
+                    "explanatory",
+                    template,
+                    f"Why did the {names[x]} {verb}?",
+                    ans,
+                    f"The {names[x]} {'sped up' if sign > 0 else 'slowed down'} because {ans}.",
+                    5,
+                    [f"{phrase} {n}" for n in _obj_pool({colors[x]})],
+                    preferred=[f"{phrase} {n}" for n in v.others(x, y)],
+                    exclude=(colors[x],),
+                )
+            )
     return out
 
 
@@ -238,16 +318,36 @@ def _predictive(v: _Video) -> list[Candidate]:
         if not (ev and ev[0].frame < v.observed + SOON and _clear(ev, lambda e: e.partner(x))):
             continue
         ans = _partner_name(names, ev[0], x)
-        out.append(_candidate("predictive", "next_hit", f"What will the {names[x]} hit next?", ans,
-                              f"The {names[x]} will hit {'a wall' if ans == WALL else 'the ' + ans} next.", 5,
-                              _obj_pool({colors[x]}) + [WALL], preferred=v.others(x), exclude=(colors[x],)))
+        out.append(
+            _candidate(
+                "predictive",
+                "next_hit",
+                f"What will the {names[x]} hit next?",
+                ans,
+                f"The {names[x]} will hit {'a wall' if ans == WALL else 'the ' + ans} next.",
+                5,
+                _obj_pool({colors[x]}) + [WALL],
+                preferred=v.others(x),
+                exclude=(colors[x],),
+            )
+        )
         break
     fwalls = [e for e in events if v.observed <= e.frame < v.observed + SOON and e.is_wall]
     later_walls = [e for e in events if e.is_wall and e.frame >= v.observed]
     if fwalls and _clear(later_walls, lambda e: e.a):
         w = fwalls[0].a
-        out.append(_candidate("predictive", "next_wall", "Which object will hit a wall next?", names[w],
-                              f"The {names[w]} will hit a wall next.", 5, ALL_OBJECTS, preferred=v.others(w)))
+        out.append(
+            _candidate(
+                "predictive",
+                "next_wall",
+                "Which object will hit a wall next?",
+                names[w],
+                f"The {names[w]} will hit a wall next.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(w),
+            )
+        )
     return out
 
 
@@ -277,11 +377,19 @@ def _counterfactual(v: _Video) -> list[Candidate]:
     objects_first = [f for f in found if f[2] != WALL] or found
     if objects_first:
         z, x, ans = objects_first[int(v.rng.integers(len(objects_first)))]
-        out.append(_candidate("counterfactual", "cf_first_hit", f"If the {names[z]} were removed, what would the "
-                              f"{names[x]} hit first?", ans, f"Without the {names[z]}, the {names[x]} would hit"
-                              f" {'a wall' if ans == WALL else 'the ' + ans} first.", 5,
-                              _obj_pool({colors[x], colors[z]}) + [WALL], preferred=v.others(x, z),
-                              exclude=(colors[x], colors[z])))
+        out.append(
+            _candidate(
+                "counterfactual",
+                "cf_first_hit",
+                f"If the {names[z]} were removed, what would the {names[x]} hit first?",
+                ans,
+                f"Without the {names[z]}, the {names[x]} would hit {'a wall' if ans == WALL else 'the ' + ans} first.",
+                5,
+                _obj_pool({colors[x], colors[z]}) + [WALL],
+                preferred=v.others(x, z),
+                exclude=(colors[x], colors[z]),
+            )
+        )
     pairs = sorted({(e.a, e.other) for e in v.seen if not e.is_wall}) if k >= 3 else []
     for p in v.rng.permutation(len(pairs)):
         a, b = pairs[int(p)]
@@ -289,10 +397,19 @@ def _counterfactual(v: _Video) -> list[Candidate]:
         if len(stoppers) != 1:
             continue
         z = stoppers[0]
-        out.append(_candidate("counterfactual", "cf_prevent", f"Which object, if removed, would stop the {names[a]} "
-                              f"from hitting the {names[b]}?", names[z], f"Removing the {names[z]} would stop the "
-                              f"{names[a]} from hitting the {names[b]}.", 4, _obj_pool({colors[a], colors[b]}),
-                              preferred=v.others(a, b, z), exclude=(colors[a], colors[b])))
+        out.append(
+            _candidate(
+                "counterfactual",
+                "cf_prevent",
+                f"Which object, if removed, would stop the {names[a]} from hitting the {names[b]}?",
+                names[z],
+                f"Removing the {names[z]} would stop the {names[a]} from hitting the {names[b]}.",
+                4,
+                _obj_pool({colors[a], colors[b]}),
+                preferred=v.others(a, b, z),
+                exclude=(colors[a], colors[b]),
+            )
+        )
         break
     return out
 

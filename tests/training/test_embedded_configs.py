@@ -22,25 +22,47 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
-    prepare(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit={**TINY_VIT, "image_size": 64},
-            llm={**TINY_LLM, "max_position_embeddings": 512})  # captions + 40 track tokens
+    prepare(
+        str(root / "data" / "tokenizer"),
+        root / "backbones",
+        seed=0,
+        vit={**TINY_VIT, "image_size": 64},
+        llm={**TINY_LLM, "max_position_embeddings": 512},
+    )  # captions + 40 track tokens
     return root
 
 
 def _overrides(root: Path, config: Path) -> list[str]:
     data = root / "data"
     model = "--model.init_args.model.init_args"
-    args = [f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
-            f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
-            f"--data.init_args.synthetic_root={data}", "--data.init_args.generate_if_missing=false",
-            "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--trainer.fast_dev_run=true",
-            "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
-            f"--trainer.default_root_dir={root / 'runs' / config.stem}"]
+    args = [
+        f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
+        f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
+        f"--data.init_args.synthetic_root={data}",
+        "--data.init_args.generate_if_missing=false",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+        "--trainer.fast_dev_run=true",
+        "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
+        f"--trainer.default_root_dir={root / 'runs' / config.stem}",
+    ]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
-        args += ["--model.init_args.init_from=null", "--results.dir=null",
-                 "--data.init_args.val=" + json.dumps({"class_path": "data_modules.sources.MultipleChoice", "init_args": {
-                     "path": str(data / "train" / "mc.csv"), "template": "<video>\n{question}", "target": "text",
-                     "boxes": str(data / "train" / "boxes.json")}})]
+        args += [
+            "--model.init_args.init_from=null",
+            "--results.dir=null",
+            "--data.init_args.val="
+            + json.dumps(
+                {
+                    "class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {
+                        "path": str(data / "train" / "mc.csv"),
+                        "template": "<video>\n{question}",
+                        "target": "text",
+                        "boxes": str(data / "train" / "boxes.json"),
+                    },
+                }
+            ),
+        ]
     return args
 
 
@@ -60,8 +82,11 @@ def test_vrp_test_of_the_embedded_finetune_config_prints_and_writes_the_table(ti
     is printed and written to `<root>/test/version_N/test_results.{json,md}` by the results callback."""
     config = ROOT / "experiments" / "embedded" / "finetune.yaml"
     args = [a for a in _overrides(tiny_synthetic, config) if a != "--trainer.fast_dev_run=true"]
-    args += [a.replace("--data.init_args.val=", "--data.init_args.test=") for a in args
-             if a.startswith("--data.init_args.val=")]  # train's questions, as for validation above
+    args += [
+        a.replace("--data.init_args.val=", "--data.init_args.test=")
+        for a in args
+        if a.startswith("--data.init_args.val=")
+    ]  # train's questions, as for validation above
     meta = tiny_synthetic / "blind_meta.json"  # a 30-video set fits no text prior: give the column one
     meta.write_text(json.dumps({"baselines": {"test": {"descriptive": {"best_text_prior": 0.25}}}}))
     cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2", f"--results.blind_baseline={meta}"])

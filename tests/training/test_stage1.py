@@ -18,25 +18,47 @@ from vrp.training import stage1
 from vrp.training.stage1 import AlignmentPretraining
 from vrp.training.stage2 import InstructionTuning
 
-QFORMER = dict(num_query_tokens=2, video_num_query_tokens=2, hidden_size=32, num_layers=1, video_num_layers=1,
-               num_heads=2, intermediate_size=64, num_frames=2, vocab_size=32, objects=True, num_slots=2,
-               init_std=0.1)
+QFORMER = dict(
+    num_query_tokens=2,
+    video_num_query_tokens=2,
+    hidden_size=32,
+    num_layers=1,
+    video_num_layers=1,
+    num_heads=2,
+    intermediate_size=64,
+    num_frames=2,
+    vocab_size=32,
+    objects=True,
+    num_slots=2,
+    init_std=0.1,
+)
 
 
 def _reasoner(root, seed: int = 0, **fusion) -> VideoReasoner:
     torch.manual_seed(seed)
-    return VideoReasoner(HFVisionEncoder(str(root / "vit")), partial(FrameQFormerFusion, **(QFORMER | fusion)),
-                         CausalLM(str(root / "llm")))
+    return VideoReasoner(
+        HFVisionEncoder(str(root / "vit")),
+        partial(FrameQFormerFusion, **(QFORMER | fusion)),
+        CausalLM(str(root / "llm")),
+    )
 
 
 def _stage1(root) -> AlignmentPretraining:
-    return AlignmentPretraining(_reasoner(root), itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, embed_dim=16,
-                                lr=1e-3, warmup_steps=1)
+    return AlignmentPretraining(
+        _reasoner(root), itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, embed_dim=16, lr=1e-3, warmup_steps=1
+    )
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, default_root_dir=str(tmp_path), **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 def test_all_three_losses_with_hard_negatives_and_boxes(tiny_root, monkeypatch):
@@ -48,12 +70,13 @@ def test_all_three_losses_with_hard_negatives_and_boxes(tiny_root, monkeypatch):
     sample = stage1.sample_hard_negatives
     monkeypatch.setattr(stage1, "sample_hard_negatives", lambda sim: picks.append(sample(sim)) or picks[-1])
     joint = module.model.fusion.forward_with_text
-    monkeypatch.setattr(module.model.fusion, "forward_with_text",
-                        lambda *a, **kw: joint_calls.append((a, kw)) or joint(*a, **kw))
+    monkeypatch.setattr(
+        module.model.fusion, "forward_with_text", lambda *a, **kw: joint_calls.append((a, kw)) or joint(*a, **kw)
+    )
     parts = module.losses(batch)
     assert set(parts) == {"itc", "itm", "lm"} and all(torch.isfinite(v) for v in parts.values())
     assert len(picks) == 2 and all((p != torch.arange(4)).all() for p in picks)  # a negative is never the positive
-    (args, kw), = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
+    ((args, kw),) = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
     assert args[0].shape[0] == 12 and kw["boxes"].shape == (12, 2, 2, 4) and kw["box_mask"].shape == (12, 2, 2)
     torch.testing.assert_close(kw["boxes"][8:], batch["boxes"][picks[1]])
     module._total(parts).backward()
@@ -64,8 +87,12 @@ def test_all_three_losses_with_hard_negatives_and_boxes(tiny_root, monkeypatch):
 
 
 def test_stage1_checkpoint_loads_into_stage2(tiny_root, tmp_path):
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[
-        L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)])
+    trainer = _trainer(
+        tmp_path,
+        max_steps=2,
+        limit_val_batches=0,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)],
+    )
     trainer.fit(_stage1(tiny_root), datamodule=ToyData(str(tiny_root / "tokenizer"), num_samples=8, boxes=True))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("heads.") for k in saved)
@@ -73,7 +100,7 @@ def test_stage1_checkpoint_loads_into_stage2(tiny_root, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     InstructionTuning(model, init_from=str(tmp_path / "ckpt" / "last.ckpt"))
     own = model.state_dict()
-    weights = {k[len("model."):]: v for k, v in saved.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
     assert weights and all(k.startswith(("fusion.", "projection.")) for k in weights)
     for name, value in weights.items():  # every stage-1 weight arrived
         torch.testing.assert_close(own[name], value, rtol=0, atol=0)
@@ -95,12 +122,14 @@ class FirstOption:
 
 def test_test_results_match_a_hand_count(tiny_root, tmp_path, capsys):
     torch.manual_seed(0)
-    model = VideoReasoner(HFVisionEncoder(str(tiny_root / "vit")), partial(MLPConnector, output_dim=32),
-                          CausalLM(str(tiny_root / "llm")))
+    model = VideoReasoner(
+        HFVisionEncoder(str(tiny_root / "vit")), partial(MLPConnector, output_dim=32), CausalLM(str(tiny_root / "llm"))
+    )
     results = TestResults(dir=str(tmp_path / "results"))
     trainer = _trainer(tmp_path, callbacks=[results])
-    trainer.test(InstructionTuning(model, scorer=FirstOption()), datamodule=ToyData(str(tiny_root / "tokenizer"),
-                                                                                   num_samples=10))
+    trainer.test(
+        InstructionTuning(model, scorer=FirstOption()), datamodule=ToyData(str(tiny_root / "tokenizer"), num_samples=10)
+    )
     # ToyData's test split draws its answers first from a generator seeded with seed + 2; its types split them
     answers = torch.randint(0, len(ANSWERS), (10,), generator=torch.Generator().manual_seed(2)).tolist()
     types = ["descriptive" if a < 2 else "temporal" for a in answers]

@@ -17,8 +17,22 @@ SCRIPT = Path(__file__).parent / "fsdp2_run.py"
 def _run(tmp: Path, root: Path, devices: int, batch: int, fusion: str) -> dict:
     out = tmp / f"state_{devices}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, str(SCRIPT), "--root", str(root), "--devices", str(devices), "--batch", str(batch),
-           "--steps", "3", "--fusion", fusion, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(root),
+        "--devices",
+        str(devices),
+        "--batch",
+        str(batch),
+        "--steps",
+        "3",
+        "--fusion",
+        fusion,
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=True)

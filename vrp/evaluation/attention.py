@@ -42,8 +42,11 @@ def cross_attention_maps(model: nn.Module, batch: dict) -> torch.Tensor:
         raise ValueError(f"{type(fusion).__name__} has no Q-Former cross-attention to visualise")
     per_frame = isinstance(fusion, FrameQFormerFusion)
     calls: list[tuple[nn.Module, tuple]] = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args)))
-             for m in fusion.vision_qformer.modules() if isinstance(m, CrossAttention)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: calls.append((mod, args)))
+        for m in fusion.vision_qformer.modules()
+        if isinstance(m, CrossAttention)
+    ]
     device = next(model.parameters()).device
     get = lambda k: batch[k].to(device) if isinstance(batch.get(k), torch.Tensor) else None  # noqa: E731
     try:

@@ -29,8 +29,14 @@ class TestResults(L.Callback):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, dir: str | None = None, *, held_out_types: list[str] | None = None,
-                 type_groups: dict[str, list[str]] | None = None, blind_baseline: str | None = None) -> None:
+    def __init__(
+        self,
+        dir: str | None = None,
+        *,
+        held_out_types: list[str] | None = None,
+        type_groups: dict[str, list[str]] | None = None,
+        blind_baseline: str | None = None,
+    ) -> None:
         check_groups(type_groups)  # a bad mapping fails when the config is read, not after the test epoch
         self.dir, self.held_out_types, self.type_groups = dir, list(held_out_types or ()), type_groups
         self.blind_baseline = blind_baseline
@@ -41,8 +47,15 @@ class TestResults(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows, self.skipped = [], []
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.skipped += batch.get("skipped", [])
         if outputs is not None:
             self.rows += rows_from_batch(batch, outputs)
@@ -59,8 +72,9 @@ class TestResults(L.Callback):
             return
         out = Path(self.dir or trainer.default_root_dir)
         blind = load_blind_baseline(self.blind_baseline) if self.blind_baseline else None
-        _, md_path, table = write_results(out, rows, held_out=self.held_out_types, groups=self.type_groups,
-                                          blind=blind, skipped=skipped)
+        _, md_path, table = write_results(
+            out, rows, held_out=self.held_out_types, groups=self.type_groups, blind=blind, skipped=skipped
+        )
         for name, acc in table["accuracy"].items():
             pl_module.log(f"test/acc_{name}", acc, rank_zero_only=True)
         self.written = md_path

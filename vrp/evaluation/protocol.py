@@ -35,8 +35,9 @@ class HoldOutTypes:
     ``held_out`` may name families of ``type_groups`` (the same mapping as the module's ``type_groups``), which
     hold out all their codes: ``held_out: [causal]`` with NExT-QA's families drops ``CW`` and ``CH``."""
 
-    def __init__(self, source: MapSource, held_out: list[str], *,
-                 type_groups: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, source: MapSource, held_out: list[str], *, type_groups: dict[str, list[str]] | None = None
+    ) -> None:
         if not held_out:
             raise ValueError("HoldOutTypes needs at least one type in `held_out` (else use the source directly)")
         self.source = source
@@ -46,10 +47,16 @@ class HoldOutTypes:
         records = self.source.load(skips)
         kept = [r for r in records if r.question_type not in self.held_out]
         if len(kept) == len(records):
-            raise ValueError(f"no record has a held-out type {self.held_out}; types present: "
-                             f"{sorted({str(r.question_type) for r in records})}")
+            raise ValueError(
+                f"no record has a held-out type {self.held_out}; types present: "
+                f"{sorted({str(r.question_type) for r in records})}"
+            )
         if not kept:
             raise ValueError(f"holding out {self.held_out} leaves no training records")
-        log.info("zero-shot protocol: held out %d of %d records of types %s", len(records) - len(kept),
-                 len(records), self.held_out)
+        log.info(
+            "zero-shot protocol: held out %d of %d records of types %s",
+            len(records) - len(kept),
+            len(records),
+            self.held_out,
+        )
         return kept

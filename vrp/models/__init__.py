@@ -10,7 +10,19 @@ from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 __all__ = [
-    "VIDEO_TOKEN", "CausalLM", "FrameQFormerFusion", "HFVisionEncoder", "JointQFormerFusion", "LinearConnector",
-    "MLPConnector", "OpenClipVisionEncoder", "PerceiverResampler", "PoolingConnector", "QFormer", "TrackFusion",
-    "VideoReasoner", "tiny_llama_config", "tiny_vit_config",
+    "VIDEO_TOKEN",
+    "CausalLM",
+    "FrameQFormerFusion",
+    "HFVisionEncoder",
+    "JointQFormerFusion",
+    "LinearConnector",
+    "MLPConnector",
+    "OpenClipVisionEncoder",
+    "PerceiverResampler",
+    "PoolingConnector",
+    "QFormer",
+    "TrackFusion",
+    "VideoReasoner",
+    "tiny_llama_config",
+    "tiny_vit_config",
 ]

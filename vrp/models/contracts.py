@@ -44,10 +44,17 @@ class Fusion(Protocol):
     needs_boxes: bool
     reads_boxes: bool
 
-    def __call__(self, visual: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
-                 boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
-                 box_attributes: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-                 text_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+    def __call__(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        box_attributes: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -56,6 +63,14 @@ class TextFusion(Fusion, Protocol):
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def forward_with_text(self, visual: torch.Tensor, frame_mask: torch.Tensor | None, text_ids: torch.Tensor,
-                          text_mask: torch.Tensor | None = None, *, boxes: torch.Tensor | None = None,
-                          box_mask: torch.Tensor | None = None, text_causal: bool = False) -> torch.Tensor: ...
+    def forward_with_text(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        text_causal: bool = False,
+    ) -> torch.Tensor: ...

@@ -25,8 +25,10 @@ def _unreadable(path: Path, error: Exception) -> str:
     """What is wrong with a file `torch.load(weights_only=True)` refused, in our words (never torch's advice)."""
     detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
     if isinstance(error, pickle.UnpicklingError) and detail:
-        return ("holds Python objects other than tensors, numbers, strings and containers, which vrp never loads "
-                f"({detail.removeprefix('WeightsUnpickler error: ').split(' was not')[0]})")
+        return (
+            "holds Python objects other than tensors, numbers, strings and containers, which vrp never loads "
+            f"({detail.removeprefix('WeightsUnpickler error: ').split(' was not')[0]})"
+        )
     size = path.stat().st_size
     with path.open("rb") as f:
         if f.read(4) == b"PK\x03\x04":  # a zip archive, as torch.save writes
@@ -69,8 +71,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         state = read_checkpoint(path).get("state_dict")
         if state is None:
-            raise CheckpointError(f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a "
-                                  ".safetensors file")
+            raise CheckpointError(
+                f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a .safetensors file"
+            )
     check_finite(state, f"weights file {path}")
     return state
 
@@ -79,8 +82,10 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
     """`CheckpointError` when any floating-point tensor of `state` holds NaN or Inf (a diverged run's weights)."""
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:
-        raise CheckpointError(f"{where}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first {bad[0]}); "
-                              "the run that wrote them diverged: use an earlier checkpoint")
+        raise CheckpointError(
+            f"{where}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first {bad[0]}); "
+            "the run that wrote them diverged: use an earlier checkpoint"
+        )
 
 
 def build_model(config: dict) -> nn.Module:

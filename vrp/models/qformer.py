@@ -56,8 +56,16 @@ class CrossAttention(nn.Module):
     about halves the multiply-adds against the memory, forward and backward; `fold_memory` picks the cheaper form.
     """
 
-    def __init__(self, hidden_size: int, memory_width: int, num_heads: int, *, eps: float, dropout: float,
-                 attention_dropout: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        memory_width: int,
+        num_heads: int,
+        *,
+        eps: float,
+        dropout: float,
+        attention_dropout: float,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(hidden_size, hidden_size)
@@ -126,19 +134,41 @@ class FeedForward(nn.Module):
 class QFormerLayer(nn.Module):
     """Self-attention over queries (+ text), cross-attention of the queries only, separate query/text FFNs."""
 
-    def __init__(self, hidden_size: int, memory_width: int, num_heads: int, intermediate_size: int, *,
-                 cross_attention: bool, text: bool, eps: float, dropout: float, attention_dropout: float):
+    def __init__(
+        self,
+        hidden_size: int,
+        memory_width: int,
+        num_heads: int,
+        intermediate_size: int,
+        *,
+        cross_attention: bool,
+        text: bool,
+        eps: float,
+        dropout: float,
+        attention_dropout: float,
+    ):
         super().__init__()
-        self.self_attn = SelfAttention(hidden_size, num_heads, eps=eps, dropout=dropout,
-                                       attention_dropout=attention_dropout)
-        self.cross_attn = (CrossAttention(hidden_size, memory_width, num_heads, eps=eps, dropout=dropout,
-                                          attention_dropout=attention_dropout)
-                           if cross_attention else None)
+        self.self_attn = SelfAttention(
+            hidden_size, num_heads, eps=eps, dropout=dropout, attention_dropout=attention_dropout
+        )
+        self.cross_attn = (
+            CrossAttention(
+                hidden_size, memory_width, num_heads, eps=eps, dropout=dropout, attention_dropout=attention_dropout
+            )
+            if cross_attention
+            else None
+        )
         self.ffn = FeedForward(hidden_size, intermediate_size, eps=eps, dropout=dropout)
         self.text_ffn = FeedForward(hidden_size, intermediate_size, eps=eps, dropout=dropout) if text else None
 
-    def forward(self, x: torch.Tensor, num_queries: int, self_mask: torch.Tensor | None,
-                memory: torch.Tensor | None, memory_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_queries: int,
+        self_mask: torch.Tensor | None,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         x = self.self_attn(x, self_mask)  # (B, Q + L, H)
         q, t = x[:, :num_queries], x[:, num_queries:]
         if num_queries and self.cross_attn is not None:
@@ -167,11 +197,24 @@ class QFormer(nn.Module):
     `vocab_size=0` builds no text embeddings and no text FFNs (BLIP-2 for generation); > 0 enables text input.
     """
 
-    def __init__(self, memory_width: int, *, num_query_tokens: int = 32, hidden_size: int = 768,
-                 num_layers: int = 12, num_heads: int = 12, intermediate_size: int = 3072,
-                 cross_attention_freq: int = 2, vocab_size: int = 0, max_text_len: int = 512,
-                 pad_token_id: int = 0, layer_norm_eps: float = 1e-12, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, init_std: float = 0.02):
+    def __init__(
+        self,
+        memory_width: int,
+        *,
+        num_query_tokens: int = 32,
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        cross_attention_freq: int = 2,
+        vocab_size: int = 0,
+        max_text_len: int = 512,
+        pad_token_id: int = 0,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        init_std: float = 0.02,
+    ):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
@@ -184,10 +227,19 @@ class QFormer(nn.Module):
         self.embed_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.embed_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            QFormerLayer(hidden_size, memory_width, num_heads, intermediate_size,
-                         cross_attention=i % cross_attention_freq == 0, text=self.supports_text, eps=layer_norm_eps,
-                         dropout=dropout, attention_dropout=attention_dropout)
-            for i in range(num_layers))
+            QFormerLayer(
+                hidden_size,
+                memory_width,
+                num_heads,
+                intermediate_size,
+                cross_attention=i % cross_attention_freq == 0,
+                text=self.supports_text,
+                eps=layer_norm_eps,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+            )
+            for i in range(num_layers)
+        )
         self.apply(lambda m: _init_weights(m, init_std))
 
     def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
@@ -199,9 +251,16 @@ class QFormer(nn.Module):
         pos = torch.arange(L, device=text_ids.device)
         return self.word_embeddings(text_ids) + self.position_embeddings(pos)  # (B, L, H)
 
-    def forward(self, memory: torch.Tensor | None, memory_mask: torch.Tensor | None = None, *,
-                text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                text_causal: bool = False, queries: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None = None,
+        *,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_causal: bool = False,
+        queries: bool = True,
+    ) -> torch.Tensor:
         """memory (B, M, Dv), memory_mask (B, M) bool True = keep, text (B, L) -> (B, Q + L, H) (Q = 0 if not queries).
 
         `text_causal` lets text attend only to the queries and earlier text (BLIP-2 image-grounded generation).

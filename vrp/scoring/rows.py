@@ -15,9 +15,14 @@ def rows_from_batch(batch: Mapping, out: MCOutput) -> list[dict]:
     keys = batch.get("keys") or [""] * n
     rows = []
     for i in range(n):
-        row = {"key": keys[i], "type": types[i] or "all", "prediction": int(out.prediction[i]),
-               "answer": int(batch["answer_index"][i]), "num_options": len([o for o in batch["options"][i] if o]),
-               "scores": [round(float(s), 5) for s in out.scores[i] if s != float("-inf")]}
+        row = {
+            "key": keys[i],
+            "type": types[i] or "all",
+            "prediction": int(out.prediction[i]),
+            "answer": int(batch["answer_index"][i]),
+            "num_options": len([o for o in batch["options"][i] if o]),
+            "scores": [round(float(s), 5) for s in out.scores[i] if s != float("-inf")],
+        }
         if out.text is not None:
             row["text"] = out.text[i]
         rows.append(row)
@@ -37,8 +42,12 @@ def prediction_rows(batch: Mapping, out: MCOutput | None, generated: Sequence[st
         row = {"key": key, "type": types[i] or None, "prompt": prompts[i]}
         if out is not None:
             choice = mc[i]["prediction"]
-            row.update(choice=choice, option=batch["options"][i][choice] if choice >= 0 else None,
-                       scores=mc[i]["scores"], answer=mc[i]["answer"])
+            row.update(
+                choice=choice,
+                option=batch["options"][i][choice] if choice >= 0 else None,
+                scores=mc[i]["scores"],
+                answer=mc[i]["answer"],
+            )
             if "text" in mc[i]:
                 row["generated"] = mc[i]["text"]
         else:

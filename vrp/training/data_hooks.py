@@ -19,8 +19,9 @@ from vrp.models.constants import VIDEO_TOKEN
 # four; a datamodule without one is used as it is).
 @runtime_checkable
 class TakesPreprocess(Protocol):
-    def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
-                             std: tuple[float, float, float]) -> None: ...
+    def configure_preprocess(
+        self, image_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -53,17 +54,21 @@ def configure_datamodule(module: L.LightningModule) -> None:
 
         ours, theirs = vision_meta(module.hparams.get("model")), store.meta.get("vision")
         if ours and theirs and ours != theirs:
-            raise ValueError(f"feature cache {store.root} was built with vision {theirs}, but the model uses {ours}; "
-                             "rebuild it with `vrp cache`")
+            raise ValueError(
+                f"feature cache {store.root} was built with vision {theirs}, but the model uses {ours}; "
+                "rebuild it with `vrp cache`"
+            )
 
 
 def check_video_token(collator: Collator, llm: nn.Module) -> None:
     """The collator's tokenizer and the LLM's must give the video placeholder the same id, else the reasoner finds no
     placeholder (or the wrong token) in the batch and the visual tokens never reach the LLM."""
     if collator.video_token_id != llm.video_token_id:
-        raise ValueError(f"the data's tokenizer gives {VIDEO_TOKEN} the id {collator.video_token_id}, the LLM's "
-                         f"tokenizer {llm.video_token_id}: give the datamodule the LLM's tokenizer (data.init_args."
-                         "tokenizer), or save the LLM with the data's tokenizer")
+        raise ValueError(
+            f"the data's tokenizer gives {VIDEO_TOKEN} the id {collator.video_token_id}, the LLM's "
+            f"tokenizer {llm.video_token_id}: give the datamodule the LLM's tokenizer (data.init_args."
+            "tokenizer), or save the LLM with the data's tokenizer"
+        )
 
 
 def log_skips(module: L.LightningModule) -> None:

@@ -28,11 +28,12 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint.get("hyper_parameters", {}).get("model")
     if not isinstance(config, dict) or "class_path" not in config:
-        raise CheckpointError(f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a "
-                              "checkpoint written by `vrp fit`")
+        raise CheckpointError(
+            f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a checkpoint written by `vrp fit`"
+        )
     model = build_model(config)
     check_finite(checkpoint.get("state_dict", {}), f"checkpoint {ckpt}")
-    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,15 +44,20 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
         llm.model.save_pretrained(out / "llm")
         llm.tokenizer.save_pretrained(out / "llm")
         args = config["init_args"]
-        args["llm"]["init_args"].update({"model_name_or_path": str((out / "llm").resolve()), "config": None,
-                                         "tokenizer": None})
+        args["llm"]["init_args"].update(
+            {"model_name_or_path": str((out / "llm").resolve()), "config": None, "tokenizer": None}
+        )
         args["llm_mode"] = "frozen"
         weights = {k: v for k, v in weights.items() if not k.startswith("llm.")}
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "trainable.safetensors"))
     (out / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     module = checkpoint["hyper_parameters"].get("_class_path")
-    info = {"module": module, "stage": training_stage(module), "global_step": checkpoint.get("global_step"),
-            "checkpoint": str(ckpt)}
+    info = {
+        "module": module,
+        "stage": training_stage(module),
+        "global_step": checkpoint.get("global_step"),
+        "checkpoint": str(ckpt),
+    }
     (out / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
 

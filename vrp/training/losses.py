@@ -69,5 +69,7 @@ def matching_loss(logits: torch.Tensor, num_positive: int) -> torch.Tensor:
 
 def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
     """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder."""
-    embeds, mask, labels = model.build_inputs(video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    embeds, mask, labels = model.build_inputs(
+        video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
     return model.llm(embeds, mask, labels=labels).loss

@@ -103,8 +103,10 @@ class AlignmentPretraining(L.LightningModule):
             vis = torch.cat([visual, visual, visual[neg_video]])  # (3B, T, N, D)
             fm = batch["frame_mask"]
             joint = model.fusion.forward_with_text(
-                vis, torch.cat([fm, fm, fm[neg_video]]),
-                torch.cat([ids, ids[neg_text], ids]), torch.cat([tmask, tmask[neg_text], tmask]),
+                vis,
+                torch.cat([fm, fm, fm[neg_video]]),
+                torch.cat([ids, ids[neg_text], ids]),
+                torch.cat([tmask, tmask[neg_text], tmask]),
                 **_boxes(batch, neg_video),
             )  # (3B, Q + L, H)
             logits = self.heads.itm(joint[:, : model.fusion.num_output_tokens].mean(1))  # (3B, 2)

@@ -39,13 +39,17 @@ def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
     for key, value in state.items():
         if not key.startswith("model."):
             continue
-        name = key[len("model."):]
+        name = key[len("model.") :]
         if name not in own:
-            raise KeyError(f"{path}: weight {name!r} does not exist in the stage-2 model; "
-                           "stage 1 and stage 2 must use the same vision/fusion config")
+            raise KeyError(
+                f"{path}: weight {name!r} does not exist in the stage-2 model; "
+                "stage 1 and stage 2 must use the same vision/fusion config"
+            )
         if own[name].shape != value.shape:
-            raise ValueError(f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
-                             f"expects {tuple(own[name].shape)}; the fusion configs differ")
+            raise ValueError(
+                f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
+                f"expects {tuple(own[name].shape)}; the fusion configs differ"
+            )
         loaded[name] = value
     if not loaded:
         raise ValueError(f"{path}: no 'model.*' weights found; is this a stage-1 checkpoint?")
@@ -83,9 +87,11 @@ class InstructionTuning(L.LightningModule):
         self.strict_loading = False
         if init_from:
             loaded, fresh = load_stage1(model, init_from)
-            rank_zero_info(f"stage 2: loaded {len(loaded)} weights from {init_from}; "
-                           f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
-                           "trained only in stage 2)")
+            rank_zero_info(
+                f"stage 2: loaded {len(loaded)} weights from {init_from}; "
+                f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
+                "trained only in stage 2)"
+            )
         self.val_acc = PerTypeAccuracy(val_question_types)
 
     def encode(self, batch: dict) -> torch.Tensor:
@@ -116,8 +122,12 @@ class InstructionTuning(L.LightningModule):
             self.log("val/acc", (hits[0] / hits[1]).item() * 100, prog_bar=True, rank_zero_only=True)
         else:
             for name, acc in self.val_acc.compute().items():
-                self.log("val/acc" if name == "overall" else f"val/acc_{name}", acc * 100,
-                         prog_bar=name == "overall", rank_zero_only=True)
+                self.log(
+                    "val/acc" if name == "overall" else f"val/acc_{name}",
+                    acc * 100,
+                    prog_bar=name == "overall",
+                    rank_zero_only=True,
+                )
         self.val_acc.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> MCOutput | None:
@@ -155,4 +165,3 @@ class InstructionTuning(L.LightningModule):
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         checkpoint.check_trainable_keys(ckpt, self)
-

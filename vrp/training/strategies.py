@@ -67,8 +67,10 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
 
     dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
     if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
-        raise ValueError("FSDP2 here is data-parallel only: set ModelParallelStrategy(tensor_parallel_size=1, "
-                         "data_parallel_size=<num devices>)")
+        raise ValueError(
+            "FSDP2 here is data-parallel only: set ModelParallelStrategy(tensor_parallel_size=1, "
+            "data_parallel_size=<num devices>)"
+        )
     precision = str(getattr(getattr(module, "trainer", None), "precision", "32"))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if "bf16" in precision else None
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
