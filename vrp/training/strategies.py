@@ -71,7 +71,7 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
             "FSDP2 here is data-parallel only: set ModelParallelStrategy(tensor_parallel_size=1, "
             "data_parallel_size=<num devices>)"
         )
-    precision = str(getattr(getattr(module, "trainer", None), "precision", "32"))
+    precision = str(module.trainer.precision)  # a device mesh means ModelParallelStrategy: the trainer is attached
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if "bf16" in precision else None
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
     if mp is not None:
