@@ -10,7 +10,7 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data prepare cache pretrain finetune evidence ablate baselines zeroshot report test test-slow test-all bench \
+.PHONY: install data prepare cache pretrain finetune evidence ablate baselines zeroshot report lint test test-slow test-all bench \
 	bench-decode lmms-env test-lmms clean
 
 install: $(INSTALLED)
@@ -87,7 +87,7 @@ evidence: $(FINETUNE_CKPT)
 	  --data.init_args.test.init_args.path=$(FRESH)/train/mc.csv --data.init_args.test.init_args.target=text \
 	  --data.init_args.test.init_args.template="<video>"$$'\n'"{question}" \
 	  --data.init_args.test.init_args.boxes=$(FRESH)/train/boxes.json \
-	  --model.init_args.results_dir=runs/evidence/fresh-$(FRESH_SEED) --model.init_args.blind_baseline=null $(ARGS)
+	  --results.dir=runs/evidence/fresh-$(FRESH_SEED) --results.blind_baseline=null $(ARGS)
 	$(PY) scripts/evidence.py --results test=runs/embedded/finetune --results fresh-$(FRESH_SEED)=runs/evidence/fresh-$(FRESH_SEED)
 
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
@@ -111,6 +111,11 @@ report: $(FINETUNE_CKPT)
 	$(PY) -m vrp.evaluation.report --results model=runs/embedded/finetune $(EXTRA_RESULTS) \
 	  --curves stage1=runs/embedded/pretrain --curves stage2=runs/embedded/finetune \
 	  --checkpoint $(EXPORTED) --out artifacts/report
+
+# ruff lint + format check (configured in pyproject.toml); `.venv/bin/ruff format` applies the format
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(INSTALLED)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)

@@ -34,26 +34,48 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from tiny import build_tokenizer
 
-    from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
-    from vrp.training import steps
     from data_modules.features import FeatureStore
+    from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
+    from vrp.training.losses import lm_loss
     from vrp.training.stage2 import InstructionTuning
 
     tmp = Path(tempfile.mkdtemp(prefix="vrp_bench_cache_"))
     tok = build_tokenizer(tmp / "tok")
-    vit = {"model_type": "vit", "image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
-           "num_attention_heads": 12, "intermediate_size": 3072}
-    llm = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
-           "num_attention_heads": 4, "num_key_value_heads": 4}
-    model = VideoReasoner(HFVisionEncoder(config=vit), partial(MLPConnector, output_dim=256),
-                          CausalLM(config=llm, tokenizer=str(tok)), llm_mode="lora")
+    vit = {
+        "model_type": "vit",
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    }
+    llm = {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+    }
+    model = VideoReasoner(
+        HFVisionEncoder(config=vit),
+        partial(MLPConnector, output_dim=256),
+        CausalLM(config=llm, tokenizer=str(tok)),
+        llm_mode="lora",
+    )
     B, T = a.batch, a.frames
     ids = torch.tensor([[1, 4] + [5] * 30] * B)
     labels = ids.clone()
     labels[:, :16] = -100
-    batch = {"video": torch.randn(B, T, 3, 224, 224), "frame_mask": torch.ones(B, T, dtype=torch.bool),
-             "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-             "keys": [f"clip_{i}" for i in range(B)]}
+    batch = {
+        "video": torch.randn(B, T, 3, 224, 224),
+        "frame_mask": torch.ones(B, T, dtype=torch.bool),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": labels,
+        "keys": [f"clip_{i}" for i in range(B)],
+    }
     store = FeatureStore(tmp / "cache", create=True)
     with torch.no_grad():
         for key, visual in zip(batch["keys"], model.vision(batch["video"])):
@@ -66,10 +88,15 @@ def main() -> None:
         times = []
         for i in range(a.steps + 1):
             t = time.perf_counter()
-            feed = batch if name == "pixels" else {  # what the datamodule collates from the store
-                **{k: v for k, v in batch.items() if k != "video"},
-                "visual": torch.stack([store.read(k)["visual"] for k in batch["keys"]])}
-            steps.lm_loss(module.model, module.encode(feed), feed).backward()
+            feed = (
+                batch
+                if name == "pixels"
+                else {  # what the datamodule collates from the store
+                    **{k: v for k, v in batch.items() if k != "video"},
+                    "visual": torch.stack([store.read(k)["visual"] for k in batch["keys"]]),
+                }
+            )
+            lm_loss(module.model, module.encode(feed), feed).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i:  # first step is warm-up

@@ -92,9 +92,11 @@ def peers() -> tuple[dict, list[str]]:
         methods["torchcodec (1 thread, exact)"] = lambda p: torchcodec_reader(p, 1, "exact")
         methods["torchcodec (auto threads, approx)"] = lambda p: torchcodec_reader(p, 0, "approximate")
     except Exception as e:  # noqa: BLE001
-        skipped.append(f"torchcodec: {type(e).__name__}: {str(e).splitlines()[0]} (it needs FFmpeg 4-9 shared "
-                       "libraries; Debian 12: apt-get install libavutil57 libavcodec59 libavformat59 libavdevice59 "
-                       "libavfilter8 libswscale6 libswresample4)")
+        skipped.append(
+            f"torchcodec: {type(e).__name__}: {str(e).splitlines()[0]} (it needs FFmpeg 4-9 shared "
+            "libraries; Debian 12: apt-get install libavutil57 libavcodec59 libavformat59 libavdevice59 "
+            "libavfilter8 libswscale6 libswresample4)"
+        )
     return methods, skipped
 
 
@@ -141,16 +143,20 @@ def main() -> None:
         clips_by_size[(width, height)] = clips
     CLIPS.extend(clips_by_size[SIZES[0]])
 
-    methods = {"full decode (PyAV, convert 8)": full_decode,
-               "full decode (PyAV, convert all)": lambda p: full_decode(p, convert_all=True),
-               "vrp read_video": vrp_reader}
+    methods = {
+        "full decode (PyAV, convert 8)": full_decode,
+        "full decode (PyAV, convert all)": lambda p: full_decode(p, convert_all=True),
+        "vrp read_video": vrp_reader,
+    }
     peer_methods, skipped = peers()
     methods |= peer_methods
     for line in skipped:
         print(f"skipped {line}")
 
-    print(f"{os.cpu_count()} CPU cores; PyAV {av.__version__}; {NUM_FRAMES} uniform frames of {SECONDS}s {FPS} fps "
-          f"H.264 clips, keyframe every {GOP / FPS:.0f}s; {args.clips} clips x {args.rounds} rounds")
+    print(
+        f"{os.cpu_count()} CPU cores; PyAV {av.__version__}; {NUM_FRAMES} uniform frames of {SECONDS}s {FPS} fps "
+        f"H.264 clips, keyframe every {GOP / FPS:.0f}s; {args.clips} clips x {args.rounds} rounds"
+    )
     for size, clips in clips_by_size.items():
         reference = full_decode(clips[0])
         for name, fn in methods.items():

@@ -24,9 +24,14 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"{'workers':>8} {'samples':>8} {'seconds':>8} {'samples/s':>10}")
     for workers in (0, 1, 2):
-        dm = VideoTextDataModule(synthetic_root=args.root, synthetic_videos=100, num_workers=workers,
-                                 batch_size=args.batch_size, num_frames=args.frames,
-                                 train_sampling=args.sampling)
+        dm = VideoTextDataModule(
+            synthetic_root=args.root,
+            synthetic_videos=100,
+            num_workers=workers,
+            batch_size=args.batch_size,
+            num_frames=args.frames,
+            train_sampling=args.sampling,
+        )
         dm.prepare_data()
         dm.setup("fit")
         dm.configure_preprocess(args.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

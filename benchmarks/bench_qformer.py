@@ -35,19 +35,33 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = Blip2QFormerConfig(hidden_size=768, num_hidden_layers=args.layers, num_attention_heads=12,
-                             intermediate_size=3072, cross_attention_frequency=2,
-                             encoder_hidden_size=args.memory_width, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0)
+    cfg = Blip2QFormerConfig(
+        hidden_size=768,
+        num_hidden_layers=args.layers,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        cross_attention_frequency=2,
+        encoder_hidden_size=args.memory_width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     hf = Blip2QFormerModel(cfg).eval()
     with torch.no_grad():  # non-trivial LayerNorms and biases so that the parity check means something
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     query_tokens = torch.nn.Parameter(torch.randn(1, args.queries, 768) * 0.02)
-    ours = QFormer(args.memory_width, num_query_tokens=args.queries, hidden_size=768, num_layers=args.layers,
-                   num_heads=12, intermediate_size=3072, cross_attention_freq=2).eval()
-    load_blip2_qformer(ours, {"query_tokens": query_tokens.data,
-                              **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    ours = QFormer(
+        args.memory_width,
+        num_query_tokens=args.queries,
+        hidden_size=768,
+        num_layers=args.layers,
+        num_heads=12,
+        intermediate_size=3072,
+        cross_attention_freq=2,
+    ).eval()
+    load_blip2_qformer(
+        ours, {"query_tokens": query_tokens.data, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}}
+    )
     memory = torch.randn(args.frames, args.tokens, args.memory_width)
 
     def run_hf() -> torch.Tensor:
@@ -65,9 +79,11 @@ def main() -> None:
 
     step(run_hf), step(lambda: ours(memory))  # warm-up, which also checks the gradients
     att = hf.encoder.layer[0].crossattention.attention
-    grads = [(query_tokens.grad, ours.query_tokens.grad),
-             (torch.cat([att.key.weight.grad, att.value.weight.grad]), ours.layers[0].cross_attn.kv.weight.grad),
-             (att.value.bias.grad, ours.layers[0].cross_attn.kv.bias.grad[768:])]
+    grads = [
+        (query_tokens.grad, ours.query_tokens.grad),
+        (torch.cat([att.key.weight.grad, att.value.weight.grad]), ours.layers[0].cross_attn.kv.weight.grad),
+        (att.value.bias.grad, ours.layers[0].cross_attn.kv.bias.grad[768:]),
+    ]
     gdiff = max(((a - b).abs().max() / a.abs().max()).item() for a, b in grads)
     if gdiff > 1e-3:
         raise SystemExit(f"gradients differ by {gdiff:.2e} (relative): the comparison would be meaningless")
@@ -78,15 +94,21 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     n_hf = sum(p.numel() for p in hf.parameters()) + query_tokens.numel()
     n_ours = sum(p.numel() for p in ours.parameters())
-    print(f"Q-Former fwd+bwd, {args.layers} layers, hidden 768, {args.queries} queries, memory {args.frames}x"
-          f"{args.tokens}x{args.memory_width}, {args.threads} threads, median of {args.repeats}")
-    print(f"  parameters: transformers {n_hf:,}  vrp {n_ours:,}   max |output diff| {diff:.1e}, "
-          f"max relative gradient diff {gdiff:.1e}")
+    print(
+        f"Q-Former fwd+bwd, {args.layers} layers, hidden 768, {args.queries} queries, memory {args.frames}x"
+        f"{args.tokens}x{args.memory_width}, {args.threads} threads, median of {args.repeats}"
+    )
+    print(
+        f"  parameters: transformers {n_hf:,}  vrp {n_ours:,}   max |output diff| {diff:.1e}, "
+        f"max relative gradient diff {gdiff:.1e}"
+    )
     for k, v in med.items():
         print(f"  {k:13s} {v * 1000:8.1f} ms   (min {min(times[k]) * 1000:.1f}, max {max(times[k]) * 1000:.1f})")
     best = {k: min(v) for k, v in times.items()}
-    print(f"  speed-up vrp vs transformers: {med['transformers'] / med['vrp']:.2f}x on medians, "
-          f"{best['transformers'] / best['vrp']:.2f}x on best runs (less sensitive to a busy machine)")
+    print(
+        f"  speed-up vrp vs transformers: {med['transformers'] / med['vrp']:.2f}x on medians, "
+        f"{best['transformers'] / best['vrp']:.2f}x on best runs (less sensitive to a busy machine)"
+    )
 
 
 if __name__ == "__main__":

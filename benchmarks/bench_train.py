@@ -58,9 +58,15 @@ def random_batch(module, dm, batch: int, text_len: int, device: torch.device) ->
     ids[:, 1] = model.llm.video_token_id
     labels = ids.clone()
     labels[:, : text_len // 2] = -100
-    out = {"video": torch.randn(batch, T, 3, v.image_size, v.image_size), "frame_mask": torch.ones(batch, T, dtype=torch.bool),
-           "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-           "qformer_input_ids": ids[:, 2:], "qformer_attention_mask": torch.ones_like(ids[:, 2:])}
+    out = {
+        "video": torch.randn(batch, T, 3, v.image_size, v.image_size),
+        "frame_mask": torch.ones(batch, T, dtype=torch.bool),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": labels,
+        "qformer_input_ids": ids[:, 2:],
+        "qformer_attention_mask": torch.ones_like(ids[:, 2:]),
+    }
     return {k: x.to(device) for k, x in out.items()}
 
 
@@ -75,9 +81,9 @@ def bench(stage: str, args, device: torch.device, peak: float) -> dict:
         if losses is not None:
             loss = sum(losses(batch).values())
         else:
-            from vrp.training import steps
+            from vrp.training.losses import lm_loss
 
-            loss = steps.lm_loss(module.model, module.encode(batch), batch)
+            loss = lm_loss(module.model, module.encode(batch), batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -96,10 +102,20 @@ def bench(stage: str, args, device: torch.device, peak: float) -> dict:
         _sync(device)
         times.append(time.perf_counter() - t)
     dt = statistics.median(times)
-    mem = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"stage": stage, "step_s": dt, "samples/s": args.batch / dt, "tokens/s": args.batch * args.text_len / dt,
-            "GFLOP/step": flops / 1e9, "MFU": flops / dt / peak, "peak_mem_GiB": mem / 2**30}
+    mem = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "stage": stage,
+        "step_s": dt,
+        "samples/s": args.batch / dt,
+        "tokens/s": args.batch * args.text_len / dt,
+        "GFLOP/step": flops / 1e9,
+        "MFU": flops / dt / peak,
+        "peak_mem_GiB": mem / 2**30,
+    }
 
 
 def main() -> None:
@@ -115,8 +131,10 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, dtype)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
-    print(f"device: {name}; measured {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; batch {args.batch}, "
-          f"{args.text_len} text tokens; median of {args.steps} steps (fp32 model)")
+    print(
+        f"device: {name}; measured {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; batch {args.batch}, "
+        f"{args.text_len} text tokens; median of {args.steps} steps (fp32 model)"
+    )
     rows = [bench(s, args, device, peak) for s in ("pretrain", "finetune")]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))

@@ -31,8 +31,9 @@ from typing import TypedDict
 
 import torch
 
-IGNORE_INDEX = -100
-VIDEO_TOKEN = "<video>"
+from vrp.models.constants import IGNORE_INDEX, VIDEO_TOKEN
+
+__all__ = ["IGNORE_INDEX", "VIDEO_TOKEN", "Batch"]
 
 
 class Batch(TypedDict, total=False):

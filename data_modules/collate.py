@@ -30,15 +30,19 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
-                 system_prompt: str | None = None, visual: bool = True) -> tuple[list[int], list[int]]:
+def encode_turns(
+    tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *, system_prompt: str | None = None, visual: bool = True
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation. Each segment (user prefix, assistant answer) is the text the chat
     template adds for it, tokenised on its own, so the label boundary is exact. ``visual=False`` (a text-only
     sample) keeps the conversation free of the placeholder."""
     count = sum(u.count(VIDEO_TOKEN) for u, _ in turns)
     if count > int(visual):
-        raise ValueError(f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}" if visual else
-                         f"a text-only conversation holds no {VIDEO_TOKEN} placeholder, found {count}")
+        raise ValueError(
+            f"a prompt may hold one {VIDEO_TOKEN} placeholder, found {count}"
+            if visual
+            else f"a text-only conversation holds no {VIDEO_TOKEN} placeholder, found {count}"
+        )
     if count == 0 and visual:
         turns = [(f"{VIDEO_TOKEN}\n{turns[0][0]}".rstrip("\n"), turns[0][1]), *turns[1:]]
     ids: list[int] = []
@@ -65,10 +69,12 @@ def encode_turns(tok: PreTrainedTokenizerBase, turns: list[tuple[str, str]], *,
         messages.append({"role": "assistant", "content": answer})
         full = tok.apply_chat_template(messages, tokenize=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise ValueError("the tokenizer's chat template does not render conversations prefix-consistently; "
-                             "labels cannot be aligned (set use_chat_template=False)")
-        add(prompt[len(done):], False)
-        add(full[len(prompt):], True)
+            raise ValueError(
+                "the tokenizer's chat template does not render conversations prefix-consistently; "
+                "labels cannot be aligned (set use_chat_template=False)"
+            )
+        add(prompt[len(done) :], False)
+        add(full[len(prompt) :], True)
         done = full
     return ids, labels
 
@@ -79,11 +85,17 @@ class Collator:
     ``max_length`` truncates the end of a sequence (never the placeholder: a prompt longer than that is an error).
     """
 
-    def __init__(self, tokenizer: str | PreTrainedTokenizerBase, *,
-                 qformer_tokenizer: str | PreTrainedTokenizerBase | None = None,
-                 padding_side: Literal["left", "right"] = "right", max_length: int | None = None,
-                 qformer_max_length: int = 64, use_chat_template: bool = True,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: str | PreTrainedTokenizerBase,
+        *,
+        qformer_tokenizer: str | PreTrainedTokenizerBase | None = None,
+        padding_side: Literal["left", "right"] = "right",
+        max_length: int | None = None,
+        qformer_max_length: int = 64,
+        use_chat_template: bool = True,
+        system_prompt: str | None = None,
+    ) -> None:
         self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         if isinstance(qformer_tokenizer, str):
             qformer_tokenizer = load_tokenizer(qformer_tokenizer)
@@ -113,13 +125,16 @@ class Collator:
         ids, labels = [], []
         for s in samples:
             visual = s.get("modality", "video") != "text"
-            i, lab = encode_turns(self.tok, s["turns"], system_prompt=s.get("system") or self.system_prompt,
-                                  visual=visual)
+            i, lab = encode_turns(
+                self.tok, s["turns"], system_prompt=s.get("system") or self.system_prompt, visual=visual
+            )
             if self.max_length is not None:
                 i, lab = i[: self.max_length], lab[: self.max_length]
             if i.count(self.video_token_id) != int(visual):
-                raise ValueError(f"sample {s['key']}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
-                                 f"and max_length={self.max_length}, found {i.count(self.video_token_id)}")
+                raise ValueError(
+                    f"sample {s['key']}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
+                    f"and max_length={self.max_length}, found {i.count(self.video_token_id)}"
+                )
             ids.append(i)
             labels.append(lab)
         batch: Batch = {
@@ -132,8 +147,13 @@ class Collator:
             "prompt": [strip_placeholder(s["turns"][-1][0]) for s in samples],
             "target": [s["turns"][-1][1] for s in samples],
         }
-        q = self.qtok([s["qformer_text"] for s in samples], padding=True, truncation=True,
-                      max_length=self.qformer_max_length, return_tensors="pt")
+        q = self.qtok(
+            [s["qformer_text"] for s in samples],
+            padding=True,
+            truncation=True,
+            max_length=self.qformer_max_length,
+            return_tensors="pt",
+        )
         batch["qformer_input_ids"], batch["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
         if any(s.get("boxes") is not None for s in samples):
             T = batch["frame_mask"].shape[1]

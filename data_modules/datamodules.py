@@ -32,34 +32,65 @@ from data_modules.collate import Collator
 from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
 from data_modules.skips import SkipCounter
-from data_modules.sources import (CaptionManifest, LlavaInstructions, Mixture, MultipleChoice, VideoChat2Instructions,
-                                  WebDatasetSource)
-from data_modules.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
+from data_modules.sources import CaptionManifest, LlavaInstructions, MapSource, MultipleChoice, WebDatasetSource
+from data_modules.transforms import VideoTransform
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
 
 Sampling = Literal["uniform", "segment", "fps"]
 SYNTHETIC_MC_TEMPLATE = "<video>\n{question}"
-MapSource = CaptionManifest | LlavaInstructions | VideoChat2Instructions | MultipleChoice | Mixture
 
 
 class _ClipDataModule(L.LightningDataModule):
     """Shared machinery; subclasses only name their sources and defaults."""
 
-    def _init_common(self, *, tokenizer, qformer_tokenizer, num_frames, train_sampling, eval_sampling, sample_fps,
-                     decode_short_side, crop_scale, hflip, batch_size, eval_batch_size, num_workers, shuffle_buffer,
-                     seed, max_bad_fraction, bad_fraction_min_samples, damaged_clips, padding_side, max_length,
-                     synthetic_root, generate_if_missing, synthetic_videos, synthetic_seed, synthetic_boxes,
-                     image_frames) -> None:
+    def _init_common(
+        self,
+        *,
+        tokenizer,
+        qformer_tokenizer,
+        num_frames,
+        train_sampling,
+        eval_sampling,
+        sample_fps,
+        decode_short_side,
+        crop_scale,
+        hflip,
+        batch_size,
+        eval_batch_size,
+        num_workers,
+        shuffle_buffer,
+        seed,
+        max_bad_fraction,
+        bad_fraction_min_samples,
+        damaged_clips,
+        padding_side,
+        max_length,
+        synthetic_root,
+        generate_if_missing,
+        synthetic_videos,
+        synthetic_seed,
+        synthetic_boxes,
+        image_frames,
+    ) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
         self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
-            sample_fps, decode_short_side, tuple(crop_scale), hflip)
+            sample_fps,
+            decode_short_side,
+            tuple(crop_scale),
+            hflip,
+        )
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.padding_side, self.max_length = padding_side, max_length
         self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
-        self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = synthetic_videos, synthetic_seed, synthetic_boxes
+        self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = (
+            synthetic_videos,
+            synthetic_seed,
+            synthetic_boxes,
+        )
         self.image_frames = image_frames
         self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
         self.damaged_clips = damaged_clips
@@ -71,8 +102,9 @@ class _ClipDataModule(L.LightningDataModule):
         self._features: FeatureStore | None = None
 
     # --- configuration from the model -------------------------------------------------------------------------
-    def configure_preprocess(self, image_size: int, mean: tuple[float, float, float],
-                             std: tuple[float, float, float]) -> None:
+    def configure_preprocess(
+        self, image_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+    ) -> None:
         """Frame size and normalisation of the vision backbone; call before the dataloaders are built."""
         self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
 
@@ -94,8 +126,10 @@ class _ClipDataModule(L.LightningDataModule):
         if not self._uses_synthetic() or (self.synthetic_root / "meta.json").is_file():
             return
         if not self.generate_if_missing:
-            raise FileNotFoundError(f"synthetic data {self.synthetic_root} is missing; run `make data` or set "
-                                    "generate_if_missing=true (or configure the sources)")
+            raise FileNotFoundError(
+                f"synthetic data {self.synthetic_root} is missing; run `make data` or set "
+                "generate_if_missing=true (or configure the sources)"
+            )
         from data_modules.synthetic import generate
 
         log.info("generating %d synthetic videos into %s", self.synthetic_videos, self.synthetic_root)
@@ -113,8 +147,12 @@ class _ClipDataModule(L.LightningDataModule):
     # --- loaders -----------------------------------------------------------------------------------------------
     def collator(self) -> Collator:
         if self._collator is None:
-            self._collator = Collator(self._tokenizer_path(), qformer_tokenizer=self.qformer_tokenizer,
-                                      padding_side=self.padding_side, max_length=self.max_length)
+            self._collator = Collator(
+                self._tokenizer_path(),
+                qformer_tokenizer=self.qformer_tokenizer,
+                padding_side=self.padding_side,
+                max_length=self.max_length,
+            )
         return self._collator
 
     def _dist(self) -> tuple[int, int]:
@@ -124,14 +162,22 @@ class _ClipDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _clip_loader(self, train: bool) -> ClipLoader:
-        transform = VideoTransform(self.image_size, self.mean, self.std, train=train, scale=self.crop_scale,
-                                   hflip=self.hflip)
+    def clip_loader(self, train: bool) -> ClipLoader:
+        transform = VideoTransform(
+            self.image_size, self.mean, self.std, train=train, scale=self.crop_scale, hflip=self.hflip
+        )
         sampling = self.train_sampling if train else self.eval_sampling
-        return ClipLoader(transform, num_frames=self.num_frames, sampling=sampling,
-                          fps=self.sample_fps if sampling == "fps" else None, short_side=self.decode_short_side,
-                          box_attributes=self.box_attributes, features=self.features(),
-                          image_frames=self.image_frames, damaged=self.damaged_clips)
+        return ClipLoader(
+            transform,
+            num_frames=self.num_frames,
+            sampling=sampling,
+            fps=self.sample_fps if sampling == "fps" else None,
+            short_side=self.decode_short_side,
+            box_attributes=self.box_attributes,
+            features=self.features(),
+            image_frames=self.image_frames,
+            damaged=self.damaged_clips,
+        )
 
     def features(self) -> FeatureStore | None:
         """The `feature_cache` store (None: decode clips)."""
@@ -140,20 +186,34 @@ class _ClipDataModule(L.LightningDataModule):
         if self._features is None:
             store = FeatureStore(self.feature_cache)
             if store.meta.get("num_frames") not in (None, self.num_frames):
-                raise ValueError(f"feature cache {self.feature_cache} holds {store.meta['num_frames']} frames per clip "
-                                 f"but num_frames={self.num_frames}; rebuild it (vrp cache) or set feature_cache: null")
+                raise ValueError(
+                    f"feature cache {self.feature_cache} holds {store.meta['num_frames']} frames per clip "
+                    f"but num_frames={self.num_frames}; rebuild it (vrp cache) or set feature_cache: null"
+                )
             self._features = store
         return self._features
 
     def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
         rank, world = self._dist()
-        common = dict(batch_size=self.batch_size if train else self.eval_batch_size, num_workers=self.num_workers,
-                      collate_fn=self.collator(), persistent_workers=False)
+        common = dict(
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+            persistent_workers=False,
+        )
         if isinstance(source, WebDatasetSource):
-            ds = StreamingDataset(source, self._clip_loader(train), self.skips, shuffle=train,
-                                  shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world)
+            ds = StreamingDataset(
+                source,
+                self.clip_loader(train),
+                self.skips,
+                shuffle=train,
+                shuffle_buffer=self.shuffle_buffer,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+            )
             return StatefulDataLoader(ds, **common)
-        ds = MapDataset(records, self._clip_loader(train), self.skips, replace_bad=train)
+        ds = MapDataset(records, self.clip_loader(train), self.skips, replace_bad=train)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)
@@ -164,11 +224,18 @@ class _ClipDataModule(L.LightningDataModule):
         if source is not None and not isinstance(source, WebDatasetSource):
             self.records[name] = self.skips.load(source, f"the {name} source {type(source).__name__}")
             if not self.records[name]:
-                raise ValueError(f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
-                                 "usable records; check the file and the skip log")
+                raise ValueError(
+                    f"{name} source {type(source).__name__}({getattr(source, 'path', '')}) has no "
+                    "usable records; check the file and the skip log"
+                )
             per = Counter(r.modality for r in self.records[name])
-            log.info("%s: %d records from %s (%s)", name, len(self.records[name]), type(source).__name__,
-                     ", ".join(f"{m} {per[m]}" for m in ("video", "image", "text") if per[m]))
+            log.info(
+                "%s: %d records from %s (%s)",
+                name,
+                len(self.records[name]),
+                type(source).__name__,
+                ", ".join(f"{m} {per[m]}" for m in ("video", "image", "text") if per[m]),
+            )
 
 
 class VideoTextDataModule(_ClipDataModule):
@@ -179,30 +246,66 @@ class VideoTextDataModule(_ClipDataModule):
     caption; ``qformer_input_ids`` hold the caption.
     """
 
-    def __init__(self, train: WebDatasetSource | MapSource | None = None, val: WebDatasetSource | MapSource | None = None,
-                 *, tokenizer: str | None = None, qformer_tokenizer: str | None = None, num_frames: int = 8,
-                 train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
-                 sample_fps: float | None = None, decode_short_side: int | None = None,
-                 crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
-                 eval_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256, seed: int = 0,
-                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
-                 damaged_clips: Literal["skip", "keep"] = "skip",
-                 padding_side: Literal["left", "right"] = "right",
-                 max_length: int | None = None, synthetic_root: str = "data/synthetic",
-                 generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False, image_frames: int = 1, feature_cache: str | None = None) -> None:
+    def __init__(
+        self,
+        train: WebDatasetSource | MapSource | None = None,
+        val: WebDatasetSource | MapSource | None = None,
+        *,
+        tokenizer: str | None = None,
+        qformer_tokenizer: str | None = None,
+        num_frames: int = 8,
+        train_sampling: Sampling = "segment",
+        eval_sampling: Sampling = "uniform",
+        sample_fps: float | None = None,
+        decode_short_side: int | None = None,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        hflip: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,
+        bad_fraction_min_samples: int = 100,
+        damaged_clips: Literal["skip", "keep"] = "skip",
+        padding_side: Literal["left", "right"] = "right",
+        max_length: int | None = None,
+        synthetic_root: str = "data/synthetic",
+        generate_if_missing: bool = True,
+        synthetic_videos: int = 2000,
+        synthetic_seed: int = 0,
+        synthetic_boxes: bool = False,
+        image_frames: int = 1,
+        feature_cache: str | None = None,
+    ) -> None:
         super().__init__()
         self._init_common(
-            tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
-            train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
-            decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed,
-            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            tokenizer=tokenizer,
+            qformer_tokenizer=qformer_tokenizer,
+            num_frames=num_frames,
+            train_sampling=train_sampling,
+            eval_sampling=eval_sampling,
+            sample_fps=sample_fps,
+            decode_short_side=decode_short_side,
+            crop_scale=crop_scale,
+            hflip=hflip,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            max_bad_fraction=max_bad_fraction,
+            bad_fraction_min_samples=bad_fraction_min_samples,
             damaged_clips=damaged_clips,
-            padding_side=padding_side, max_length=max_length,
-            synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
-            image_frames=image_frames)
+            padding_side=padding_side,
+            max_length=max_length,
+            synthetic_root=synthetic_root,
+            generate_if_missing=generate_if_missing,
+            synthetic_videos=synthetic_videos,
+            synthetic_seed=synthetic_seed,
+            synthetic_boxes=synthetic_boxes,
+            image_frames=image_frames,
+        )
         self.train_source, self.val_source = train, val
         self.feature_cache = feature_cache  # a `vrp cache` folder: read encoder tokens per video, never decode
 
@@ -214,8 +317,13 @@ class VideoTextDataModule(_ClipDataModule):
             shards = sorted(str(p) for p in (self.synthetic_root / "train" / "shards").glob("*.tar"))
             self.train_source = WebDatasetSource(shards, boxes=self._boxes("train"))
         if self.val_source is None:
-            self.val_source = CaptionManifest(self._split_file("val", "captions.csv"), video_column="contentUrl",
-                                              caption_column="name", key_column="videoid", boxes=self._boxes("val"))
+            self.val_source = CaptionManifest(
+                self._split_file("val", "captions.csv"),
+                video_column="contentUrl",
+                caption_column="name",
+                key_column="videoid",
+                boxes=self._boxes("val"),
+            )
         if stage in (None, "fit") and "train" not in self.records:
             self._load_records("train", self.train_source)
         if stage in (None, "fit", "validate") and "val" not in self.records:
@@ -239,36 +347,72 @@ class InstructionDataModule(_ClipDataModule):
     image repeated); the loaded records are logged per modality (video / image / text).
     """
 
-    def __init__(self, train: MapSource | None = None, val: MapSource | None = None, test: MapSource | None = None,
-                 predict: MapSource | None = None, *, tokenizer: str | None = None,
-                 qformer_tokenizer: str | None = None, num_frames: int = 8,
-                 train_sampling: Sampling = "segment", eval_sampling: Sampling = "uniform",
-                 sample_fps: float | None = None, decode_short_side: int | None = None,
-                 crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = False, batch_size: int = 8,
-                 eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-                 max_bad_fraction: float = 0.05, bad_fraction_min_samples: int = 100,
-                 damaged_clips: Literal["skip", "keep"] = "skip",
-                 padding_side: Literal["left", "right"] = "right",
-                 max_length: int | None = None, synthetic_root: str = "data/synthetic",
-                 generate_if_missing: bool = True, synthetic_videos: int = 2000, synthetic_seed: int = 0,
-                 synthetic_boxes: bool = False, image_frames: int = 1, box_attributes: list[str] | None = None,
-                 feature_cache: str | None = None) -> None:
+    def __init__(
+        self,
+        train: MapSource | None = None,
+        val: MapSource | None = None,
+        test: MapSource | None = None,
+        predict: MapSource | None = None,
+        *,
+        tokenizer: str | None = None,
+        qformer_tokenizer: str | None = None,
+        num_frames: int = 8,
+        train_sampling: Sampling = "segment",
+        eval_sampling: Sampling = "uniform",
+        sample_fps: float | None = None,
+        decode_short_side: int | None = None,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        hflip: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,
+        bad_fraction_min_samples: int = 100,
+        damaged_clips: Literal["skip", "keep"] = "skip",
+        padding_side: Literal["left", "right"] = "right",
+        max_length: int | None = None,
+        synthetic_root: str = "data/synthetic",
+        generate_if_missing: bool = True,
+        synthetic_videos: int = 2000,
+        synthetic_seed: int = 0,
+        synthetic_boxes: bool = False,
+        image_frames: int = 1,
+        box_attributes: list[str] | None = None,
+        feature_cache: str | None = None,
+    ) -> None:
         """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
         then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
         leave it null for a model, which sees pixels and unlabelled boxes only. ``feature_cache``: a `vrp cache`
         folder; every split then reads the frozen encoder's tokens per video instead of decoding."""
         super().__init__()
         self._init_common(
-            tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer, num_frames=num_frames,
-            train_sampling=train_sampling, eval_sampling=eval_sampling, sample_fps=sample_fps,
-            decode_short_side=decode_short_side, crop_scale=crop_scale, hflip=hflip, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, num_workers=num_workers, shuffle_buffer=0, seed=seed,
-            max_bad_fraction=max_bad_fraction, bad_fraction_min_samples=bad_fraction_min_samples,
+            tokenizer=tokenizer,
+            qformer_tokenizer=qformer_tokenizer,
+            num_frames=num_frames,
+            train_sampling=train_sampling,
+            eval_sampling=eval_sampling,
+            sample_fps=sample_fps,
+            decode_short_side=decode_short_side,
+            crop_scale=crop_scale,
+            hflip=hflip,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            shuffle_buffer=0,
+            seed=seed,
+            max_bad_fraction=max_bad_fraction,
+            bad_fraction_min_samples=bad_fraction_min_samples,
             damaged_clips=damaged_clips,
-            padding_side=padding_side, max_length=max_length,
-            synthetic_root=synthetic_root, generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos, synthetic_seed=synthetic_seed, synthetic_boxes=synthetic_boxes,
-            image_frames=image_frames)
+            padding_side=padding_side,
+            max_length=max_length,
+            synthetic_root=synthetic_root,
+            generate_if_missing=generate_if_missing,
+            synthetic_videos=synthetic_videos,
+            synthetic_seed=synthetic_seed,
+            synthetic_boxes=synthetic_boxes,
+            image_frames=image_frames,
+        )
         self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
         self.box_attributes = list(box_attributes) if box_attributes else None
         self.feature_cache = feature_cache
@@ -278,16 +422,25 @@ class InstructionDataModule(_ClipDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_source is None:
-            self.train_source = LlavaInstructions(self._split_file("train", "instructions.json"),
-                                                  boxes=self._boxes("train"))
+            self.train_source = LlavaInstructions(
+                self._split_file("train", "instructions.json"), boxes=self._boxes("train")
+            )
         # The synthetic instructions ask the bare question and answer with the option text, so evaluation asks the
         # same way and scores each option's text (a prompt that lists the options would differ from training).
         if self.val_source is None:
-            self.val_source = MultipleChoice(self._split_file("val", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
-                                             target="text", boxes=self._boxes("val"))
+            self.val_source = MultipleChoice(
+                self._split_file("val", "mc.csv"),
+                template=SYNTHETIC_MC_TEMPLATE,
+                target="text",
+                boxes=self._boxes("val"),
+            )
         if self.test_source is None:
-            self.test_source = MultipleChoice(self._split_file("test", "mc.csv"), template=SYNTHETIC_MC_TEMPLATE,
-                                              target="text", boxes=self._boxes("test"))
+            self.test_source = MultipleChoice(
+                self._split_file("test", "mc.csv"),
+                template=SYNTHETIC_MC_TEMPLATE,
+                target="text",
+                boxes=self._boxes("test"),
+            )
         if self.predict_source is None:
             self.predict_source = self.test_source
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}

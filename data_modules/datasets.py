@@ -26,10 +26,19 @@ class ClipLoader:
     frame that the model never sees (their prompt has no placeholder, so no visual token enters the LLM).
     """
 
-    def __init__(self, transform: VideoTransform, *, num_frames: int = 8,
-                 sampling: Literal["uniform", "segment", "fps"] = "uniform", fps: float | None = None,
-                 short_side: int | None = None, image_frames: int = 1, box_attributes: list[str] | None = None,
-                 features: FeatureStore | None = None, damaged: Literal["skip", "keep"] = "skip") -> None:
+    def __init__(
+        self,
+        transform: VideoTransform,
+        *,
+        num_frames: int = 8,
+        sampling: Literal["uniform", "segment", "fps"] = "uniform",
+        fps: float | None = None,
+        short_side: int | None = None,
+        image_frames: int = 1,
+        box_attributes: list[str] | None = None,
+        features: FeatureStore | None = None,
+        damaged: Literal["skip", "keep"] = "skip",
+    ) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
         ``features``: read each video's frozen-encoder tokens from this store (sample key ``visual``) instead of
@@ -45,14 +54,25 @@ class ClipLoader:
         """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
         if rec.modality == "text":
             size = self.transform.image_size
-            return DecodedClip(frames=torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
-                               timestamps=torch.zeros(self.num_frames), frame_mask=torch.arange(self.num_frames) < 1,
-                               fps=1.0, duration=0.0)
+            return DecodedClip(
+                frames=torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
+                timestamps=torch.zeros(self.num_frames),
+                frame_mask=torch.arange(self.num_frames) < 1,
+                fps=1.0,
+                duration=0.0,
+            )
         if rec.modality == "image":
             return read_image(rec.video, self.num_frames, real_frames=self.image_frames, short_side=self.short_side)
-        return read_video(rec.video, self.num_frames, sampling=self.sampling, fps=self.fps, start_sec=rec.start_sec,
-                          end_sec=rec.end_sec, short_side=self.short_side,
-                          name=rec.where if isinstance(rec.video, bytes) else None)
+        return read_video(
+            rec.video,
+            self.num_frames,
+            sampling=self.sampling,
+            fps=self.fps,
+            start_sec=rec.start_sec,
+            end_sec=rec.end_sec,
+            short_side=self.short_side,
+            name=rec.where if isinstance(rec.video, bytes) else None,
+        )
 
     def decode(self, rec: Record) -> DecodedClip:
         """`read`, with unreadable input as a counted :class:`BadSample`."""
@@ -62,8 +82,12 @@ class ClipLoader:
             reason = "missing_file" if e.reason == "file not found" else "decode_error"
             raise BadSample(rec.where, reason, str(e)) from e
         if clip.failed_packets and self.damaged == "skip":
-            raise BadSample(rec.where, "decode_error", f"{clip.failed_packets} packets failed to decode (a partly "
-                            "damaged clip; damaged_clips='keep' would use its readable frames)")
+            raise BadSample(
+                rec.where,
+                "decode_error",
+                f"{clip.failed_packets} packets failed to decode (a partly "
+                "damaged clip; damaged_clips='keep' would use its readable frames)",
+            )
         return clip
 
     def __call__(self, rec: Record) -> dict:
@@ -72,8 +96,9 @@ class ClipLoader:
                 cached = self.features.read(rec.video_key)  # visual, frame_mask, timestamps, fps
             except KeyError as e:
                 raise BadSample(rec.where, "not_cached", str(e)) from e
-            boxes, box_mask, attributes = self._boxes(rec, cached["timestamps"], float(cached["fps"]),
-                                                      cached["frame_mask"])
+            boxes, box_mask, attributes = self._boxes(
+                rec, cached["timestamps"], float(cached["fps"]), cached["frame_mask"]
+            )
             return self._sample(rec, {"visual": cached["visual"]}, cached["frame_mask"], boxes, box_mask, attributes)
         return self.sample(rec, self.decode(rec))
 
@@ -90,16 +115,28 @@ class ClipLoader:
         if rec.video_key not in rec.boxes:
             raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
         boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps)
-        attributes = (rec.boxes.attributes(rec.video_key, self.box_attributes)
-                      if self.box_attributes is not None else None)
+        attributes = (
+            rec.boxes.attributes(rec.video_key, self.box_attributes) if self.box_attributes is not None else None
+        )
         return boxes, box_mask & frame_mask[:, None], attributes
 
     @staticmethod
     def _sample(rec: Record, pixels: dict, frame_mask, boxes, box_mask, attributes) -> dict:
-        return {"key": rec.key, **pixels, "frame_mask": frame_mask, "boxes": boxes, "box_mask": box_mask,
-                "box_attributes": attributes, "turns": rec.turns, "qformer_text": rec.qformer_text,
-                "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index,
-                "modality": rec.modality, "system": rec.system}
+        return {
+            "key": rec.key,
+            **pixels,
+            "frame_mask": frame_mask,
+            "boxes": boxes,
+            "box_mask": box_mask,
+            "box_attributes": attributes,
+            "turns": rec.turns,
+            "qformer_text": rec.qformer_text,
+            "question_type": rec.question_type,
+            "options": rec.options,
+            "answer_index": rec.answer_index,
+            "modality": rec.modality,
+            "system": rec.system,
+        }
 
 
 def sample_seed(*parts: object) -> int:
@@ -126,8 +163,14 @@ class MapDataset(Dataset):
     Evaluation (``replace_bad=False``): a bad record is counted and comes out as a ``{"key", "skipped": reason}``
     marker that the collator lists under ``batch["skipped"]``, so no question is scored twice or silently lost."""
 
-    def __init__(self, records: list[Record], loader: ClipLoader, skips: SkipCounter, max_retries: int = 20,
-                 replace_bad: bool = True) -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        loader: ClipLoader,
+        skips: SkipCounter,
+        max_retries: int = 20,
+        replace_bad: bool = True,
+    ) -> None:
         if not records:
             raise ValueError("MapDataset got no records; check the source's path and the skip log")
         self.records, self.loader, self.skips, self.max_retries = records, loader, skips, max_retries
@@ -188,12 +231,27 @@ class StreamingDataset(IterableDataset):
     memory, so each pass over the loader is the next epoch without help from the trainer.
     """
 
-    def __init__(self, source: WebDatasetSource, loader: ClipLoader, skips: SkipCounter, *, shuffle: bool = True,
-                 shuffle_buffer: int = 256, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 max_workers: int = 64) -> None:
+    def __init__(
+        self,
+        source: WebDatasetSource,
+        loader: ClipLoader,
+        skips: SkipCounter,
+        *,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        max_workers: int = 64,
+    ) -> None:
         self.source, self.loader, self.skips = source, loader, skips
         self.shuffle, self.shuffle_buffer, self.seed, self.rank, self.world_size = (
-            shuffle, shuffle_buffer, seed, rank, world_size)
+            shuffle,
+            shuffle_buffer,
+            seed,
+            rank,
+            world_size,
+        )
         self.epochs = torch.zeros(max_workers + 1, dtype=torch.int64).share_memory_()  # epochs started, per worker
         self._epoch, self._taken, self._resume = 0, 0, None
 

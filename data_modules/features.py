@@ -27,8 +27,10 @@ class FeatureStore:
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not (self.root / "meta.json").is_file():
-            raise FileNotFoundError(f"feature cache {self.root}: no meta.json; build it with `vrp cache --config "
-                                    "STAGE.yaml --out DIR` (or set feature_cache: null)")
+            raise FileNotFoundError(
+                f"feature cache {self.root}: no meta.json; build it with `vrp cache --config "
+                "STAGE.yaml --out DIR` (or set feature_cache: null)"
+            )
         else:
             self.meta = json.loads((self.root / "meta.json").read_text())
         self._keys: set[str] | None = None
@@ -43,13 +45,20 @@ class FeatureStore:
             self._keys = {p.name[: -len(".safetensors")] for p in self.root.glob("*.safetensors")}
         return key in self._keys
 
-    def write(self, key: str, visual: torch.Tensor, frame_mask: torch.Tensor, timestamps: torch.Tensor,
-              fps: float) -> None:
+    def write(
+        self, key: str, visual: torch.Tensor, frame_mask: torch.Tensor, timestamps: torch.Tensor, fps: float
+    ) -> None:
         """Store one clip's (T, N, D) tokens (as float16), written atomically."""
         tmp = self.root / f".{key}.tmp"
-        save_file({"visual": visual.detach().to("cpu", torch.float16).contiguous(),
-                   "frame_mask": frame_mask.bool().contiguous(), "timestamps": timestamps.float().contiguous(),
-                   "fps": torch.tensor(float(fps))}, str(tmp))
+        save_file(
+            {
+                "visual": visual.detach().to("cpu", torch.float16).contiguous(),
+                "frame_mask": frame_mask.bool().contiguous(),
+                "timestamps": timestamps.float().contiguous(),
+                "fps": torch.tensor(float(fps)),
+            },
+            str(tmp),
+        )
         tmp.replace(self._path(key))
         self._keys = None
 
@@ -60,6 +69,8 @@ class FeatureStore:
     def read(self, key: str) -> dict[str, torch.Tensor]:
         path = self._path(key)
         if not path.is_file():
-            raise KeyError(f"video {key!r} is not in the feature cache {self.root}; rebuild it with `vrp cache` for "
-                           "every split the run reads")
+            raise KeyError(
+                f"video {key!r} is not in the feature cache {self.root}; rebuild it with `vrp cache` for "
+                "every split the run reads"
+            )
         return load_file(str(path))

@@ -9,8 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
 
 class VideoTransform:
@@ -20,18 +19,30 @@ class VideoTransform:
     default: direction matters for causal questions). Eval: resize the short side to S, centre crop.
     """
 
-    def __init__(self, image_size: int = 224, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD,
-                 *, train: bool = False, scale: tuple[float, float] = (0.6, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = False) -> None:
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+        *,
+        train: bool = False,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = False,
+    ) -> None:
         self.image_size, self.train = image_size, train
-        geometry = ([v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio, antialias=True)]
-                    + ([v2.RandomHorizontalFlip()] if hflip else []) if train
-                    else [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        geometry = (
+            [v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio, antialias=True)]
+            + ([v2.RandomHorizontalFlip()] if hflip else [])
+            if train
+            else [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        )
         self.geometry = v2.Compose([*geometry, v2.ClampBoundingBoxes()])
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
-    def __call__(self, frames: torch.Tensor, boxes: torch.Tensor | None = None,
-                 box_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def __call__(
+        self, frames: torch.Tensor, boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         T, _, H, W = frames.shape
         video = tv_tensors.Video(frames)
         if boxes is None:

@@ -124,8 +124,20 @@ def read_video(
             if info.duration_source == "scan":  # the scan read to the end; start again from a fresh open
                 container.close()
                 container = opener()
-            return _read(container, info, label, num_frames, sampling, fps, start_sec, end_sec, short_side, pad,
-                         generator, threads)
+            return _read(
+                container,
+                info,
+                label,
+                num_frames,
+                sampling,
+                fps,
+                start_sec,
+                end_sec,
+                short_side,
+                pad,
+                generator,
+                threads,
+            )
         finally:
             container.close()
     except VideoReadError:
@@ -149,8 +161,9 @@ def _pil_pixels(image, size: tuple[int, int] | None, short_side: int | None) -> 
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def frames_clip(images, num_frames: int, *, short_side: int | None = None,
-                pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+def frames_clip(
+    images, num_frames: int, *, short_side: int | None = None, pad: Literal["repeat", "zero"] = "repeat"
+) -> DecodedClip:
     """A clip from a sequence of frames (PIL images, e.g. a benchmark's extracted frames): ``num_frames`` of them
     sampled as ``read_video``'s ``"uniform"`` does (the centre of equal segments); with fewer, all of them, then
     padding. All frames take the first one's (resized) size; timestamps are frame indices (``fps`` 1)."""
@@ -164,23 +177,37 @@ def frames_clip(images, num_frames: int, *, short_side: int | None = None,
     fill = real[-1:].expand(num_frames - len(idx), -1, -1, -1)
     frames = torch.cat([real, torch.zeros_like(fill) if pad == "zero" else fill])  # (T, 3, H, W)
     times = torch.tensor(idx + [idx[-1]] * (num_frames - len(idx)), dtype=torch.float32)
-    return DecodedClip(frames=frames, timestamps=times, frame_mask=torch.arange(num_frames) < len(idx), fps=1.0,
-                       duration=float(n))
+    return DecodedClip(
+        frames=frames, timestamps=times, frame_mask=torch.arange(num_frames) < len(idx), fps=1.0, duration=float(n)
+    )
 
 
-def image_clip(image, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
-               pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+def image_clip(
+    image,
+    num_frames: int,
+    *,
+    real_frames: int = 1,
+    short_side: int | None = None,
+    pad: Literal["repeat", "zero"] = "repeat",
+) -> DecodedClip:
     """A PIL image as a clip of ``num_frames`` frames: the image ``real_frames`` times (True in ``frame_mask``),
     then padding as in :func:`read_video`. Timestamps are 0, ``fps`` 1 and ``duration`` 0."""
     if not 1 <= real_frames <= num_frames:
         raise ValueError(f"real_frames must be in [1, num_frames={num_frames}], got {real_frames}")
     clip = frames_clip([image] * real_frames, num_frames, short_side=short_side, pad=pad)
-    return DecodedClip(frames=clip.frames, timestamps=torch.zeros(num_frames), frame_mask=clip.frame_mask, fps=1.0,
-                       duration=0.0)
+    return DecodedClip(
+        frames=clip.frames, timestamps=torch.zeros(num_frames), frame_mask=clip.frame_mask, fps=1.0, duration=0.0
+    )
 
 
-def read_image(path: str | os.PathLike, num_frames: int, *, real_frames: int = 1, short_side: int | None = None,
-               pad: Literal["repeat", "zero"] = "repeat") -> DecodedClip:
+def read_image(
+    path: str | os.PathLike,
+    num_frames: int,
+    *,
+    real_frames: int = 1,
+    short_side: int | None = None,
+    pad: Literal["repeat", "zero"] = "repeat",
+) -> DecodedClip:
     """An image file (any format Pillow reads) as a clip, see :func:`image_clip`. A missing or undecodable file
     raises ``VideoReadError`` (reason ``"file not found"`` or ``"not a readable image ..."``)."""
     from PIL import Image, UnidentifiedImageError
@@ -213,8 +240,9 @@ def write_video(
     """
     array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or array.shape[0] == 0:
-        raise ValueError(f"write_video({path}): frames must be uint8 (T>0, H, W, 3) RGB, got "
-                         f"{array.dtype} {tuple(array.shape)}")
+        raise ValueError(
+            f"write_video({path}): frames must be uint8 (T>0, H, W, 3) RGB, got {array.dtype} {tuple(array.shape)}"
+        )
     _, height, width, _ = array.shape
     if height % 2 or width % 2:
         raise ValueError(f"write_video({path}): H.264 yuv420p needs even height and width, got {height}x{width}")
@@ -345,8 +373,14 @@ def _probe(container, label: str) -> _Info:
         keyframes = sorted(float(e.timestamp * tb) - start for e in entries if e.is_keyframe) or None
         if keyframes and keyframes[0] < 0:  # mp4 indexes decode times: shift so the first keyframe shows at 0
             keyframes = [k - keyframes[0] for k in keyframes]
-    return _Info(start=start, duration=duration, duration_source=source, fps=fps, keyframes=keyframes,
-                 timestamps=source != "scan" or timestamps)
+    return _Info(
+        start=start,
+        duration=duration,
+        duration_source=source,
+        fps=fps,
+        keyframes=keyframes,
+        timestamps=source != "scan" or timestamps,
+    )
 
 
 def _scan(container, stream, fps: float, label: str) -> tuple[float, float, float, bool]:
@@ -377,8 +411,9 @@ def _scan(container, stream, fps: float, label: str) -> tuple[float, float, floa
 # --------------------------------------------------------------------------------------------------------- sampling
 
 
-def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, end_sec, short_side, pad,
-          generator, threads) -> DecodedClip:
+def _read(
+    container, info: _Info, label, num_frames, sampling, fps, start_sec, end_sec, short_side, pad, generator, threads
+) -> DecodedClip:
     t0 = start_sec or 0.0
     if t0 >= info.duration:
         raise VideoReadError(label, f"start_sec={t0} is at or past the end of the video ({info.duration:.3f}s)")
@@ -396,8 +431,12 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
     picks = None
     if sampling == "fps" or expected > 2 * num_frames:
         picks = decoder.pick(targets)
-        if (sampling != "fps" and len({t for t, _ in picks}) < len(picks) and expected <= 8 * num_frames
-                and decoder.rewind()):
+        if (
+            sampling != "fps"
+            and len({t for t, _ in picks}) < len(picks)
+            and expected <= 8 * num_frames
+            and decoder.rewind()
+        ):
             picks = None  # two targets fell on one frame: look at all frames and pick by index instead
     if picks is None:
         window = decoder.collect(t0, t1)
@@ -420,8 +459,14 @@ def _read(container, info: _Info, label, num_frames, sampling, fps, start_sec, e
     mask = torch.arange(num_frames) < real
     if decoder.errors:
         log.warning("%s: %d packets failed to decode and were skipped", label, decoder.errors)
-    return DecodedClip(frames=images.contiguous(), timestamps=times, frame_mask=mask, fps=info.fps,
-                       duration=info.duration, failed_packets=decoder.errors)
+    return DecodedClip(
+        frames=images.contiguous(),
+        timestamps=times,
+        frame_mask=mask,
+        fps=info.fps,
+        duration=info.duration,
+        failed_packets=decoder.errors,
+    )
 
 
 def _at_or_before(frames: list[tuple[float, av.VideoFrame]], targets: list[float]):
@@ -479,8 +524,9 @@ class _Decoder:
             log.debug("%s: %d seeks; decoding forward from the start", self.label, self.seeks)
             self.can_seek, t = False, -1.0
         try:
-            self.container.seek(int((max(t - self.seek_bias, 0.0) + self.info.start) / self.tb), stream=self.stream,
-                                backward=True)
+            self.container.seek(
+                int((max(t - self.seek_bias, 0.0) + self.info.start) / self.tb), stream=self.stream, backward=True
+            )
         except av.error.FFmpegError as e:  # e.g. a format without seeking: decode forward instead
             log.debug("%s: seek to %.3fs failed (%s); decoding forward", self.label, t, e)
             self.can_seek = False
@@ -613,8 +659,10 @@ class _Decoder:
         failed = f"{self.errors} packets failed to decode"
         if self.last_packet is None or self.last_packet + self._tolerance() < self.info.duration:
             last = "no packet" if self.last_packet is None else f"packets end at {self.last_packet:.3f}s"
-            return (f"truncated: {last} but the {self.info.duration_source} metadata says "
-                    f"{self.info.duration:.3f}s; no decodable frame ({failed})")
+            return (
+                f"truncated: {last} but the {self.info.duration_source} metadata says "
+                f"{self.info.duration:.3f}s; no decodable frame ({failed})"
+            )
         return f"no decodable frame ({failed if self.errors else 'the decoder returned none'})"
 
     def _tolerance(self) -> float:
@@ -645,8 +693,9 @@ def _to_tensor(frames: list[av.VideoFrame], short_side: int | None) -> torch.Ten
     out = []
     for frame in frames:
         if id(frame) not in cache:
-            array = frame.to_ndarray(format="rgb24", width=width, height=height,
-                                     interpolation="AREA" if smaller else "BILINEAR")  # (H, W, C)
+            array = frame.to_ndarray(
+                format="rgb24", width=width, height=height, interpolation="AREA" if smaller else "BILINEAR"
+            )  # (H, W, C)
             turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
             if turns:
                 array = np.rot90(array, turns)

@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vrp.evaluation.results import interval95  # noqa: E402
+
 PRETRAIN = ROOT / "experiments" / "embedded" / "pretrain.yaml"
 FINETUNE = ROOT / "experiments" / "embedded" / "finetune.yaml"
 QUIET = ["--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0"]
@@ -47,11 +48,25 @@ def fit(stage: Path, overlay: Path | None, run_dir: Path, steps: int, extra: lis
     Lightning would save `last-v1.ckpt` beside the stale `last.ckpt` that the row then tests)."""
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
     configs = ["--config", str(stage)] + (["--config", str(overlay)] if overlay else [])
-    subprocess.run([sys.executable, "-m", "vrp", "fit", *configs, *QUIET, *more,
-                    f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={steps}",
-                    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                    f"--trainer.callbacks.dirpath={run_dir}/ckpt", "--trainer.callbacks.save_last=true", *extra],
-                   cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vrp",
+            "fit",
+            *configs,
+            *QUIET,
+            *more,
+            f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.max_steps={steps}",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={run_dir}/ckpt",
+            "--trainer.callbacks.save_last=true",
+            *extra,
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     return run_dir / "ckpt" / "last.ckpt"
 
 
@@ -62,21 +77,38 @@ def run(name: str, overlay: Path | None, out: Path, steps: int, pretrain_steps: 
     if not stage2_only(overlay):
         stage1 = fit(PRETRAIN, overlay, run_dir / "pretrain", pretrain_steps, extra)
         init = [f"--model.init_args.init_from={stage1}"]
-    stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--model.init_args.results_dir={run_dir}")
+    stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--results.dir={run_dir}")
     configs = ["--config", str(FINETUNE)] + (["--config", str(overlay)] if overlay else [])
-    subprocess.run([sys.executable, "-m", "vrp", "test", *configs, *QUIET, *init,
-                    f"--trainer.default_root_dir={run_dir}", f"--model.init_args.results_dir={run_dir}",
-                    "--ckpt_path", str(stage2)], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vrp",
+            "test",
+            *configs,
+            *QUIET,
+            *init,
+            f"--trainer.default_root_dir={run_dir}",
+            f"--results.dir={run_dir}",
+            "--ckpt_path",
+            str(stage2),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     result = json.loads((run_dir / "test_results.json").read_text())
     overall, n = result["accuracy"]["overall"], result["counts"]["overall"]
-    return {"ablation": name, "minutes": round((time.time() - start) / 60, 1), **{
-        f"acc_{k}": round(v, 1) for k, v in result["accuracy"].items()},
-        "ci95_overall": round(interval95(overall, n), 1)}
+    return {
+        "ablation": name,
+        "minutes": round((time.time() - start) / 60, 1),
+        **{f"acc_{k}": round(v, 1) for k, v in result["accuracy"].items()},
+        "ci95_overall": round(interval95(overall, n), 1),
+    }
 
 
 def main() -> None:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150, help="stage-2 steps per row")

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError:
             path = None
         if not name or path is None:
-            raise SystemExit(f"evidence: --results {spec!r} needs NAME=DIR with a test_results.json below DIR "
-                             "(run vrp test)")
+            raise SystemExit(
+                f"evidence: --results {spec!r} needs NAME=DIR with a test_results.json below DIR (run vrp test)"
+            )
         results[name] = json.loads(path.read_text())
         print(f"{name}: {path}")
     print(table(results, a.target))

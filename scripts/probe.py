@@ -40,8 +40,13 @@ def _videos(records, loader, vision) -> dict[str, dict]:
         s = loader(rec)
         with torch.no_grad():
             visual = vision(s["video"][None])[0]  # (T, N, D)
-        out[rec.video_key] = {"visual": visual, "frame_mask": s["frame_mask"], "boxes": s["boxes"],
-                              "box_mask": s["box_mask"], "box_attributes": s.get("box_attributes")}
+        out[rec.video_key] = {
+            "visual": visual,
+            "frame_mask": s["frame_mask"],
+            "boxes": s["boxes"],
+            "box_mask": s["box_mask"],
+            "box_attributes": s.get("box_attributes"),
+        }
     return out
 
 
@@ -51,9 +56,21 @@ def _batch(records, feats, collator, blind: bool) -> dict:
         f = feats[rec.video_key]
         visual = torch.zeros_like(f["visual"]) if blind else f["visual"]
         boxes, box_mask = (None, None) if blind else (f["boxes"], f["box_mask"])  # boxes carry motion: drop them too
-        samples.append({"key": rec.key, "video": visual, "frame_mask": f["frame_mask"], "boxes": boxes,
-                        "box_mask": box_mask, "box_attributes": None if blind else f["box_attributes"], "turns": rec.turns, "qformer_text": rec.qformer_text,
-                        "question_type": rec.question_type, "options": rec.options, "answer_index": rec.answer_index})
+        samples.append(
+            {
+                "key": rec.key,
+                "video": visual,
+                "frame_mask": f["frame_mask"],
+                "boxes": boxes,
+                "box_mask": box_mask,
+                "box_attributes": None if blind else f["box_attributes"],
+                "turns": rec.turns,
+                "qformer_text": rec.qformer_text,
+                "question_type": rec.question_type,
+                "options": rec.options,
+                "answer_index": rec.answer_index,
+            }
+        )
     batch = collator(samples)
     batch["visual"] = batch.pop("video")  # the stage module and scorers read cached encoder tokens from "visual"
     return batch
@@ -73,21 +90,27 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     from vrp.cli import VRPCLI
-    from vrp.evaluation.results import accuracy_table, rows_from_batch
-    from vrp.training import steps as S
+    from vrp.evaluation.results import accuracy_table
+    from vrp.scoring.rows import rows_from_batch
+    from vrp.training.losses import lm_loss
     from vrp.training.optim import adamw_cosine
 
     # the probe decodes and encodes each video itself (its view equals the feature cache's: eval sampling, no crop)
-    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false", "--data.init_args.feature_cache=null"]
+    args = [x for c in a.config for x in ("--config", c)] + [
+        "--trainer.logger=false",
+        "--data.init_args.feature_cache=null",
+    ]
     if a.no_init:
         args.append("--model.init_args.init_from=null")
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` only (it warns when both are set)
     cli = VRPCLI(args=args, run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model
-    if a.blind and getattr(model.fusion, "needs_boxes", False):
-        raise SystemExit(f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
-                         "--config experiments/baselines/blind.yaml instead")
+    if a.blind and model.fusion.needs_boxes:
+        raise SystemExit(
+            f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
+            "--config experiments/baselines/blind.yaml instead"
+        )
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     vision = model.vision.eval()
@@ -107,20 +130,31 @@ def main(argv: list[str] | None = None) -> None:
     if not train or not test:
         raise SystemExit(f"no questions left after --types {a.types!r} --templates {a.templates!r}")
     t0 = time.time()
-    loader = dm._clip_loader(train=False)
+    loader = dm.clip_loader(train=False)
     feats = _videos(train + test, loader, vision)
-    print(f"{len(train)} train / {len(test)} test questions; {len(feats)} videos encoded in {time.time() - t0:.0f} s",
-          flush=True)
+    print(
+        f"{len(train)} train / {len(test)} test questions; {len(feats)} videos encoded in {time.time() - t0:.0f} s",
+        flush=True,
+    )
 
     total = a.steps or int(cli.config.trainer.max_steps)
     hp = module.hparams
-    opt = adamw_cosine(module, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
-                       warmup_steps=hp.warmup_steps, total_steps=total, min_lr_ratio=hp.min_lr_ratio)
+    opt = adamw_cosine(
+        module,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        betas=tuple(hp.betas),
+        warmup_steps=hp.warmup_steps,
+        total_steps=total,
+        min_lr_ratio=hp.min_lr_ratio,
+    )
     optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     params = [q for q in module.parameters() if q.requires_grad]
     collator = dm.collator()
-    samples = {"train": rng.sample(train, min(a.eval_questions, len(train))),
-               "test": rng.sample(test, min(a.eval_questions, len(test)))}
+    samples = {
+        "train": rng.sample(train, min(a.eval_questions, len(train))),
+        "test": rng.sample(test, min(a.eval_questions, len(test))),
+    }
 
     def evaluate(recs) -> dict[str, float]:
         """Accuracy (%) per "[type]", "[all]" and per template, from the same rows and table as `vrp test`."""
@@ -145,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(order) < dm.batch_size:
             order += rng.sample(range(len(train)), len(train))
         batch = _batch([train[order.pop()] for _ in range(dm.batch_size)], feats, collator, a.blind)
-        loss = S.lm_loss(model, module.encode(batch), batch)
+        loss = lm_loss(model, module.encode(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -153,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         scheduler.step()
         losses.append(loss.item())
         if step % a.eval_every == 0 or step == total:
-            recent = losses[-a.eval_every:]
+            recent = losses[-a.eval_every :]
             print(f"step {step}  loss {sum(recent) / len(recent):.3f}  {time.time() - t0:.0f} s", flush=True)
             for split in ("train", "test"):
                 print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
@@ -168,7 +202,9 @@ def _load_templates(dm) -> dict[str, str]:
     for split in ("train", "val", "test"):
         path = Path(dm.synthetic_root) / split / "instructions.json"
         if path.is_file():
-            out.update({str(item["id"]): item["template"] for item in json.loads(path.read_text()) if "template" in item})
+            out.update(
+                {str(item["id"]): item["template"] for item in json.loads(path.read_text()) if "template" in item}
+            )
     return out
 
 

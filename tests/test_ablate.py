@@ -30,9 +30,15 @@ def test_evidence_table_side_by_side_with_intervals(tmp_path, capsys):
     spec.loader.exec_module(evidence)
     for name, acc in (("a", 60.0), ("b", 30.0)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "test_results.json").write_text(json.dumps({
-            "accuracy": {"temporal": acc, "overall": acc}, "chance": {"temporal": 20.0, "overall": 21.0},
-            "counts": {"temporal": 100, "overall": 100}}))
+        (tmp_path / name / "test_results.json").write_text(
+            json.dumps(
+                {
+                    "accuracy": {"temporal": acc, "overall": acc},
+                    "chance": {"temporal": 20.0, "overall": 21.0},
+                    "counts": {"temporal": 100, "overall": 100},
+                }
+            )
+        )
     evidence.main(["--results", f"test={tmp_path / 'a'}", "--results", f"fresh={tmp_path / 'b'}"])
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| temporal"))

@@ -25,8 +25,12 @@ def test_python_dash_m_vrp_and_prepare_tool(tmp_path):
     from tiny import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok")
-    proc = subprocess.run([sys.executable, "-m", "vrp", "prepare", "--tokenizer", str(tok), "--out",
-                           str(tmp_path / "emb")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vrp", "prepare", "--tokenizer", str(tok), "--out", str(tmp_path / "emb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "emb" / "vit" / "config.json").is_file() and (tmp_path / "emb" / "llm" / "config.json").is_file()
 

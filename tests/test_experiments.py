@@ -29,11 +29,17 @@ def _overlays() -> list[tuple[Path, Path]]:
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("baselines/*.yaml"))]
     pairs += [(EXP / "embedded" / "finetune.yaml", o) for o in sorted(EXP.glob("zeroshot/*.yaml"))]
-    pairs += [(EXP / "scale" / f"{stage}.yaml", o) for stage in ("pretrain", "finetune")
-              for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))]
+    pairs += [
+        (EXP / "scale" / f"{stage}.yaml", o)
+        for stage in ("pretrain", "finetune")
+        for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))
+    ]
     # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
-    pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in sorted(EXP.glob("ablations/*.yaml"))
-              if "init_from" not in o.read_text()]
+    pairs += [
+        (EXP / "embedded" / "pretrain.yaml", o)
+        for o in sorted(EXP.glob("ablations/*.yaml"))
+        if "init_from" not in o.read_text()
+    ]
     return pairs
 
 
@@ -55,10 +61,16 @@ def test_scale_configs_parse_with_backbone_overlays():
         _parse(stage, EXP / "backbones" / "siglip_qwen.yaml")
 
 
-@pytest.mark.parametrize("pair", _overlays(), ids=lambda p: f"{p[0].parent.name}/{p[0].stem}+{p[1].parent.name}/{p[1].stem}")
+@pytest.mark.parametrize(
+    "pair", _overlays(), ids=lambda p: f"{p[0].parent.name}/{p[0].stem}+{p[1].parent.name}/{p[1].stem}"
+)
 def test_overlay_parses(pair):
     stage, overlay = pair
-    extra = [EXP / "backbones" / "siglip_qwen.yaml"] if stage.parent.name == "scale" and "backbones" not in str(overlay) else []
+    extra = (
+        [EXP / "backbones" / "siglip_qwen.yaml"]
+        if stage.parent.name == "scale" and "backbones" not in str(overlay)
+        else []
+    )
     cfg = _parse(stage, *extra, overlay)
     if overlay.name == "fusion_mlp.yaml":
         fusion = cfg.model.init_args.model.init_args.fusion
@@ -66,9 +78,8 @@ def test_overlay_parses(pair):
         assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the MLP connector"
 
 
-
 def test_zero_shot_overlay_builds_its_sources():
-    """A list of `class_path` sources inside a YAML must arrive as source objects, not dicts."""
+    """A `class_path` source inside a YAML must arrive as a source object, not a dict."""
     import lightning as L
     from jsonargparse import ArgumentParser, Namespace
 
@@ -80,8 +91,8 @@ def test_zero_shot_overlay_builds_its_sources():
     parser.add_argument("--data", type=L.LightningDataModule)
     train = parser.instantiate_classes(Namespace(data=cfg.data)).data.train_source
     assert isinstance(train, HoldOutTypes) and train.held_out == ["counterfactual", "predictive"]
-    assert train.sources and all(isinstance(s, LlavaInstructions) for s in train.sources)
-    assert all(s.boxes for s in train.sources), "the default model reads object boxes: the held-out source needs them"
+    assert isinstance(train.source, LlavaInstructions)
+    assert train.source.boxes, "the default model reads object boxes: the held-out source needs them"
 
 
 def _instantiate_data(*configs: Path):
@@ -99,13 +110,17 @@ def test_scale_nextqa_points_at_the_released_layout():
     path = test.video_path.format(video="0020/4882821564")
     assert str(Path(test.video_root) / path) == "/data/nextqa/NExTVideo/0020/4882821564.mp4"
     assert test.video_map == "/data/nextqa/map_vid_vidorID.json"
-    assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").model.init_args.type_groups[
-        "causal"] == ["CW", "CH"]
+    assert _parse(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml").results.type_groups[
+        "causal"
+    ] == ["CW", "CH"]
 
 
 def test_nextqa_zero_shot_overlay_holds_out_the_causal_family():
-    dm = _instantiate_data(EXP / "scale" / "finetune.yaml", EXP / "backbones" / "siglip_qwen.yaml",
-                           EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml")
+    dm = _instantiate_data(
+        EXP / "scale" / "finetune.yaml",
+        EXP / "backbones" / "siglip_qwen.yaml",
+        EXP / "datasets" / "finetune" / "nextqa_holdout_causal.yaml",
+    )
     assert dm.train_source.held_out == ["CH", "CW"]
 
 

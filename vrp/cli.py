@@ -8,7 +8,7 @@
 
 Every component (model, vision encoder, fusion, LLM, datamodule, strategy, loggers) is a `class_path` in YAML.
 The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`. validate / test /
-predict write into a new folder of their own (`vrp.training.runs`); user errors end in one `error: ...` line.
+predict write into a new folder of their own (`vrp.runs`); user errors end in one `error: ...` line.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import sys
 from typing import NoReturn
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from vrp import runs
+from vrp.evaluation.callbacks import TestResults
+from vrp.models.io import CheckpointError, check_finite, read_checkpoint
 from vrp.models.paths import ModelPathError
-from vrp.training import runs
 from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
-from vrp.training.checkpoint import CheckpointError, check_finite, read_checkpoint, remove_stale_temp_files
+from vrp.training.checkpoint import remove_stale_temp_files
 from vrp.training.strategies import close_process_group
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
@@ -32,7 +35,7 @@ from vrp.training.strategies import close_process_group
 USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy)
 
 TOOLS = {
-    "prepare": "vrp.training.embedded",
+    "prepare": "vrp.training.tiny_backbones",
     "export": "vrp.training.export",
     "cache": "vrp.training.cache",
     "ask": "vrp.evaluation.ask",
@@ -40,16 +43,25 @@ TOOLS = {
 }
 
 
-NOISE = ("Parser key", "Does not validate against", "Subtypes:", "Errors:", "Given value",
-         "- Expected a <class 'NoneType'>")
+NOISE = (
+    "Parser key",
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "- Expected a <class 'NoneType'>",
+)
 
 
 def root_cause(message: str) -> str | None:
     """The line that matters in a multi-line jsonargparse error, e.g. ``model (vrp.training.InstructionTuning):
     Option 'lerning_rate' is not accepted``: the innermost message under the union noise, with its key and class."""
     lines = [line.strip() for line in message.splitlines()]
-    causes = [line.removeprefix("- ") for line in lines
-              if line and not line.startswith(NOISE) and "Problem with given class_path" not in line]
+    causes = [
+        line.removeprefix("- ")
+        for line in lines
+        if line and not line.startswith(NOISE) and "Problem with given class_path" not in line
+    ]
     if len(lines) < 2 or not causes:
         return None
     cause = causes[-1]
@@ -72,13 +84,16 @@ class VRPArgumentParser(LightningArgumentParser):
 
 class VRPCLI(LightningCLI):
     """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, the
-    non-finite guard, run folders that never overlap (`vrp.training.runs`), and the user's model config winning over
+    non-finite guard, run folders that never overlap (`vrp.runs`), and the user's model config winning over
     a checkpoint's."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
         parser.add_lightning_class_args(JsonlPredictions, "predictions")  # vrp predict: --predictions.path=FILE
+        parser.add_lightning_class_args(
+            TestResults, "results"
+        )  # vrp test: --results.dir=DIR, --results.blind_baseline=
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -98,6 +113,19 @@ class VRPCLI(LightningCLI):
             folder = runs.redirect_to_own_folder(self.config[sub]["trainer"], sub)
             rank_zero_info(f"vrp {sub}: logs and results go to {folder}")
 
+    def instantiate_classes(self) -> None:
+        """Build the classes, then record the reasoner's config (class_path / init_args, as the config files and
+        command line gave it) in the stage module's hyper-parameters, which checkpoints carry: `vrp export` and
+        `--ckpt_path` rebuild the frozen backbones by name from it. The module itself saves no nn.Module
+        (``save_hyperparameters(ignore=["model"])``), so a module built in Python has no model config, as before."""
+        super().instantiate_classes()
+        dump = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml"))
+        sub = self.config.get("subcommand")
+        dump = dump[sub] if sub else dump
+        reasoner = ((dump.get("model") or {}).get("init_args") or {}).get("model")
+        if reasoner is not None:
+            self.model.hparams["model"] = reasoner
+
     def _keep_given_model(self, sub: str) -> None:
         """With ``--ckpt_path``, LightningCLI replaces the model config by the checkpoint's saved hyper-parameters;
         what the user gave (config files and command line) wins instead, and the keys that differ are named."""
@@ -107,8 +135,10 @@ class VRPCLI(LightningCLI):
             return
         ours, theirs = dict(given.items()), dict(merged.items())
         changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        rank_zero_info(f"vrp {sub}: using the given model config, not the checkpoint's hyper-parameters, for "
-                       f"{', '.join('model.' + k for k in changed[:8])}{' ...' if len(changed) > 8 else ''}")
+        rank_zero_info(
+            f"vrp {sub}: using the given model config, not the checkpoint's hyper-parameters, for "
+            f"{', '.join('model.' + k for k in changed[:8])}{' ...' if len(changed) > 8 else ''}"
+        )
         self.config[sub]["model"] = given
 
     def _lock_run_folders(self, *, checkpoints: bool) -> None:

@@ -7,8 +7,17 @@ from data_modules.sources.instructions import LlavaInstructions, VideoChat2Instr
 from data_modules.sources.manifest import CaptionManifest
 from data_modules.sources.mixture import Mixture
 from data_modules.sources.multiple_choice import MultipleChoice
-from data_modules.sources.record import Record
+from data_modules.sources.record import MapSource, Record
 from data_modules.sources.webdataset import WebDatasetSource
 
-__all__ = ["BoxTable", "CaptionManifest", "LlavaInstructions", "Mixture", "MultipleChoice", "Record",
-           "VideoChat2Instructions", "WebDatasetSource"]
+__all__ = [
+    "BoxTable",
+    "CaptionManifest",
+    "LlavaInstructions",
+    "MapSource",
+    "Mixture",
+    "MultipleChoice",
+    "Record",
+    "VideoChat2Instructions",
+    "WebDatasetSource",
+]

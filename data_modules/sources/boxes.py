@@ -33,8 +33,10 @@ class BoxTable:
                         if box is not None:
                             t[f, k] = torch.tensor(box, dtype=torch.float32)
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-                raise ValueError(f"{path_}: entry {key!r} is malformed ({type(e).__name__}: {e}); expected "
-                                 '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}') from e
+                raise ValueError(
+                    f"{path_}: entry {key!r} is malformed ({type(e).__name__}: {e}); expected "
+                    '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}'
+                ) from e
             self.table[str(key)], self.objects[str(key)] = t, list(objects)
 
     def __contains__(self, key: str) -> bool:

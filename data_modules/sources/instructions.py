@@ -62,8 +62,9 @@ def check_placeholders(turns: list[tuple[str, str]], modality: str) -> None:
     """A text-only item may not hold the visual placeholder (nothing would fill it); others at most one."""
     count = sum(str(u).count(VIDEO_TOKEN) for u, _ in turns)
     if count > (modality != "text"):
-        raise ValueError(f"{count} {VIDEO_TOKEN}/{IMAGE_TOKEN} placeholders in a {modality} item "
-                         f"(at most {int(modality != 'text')})")
+        raise ValueError(
+            f"{count} {VIDEO_TOKEN}/{IMAGE_TOKEN} placeholders in a {modality} item (at most {int(modality != 'text')})"
+        )
 
 
 class _ModalityLog:
@@ -81,8 +82,14 @@ class _ModalityLog:
 
     def report(self) -> None:
         text = self.counts["text"]
-        log.info("%s: %d video, %d image, %d text-only items%s", self.path, self.counts["video"], self.counts["image"],
-                 text, f" ({text} skipped: text_only='skip')" if text and self.text_only == "skip" else "")
+        log.info(
+            "%s: %d video, %d image, %d text-only items%s",
+            self.path,
+            self.counts["video"],
+            self.counts["image"],
+            text,
+            f" ({text} skipped: text_only='skip')" if text and self.text_only == "skip" else "",
+        )
 
 
 class LlavaInstructions:
@@ -91,8 +98,9 @@ class LlavaInstructions:
     ``"type"`` becomes the question type, and optional ``"options"`` + ``"answer_index"`` make the item scorable as
     multiple choice too. Paths are relative to ``video_root`` (default: the file's folder)."""
 
-    def __init__(self, path: str, *, video_root: str | None = None, boxes: str | None = None,
-                 text_only: TextOnly = "skip") -> None:
+    def __init__(
+        self, path: str, *, video_root: str | None = None, boxes: str | None = None, text_only: TextOnly = "skip"
+    ) -> None:
         self.path, self.video_root, self.boxes, self.text_only = path, video_root, boxes, text_only
 
     def load(self, skips: SkipCounter) -> list[Record]:
@@ -105,19 +113,30 @@ class LlavaInstructions:
             try:
                 conv = item["conversations"]
                 roles = [m["from"] for m in conv]
-                if not conv or len(conv) % 2 or roles[0::2] != ["human"] * (len(conv) // 2) or \
-                        roles[1::2] != ["gpt"] * (len(conv) // 2):
+                if (
+                    not conv
+                    or len(conv) % 2
+                    or roles[0::2] != ["human"] * (len(conv) // 2)
+                    or roles[1::2] != ["gpt"] * (len(conv) // 2)
+                ):
                     raise ValueError(f"conversations must alternate human/gpt, got {roles}")
-                turns = [(conv[i]["value"].replace(IMAGE_TOKEN, VIDEO_TOKEN), conv[i + 1]["value"])
-                         for i in range(0, len(conv), 2)]
+                turns = [
+                    (conv[i]["value"].replace(IMAGE_TOKEN, VIDEO_TOKEN), conv[i + 1]["value"])
+                    for i in range(0, len(conv), 2)
+                ]
                 visual, modality = visual_of(item)
                 check_placeholders(turns, modality)
                 key = str(item.get("id", Path(visual).stem if visual else where))
                 options, index = item.get("options"), item.get("answer_index")
-                if options is not None and not (isinstance(options, list) and len(options) >= 2
-                                                and isinstance(index, int) and 0 <= index < len(options)):
-                    raise ValueError(f"options must be a list of >= 2 with an answer_index into it, got "
-                                     f"{options!r} / {index!r}")
+                if options is not None and not (
+                    isinstance(options, list)
+                    and len(options) >= 2
+                    and isinstance(index, int)
+                    and 0 <= index < len(options)
+                ):
+                    raise ValueError(
+                        f"options must be a list of >= 2 with an answer_index into it, got {options!r} / {index!r}"
+                    )
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 skips.skip(where, "malformed", f"{type(e).__name__}: {e}")
                 continue
@@ -126,10 +145,19 @@ class LlavaInstructions:
                 continue
             if not modalities.keep(modality):
                 continue
-            records.append(Record(key, resolve(visual, root) if visual else "", turns,
-                                  qformer_text=strip_placeholder(turns[0][0]), question_type=item.get("type"),
-                                  options=options, answer_index=index if options is not None else None,
-                                  boxes=table, modality=modality))
+            records.append(
+                Record(
+                    key,
+                    resolve(visual, root) if visual else "",
+                    turns,
+                    qformer_text=strip_placeholder(turns[0][0]),
+                    question_type=item.get("type"),
+                    options=options,
+                    answer_index=index if options is not None else None,
+                    boxes=table,
+                    modality=modality,
+                )
+            )
         modalities.report()
         return records
 
@@ -154,8 +182,9 @@ class VideoChat2Instructions:
     reply; the Q-Former reads the instruction followed by the first question. ``start``/``end`` (seconds) make the
     clip that window of the video, and the record's key names the window (``<video stem>@<start>-<end>``)."""
 
-    def __init__(self, path: str, *, video_root: str | None = None, boxes: str | None = None,
-                 text_only: TextOnly = "skip") -> None:
+    def __init__(
+        self, path: str, *, video_root: str | None = None, boxes: str | None = None, text_only: TextOnly = "skip"
+    ) -> None:
         self.path, self.video_root, self.boxes, self.text_only = path, video_root, boxes, text_only
 
     def load(self, skips: SkipCounter) -> list[Record]:
@@ -186,8 +215,18 @@ class VideoChat2Instructions:
             if start is not None:
                 key = f"{key}@{start:g}-{end:g}"
             qformer_text = " ".join(t for t in (instruction, strip_placeholder(turns[0][0])) if t)
-            records.append(Record(key, resolve(visual, root) if visual else "", turns, qformer_text=qformer_text,
-                                  boxes=table, modality=modality, start_sec=start, end_sec=end,
-                                  system=instruction or None))
+            records.append(
+                Record(
+                    key,
+                    resolve(visual, root) if visual else "",
+                    turns,
+                    qformer_text=qformer_text,
+                    boxes=table,
+                    modality=modality,
+                    start_sec=start,
+                    end_sec=end,
+                    system=instruction or None,
+                )
+            )
         modalities.report()
         return records

@@ -10,8 +10,8 @@ import re
 import string
 from pathlib import Path
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.record import Record, resolve
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPTION_PROMPT = "<video>\nDescribe what happens in the video."
 
 
-_ISO_DURATION = re.compile(r"P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
-                           r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?")
+_ISO_DURATION = re.compile(
+    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
+)
 
 
 def parse_duration(value: str) -> float:
@@ -53,16 +55,30 @@ class CaptionManifest:
     (missing column, empty caption, unreadable duration, bad JSON) is skipped, counted and logged with its line number.
     """
 
-    def __init__(self, path: str, *, video_root: str | None = None, video_column: str = "video",
-                 video_path: str | None = None, caption_column: str = "caption", key_column: str | None = None,
-                 duration_column: str | None = None, min_duration: float | None = None,
-                 max_duration: float | None = None, prompt: str = DEFAULT_CAPTION_PROMPT,
-                 boxes: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        video_root: str | None = None,
+        video_column: str = "video",
+        video_path: str | None = None,
+        caption_column: str = "caption",
+        key_column: str | None = None,
+        duration_column: str | None = None,
+        min_duration: float | None = None,
+        max_duration: float | None = None,
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        boxes: str | None = None,
+    ) -> None:
         if (min_duration is not None or max_duration is not None) and duration_column is None:
             raise ValueError("CaptionManifest: min_duration/max_duration need duration_column (e.g. 'duration')")
         self.path, self.video_root = path, video_root
         self.video_column, self.video_path, self.caption_column, self.key_column = (
-            video_column, video_path, caption_column, key_column)
+            video_column,
+            video_path,
+            caption_column,
+            key_column,
+        )
         self.duration_column, self.min_duration, self.max_duration = duration_column, min_duration, max_duration
         self.prompt, self.boxes = prompt, boxes
 
@@ -77,8 +93,9 @@ class CaptionManifest:
         return self.video_path.format(**values)
 
     def in_range(self, seconds: float) -> bool:
-        return ((self.min_duration is None or seconds >= self.min_duration)
-                and (self.max_duration is None or seconds <= self.max_duration))
+        return (self.min_duration is None or seconds >= self.min_duration) and (
+            self.max_duration is None or seconds <= self.max_duration
+        )
 
     def load(self, skips: SkipCounter) -> list[Record]:
         path = Path(self.path)
@@ -109,11 +126,17 @@ class CaptionManifest:
             key = str(row.get(self.key_column) or "") if self.key_column else ""
             key = key or Path(video).stem
             caption = str(caption).strip()
-            records.append(Record(key, resolve(video, root), [(self.prompt, caption)], qformer_text=caption,
-                                  boxes=table))
+            records.append(
+                Record(key, resolve(video, root), [(self.prompt, caption)], qformer_text=caption, boxes=table)
+            )
         if filtered:
-            log.info("%s: %d rows outside the duration range [%s, %s] s left out", path, filtered,
-                     self.min_duration, self.max_duration)
+            log.info(
+                "%s: %d rows outside the duration range [%s, %s] s left out",
+                path,
+                filtered,
+                self.min_duration,
+                self.max_duration,
+            )
         return records
 
 

@@ -1,17 +1,12 @@
-"""A weighted mixture of map-style sources."""
+"""A weighted mixture of map-style sources (any `MapSource`, a mixture included; LightningCLI builds each
+``class_path`` entry of the YAML list into its source object)."""
 
 from __future__ import annotations
 
 import random
 
 from data_modules.skips import SkipCounter
-from data_modules.sources.instructions import LlavaInstructions, VideoChat2Instructions
-from data_modules.sources.manifest import CaptionManifest
-from data_modules.sources.multiple_choice import MultipleChoice
-from data_modules.sources.record import Record
-
-# Typed so that LightningCLI / jsonargparse builds each `class_path` entry of a YAML list into its source object.
-MixableSource = CaptionManifest | LlavaInstructions | VideoChat2Instructions | MultipleChoice
+from data_modules.sources.record import MapSource, Record
 
 
 class Mixture:
@@ -19,12 +14,19 @@ class Mixture:
     defaults to the sources' total size): a small source is repeated, a large one subsampled, each without
     repetition until exhausted, in an order fixed by ``seed``."""
 
-    def __init__(self, sources: list[MixableSource], weights: list[float] | None = None, *,
-                 num_samples: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        sources: list[MapSource],
+        weights: list[float] | None = None,
+        *,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
         weights = weights if weights is not None else [1.0] * len(sources)
         if len(weights) != len(sources) or not sources or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"Mixture needs one non-negative weight per source (sources={len(sources)}, "
-                             f"weights={weights})")
+            raise ValueError(
+                f"Mixture needs one non-negative weight per source (sources={len(sources)}, weights={weights})"
+            )
         self.sources, self.weights, self.num_samples, self.seed = sources, weights, num_samples, seed
 
     def load(self, skips: SkipCounter) -> list[Record]:

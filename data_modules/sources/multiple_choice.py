@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.record import Record, resolve
 
 LETTERS = "ABCDEFGHIJ"
@@ -40,10 +40,18 @@ class MultipleChoice:
     NExT-QA as released: ``video_root: .../NExTVideo, video_map: .../map_vid_vidorID.json, video_path: "{video}.mp4"``.
     """
 
-    def __init__(self, path: str, *, video_root: str | None = None, video_path: str = "videos/{video}.mp4",
-                 video_map: str | None = None, template: str = DEFAULT_TEMPLATE,
-                 option_format: str = "({letter}) {text}", target: Literal["letter", "text", "letter_text"] = "letter",
-                 boxes: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        video_root: str | None = None,
+        video_path: str = "videos/{video}.mp4",
+        video_map: str | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        option_format: str = "({letter}) {text}",
+        target: Literal["letter", "text", "letter_text"] = "letter",
+        boxes: str | None = None,
+    ) -> None:
         self.path, self.video_root, self.video_path, self.video_map = path, video_root, video_path, video_map
         self.template, self.option_format, self.target = template, option_format, target
         self.boxes = boxes
@@ -54,8 +62,10 @@ class MultipleChoice:
             return None
         path = Path(self.video_map)
         if not path.is_file():
-            raise FileNotFoundError(f"video map {path} does not exist; set MultipleChoice's `video_map` to the "
-                                    "dataset's map file (NExT-QA: map_vid_vidorID.json) or null")
+            raise FileNotFoundError(
+                f"video map {path} does not exist; set MultipleChoice's `video_map` to the "
+                "dataset's map file (NExT-QA: map_vid_vidorID.json) or null"
+            )
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
         if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
@@ -102,7 +112,16 @@ class MultipleChoice:
                     continue
                 key = f"{video_id}_{row.get('qid') or reader.line_num}"
                 video = resolve(self.video_path.format(video=video_map[video_id] if video_map else video_id), root)
-                records.append(Record(key, video, [(self.render(question, options), self.answer_text(options, index))],
-                                      qformer_text=question, question_type=row.get("type") or None,
-                                      options=options, answer_index=index, boxes=table))
+                records.append(
+                    Record(
+                        key,
+                        video,
+                        [(self.render(question, options), self.answer_text(options, index))],
+                        qformer_text=question,
+                        question_type=row.get("type") or None,
+                        options=options,
+                        answer_index=index,
+                        boxes=table,
+                    )
+                )
         return records

@@ -1,13 +1,19 @@
-"""The record every source produces: one video and the conversation about it, before decoding."""
+"""The record every source produces (one video and the conversation about it, before decoding), and the contract of
+a map-style source (`MapSource`).
+
+The source contract lives here, with the data code, rather than beside the model contracts in
+`vrp.models.contracts`: the data layer depends on nothing in `vrp/` and the models import no data code.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from data_modules.batch import VIDEO_TOKEN
+from data_modules.skips import SkipCounter
 
 
 @dataclass
@@ -56,3 +62,14 @@ def resolve(path: str, root: str | os.PathLike | None) -> str:
 
 def strip_placeholder(text: str) -> str:
     return text.replace(VIDEO_TOKEN, "").strip()
+
+
+@runtime_checkable
+class MapSource(Protocol):
+    """A map-style source: reads its files on ``load`` (never before, so configs may name files that
+    ``prepare_data`` has yet to generate) and returns every usable record, counting bad rows in ``skips``.
+
+    Any class with this method is a source: the datamodules, `Mixture` and `HoldOutTypes` take it by this type, so a
+    new format is one new class (LightningCLI builds it from its ``class_path``) and no list of classes to extend."""
+
+    def load(self, skips: SkipCounter) -> list[Record]: ...

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import webdataset as wds
 
-from data_modules.sources.boxes import BoxTable
 from data_modules.skips import BadSample, SkipCounter
+from data_modules.sources.boxes import BoxTable
 from data_modules.sources.manifest import DEFAULT_CAPTION_PROMPT
 from data_modules.sources.record import Record
 
@@ -22,8 +22,15 @@ class WebDatasetSource:
     """Caption shards. ``urls``: a brace pattern (``shards-{0000..0099}.tar``), ``pipe:aws s3 cp s3://... -`` commands,
     URLs, or a list of those. The caption is ``{key}.txt`` if present, else ``{key}.json[caption_field]``."""
 
-    def __init__(self, urls: str | list[str], *, video_ext: str = "mp4", caption_field: str = "caption",
-                 prompt: str = DEFAULT_CAPTION_PROMPT, boxes: str | None = None) -> None:
+    def __init__(
+        self,
+        urls: str | list[str],
+        *,
+        video_ext: str = "mp4",
+        caption_field: str = "caption",
+        prompt: str = DEFAULT_CAPTION_PROMPT,
+        boxes: str | None = None,
+    ) -> None:
         self.urls, self.video_ext, self.caption_field, self.prompt = urls, video_ext, caption_field, prompt
         self.boxes, self._table = boxes, None
 
@@ -54,8 +61,12 @@ class WebDatasetSource:
                     item = BadSample(item.key, "malformed", f"incomplete, the shard breaks off here ({item.detail})")
                 yield item
             if errors:
-                log.warning("shard %s could not be read to its end (%s: %s); samples past that point are lost",
-                            url, type(errors[0]).__name__, errors[0])
+                log.warning(
+                    "shard %s could not be read to its end (%s: %s); samples past that point are lost",
+                    url,
+                    type(errors[0]).__name__,
+                    errors[0],
+                )
 
     def parse(self, sample: dict) -> Record | BadSample:
         key = f"{sample['__url__']}:{sample['__key__']}"
@@ -73,5 +84,11 @@ class WebDatasetSource:
         caption = str(caption or "").strip()
         if not caption:
             return BadSample(key, "empty_text", "empty caption")
-        return Record(sample["__key__"], sample[self.video_ext], [(self.prompt, caption)], qformer_text=caption,
-                      boxes=self._table, origin=sample["__url__"])
+        return Record(
+            sample["__key__"],
+            sample[self.video_ext],
+            [(self.prompt, caption)],
+            qformer_text=caption,
+            boxes=self._table,
+            origin=sample["__url__"],
+        )

@@ -21,8 +21,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab-size", type=int, default=1024)
     a = p.parse_args(argv)
     start = time.perf_counter()
-    meta = generate(a.out, a.videos, a.seed, size=a.size, workers=a.workers, min_frames=a.min_frames,
-                    max_frames=a.max_frames, vocab_size=a.vocab_size)
+    meta = generate(
+        a.out,
+        a.videos,
+        a.seed,
+        size=a.size,
+        workers=a.workers,
+        min_frames=a.min_frames,
+        max_frames=a.max_frames,
+        vocab_size=a.vocab_size,
+    )
     for split, counts in meta["counts"].items():
         print(f"{split}: {counts['videos']} videos, {counts['items']} questions {counts['per_type']}")
     for split, table in meta["baselines"].items():

@@ -113,146 +113,304 @@ def _obj_pool(exclude: set[str]) -> list[str]:
     return [n for n in ALL_OBJECTS if group(n) not in exclude]
 
 
+@dataclass
+class _Video:
+    """What every template family reads about one video; ``rng`` is shared, so the families draw in a fixed order."""
+
+    scene: Scene
+    traj: Trajectory  # runs past the observed frames (for predictive questions)
+    observed: int
+    rng: np.random.Generator
+    names: list[str] = field(init=False)
+    colors: list[str] = field(init=False)
+    seen: list[Event] = field(init=False)  # the events of the observed frames
+
+    def __post_init__(self) -> None:
+        self.names = [o.name for o in self.scene.objects]
+        self.colors = [o.color for o in self.scene.objects]
+        self.seen = [e for e in self.traj.events if 1 <= e.frame < self.observed]
+
+    @property
+    def k(self) -> int:
+        return len(self.scene.objects)
+
+    def pick(self, options: list[int]) -> int | None:
+        return options[int(self.rng.integers(len(options)))] if options else None
+
+    def others(self, *skip: int) -> list[str]:
+        """The names of the objects other than ``skip``: the plausible distractors."""
+        return [n for j, n in enumerate(self.names) if j not in skip]
+
+
+def _candidate(
+    type_: str, template: str, question: str, answer: str, sentence: str, n: int, pool, preferred=(), exclude=()
+) -> Candidate:
+    return Candidate(type_, template, question, answer, sentence, n, list(pool), list(preferred), tuple(exclude))
+
+
 def propose(scene: Scene, traj: Trajectory, observed: int, rng: np.random.Generator) -> list[Candidate]:
-    """Candidates for one video. `traj` runs past the `observed` frames (for predictive questions)."""
-    objs = scene.objects
-    names = [o.name for o in objs]
-    colors = [o.color for o in objs]
-    k = len(objs)
-    seen = [e for e in traj.events if 1 <= e.frame < observed]
-    out: list[Candidate] = []
+    """Candidates for one video. `traj` runs past the `observed` frames (for predictive questions). Each family
+    proposes at most one candidate per template, in this order (they share ``rng``)."""
+    video = _Video(scene, traj, observed, rng)
+    return [
+        c for family in (_descriptive, _temporal, _explanatory, _predictive, _counterfactual) for c in family(video)
+    ]
 
-    def pick(options):
-        return options[int(rng.integers(len(options)))] if options else None
 
-    def add(type_, template, question, answer, sentence, n, pool, preferred=(), exclude=()):
-        out.append(Candidate(type_, template, question, answer, sentence, n, list(pool), list(preferred), tuple(exclude)))
-
-    # descriptive
-    add("descriptive", "count", "How many objects are there?", NUMBERS[k], f"There are {NUMBERS[k]} objects.", 4,
-        NUMBERS[2:6])
-    i = int(rng.integers(k))
-    add("descriptive", "shape", f"What shape is the {colors[i]} object?", objs[i].shape,
-        f"The {colors[i]} object is a {objs[i].shape}.", 4, SHAPES, exclude=(colors[i],))
+def _descriptive(v: _Video) -> list[Candidate]:
+    objs, names, colors, k = v.scene.objects, v.names, v.colors, v.k
+    out = [
+        _candidate(
+            "descriptive",
+            "count",
+            "How many objects are there?",
+            NUMBERS[k],
+            f"There are {NUMBERS[k]} objects.",
+            4,
+            NUMBERS[2:6],
+        )
+    ]
+    i = int(v.rng.integers(k))
+    out.append(
+        _candidate(
+            "descriptive",
+            "shape",
+            f"What shape is the {colors[i]} object?",
+            objs[i].shape,
+            f"The {colors[i]} object is a {objs[i].shape}.",
+            4,
+            SHAPES,
+            exclude=(colors[i],),
+        )
+    )
     unique = [j for j in range(k) if sum(o.shape == objs[j].shape for o in objs) == 1]
-    if (j := pick(unique)) is not None:
+    if (j := v.pick(unique)) is not None:
         shape = objs[j].shape
-        add("descriptive", "color", f"What color is the {shape}?", colors[j], f"The {shape} is {colors[j]}.", 5,
-            list(COLORS), preferred=[c for c in colors if c != colors[j]])
-    speed = np.linalg.norm(np.diff(traj.positions[:observed], axis=0), axis=-1).mean(0)  # (K,)
+        out.append(
+            _candidate(
+                "descriptive",
+                "color",
+                f"What color is the {shape}?",
+                colors[j],
+                f"The {shape} is {colors[j]}.",
+                5,
+                list(COLORS),
+                preferred=[c for c in colors if c != colors[j]],
+            )
+        )
+    speed = np.linalg.norm(np.diff(v.traj.positions[: v.observed], axis=0), axis=-1).mean(0)  # (K,)
     order = np.argsort(-speed)
     if k >= 2 and speed[order[0]] >= 1.25 * speed[order[1]]:
         f = int(order[0])
-        add("descriptive", "fastest", "Which object moves fastest?", names[f], f"The {names[f]} moves fastest.", 5,
-            ALL_OBJECTS, preferred=[n for n in names if n != names[f]])
+        out.append(
+            _candidate(
+                "descriptive",
+                "fastest",
+                "Which object moves fastest?",
+                names[f],
+                f"The {names[f]} moves fastest.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(f),
+            )
+        )
+    return out
 
-    # temporal
+
+def _temporal(v: _Video) -> list[Candidate]:
+    names, colors, out = v.names, v.colors, []
     for template, idx, word in (("first_hit", 0, "first"), ("last_hit", -1, "last")):
-        for x in map(int, rng.permutation(k)):  # the first object whose answer is unambiguous
-            ev = _first_events(seen, x, 1, observed)
+        for x in map(int, v.rng.permutation(v.k)):  # the first object whose answer is unambiguous
+            ev = _first_events(v.seen, x, 1, v.observed)
             ev = ev if idx == 0 else ev[::-1]
             if not _clear(ev, lambda e: e.partner(x)):
                 continue
             ans = _partner_name(names, ev[0], x)
-            add("temporal", template, f"What did the {names[x]} hit {word}?", ans,
-                f"The {names[x]} hit {'a wall' if ans == WALL else 'the ' + ans} {word}.", 5,
-                _obj_pool({colors[x]}) + [WALL], preferred=[n for j, n in enumerate(names) if j != x],
-                exclude=(colors[x],))
+            out.append(
+                _candidate(
+                    "temporal",
+                    template,
+                    f"What did the {names[x]} hit {word}?",
+                    ans,
+                    f"The {names[x]} hit {'a wall' if ans == WALL else 'the ' + ans} {word}.",
+                    5,
+                    _obj_pool({colors[x]}) + [WALL],
+                    preferred=v.others(x),
+                    exclude=(colors[x],),
+                )
+            )
             break
-    walls = [e for e in seen if e.is_wall]
+    walls = [e for e in v.seen if e.is_wall]
     if _clear(walls, lambda e: e.a):
         w = walls[0].a
-        add("temporal", "first_wall", "Which object hit a wall first?", names[w], f"The {names[w]} hit a wall first.",
-            5, ALL_OBJECTS, preferred=[n for n in names if n != names[w]])
+        out.append(
+            _candidate(
+                "temporal",
+                "first_wall",
+                "Which object hit a wall first?",
+                names[w],
+                f"The {names[w]} hit a wall first.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(w),
+            )
+        )
+    return out
 
-    # explanatory
-    once = [j for j in range(k) if len(_first_events(seen, j, 1, observed)) == 1]
-    if (x := pick(once)) is not None:
-        e = _first_events(seen, x, 1, observed)[0]
+
+def _explanatory(v: _Video) -> list[Candidate]:
+    names, colors, out = v.names, v.colors, []
+    once = [j for j in range(v.k) if len(_first_events(v.seen, j, 1, v.observed)) == 1]
+    if (x := v.pick(once)) is not None:
+        e = _first_events(v.seen, x, 1, v.observed)[0]
         p = _partner_name(names, e, x)
         ans = "it hit a wall" if p == WALL else f"it hit the {p}"
-        add("explanatory", "why_turn", f"Why did the {names[x]} change direction?", ans,
-            f"The {names[x]} changed direction because {ans}.", 5,
-            [f"it hit the {n}" for n in _obj_pool({colors[x]})] + ["it hit a wall"],
-            preferred=[f"it hit the {n}" for j, n in enumerate(names) if j != x], exclude=(colors[x],))
-    vel = np.linalg.norm(traj.velocities, axis=-1)  # (F, K)
-    for template, sign, verb, phrase in (("why_faster", 1, "speed up", "it was hit by the"),
-                                         ("why_slower", -1, "slow down", "it hit the")):
+        out.append(
+            _candidate(
+                "explanatory",
+                "why_turn",
+                f"Why did the {names[x]} change direction?",
+                ans,
+                f"The {names[x]} changed direction because {ans}.",
+                5,
+                [f"it hit the {n}" for n in _obj_pool({colors[x]})] + ["it hit a wall"],
+                preferred=[f"it hit the {n}" for n in v.others(x)],
+                exclude=(colors[x],),
+            )
+        )
+    vel = np.linalg.norm(v.traj.velocities, axis=-1)  # (F, K)
+    for template, sign, verb, phrase in (
+        ("why_faster", 1, "speed up", "it was hit by the"),
+        ("why_slower", -1, "slow down", "it hit the"),
+    ):
         changes: dict[int, list[tuple[int, Event]]] = {}
-        for e in seen:
-            if e.is_wall or e.frame >= observed:
+        for e in v.seen:
+            if e.is_wall or e.frame >= v.observed:
                 continue
             for me, other in ((e.a, e.other), (e.other, e.a)):
                 before, after = vel[e.frame - 1, me], vel[e.frame, me]
                 if sign * (after - before) >= max(0.3 * before, 0.5):
                     changes.setdefault(me, []).append((other, e))
-        unique_x = [x for x, c in changes.items() if len(c) == 1]
-        if (x := pick(unique_x)) is not None:
+        if (x := v.pick([x for x, c in changes.items() if len(c) == 1])) is not None:
             y = changes[x][0][0]
             ans = f"{phrase} {names[y]}"
-            add("explanatory", template, f"Why did the {names[x]} {verb}?", ans,
-                f"The {names[x]} {'sped up' if sign > 0 else 'slowed down'} because {ans}.", 5,
-                [f"{phrase} {n}" for n in _obj_pool({colors[x]})],
-                preferred=[f"{phrase} {n}" for j, n in enumerate(names) if j not in (x, y)], exclude=(colors[x],))
+            out.append(
+                _candidate(
+                    "explanatory",
+                    template,
+                    f"Why did the {names[x]} {verb}?",
+                    ans,
+                    f"The {names[x]} {'sped up' if sign > 0 else 'slowed down'} because {ans}.",
+                    5,
+                    [f"{phrase} {n}" for n in _obj_pool({colors[x]})],
+                    preferred=[f"{phrase} {n}" for n in v.others(x, y)],
+                    exclude=(colors[x],),
+                )
+            )
+    return out
 
-    # predictive: events after the last observed frame, soon after the cut
-    future = [e for e in traj.events if observed <= e.frame < observed + SOON]
-    for x in map(int, rng.permutation(k)):
-        ev = [e for e in traj.events if e.involves(x) and e.frame >= observed]
-        if not (ev and ev[0].frame < observed + SOON and _clear(ev, lambda e: e.partner(x))):
+
+def _predictive(v: _Video) -> list[Candidate]:
+    """Events after the last observed frame, soon after the cut."""
+    names, colors, events, out = v.names, v.colors, v.traj.events, []
+    for x in map(int, v.rng.permutation(v.k)):
+        ev = [e for e in events if e.involves(x) and e.frame >= v.observed]
+        if not (ev and ev[0].frame < v.observed + SOON and _clear(ev, lambda e: e.partner(x))):
             continue
         ans = _partner_name(names, ev[0], x)
-        add("predictive", "next_hit", f"What will the {names[x]} hit next?", ans,
-            f"The {names[x]} will hit {'a wall' if ans == WALL else 'the ' + ans} next.", 5,
-            _obj_pool({colors[x]}) + [WALL], preferred=[n for j, n in enumerate(names) if j != x], exclude=(colors[x],))
+        out.append(
+            _candidate(
+                "predictive",
+                "next_hit",
+                f"What will the {names[x]} hit next?",
+                ans,
+                f"The {names[x]} will hit {'a wall' if ans == WALL else 'the ' + ans} next.",
+                5,
+                _obj_pool({colors[x]}) + [WALL],
+                preferred=v.others(x),
+                exclude=(colors[x],),
+            )
+        )
         break
-    fwalls = [e for e in future if e.is_wall]
-    later_walls = [e for e in traj.events if e.is_wall and e.frame >= observed]
+    fwalls = [e for e in events if v.observed <= e.frame < v.observed + SOON and e.is_wall]
+    later_walls = [e for e in events if e.is_wall and e.frame >= v.observed]
     if fwalls and _clear(later_walls, lambda e: e.a):
         w = fwalls[0].a
-        add("predictive", "next_wall", "Which object will hit a wall next?", names[w],
-            f"The {names[w]} will hit a wall next.", 5, ALL_OBJECTS, preferred=[n for n in names if n != names[w]])
+        out.append(
+            _candidate(
+                "predictive",
+                "next_wall",
+                "Which object will hit a wall next?",
+                names[w],
+                f"The {names[w]} will hit a wall next.",
+                5,
+                ALL_OBJECTS,
+                preferred=v.others(w),
+            )
+        )
+    return out
 
-    # counterfactual: re-run the observed window without one object
-    if k >= 2:
-        cache: dict[int, Trajectory] = {}
 
-        def cf(z: int) -> Trajectory:  # the observed window re-run without object z
-            if z not in cache:
-                cache[z] = simulate(scene.without(z), observed)
-            return cache[z]
+def _counterfactual(v: _Video) -> list[Candidate]:
+    """The observed window re-run without one object."""
+    names, colors, k, out = v.names, v.colors, v.k, []
+    if k < 2:
+        return out
+    cache: dict[int, Trajectory] = {}
 
-        found: list[tuple[int, int, str]] = []  # (z, x, answer) whose counterfactual answer is clear and new
-        for z in range(k):
-            rest = [j for j in range(k) if j != z]
-            for cx, x in enumerate(rest):  # cx: index of x in the scene without z
-                fact = _first_events(seen, x, 1, observed)
-                counter = _first_events(cf(z).events, cx, 1, observed)
-                if _clear(counter, lambda e: e.partner(cx)):
-                    ans = _partner_name([names[j] for j in rest], counter[0], cx)
-                    if ans != (_partner_name(names, fact[0], x) if fact else None):
-                        found.append((z, x, ans))
-        # "a wall" is the commonest answer and balancing caps it, so prefer an object answer when there is one
-        objects_first = [f for f in found if f[2] != WALL] or found
-        if objects_first:
-            z, x, ans = objects_first[int(rng.integers(len(objects_first)))]
-            add("counterfactual", "cf_first_hit", f"If the {names[z]} were removed, what would the {names[x]} hit"
-                f" first?", ans, f"Without the {names[z]}, the {names[x]} would hit"
-                f" {'a wall' if ans == WALL else 'the ' + ans} first.", 5,
+    def cf(z: int) -> Trajectory:  # the observed window re-run without object z
+        if z not in cache:
+            cache[z] = simulate(v.scene.without(z), v.observed)
+        return cache[z]
+
+    found: list[tuple[int, int, str]] = []  # (z, x, answer) whose counterfactual answer is clear and new
+    for z in range(k):
+        rest = [j for j in range(k) if j != z]
+        for cx, x in enumerate(rest):  # cx: index of x in the scene without z
+            fact = _first_events(v.seen, x, 1, v.observed)
+            counter = _first_events(cf(z).events, cx, 1, v.observed)
+            if _clear(counter, lambda e: e.partner(cx)):
+                ans = _partner_name([names[j] for j in rest], counter[0], cx)
+                if ans != (_partner_name(names, fact[0], x) if fact else None):
+                    found.append((z, x, ans))
+    # "a wall" is the commonest answer and balancing caps it, so prefer an object answer when there is one
+    objects_first = [f for f in found if f[2] != WALL] or found
+    if objects_first:
+        z, x, ans = objects_first[int(v.rng.integers(len(objects_first)))]
+        out.append(
+            _candidate(
+                "counterfactual",
+                "cf_first_hit",
+                f"If the {names[z]} were removed, what would the {names[x]} hit first?",
+                ans,
+                f"Without the {names[z]}, the {names[x]} would hit {'a wall' if ans == WALL else 'the ' + ans} first.",
+                5,
                 _obj_pool({colors[x], colors[z]}) + [WALL],
-                preferred=[n for j, n in enumerate(names) if j not in (x, z)], exclude=(colors[x], colors[z]))
-        pairs = sorted({(e.a, e.other) for e in seen if not e.is_wall}) if k >= 3 else []
-        for p in rng.permutation(len(pairs)):
-            a, b = pairs[int(p)]
-            stoppers = [z for z in range(k) if z not in (a, b) and not _collide(cf(z), a - (a > z), b - (b > z))]
-            if len(stoppers) != 1:
-                continue
-            z = stoppers[0]
-            add("counterfactual", "cf_prevent", f"Which object, if removed, would stop the {names[a]} from hitting"
-                f" the {names[b]}?", names[z], f"Removing the {names[z]} would stop the {names[a]} from hitting the"
-                f" {names[b]}.", 4, _obj_pool({colors[a], colors[b]}),
-                preferred=[n for j, n in enumerate(names) if j not in (a, b, z)], exclude=(colors[a], colors[b]))
-            break
+                preferred=v.others(x, z),
+                exclude=(colors[x], colors[z]),
+            )
+        )
+    pairs = sorted({(e.a, e.other) for e in v.seen if not e.is_wall}) if k >= 3 else []
+    for p in v.rng.permutation(len(pairs)):
+        a, b = pairs[int(p)]
+        stoppers = [z for z in range(k) if z not in (a, b) and not _collide(cf(z), a - (a > z), b - (b > z))]
+        if len(stoppers) != 1:
+            continue
+        z = stoppers[0]
+        out.append(
+            _candidate(
+                "counterfactual",
+                "cf_prevent",
+                f"Which object, if removed, would stop the {names[a]} from hitting the {names[b]}?",
+                names[z],
+                f"Removing the {names[z]} would stop the {names[a]} from hitting the {names[b]}.",
+                4,
+                _obj_pool({colors[a], colors[b]}),
+                preferred=v.others(a, b, z),
+                exclude=(colors[a], colors[b]),
+            )
+        )
+        break
     return out
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<video>")
+from data_modules.batch import VIDEO_TOKEN
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", VIDEO_TOKEN)
 # Role-prefixed turns; the assistant turn ends with eos so generation knows where to stop.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -43,7 +45,7 @@ def build_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 102
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        extra_special_tokens=["<video>"],
+        extra_special_tokens=[VIDEO_TOKEN],
         chat_template=CHAT_TEMPLATE,
     )
     hf.save_pretrained(str(out))

@@ -117,8 +117,9 @@ def generate(
     for split in SPLITS:
         (out / split / "videos").mkdir(parents=True, exist_ok=True)
         jobs += [
-            VideoJob(split, i, seed, str(out / split / "videos"), size, min_frames, max_frames, min_objects,
-                     max_objects)
+            VideoJob(
+                split, i, seed, str(out / split / "videos"), size, min_frames, max_frames, min_objects, max_objects
+            )
             for i in range(sizes[split])
         ]
     if workers > 1:
@@ -142,13 +143,24 @@ def generate(
     baselines = {split: blind_baselines(items["train"], items[split]) for split in ("val", "test")}
     meta = {
         "seed": seed,
-        "config": dict(videos=videos, size=size, min_frames=min_frames, max_frames=max_frames,
-                       min_objects=min_objects, max_objects=max_objects, horizon=HORIZON, fps=FPS,
-                       vocab_size=vocab_size),
+        "config": dict(
+            videos=videos,
+            size=size,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            horizon=HORIZON,
+            fps=FPS,
+            vocab_size=vocab_size,
+        ),
         "counts": {
-            split: {"videos": len(by_split[split]), "items": len(items[split]),
-                    "per_type": {t: sum(it.type == t for it in items[split]) for t in TYPES},
-                    "per_template": dict(sorted(_count(it.template for it in items[split]).items()))}
+            split: {
+                "videos": len(by_split[split]),
+                "items": len(items[split]),
+                "per_type": {t: sum(it.type == t for it in items[split]) for t in TYPES},
+                "per_template": dict(sorted(_count(it.template for it in items[split]).items())),
+            }
             for split in SPLITS
         },
         "baselines": baselines,
@@ -175,21 +187,34 @@ def _balance_split(records: list[VideoRecord], rng: np.random.Generator) -> list
 
 def _write_split(root: Path, split: str, records: list[VideoRecord], items: list[Item], shard_size: int) -> None:
     (root / "shards").mkdir(exist_ok=True)
-    with wds.ShardWriter(str(root / "shards" / f"{split}-%06d.tar"), maxcount=shard_size, mtime=0.0,
-                         verbose=0) as sink:
+    with wds.ShardWriter(str(root / "shards" / f"{split}-%06d.tar"), maxcount=shard_size, mtime=0.0, verbose=0) as sink:
         for rec in records:
-            sink.write({"__key__": rec.key, "mp4": (root / "videos" / f"{rec.key}.mp4").read_bytes(),
-                        "json": {"key": rec.key, "caption": rec.captions[0], "captions": rec.captions}})
+            sink.write(
+                {
+                    "__key__": rec.key,
+                    "mp4": (root / "videos" / f"{rec.key}.mp4").read_bytes(),
+                    "json": {"key": rec.key, "caption": rec.captions[0], "captions": rec.captions},
+                }
+            )
     with open(root / "captions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["videoid", "contentUrl", "duration", "page_dir", "name"])
         for rec in records:
             w.writerow([rec.key, f"videos/{rec.key}.mp4", f"{rec.duration:.3f}", "synthetic", rec.captions[0]])
     conversations = [
-        {"id": f"{it.key}_{it.qid}", "video": f"videos/{it.key}.mp4", "type": it.type, "template": it.template,
-         "options": it.options, "answer_index": it.answer_index, "answer_sentence": it.sentence,
-         "conversations": [{"from": "human", "value": f"<video>\n{it.question}"},
-                           {"from": "gpt", "value": it.answer}]}
+        {
+            "id": f"{it.key}_{it.qid}",
+            "video": f"videos/{it.key}.mp4",
+            "type": it.type,
+            "template": it.template,
+            "options": it.options,
+            "answer_index": it.answer_index,
+            "answer_sentence": it.sentence,
+            "conversations": [
+                {"from": "human", "value": f"<video>\n{it.question}"},
+                {"from": "gpt", "value": it.answer},
+            ],
+        }
         for it in items
     ]
     (root / "instructions.json").write_text(json.dumps(conversations, indent=1))
@@ -200,4 +225,3 @@ def _write_split(root: Path, split: str, records: list[VideoRecord], items: list
             opts = it.options + [""] * (5 - len(it.options))
             w.writerow([it.key, it.question, it.answer_index, *opts, it.qid, it.type])
     (root / "boxes.json").write_text(json.dumps({r.key: {"objects": r.objects, "boxes": r.boxes} for r in records}))
-

@@ -19,7 +19,7 @@ def _frames(i: int, n: int = 10, size: int = 32) -> np.ndarray:
     f = np.zeros((n, size, size, 3), np.uint8)
     for t in range(n):
         x = (i * 2 + t) % (size - 8)
-        f[t, 8:16, x:x + 8] = (255, 40 * (i % 6), 0)
+        f[t, 8:16, x : x + 8] = (255, 40 * (i % 6), 0)
     return f
 
 

@@ -12,8 +12,15 @@ def synthetic(tmp_path_factory):
 
 
 def test_stage1_default_synthetic(synthetic):
-    dm = VideoTextDataModule(synthetic_root=str(synthetic), batch_size=2, num_workers=0, num_frames=4,
-                             train_sampling="uniform", synthetic_boxes=True, max_bad_fraction=1.0)
+    dm = VideoTextDataModule(
+        synthetic_root=str(synthetic),
+        batch_size=2,
+        num_workers=0,
+        num_frames=4,
+        train_sampling="uniform",
+        synthetic_boxes=True,
+        max_bad_fraction=1.0,
+    )
     dm.setup("fit")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     b = next(iter(dm.train_dataloader()))
@@ -25,8 +32,14 @@ def test_stage1_default_synthetic(synthetic):
 
 
 def test_stage2_instructions_and_mc(synthetic):
-    dm = InstructionDataModule(val=MultipleChoice(str(synthetic / "train" / "mc.csv")), synthetic_root=str(synthetic),
-                               batch_size=2, num_workers=0, num_frames=4, train_sampling="uniform")
+    dm = InstructionDataModule(
+        val=MultipleChoice(str(synthetic / "train" / "mc.csv")),
+        synthetic_root=str(synthetic),
+        batch_size=2,
+        num_workers=0,
+        num_frames=4,
+        train_sampling="uniform",
+    )
     dm.setup("fit")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     b = next(iter(dm.train_dataloader()))

@@ -28,8 +28,9 @@ def _collator(assets):
 
 def _stream(assets, skips, rank=0, world=1, buffer=4):
     src = WebDatasetSource(str(assets / "shards" / "part-{0000..0003}.tar"))
-    return StreamingDataset(src, _loader(), skips, shuffle=True, shuffle_buffer=buffer, seed=1, rank=rank,
-                            world_size=world)
+    return StreamingDataset(
+        src, _loader(), skips, shuffle=True, shuffle_buffer=buffer, seed=1, rank=rank, world_size=world
+    )
 
 
 def _keys(loader):
@@ -47,7 +48,7 @@ def test_label_mask_covers_exactly_the_answer(assets):
         assert [l for l in labels if l != IGNORE_INDEX] == kept
         text = tok.decode(kept)
         assert text.startswith("red") and "blue" in text and "What" not in text and "And now" not in text
-        end = text[len("red"):text.index("blue")]  # only the template's end-of-turn text between the answers
+        end = text[len("red") : text.index("blue")]  # only the template's end-of-turn text between the answers
         assert set(end.replace(tok.eos_token, "").strip()) == set()
     with pytest.raises(ValueError, match="one <video>"):
         encode_turns(tok, [("<video> <video>", "x")])
@@ -55,10 +56,21 @@ def test_label_mask_covers_exactly_the_answer(assets):
 
 def test_collate_left_padding_and_boxes(assets):
     col = Collator(str(assets / "tokenizer"), padding_side="left")
-    s = [{"key": k, "video": torch.zeros(2, 3, 16, 16), "frame_mask": torch.ones(2, dtype=torch.bool),
-          "boxes": torch.rand(2, k_, 4) if k_ else None, "box_mask": torch.ones(2, k_, dtype=torch.bool),
-          "turns": [(f"<video>\n{q}", "A")], "qformer_text": q, "question_type": "CW", "options": ["x", "y"],
-          "answer_index": 1} for k, k_, q in (("a", 2, "why"), ("b", 0, "what happened after the red one fell"))]
+    s = [
+        {
+            "key": k,
+            "video": torch.zeros(2, 3, 16, 16),
+            "frame_mask": torch.ones(2, dtype=torch.bool),
+            "boxes": torch.rand(2, k_, 4) if k_ else None,
+            "box_mask": torch.ones(2, k_, dtype=torch.bool),
+            "turns": [(f"<video>\n{q}", "A")],
+            "qformer_text": q,
+            "question_type": "CW",
+            "options": ["x", "y"],
+            "answer_index": 1,
+        }
+        for k, k_, q in (("a", 2, "why"), ("b", 0, "what happened after the red one fell"))
+    ]
     b = col(s)
     assert b["attention_mask"][0, 0] == 0 and b["attention_mask"][:, -1].tolist() == [1, 1]
     assert b["boxes"].shape == (2, 2, 2, 4) and b["box_mask"][1].sum() == 0
@@ -78,8 +90,9 @@ def test_streaming_two_ranks_two_workers_see_each_sample_once(assets):
 
 def test_streaming_epochs_differ_and_repeat_from_seed(assets):
     def two_epochs():
-        dl = StatefulDataLoader(_stream(assets, SkipCounter(0.5)), batch_size=3, num_workers=2,
-                                collate_fn=_collator(assets))
+        dl = StatefulDataLoader(
+            _stream(assets, SkipCounter(0.5)), batch_size=3, num_workers=2, collate_fn=_collator(assets)
+        )
         return _keys(dl), _keys(dl)
 
     e0, e1 = two_epochs()
@@ -90,8 +103,9 @@ def test_streaming_epochs_differ_and_repeat_from_seed(assets):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streaming_resume_mid_epoch(assets, workers):
     def make():
-        return StatefulDataLoader(_stream(assets, SkipCounter(0.5)), batch_size=2, num_workers=workers,
-                                  collate_fn=_collator(assets))
+        return StatefulDataLoader(
+            _stream(assets, SkipCounter(0.5)), batch_size=2, num_workers=workers, collate_fn=_collator(assets)
+        )
 
     full = _keys(make())
     dl = make()
@@ -108,15 +122,19 @@ def test_streaming_resume_mid_epoch(assets, workers):
 
 def test_map_style_ranks_resume_and_skips(assets, tmp_path):
     csv = tmp_path / "m.csv"
-    csv.write_text("video,caption\n" + "".join(f"videos/clip{i:02d}.mp4,clip {i}\n" for i in range(N_CLIPS))
-                   + "videos/missing.mp4,gone\nvideos/broken.mp4,bad\n")
+    csv.write_text(
+        "video,caption\n"
+        + "".join(f"videos/clip{i:02d}.mp4,clip {i}\n" for i in range(N_CLIPS))
+        + "videos/missing.mp4,gone\nvideos/broken.mp4,bad\n"
+    )
     skips = SkipCounter(max_bad_fraction=0.5)
     ds = MapDataset(CaptionManifest(str(csv), video_root=str(assets)).load(skips), _loader(), skips)
     seen = []
     for rank in (0, 1):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        seen += _keys(StatefulDataLoader(ds, sampler=sampler, batch_size=2, num_workers=2,
-                                         collate_fn=_collator(assets)))
+        seen += _keys(
+            StatefulDataLoader(ds, sampler=sampler, batch_size=2, num_workers=2, collate_fn=_collator(assets))
+        )
     # a bad row is replaced by the next good record (wrapping): "missing" tries "broken" too, then clip00
     assert set(seen) == {f"clip{i:02d}" for i in range(N_CLIPS)} and len(seen) == N_CLIPS + 2
     t = skips.totals()
@@ -125,8 +143,14 @@ def test_map_style_ranks_resume_and_skips(assets, tmp_path):
     good = MapDataset(ds.records[:N_CLIPS], _loader(), skips)
 
     def make():
-        return StatefulDataLoader(good, batch_size=3, shuffle=True, num_workers=2, collate_fn=_collator(assets),
-                                  generator=torch.Generator().manual_seed(0))
+        return StatefulDataLoader(
+            good,
+            batch_size=3,
+            shuffle=True,
+            num_workers=2,
+            collate_fn=_collator(assets),
+            generator=torch.Generator().manual_seed(0),
+        )
 
     full = _keys(make())
     dl = make()
@@ -200,8 +224,9 @@ def test_partly_damaged_clip_is_a_skip_unless_kept(tmp_path, caplog):
     skips = SkipCounter(max_bad_fraction=1.0)
     assert _streamed([str(shard)], skips) == ["ok"]
     assert skips.totals()["skipped/decode_error"] == 1 and skips.totals()["good"] == 1
-    assert re.search(f"skipping sample {re.escape(str(shard))}:bad: decode_error: [0-9]+ packets failed to decode",
-                     caplog.text)
+    assert re.search(
+        f"skipping sample {re.escape(str(shard))}:bad: decode_error: [0-9]+ packets failed to decode", caplog.text
+    )
     kept = SkipCounter(max_bad_fraction=1.0)
     assert _streamed([str(shard)], kept, damaged="keep") == ["bad", "ok"] and kept.totals()["skipped"] == 0
 

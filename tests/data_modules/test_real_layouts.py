@@ -35,18 +35,25 @@ def nextqa(tmp_path, assets):
         + "2440175990,1620,640,480,why did the boy fall,2,0,CW,run,jump,slip,sit,stand\n"
         + "4882821564,900,640,360,what did the dog do after the jump,0,3,TN,run,jump,sit,lie,roll\n"
         + "4882821564,900,640,360,how many dogs,1,4,DC,one,two,three,four,five\n"
-        + "1234567890,900,640,360,not in the map,1,5,DL,a,b,c,d,e\n")
+        + "1234567890,900,640,360,not in the map,1,5,DL,a,b,c,d,e\n"
+    )
     return tmp_path
 
 
 def test_nextqa_map_file_resolves_the_released_layout(nextqa, caplog):
     skips = SkipCounter(max_bad_fraction=1.0)
-    mc = MultipleChoice(str(nextqa / "val.csv"), video_root=str(nextqa / "NExTVideo"),
-                        video_map=str(nextqa / "map_vid_vidorID.json"), video_path="{video}.mp4")
+    mc = MultipleChoice(
+        str(nextqa / "val.csv"),
+        video_root=str(nextqa / "NExTVideo"),
+        video_map=str(nextqa / "map_vid_vidorID.json"),
+        video_path="{video}.mp4",
+    )
     recs = mc.load(skips)
-    assert [r.video for r in recs] == [str(nextqa / "NExTVideo/1106/2440175990.mp4"),
-                                       str(nextqa / "NExTVideo/0020/4882821564.mp4"),
-                                       str(nextqa / "NExTVideo/0020/4882821564.mp4")]
+    assert [r.video for r in recs] == [
+        str(nextqa / "NExTVideo/1106/2440175990.mp4"),
+        str(nextqa / "NExTVideo/0020/4882821564.mp4"),
+        str(nextqa / "NExTVideo/0020/4882821564.mp4"),
+    ]
     assert all((nextqa / r.video).is_file() for r in recs)
     assert [r.question_type for r in recs] == ["CW", "TN", "DC"] and recs[0].options[2] == "slip"
     assert [r.key for r in recs] == ["2440175990_0", "4882821564_3", "4882821564_4"]
@@ -63,10 +70,22 @@ def test_nextqa_map_file_errors_name_the_file(tmp_path):
 
 
 def test_nextqa_layout_decodes_through_the_datamodule(nextqa, assets):
-    mc = MultipleChoice(str(nextqa / "val.csv"), video_root=str(nextqa / "NExTVideo"),
-                        video_map=str(nextqa / "map_vid_vidorID.json"), video_path="{video}.mp4")
-    dm = InstructionDataModule(train=mc, val=mc, test=mc, tokenizer=str(assets / "tokenizer"), num_frames=4,
-                               batch_size=3, num_workers=0, max_bad_fraction=1.0)
+    mc = MultipleChoice(
+        str(nextqa / "val.csv"),
+        video_root=str(nextqa / "NExTVideo"),
+        video_map=str(nextqa / "map_vid_vidorID.json"),
+        video_path="{video}.mp4",
+    )
+    dm = InstructionDataModule(
+        train=mc,
+        val=mc,
+        test=mc,
+        tokenizer=str(assets / "tokenizer"),
+        num_frames=4,
+        batch_size=3,
+        num_workers=0,
+        max_bad_fraction=1.0,
+    )
     dm.setup("test")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     batch = next(iter(dm.test_dataloader()))
@@ -74,8 +93,18 @@ def test_nextqa_layout_decodes_through_the_datamodule(nextqa, assets):
     assert dm.skip_counts()["good"] == 3
 
 
-@pytest.mark.parametrize("text,seconds", [("PT00H00M17S", 17.0), ("PT00H01M02S", 62.0), ("PT1H", 3600.0),
-                                          ("PT2.5S", 2.5), ("P1DT0H0M1S", 86401.0), ("12", 12.0), ("7.25", 7.25)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("PT00H00M17S", 17.0),
+        ("PT00H01M02S", 62.0),
+        ("PT1H", 3600.0),
+        ("PT2.5S", 2.5),
+        ("P1DT0H0M1S", 86401.0),
+        ("12", 12.0),
+        ("7.25", 7.25),
+    ],
+)
 def test_iso_8601_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -89,20 +118,30 @@ def test_bad_durations_are_errors(text):
 def test_webvid_as_downloaded_multi_column_paths_and_durations(tmp_path, caplog):
     """WebVid's results_*.csv: videoid,contentUrl,duration,page_dir,name; the downloader stores {page_dir}/{videoid}.mp4."""
     p = tmp_path / "results_2M_val.csv"
-    p.write_text("videoid,contentUrl,duration,page_dir,name\n"
-                 "1053841541,https://x/1053841541.mp4,PT00H00M17S,006001_006050,\"Aerial shot, winter forest\"\n"
-                 "21179416,https://x/21179416.mp4,PT00H00M03S,014901_014950,A cat sleeps\n"
-                 "5629184,https://x/5629184.mp4,PT00H02M10S,002201_002250,Long clip\n"
-                 "7,https://x/7.mp4,seventeen,002201_002250,Bad duration\n"
-                 "8,https://x/8.mp4,PT00H00M09S,,No page dir\n")
+    p.write_text(
+        "videoid,contentUrl,duration,page_dir,name\n"
+        '1053841541,https://x/1053841541.mp4,PT00H00M17S,006001_006050,"Aerial shot, winter forest"\n'
+        "21179416,https://x/21179416.mp4,PT00H00M03S,014901_014950,A cat sleeps\n"
+        "5629184,https://x/5629184.mp4,PT00H02M10S,002201_002250,Long clip\n"
+        "7,https://x/7.mp4,seventeen,002201_002250,Bad duration\n"
+        "8,https://x/8.mp4,PT00H00M09S,,No page dir\n"
+    )
     caplog.set_level(logging.INFO)
     skips = SkipCounter(max_bad_fraction=1.0)
-    src = CaptionManifest(str(p), video_root="/data/webvid/videos", video_path="{page_dir}/{videoid}.mp4",
-                          caption_column="name", key_column="videoid", duration_column="duration",
-                          min_duration=4, max_duration=60)
+    src = CaptionManifest(
+        str(p),
+        video_root="/data/webvid/videos",
+        video_path="{page_dir}/{videoid}.mp4",
+        caption_column="name",
+        key_column="videoid",
+        duration_column="duration",
+        min_duration=4,
+        max_duration=60,
+    )
     recs = src.load(skips)
     assert [(r.key, r.video, r.turns[0][1]) for r in recs] == [
-        ("1053841541", "/data/webvid/videos/006001_006050/1053841541.mp4", "Aerial shot, winter forest")]
+        ("1053841541", "/data/webvid/videos/006001_006050/1053841541.mp4", "Aerial shot, winter forest")
+    ]
     assert skips.totals()["skipped/malformed"] == 2 and skips.totals()["skipped"] == 2  # the filter is no skip
     assert f"{p}:5" in caplog.text and "'seventeen' is not an ISO-8601 duration" in caplog.text
     assert "needs columns ['page_dir']" in caplog.text and "2 rows outside the duration range" in caplog.text
@@ -113,14 +152,22 @@ def test_webvid_as_downloaded_multi_column_paths_and_durations(tmp_path, caplog)
 
 
 def test_videochat2_instruction_applies_as_videochat2_loader_does(tmp_path):
-    items = [{"video": "a.mp4", "QA": [{"i": "Watch the video and answer.", "q": "What falls?", "a": "a cup"},
-                                       {"i": "Ignored: only the first item's instruction is used.", "q": "Then?",
-                                        "a": "it breaks"}]},
-             {"video": "b.mp4", "QA": [{"i": "", "q": "", "a": "A dog runs across a field."}]}]
+    items = [
+        {
+            "video": "a.mp4",
+            "QA": [
+                {"i": "Watch the video and answer.", "q": "What falls?", "a": "a cup"},
+                {"i": "Ignored: only the first item's instruction is used.", "q": "Then?", "a": "it breaks"},
+            ],
+        },
+        {"video": "b.mp4", "QA": [{"i": "", "q": "", "a": "A dog runs across a field."}]},
+    ]
     (tmp_path / "it.json").write_text(json.dumps(items))
     first, caption = VideoChat2Instructions(str(tmp_path / "it.json")).load(SkipCounter())
-    assert first.system == "Watch the video and answer." and first.turns == [("What falls?", "a cup"),
-                                                                             ("Then?", "it breaks")]
+    assert first.system == "Watch the video and answer." and first.turns == [
+        ("What falls?", "a cup"),
+        ("Then?", "it breaks"),
+    ]
     assert first.qformer_text == "Watch the video and answer. What falls?"
     assert caption.system is None and caption.turns == [("", "A dog runs across a field.")]
 
@@ -128,8 +175,14 @@ def test_videochat2_instruction_applies_as_videochat2_loader_does(tmp_path):
 def test_videochat2_instruction_is_the_system_prompt_of_the_collated_sample(assets):
     tok_path = str(assets / "tokenizer")
     collator = Collator(tok_path, use_chat_template=False)
-    sample = {"key": "k", "video": torch.zeros(2, 3, 8, 8), "frame_mask": torch.ones(2, dtype=torch.bool),
-              "turns": [("What colour is it?", "red")], "qformer_text": "", "system": "Answer briefly."}
+    sample = {
+        "key": "k",
+        "video": torch.zeros(2, 3, 8, 8),
+        "frame_mask": torch.ones(2, dtype=torch.bool),
+        "turns": [("What colour is it?", "red")],
+        "qformer_text": "",
+        "system": "Answer briefly.",
+    }
     text = collator.tok.decode(collator([sample])["input_ids"][0])
     assert text.index("Answer briefly.") < text.index(VIDEO_TOKEN) < text.index("What colour is it?")
     caption = dict(sample, turns=[("", "a red square moves right")], system=None)
@@ -138,10 +191,12 @@ def test_videochat2_instruction_is_the_system_prompt_of_the_collated_sample(asse
 
 
 def test_videochat2_start_end_is_a_window_of_the_clip(tmp_path, assets):
-    items = [{"video": "clip03.mp4", "start": 0.5, "end": 0.9, "QA": [{"q": "What moves?", "a": "a square"}]},
-             {"video": "clip03.mp4", "QA": [{"q": "What moves?", "a": "a square"}]},
-             {"video": "clip03.mp4", "start": 0.5, "QA": [{"q": "only a start", "a": "x"}]},
-             {"video": "clip03.mp4", "start": 0.9, "end": 0.5, "QA": [{"q": "end before start", "a": "x"}]}]
+    items = [
+        {"video": "clip03.mp4", "start": 0.5, "end": 0.9, "QA": [{"q": "What moves?", "a": "a square"}]},
+        {"video": "clip03.mp4", "QA": [{"q": "What moves?", "a": "a square"}]},
+        {"video": "clip03.mp4", "start": 0.5, "QA": [{"q": "only a start", "a": "x"}]},
+        {"video": "clip03.mp4", "start": 0.9, "end": 0.5, "QA": [{"q": "end before start", "a": "x"}]},
+    ]
     (tmp_path / "it.jsonl").write_text("\n".join(json.dumps(x) for x in items))
     skips = SkipCounter(max_bad_fraction=1.0)
     window, whole = VideoChat2Instructions(str(tmp_path / "it.jsonl"), video_root=str(assets / "videos")).load(skips)
@@ -160,18 +215,48 @@ def mixed(tmp_path, assets):
     Image.fromarray(image.numpy()).save(tmp_path / "red.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     shutil.copy(assets / "videos" / "clip01.mp4", tmp_path / "clip01.mp4")
-    items = [{"id": "v1", "video": "clip01.mp4", "conversations": [
-                {"from": "human", "value": "<video>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
-             {"id": "i1", "image": "red.png", "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
-             {"id": "i2", "image": "bad.png", "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
-             {"id": "t1", "conversations": [
-                {"from": "human", "value": "What colour is a ripe tomato?"}, {"from": "gpt", "value": "red"}]},
-             {"id": "t2", "conversations": [
-                {"from": "human", "value": "<image>\nNo image here?"}, {"from": "gpt", "value": "none"}]},
-             {"id": "m1", "image": ["a.png", "b.png"], "conversations": [
-                {"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "yes"}]}]
+    items = [
+        {
+            "id": "v1",
+            "video": "clip01.mp4",
+            "conversations": [
+                {"from": "human", "value": "<video>\nWhat colour is it?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        },
+        {
+            "id": "i1",
+            "image": "red.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is it?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        },
+        {
+            "id": "i2",
+            "image": "bad.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is it?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        },
+        {
+            "id": "t1",
+            "conversations": [
+                {"from": "human", "value": "What colour is a ripe tomato?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        },
+        {
+            "id": "t2",
+            "conversations": [{"from": "human", "value": "<image>\nNo image here?"}, {"from": "gpt", "value": "none"}],
+        },
+        {
+            "id": "m1",
+            "image": ["a.png", "b.png"],
+            "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "yes"}],
+        },
+    ]
     (tmp_path / "mix.json").write_text(json.dumps(items))
     return tmp_path / "mix.json"
 
@@ -194,10 +279,18 @@ def test_image_items_load_beside_video_items_with_per_modality_counts(mixed, cap
 @pytest.mark.parametrize("image_frames", [1, 3])
 def test_mixed_file_batches_images_as_clips_and_text_without_placeholder(mixed, assets, caplog, image_frames):
     caplog.set_level(logging.INFO)
-    dm = InstructionDataModule(train=LlavaInstructions(str(mixed), text_only="train"),
-                               val=LlavaInstructions(str(mixed)), test=LlavaInstructions(str(mixed)),
-                               tokenizer=str(assets / "tokenizer"), num_frames=4, batch_size=4, num_workers=0,
-                               train_sampling="uniform", max_bad_fraction=1.0, image_frames=image_frames)
+    dm = InstructionDataModule(
+        train=LlavaInstructions(str(mixed), text_only="train"),
+        val=LlavaInstructions(str(mixed)),
+        test=LlavaInstructions(str(mixed)),
+        tokenizer=str(assets / "tokenizer"),
+        num_frames=4,
+        batch_size=4,
+        num_workers=0,
+        train_sampling="uniform",
+        max_bad_fraction=1.0,
+        image_frames=image_frames,
+    )
     dm.setup("fit")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     assert "train: 4 records from LlavaInstructions (video 1, image 2, text 1)" in caplog.text

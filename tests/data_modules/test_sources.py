@@ -3,20 +3,29 @@ import json
 import pytest
 
 from data_modules.skips import SkipCounter, TooManyBadSamples
-from data_modules.sources import (BoxTable, CaptionManifest, LlavaInstructions, Mixture, MultipleChoice,
-                                  VideoChat2Instructions)
+from data_modules.sources import (
+    BoxTable,
+    CaptionManifest,
+    LlavaInstructions,
+    Mixture,
+    MultipleChoice,
+    VideoChat2Instructions,
+)
 
 
 def test_webvid_csv_maps_columns_and_reports_bad_rows(tmp_path, caplog):
     p = tmp_path / "results_2M_val.csv"
-    p.write_text('videoid,contentUrl,duration,page_dir,name\n'
-                 '1001,videos/a.mp4,PT10S,dir,"A dog runs, then jumps."\n'
-                 '1002,videos/b.mp4,PT5S,dir,\n'  # empty caption
-                 '1003,videos/c.mp4,PT5S\n')  # too few fields
+    p.write_text(
+        "videoid,contentUrl,duration,page_dir,name\n"
+        '1001,videos/a.mp4,PT10S,dir,"A dog runs, then jumps."\n'
+        "1002,videos/b.mp4,PT5S,dir,\n"  # empty caption
+        "1003,videos/c.mp4,PT5S\n"
+    )  # too few fields
     skips = SkipCounter(max_bad_fraction=1.0)
     recs = CaptionManifest(str(p), video_column="contentUrl", caption_column="name", key_column="videoid").load(skips)
     assert [(r.key, r.video, r.turns[0][1]) for r in recs] == [
-        ("1001", str(tmp_path / "videos/a.mp4"), "A dog runs, then jumps.")]
+        ("1001", str(tmp_path / "videos/a.mp4"), "A dog runs, then jumps.")
+    ]
     assert recs[0].qformer_text == "A dog runs, then jumps." and "<video>" in recs[0].turns[0][0]
     t = skips.totals()
     assert (t["skipped/empty_text"], t["skipped/malformed"]) == (1, 1)
@@ -33,10 +42,20 @@ def test_generic_jsonl_manifest(tmp_path):
 
 
 def test_llava_and_videochat2(tmp_path):
-    llava = [{"id": "q1", "video": "v/a.mp4", "type": "temporal",
-              "conversations": [{"from": "human", "value": "<video>\nWhat first?"}, {"from": "gpt", "value": "red"},
-                                {"from": "human", "value": "Then?"}, {"from": "gpt", "value": "blue"}]},
-             {"id": "q2", "video": "v/b.mp4", "conversations": [{"from": "gpt", "value": "x"}]}]
+    llava = [
+        {
+            "id": "q1",
+            "video": "v/a.mp4",
+            "type": "temporal",
+            "conversations": [
+                {"from": "human", "value": "<video>\nWhat first?"},
+                {"from": "gpt", "value": "red"},
+                {"from": "human", "value": "Then?"},
+                {"from": "gpt", "value": "blue"},
+            ],
+        },
+        {"id": "q2", "video": "v/b.mp4", "conversations": [{"from": "gpt", "value": "x"}]},
+    ]
     (tmp_path / "l.json").write_text(json.dumps(llava))
     skips = SkipCounter(max_bad_fraction=1.0)
     (rec,) = LlavaInstructions(str(tmp_path / "l.json")).load(skips)
@@ -51,9 +70,11 @@ def test_llava_and_videochat2(tmp_path):
 
 def test_nextqa_multiple_choice_rendering(tmp_path):
     p = tmp_path / "val.csv"
-    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
-                 "4010069381,why did the boy fall,2,run,jump,slip,sit,,7,CW\n"
-                 "4010069382,what next,9,a,b,c,d,e,8,TN\n")
+    p.write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+        "4010069381,why did the boy fall,2,run,jump,slip,sit,,7,CW\n"
+        "4010069382,what next,9,a,b,c,d,e,8,TN\n"
+    )
     skips = SkipCounter(max_bad_fraction=1.0)
     mc = MultipleChoice(str(p), video_path="{video}.mp4", target="letter_text")
     (rec,) = mc.load(skips)
@@ -65,10 +86,17 @@ def test_nextqa_multiple_choice_rendering(tmp_path):
 
 def test_boxes_lookup_by_timestamp(tmp_path):
     p = tmp_path / "boxes.json"
-    p.write_text(json.dumps({"v": {"objects": ["a", "b"], "boxes": [[[0, 0, .5, .5], None], [[.1, .1, .6, .6], [0, 0, 1, 1]]]}}))
+    p.write_text(
+        json.dumps(
+            {"v": {"objects": ["a", "b"], "boxes": [[[0, 0, 0.5, 0.5], None], [[0.1, 0.1, 0.6, 0.6], [0, 0, 1, 1]]]}}
+        )
+    )
     import torch
+
     boxes, mask = BoxTable(str(p)).lookup("v", torch.tensor([0.0, 0.1]), fps=10)
-    assert mask.tolist() == [[True, False], [True, True]] and boxes[1, 0].tolist() == pytest.approx([.1, .1, .6, .6])
+    assert mask.tolist() == [[True, False], [True, True]] and boxes[1, 0].tolist() == pytest.approx(
+        [0.1, 0.1, 0.6, 0.6]
+    )
     p.write_text(json.dumps({"v": {"objects": ["a"]}}))
     with pytest.raises(ValueError, match="entry 'v' is malformed"):
         BoxTable(str(p))
@@ -94,9 +122,11 @@ def test_max_bad_fraction_stops(tmp_path):
 
 def test_llava_items_with_options_are_multiple_choice(tmp_path):
     conv = [{"from": "human", "value": "<video>\nWhat color?"}, {"from": "gpt", "value": "red"}]
-    items = [{"id": "ok", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 1, "conversations": conv},
-             {"id": "plain", "video": "a.mp4", "conversations": conv},
-             {"id": "bad", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 2, "conversations": conv}]
+    items = [
+        {"id": "ok", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 1, "conversations": conv},
+        {"id": "plain", "video": "a.mp4", "conversations": conv},
+        {"id": "bad", "video": "a.mp4", "options": ["blue", "red"], "answer_index": 2, "conversations": conv},
+    ]
     (tmp_path / "l.json").write_text(json.dumps(items))
     skips = SkipCounter(max_bad_fraction=1.0)
     ok, plain = LlavaInstructions(str(tmp_path / "l.json")).load(skips)
@@ -107,10 +137,12 @@ def test_llava_items_with_options_are_multiple_choice(tmp_path):
 
 def test_multiple_choice_blank_middle_option_keeps_the_label(tmp_path):
     p = tmp_path / "mc.csv"
-    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
-                 "v1,which colour,2,red,,green,blue,,1,D\n"  # a blank between options: answer 2 is still green
-                 "v2,which colour,1,red,,green,,,2,D\n"  # the answer points at the blank option
-                 "v3,which colour,0,red,,,,,3,D\n")  # one option left
+    p.write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+        "v1,which colour,2,red,,green,blue,,1,D\n"  # a blank between options: answer 2 is still green
+        "v2,which colour,1,red,,green,,,2,D\n"  # the answer points at the blank option
+        "v3,which colour,0,red,,,,,3,D\n"
+    )  # one option left
     skips = SkipCounter(max_bad_fraction=1.0)
     (rec,) = MultipleChoice(str(p), video_path="{video}.mp4", target="text").load(skips)
     assert rec.options == ["red", "green", "blue"] and rec.answer_index == 1 and rec.turns[0][1] == "green"
@@ -125,8 +157,11 @@ def test_bad_row_budget_is_a_fraction_of_the_rows_read(tmp_path):
     skips = SkipCounter(max_bad_fraction=0.05)
     records = skips.load(MultipleChoice(str(p)), "mc.csv")
     assert len(records) == 12011 - 21 and skips.totals()["skipped/malformed"] == 21 and skips.totals()["rows"] == 12011
-    p.write_text("video,question,answer,a0,a1,a2,a3,a4,qid\n" + "\n".join(
-        f"v{i},q{i},{9 if i % 3 == 0 else 0},a,b,,,," for i in range(300)) + "\n")  # a third bad
+    p.write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid\n"
+        + "\n".join(f"v{i},q{i},{9 if i % 3 == 0 else 0},a,b,,,," for i in range(300))
+        + "\n"
+    )  # a third bad
     with pytest.raises(TooManyBadSamples, match=r"^100 of 300 rows read from bad\.csv were bad \(> max_bad_fraction"):
         SkipCounter(max_bad_fraction=0.05).load(MultipleChoice(str(p)), "bad.csv")
 

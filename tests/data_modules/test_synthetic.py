@@ -177,7 +177,12 @@ def test_formats_parse(bench):
         for r in mc:
             assert (root / "videos" / f"{r['video']}.mp4").is_file()
             assert r[f"a{r['answer']}"] and r["type"] in (
-                "descriptive", "temporal", "explanatory", "predictive", "counterfactual")
+                "descriptive",
+                "temporal",
+                "explanatory",
+                "predictive",
+                "counterfactual",
+            )
         for it in _items(bench, split):
             assert it["conversations"][0]["value"].startswith("<video>\n") and (root / it["video"]).is_file()
         shards = sorted((root / "shards").glob("*.tar"))
@@ -209,8 +214,9 @@ def test_tokenizer_loads_and_round_trips(bench):
     ids = tok(text)["input_ids"]
     assert ids[0] == video_id and ids.count(video_id) == 1
     assert tok.decode(ids) == text
-    chat = tok.apply_chat_template([{"role": "user", "content": "<video>\nhi"}], add_generation_prompt=True,
-                                   tokenize=False)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "<video>\nhi"}], add_generation_prompt=True, tokenize=False
+    )
     assert chat.startswith("<s>") and chat.endswith("assistant: ")
 
 
@@ -221,10 +227,9 @@ def test_simulator_collisions_are_elastic_and_logged():
     traj = simulate(scene, 20)
     hit = [e for e in traj.events if not e.is_wall]
     assert hit and (hit[0].a, hit[0].other) == (0, 1) and 3 <= hit[0].frame <= 5
-    speed2 = (traj.velocities ** 2).sum(axis=(1, 2))
+    speed2 = (traj.velocities**2).sum(axis=(1, 2))
     np.testing.assert_allclose(speed2, speed2[0])  # kinetic energy
     wall = min(e.frame for e in traj.events if e.is_wall)  # momentum holds until something hits a wall
-    np.testing.assert_allclose(traj.velocities[:wall].sum(1), np.tile(traj.velocities[0].sum(0), (wall, 1)),
-                               atol=1e-9)
+    np.testing.assert_allclose(traj.velocities[:wall].sum(1), np.tile(traj.velocities[0].sum(0), (wall, 1)), atol=1e-9)
     alone = simulate(scene.without(1), 30)
     assert all(e.is_wall for e in alone.events) and alone.events[0].other == "right"

@@ -37,9 +37,18 @@ def frame_index(frames: torch.Tensor) -> list[int]:
     return (red + 16 * green).long().tolist()
 
 
-def encode(path: Path, frames: np.ndarray, *, codec: str = "libx264", fmt: str | None = None, fps: int = 25,
-           pts: list[int] | None = None, time_base: Fraction | None = None, rotation: int | None = None,
-           options: dict | None = None) -> Path:
+def encode(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    codec: str = "libx264",
+    fmt: str | None = None,
+    fps: int = 25,
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+    rotation: int | None = None,
+    options: dict | None = None,
+) -> Path:
     """Write (T, H, W, 3) RGB frames with any codec/container PyAV has; ``pts`` in ``time_base`` units for VFR."""
     if not codec_available(codec):
         pytest.skip(f"this PyAV wheel has no {codec} encoder")
@@ -122,8 +131,11 @@ def test_write_video_bytes_do_not_depend_on_the_cores(tmp_path):
     outputs = []
     for allowed in ({cores[0]}, set(cores)):
         out = tmp_path / f"{len(allowed)}.mp4"
-        subprocess.run([sys.executable, "-c", _WRITE_SCRIPT, str(out)], check=True,
-                       preexec_fn=lambda allowed=allowed: os.sched_setaffinity(0, allowed))
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_SCRIPT, str(out)],
+            check=True,
+            preexec_fn=lambda allowed=allowed: os.sched_setaffinity(0, allowed),
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     if len(cores) > 1:  # more threads than the default must still work
@@ -160,8 +172,10 @@ def test_frames_equal_a_full_decode(clip):
 
 
 def test_segment_is_random_within_segments_and_seeded(clip):
-    picks = [frame_index(read_video(clip, 4, sampling="segment", generator=torch.Generator().manual_seed(s)).frames)
-             for s in range(6)]
+    picks = [
+        frame_index(read_video(clip, 4, sampling="segment", generator=torch.Generator().manual_seed(s)).frames)
+        for s in range(6)
+    ]
     for pick in picks:
         assert [p // 25 for p in pick] == [0, 1, 2, 3]  # one frame in each 1 s segment
     assert len({tuple(p) for p in picks}) > 1

@@ -11,8 +11,10 @@ from transformers import PreTrainedTokenizerFast
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-WORDS = ("what colour is the ball red blue green yellow small big cube moves left right next A B C D E . ? : "
-         "question answer user assistant USER ASSISTANT").split()
+WORDS = (
+    "what colour is the ball red blue green yellow small big cube moves left right next A B C D E . ? : "
+    "question answer user assistant USER ASSISTANT"
+).split()
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +24,14 @@ def tokenizer_dir(tmp_path_factory) -> str:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", additional_special_tokens=["<video>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<video>"],
+    )
     path = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(path)
     return str(path)
@@ -43,9 +51,18 @@ def make_reasoner(tokenizer_dir: str, seed: int = 0):
 
     torch.manual_seed(seed)
     vision = HFVisionEncoder(config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=32, num_heads=2))
-    llm = CausalLM(config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                           "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256},
-                   tokenizer=tokenizer_dir)
+    llm = CausalLM(
+        config={
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 256,
+        },
+        tokenizer=tokenizer_dir,
+    )
     fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 1))
     return VideoReasoner(vision, fusion, llm).eval()
 

@@ -16,8 +16,10 @@ def clip(tmp_path_factory):
 
 
 def test_ask_multiple_choice(reasoner, clip, capsys):
-    ask.main([clip, "what colour is the ball ?", "--options", "red|blue ball|green", "--num-frames", "2"],
-             loader=lambda _: reasoner)
+    ask.main(
+        [clip, "what colour is the ball ?", "--options", "red|blue ball|green", "--num-frames", "2"],
+        loader=lambda _: reasoner,
+    )
     out, err = capsys.readouterr()
     assert out.strip() in ("red", "blue ball", "green")
     assert len(err.strip().splitlines()) == 3  # one score per option
@@ -28,11 +30,14 @@ def test_ask_free_form(reasoner, clip, capsys):
     assert capsys.readouterr().out.endswith("\n")
 
 
-@pytest.mark.parametrize("make_args,match", [
-    (lambda d, clip: [str(d / "missing.mp4"), "q ?"], "does not exist"),
-    (lambda d, clip: [str(d / "bad.mp4"), "q ?"], "cannot read video"),
-    (lambda d, clip: [clip, "q ?", "--options", "red"], "at least two"),
-])
+@pytest.mark.parametrize(
+    "make_args,match",
+    [
+        (lambda d, clip: [str(d / "missing.mp4"), "q ?"], "does not exist"),
+        (lambda d, clip: [str(d / "bad.mp4"), "q ?"], "cannot read video"),
+        (lambda d, clip: [clip, "q ?", "--options", "red"], "at least two"),
+    ],
+)
 def test_ask_bad_input_gives_one_line(reasoner, clip, tmp_path, capsys, make_args, match):
     (tmp_path / "bad.mp4").write_bytes(b"this is not a video")
     with pytest.raises(SystemExit) as e:

@@ -20,34 +20,95 @@ from vrp.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about 30 s: data, two training steps, export, vrp test, lmms-eval
 
-TINY_VIT = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 64}
-TINY_LLM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TINY_VIT = {
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_LLM = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 
 
 def _config(root: Path, synthetic: Path, run: Path) -> dict:
     """The embedded stage-2 recipe (Q-Former fusion, full LLM) at toy size, two steps."""
-    fusion = {"temporal": "per_frame", "num_query_tokens": 4, "video_num_query_tokens": 4, "hidden_size": 32,
-              "num_layers": 1, "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-              "cross_attention_freq": 1, "num_frames": 4, "vocab_size": 1024, "max_text_len": 64, "init_std": 0.1}
+    fusion = {
+        "num_query_tokens": 4,
+        "video_num_query_tokens": 4,
+        "hidden_size": 32,
+        "num_layers": 1,
+        "video_num_layers": 1,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "cross_attention_freq": 1,
+        "num_frames": 4,
+        "vocab_size": 1024,
+        "max_text_len": 64,
+        "init_std": 0.1,
+    }
     return {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "limit_val_batches": 0, "logger": False,
-                    "enable_progress_bar": False, "default_root_dir": str(run),
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True}}]},
-        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
-            "lr": 1e-3, "warmup_steps": 1, "results_dir": str(run),
-            "model": {"class_path": "vrp.models.VideoReasoner", "init_args": {
-                "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                           "init_args": {"model_name_or_path": str(root / "vit")}},
-                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": fusion},
-                "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
-                "vision_mode": "frozen", "llm_mode": "full", "use_qformer_text": False}}}},
-        "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-            "synthetic_root": str(synthetic), "generate_if_missing": False, "num_frames": 4, "batch_size": 4,
-            "eval_batch_size": 8, "num_workers": 0}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "limit_val_batches": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(run),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True},
+                }
+            ],
+        },
+        "results": {"dir": str(run)},
+        "model": {
+            "class_path": "vrp.training.InstructionTuning",
+            "init_args": {
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "model": {
+                    "class_path": "vrp.models.VideoReasoner",
+                    "init_args": {
+                        "vision": {
+                            "class_path": "vrp.models.HFVisionEncoder",
+                            "init_args": {"model_name_or_path": str(root / "vit")},
+                        },
+                        "fusion": {"class_path": "vrp.models.FrameQFormerFusion", "init_args": fusion},
+                        "llm": {
+                            "class_path": "vrp.models.CausalLM",
+                            "init_args": {"model_name_or_path": str(root / "llm")},
+                        },
+                        "vision_mode": "frozen",
+                        "llm_mode": "full",
+                        "use_qformer_text": False,
+                    },
+                },
+            },
+        },
+        "data": {
+            "class_path": "data_modules.datamodules.InstructionDataModule",
+            "init_args": {
+                "synthetic_root": str(synthetic),
+                "generate_if_missing": False,
+                "num_frames": 4,
+                "batch_size": 4,
+                "eval_batch_size": 8,
+                "num_workers": 0,
+            },
+        },
     }
 
 
@@ -55,7 +116,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
 def trained(tmp_path_factory):
     """Synthetic data, the tiny embedded backbones (vrp prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     tmp = tmp_path_factory.mktemp("lmms")
     synthetic = tmp / "synthetic"
@@ -73,13 +134,40 @@ def trained(tmp_path_factory):
 def test_lmms_eval_scores_the_exported_model_as_vrp_test_does(trained):
     tmp, vrp_results = trained
     main(["lmms-task", "--mc", str(tmp / "synthetic" / "test" / "mc.csv"), "--out", str(tmp / "task")])
-    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_DATASETS_CACHE": str(tmp / "hf" / "datasets"),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "vrp", "--model_args",
-                           f"checkpoint={tmp / 'exported'},num_frames=4", "--tasks", "vrp_mc", "--include_path",
-                           str(tmp / "task"), "--batch_size", "1", "--device", "cpu", "--output_path",
-                           str(tmp / "lmms_out"), "--log_samples"], capture_output=True, text=True, env=env,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp / "hf"),
+        "HF_DATASETS_CACHE": str(tmp / "hf" / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmms_eval",
+            "--model",
+            "vrp",
+            "--model_args",
+            f"checkpoint={tmp / 'exported'},num_frames=4",
+            "--tasks",
+            "vrp_mc",
+            "--include_path",
+            str(tmp / "task"),
+            "--batch_size",
+            "1",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp / "lmms_out"),
+            "--log_samples",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (results,) = list((tmp / "lmms_out").rglob("*_results.json"))
     lmms_acc = 100.0 * json.loads(results.read_text())["results"]["vrp_mc"]["acc,none"]
@@ -98,8 +186,9 @@ def test_lmms_eval_scores_the_exported_model_as_vrp_test_does(trained):
 
 def test_lmms_task_writes_the_questions_vrp_test_asks(trained):
     tmp, vrp_results = trained
-    main(["lmms-task", "--mc", str(tmp / "synthetic" / "test" / "mc.csv"), "--out", str(tmp / "task2"),
-          "--name", "mine"])
+    main(
+        ["lmms-task", "--mc", str(tmp / "synthetic" / "test" / "mc.csv"), "--out", str(tmp / "task2"), "--name", "mine"]
+    )
     task = yaml.safe_load((tmp / "task2" / "mine.yaml").read_text())
     assert task["output_type"] == "multiple_choice" and task["target_delimiter"] == ""
     docs = [json.loads(x) for x in (tmp / "task2" / "mine.jsonl").read_text().splitlines()]
@@ -113,7 +202,7 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
 
     from vrp.evaluation.ask import answer, make_batch
     from vrp.evaluation.lmms import VRP, cut_at
-    from vrp.training.export import load_exported
+    from vrp.models.io import load_exported
 
     tmp, _ = trained
     video = str(sorted((tmp / "synthetic" / "test" / "videos").glob("*.mp4"))[0])
@@ -121,14 +210,25 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
     lm = VRP(checkpoint=str(tmp / "exported"), num_frames=4, max_new_tokens=6, device="cpu")
     lm.task_dict = {"t": {"test": docs}}
     meta = {"task": "t", "doc_id": 0, "repeats": 1}
-    requests = [Instance("generate_until", ("How many objects are there?", {"until": ["\n\n"]},
-                                            lambda d: [d["video"]], 0, "t", "test"), idx=0, metadata=meta),
-                Instance("generate_until", ("What colour is it?", {"max_new_tokens": 3},
-                                            lambda d: [d["image"]], 1, "t", "test"), idx=0, metadata=meta)]
+    requests = [
+        Instance(
+            "generate_until",
+            ("How many objects are there?", {"until": ["\n\n"]}, lambda d: [d["video"]], 0, "t", "test"),
+            idx=0,
+            metadata=meta,
+        ),
+        Instance(
+            "generate_until",
+            ("What colour is it?", {"max_new_tokens": 3}, lambda d: [d["image"]], 1, "t", "test"),
+            idx=0,
+            metadata=meta,
+        ),
+    ]
     got = lm.generate_until(requests)
     model = load_exported(tmp / "exported")
-    expected, _ = answer(model, make_batch(model, video, "How many objects are there?", None, num_frames=4),
-                         max_new_tokens=6)
+    expected, _ = answer(
+        model, make_batch(model, video, "How many objects are there?", None, num_frames=4), max_new_tokens=6
+    )
     assert got[0] == cut_at(expected, ["\n\n"]) and isinstance(got[1], str)
     assert lm.generate_until(requests[:1]) == got[:1]  # the second request's max_new_tokens=3 did not stick
     assert cut_at("A. red\n\nB", ["\n\n", "B"]) == "A. red" and cut_at("red", None) == "red"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vrp.evaluation.metrics import OpenEndedMetrics, PerTypeAccuracy, normalize_answer
+from vrp.scoring.metrics import OpenEndedMetrics, PerTypeAccuracy, normalize_answer
 
 
 def test_per_type_accuracy_fixed_types():

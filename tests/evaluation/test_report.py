@@ -11,16 +11,27 @@ from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models.qformer import QFormerFusion
+from vrp.models import FrameQFormerFusion, JointQFormerFusion
 
 
 class Model(nn.Module):
     def __init__(self, vision, temporal, objects):
         super().__init__()
         self.vision = vision
-        self.fusion = QFormerFusion(vision.width, vision.grid, vision.num_prefix_tokens, temporal=temporal,
-                                    num_query_tokens=3, hidden_size=16, num_layers=2, num_heads=2,
-                                    intermediate_size=32, num_frames=3, objects=objects, num_slots=2)
+        cls = FrameQFormerFusion if temporal == "per_frame" else JointQFormerFusion
+        self.fusion = cls(
+            vision.width,
+            vision.grid,
+            vision.num_prefix_tokens,
+            num_query_tokens=3,
+            hidden_size=16,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=32,
+            num_frames=3,
+            objects=objects,
+            num_slots=2,
+        )
 
     def encode_video(self, video, frame_mask, **unused):
         return self.fusion(self.vision(video), frame_mask)
@@ -45,10 +56,20 @@ def _tiny_run(tmp_path):
         w.writerow(["epoch", "step", "train/loss", "val/loss", "val/acc", "val/acc_temporal"])
         for s in range(5):
             val = not s % 2
-            w.writerow([0, s, 3.0 - 0.4 * s, 2.9 - 0.3 * s if val else "", 25.0 + 5 * s if val else "",
-                        20.0 + 4 * s if val else ""])
-    rows = [{"key": f"k{i}", "type": t, "prediction": i % 2, "answer": 0, "num_options": 4}
-            for i, t in enumerate(["descriptive", "temporal", "descriptive", "predictive"])]
+            w.writerow(
+                [
+                    0,
+                    s,
+                    3.0 - 0.4 * s,
+                    2.9 - 0.3 * s if val else "",
+                    25.0 + 5 * s if val else "",
+                    20.0 + 4 * s if val else "",
+                ]
+            )
+    rows = [
+        {"key": f"k{i}", "type": t, "prediction": i % 2, "answer": 0, "num_options": 4}
+        for i, t in enumerate(["descriptive", "temporal", "descriptive", "predictive"])
+    ]
     write_results(run, rows)
     return tmp_path / "run"
 
@@ -58,10 +79,18 @@ def test_report_builds_from_tiny_run(reasoner, tmp_path):
     videos = tmp_path / "mc" / "videos"
     videos.mkdir(parents=True)
     write_video(videos / "v0.mp4", np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), fps=4)
-    (tmp_path / "mc" / "mc.csv").write_text("video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
-                                            "v0,what colour is the ball ?,1,red,blue,green,yellow,,0,descriptive\n")
-    path = build_report(tmp_path / "out", {"model": str(run), "blind": str(run)}, {"stage2": str(run)},
-                        model=reasoner, mc_csv=str(tmp_path / "mc" / "mc.csv"), clips=1)
+    (tmp_path / "mc" / "mc.csv").write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid,type\n"
+        "v0,what colour is the ball ?,1,red,blue,green,yellow,,0,descriptive\n"
+    )
+    path = build_report(
+        tmp_path / "out",
+        {"model": str(run), "blind": str(run)},
+        {"stage2": str(run)},
+        model=reasoner,
+        mc_csv=str(tmp_path / "mc" / "mc.csv"),
+        clips=1,
+    )
     text = path.read_text()
     for png in ("curves.png", "accuracy.png", "clip_0.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and png in text

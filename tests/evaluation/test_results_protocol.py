@@ -13,15 +13,22 @@ from vrp.evaluation.protocol import HoldOutTypes
 from vrp.evaluation.results import accuracy_table, comparison_table, load_blind_baseline, markdown_table, write_results
 from vrp.models.connectors import MLPConnector
 
-ROWS = [{"key": "a", "type": "descriptive", "prediction": 0, "answer": 0, "num_options": 4},
-        {"key": "b", "type": "descriptive", "prediction": 1, "answer": 0, "num_options": 4},
-        {"key": "c", "type": "predictive", "prediction": 2, "answer": 2, "num_options": 5}]
+ROWS = [
+    {"key": "a", "type": "descriptive", "prediction": 0, "answer": 0, "num_options": 4},
+    {"key": "b", "type": "descriptive", "prediction": 1, "answer": 0, "num_options": 4},
+    {"key": "c", "type": "predictive", "prediction": 2, "answer": 2, "num_options": 5},
+]
 
 
 def test_accuracy_table_seen_unseen(tmp_path):
     table = accuracy_table(ROWS, held_out=["predictive"])
-    assert table["accuracy"] == {"descriptive": 50.0, "predictive": 100.0, "overall": pytest.approx(200 / 3),
-                                 "seen": 50.0, "unseen": 100.0}
+    assert table["accuracy"] == {
+        "descriptive": 50.0,
+        "predictive": 100.0,
+        "overall": pytest.approx(200 / 3),
+        "seen": 50.0,
+        "unseen": 100.0,
+    }
     assert table["chance"]["predictive"] == pytest.approx(20.0) and table["counts"]["seen"] == 2
     md = markdown_table(table, blind={"descriptive": 30.0})
     assert "| predictive (held out) | 1 | 100.0 | 20.0 | – |" in md and "| descriptive | 2 | 50.0 | 25.0 | 30.0 |" in md
@@ -48,10 +55,10 @@ class _Source:
 
 
 def test_hold_out_types():
-    kept = HoldOutTypes([_Source()], held_out=["a"]).load(SkipCounter(0.5))
+    kept = HoldOutTypes(_Source(), held_out=["a"]).load(SkipCounter(0.5))
     assert sorted(r.question_type for r in kept) == ["b", "c"]
     with pytest.raises(ValueError, match="no record has a held-out type"):
-        HoldOutTypes([_Source()], held_out=["zzz"]).load(SkipCounter(0.5))
+        HoldOutTypes(_Source(), held_out=["zzz"]).load(SkipCounter(0.5))
 
 
 def test_baseline_fusions():
@@ -78,14 +85,33 @@ def _row(key, code, correct, options=5):
     return {"key": key, "type": code, "prediction": 0 if correct else 1, "answer": 0, "num_options": options}
 
 
-NEXTQA_ROWS = [_row("1", "CW", True), _row("2", "CW", False), _row("3", "CH", True), _row("4", "TN", True),
-               _row("5", "TC", False), _row("6", "DC", True), _row("7", "DO", True, options=4), _row("8", "XX", False)]
+NEXTQA_ROWS = [
+    _row("1", "CW", True),
+    _row("2", "CW", False),
+    _row("3", "CH", True),
+    _row("4", "TN", True),
+    _row("5", "TC", False),
+    _row("6", "DC", True),
+    _row("7", "DO", True, options=4),
+    _row("8", "XX", False),
+]
 
 
 def test_nextqa_codes_grouped_into_families_as_papers_report_them():
     table = accuracy_table(NEXTQA_ROWS, groups=NEXTQA_GROUPS)
-    assert list(table["accuracy"]) == ["causal", "CW", "CH", "temporal", "TN", "TC", "descriptive", "DC", "DO",
-                                       "XX", "overall"]
+    assert list(table["accuracy"]) == [
+        "causal",
+        "CW",
+        "CH",
+        "temporal",
+        "TN",
+        "TC",
+        "descriptive",
+        "DC",
+        "DO",
+        "XX",
+        "overall",
+    ]
     acc, counts = table["accuracy"], table["counts"]
     assert (acc["causal"], counts["causal"]) == (pytest.approx(200 / 3), 3) and acc["CW"] == 50.0
     assert (acc["temporal"], acc["descriptive"], acc["overall"]) == (50.0, 100.0, 62.5)
@@ -109,13 +135,18 @@ def test_a_held_out_family_holds_out_its_codes():
         def load(self, skips):
             return [Record(r["key"], "v.mp4", [("q", "a")], question_type=r["type"]) for r in NEXTQA_ROWS]
 
-    kept = HoldOutTypes([_NextQA()], held_out=["causal", "TC"], type_groups=NEXTQA_GROUPS).load(SkipCounter(0.5))
+    kept = HoldOutTypes(_NextQA(), held_out=["causal", "TC"], type_groups=NEXTQA_GROUPS).load(SkipCounter(0.5))
     assert sorted(r.question_type for r in kept) == ["DC", "DO", "TN", "XX"]
 
 
-@pytest.mark.parametrize("groups,match", [({"a": ["X"], "b": ["X"]}, "'X' is in both 'a' and 'b'"),
-                                          ({"a": ["b"], "b": ["Y"]}, "'b' is both a family"),
-                                          ({"a": []}, "lists no question types")])
+@pytest.mark.parametrize(
+    "groups,match",
+    [
+        ({"a": ["X"], "b": ["X"]}, "'X' is in both 'a' and 'b'"),
+        ({"a": ["b"], "b": ["Y"]}, "'b' is both a family"),
+        ({"a": []}, "lists no question types"),
+    ],
+)
 def test_bad_type_groups_are_errors(groups, match):
     with pytest.raises(ValueError, match=match):
         accuracy_table(NEXTQA_ROWS, groups=groups)

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from data_modules.collate import encode_turns
-from vrp.evaluation.scorers import (
-    GenerateScorer, LetterScorer, LikelihoodScorer, continuation_logprobs, encode_candidates, parse_choice,
+from vrp.scoring.scorers import (
+    GenerateScorer,
+    LetterScorer,
+    LikelihoodScorer,
+    continuation_logprobs,
+    encode_candidates,
+    parse_choice,
     prompt_only,
 )
 
@@ -20,9 +25,13 @@ def _batch(n_options=(4, 5)):
     base = ["red", "blue ball", "small green cube", "yellow", "big red ball"]
     prompts = ["what colour is the ball ?", "what moves next ? answer :"]
     B = len(n_options)
-    return {"video": torch.randn(B, 2, 3, 16, 16), "frame_mask": torch.ones(B, 2, dtype=torch.bool),
-            "prompt": prompts[:B], "options": [base[:n] for n in n_options],
-            "answer_index": torch.zeros(B, dtype=torch.long)}
+    return {
+        "video": torch.randn(B, 2, 3, 16, 16),
+        "frame_mask": torch.ones(B, 2, dtype=torch.bool),
+        "prompt": prompts[:B],
+        "options": [base[:n] for n in n_options],
+        "answer_index": torch.zeros(B, dtype=torch.long),
+    }
 
 
 def _next_logprobs(model, batch, b, prefix):
@@ -36,8 +45,9 @@ def _next_logprobs(model, batch, b, prefix):
 
 def _hand_logprob(model, batch, b, prompt_ids, answer_ids):
     """Sum of log p(token | prefix), one prefix at a time."""
-    return sum(_next_logprobs(model, batch, b, prompt_ids + answer_ids[:k])[tok].item()
-               for k, tok in enumerate(answer_ids))
+    return sum(
+        _next_logprobs(model, batch, b, prompt_ids + answer_ids[:k])[tok].item() for k, tok in enumerate(answer_ids)
+    )
 
 
 def _split(tokenizer, prompt, answer):
@@ -88,8 +98,12 @@ def test_batched_equals_one_option_at_a_time(reasoner):
     one_at_a_time = torch.full_like(together, -math.inf)
     for b in range(2):
         for o, option in enumerate(batch["options"][b]):
-            single = {"video": batch["video"][b : b + 1], "frame_mask": batch["frame_mask"][b : b + 1],
-                      "prompt": [batch["prompt"][b]], "options": [[option]]}
+            single = {
+                "video": batch["video"][b : b + 1],
+                "frame_mask": batch["frame_mask"][b : b + 1],
+                "prompt": [batch["prompt"][b]],
+                "options": [[option]],
+            }
             one_at_a_time[b, o] = scorer(reasoner, single).scores[0, 0]
     torch.testing.assert_close(together, one_at_a_time, atol=1e-4, rtol=0)
     chunked = LikelihoodScorer(length_normalize=False, chunk_size=3)(reasoner, batch).scores
@@ -131,10 +145,21 @@ def test_encode_candidates_and_prompt_only(tokenizer):
     assert tokenizer.decode(p["input_ids"][1][p["attention_mask"][1].bool()]).endswith("ASSISTANT :")
 
 
-@pytest.mark.parametrize("text,want", [
-    ("B", 1), ("(C) small", 2), ("Answer: A.", 0), ("blue ball", 1), ("it is yellow", 3), ("", -1), ("E", -1),
-    ("red", 0), ("ball", 1), ("small ball", -1),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("B", 1),
+        ("(C) small", 2),
+        ("Answer: A.", 0),
+        ("blue ball", 1),
+        ("it is yellow", 3),
+        ("", -1),
+        ("E", -1),
+        ("red", 0),
+        ("ball", 1),
+        ("small ball", -1),
+    ],
+)
 def test_parse_choice(text, want):
     assert parse_choice(text, ["red", "blue ball", "small green cube", "yellow"]) == want
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-WORDS = ("a red green blue circle square moves left right up down what is the colour shape of object "
-         "it answer question video yes no one two three ? .").split()
+WORDS = (
+    "a red green blue circle square moves left right up down what is the colour shape of object "
+    "it answer question video yes no one two three ? ."
+).split()
 
 
 def build_tokenizer(path: Path, video_token: bool = True) -> Path:
@@ -20,11 +22,18 @@ def build_tokenizer(path: Path, video_token: bool = True) -> Path:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>",
-                                   additional_special_tokens=["<video>"] if video_token else [])
-    fast.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                          "{% if add_generation_prompt %}assistant : {% endif %}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<video>"] if video_token else [],
+    )
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
     fast.save_pretrained(path)
     return path
 

@@ -8,10 +8,12 @@ N = PREFIX + GRID[0] * GRID[1]
 
 
 def _connectors():
-    return [PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2)),
-            LinearConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2), output_dim=24),
-            MLPConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1), hidden_dim=48, output_dim=24),
-            PerceiverResampler(D, GRID, PREFIX, num_latents=6, depth=1, num_heads=4, output_dim=24)]
+    return [
+        PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2)),
+        LinearConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2), output_dim=24),
+        MLPConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1), hidden_dim=48, output_dim=24),
+        PerceiverResampler(D, GRID, PREFIX, num_latents=6, depth=1, num_heads=4, output_dim=24),
+    ]
 
 
 @pytest.mark.parametrize("conn", _connectors(), ids=lambda c: type(c).__name__)

@@ -19,15 +19,32 @@ from vrp.models.interop import (
     load_blip2_qformer,
     qformer_from_blip2,
 )
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=50,
-            max_position_embeddings=16, cross_attention_frequency=2, encoder_hidden_size=24)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=50,
+    max_position_embeddings=16,
+    cross_attention_frequency=2,
+    encoder_hidden_size=24,
+)
 
 
 def _ours(text: bool) -> QFormer:
-    return QFormer(24, num_query_tokens=8, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-                   vocab_size=50 if text else 0, max_text_len=16).eval()
+    return QFormer(
+        24,
+        num_query_tokens=8,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=4,
+        intermediate_size=64,
+        vocab_size=50 if text else 0,
+        max_text_len=16,
+    ).eval()
 
 
 def _randomise(model: torch.nn.Module) -> None:
@@ -55,8 +72,9 @@ def test_blip2_qformer_parity_without_text():
     memory = torch.randn(2, 10, 24)
     mem_mask, _ = _masks()
     with torch.no_grad():
-        ref = hf(query_embeds=query_tokens.expand(2, -1, -1), encoder_hidden_states=memory,
-                 encoder_attention_mask=mem_mask).last_hidden_state
+        ref = hf(
+            query_embeds=query_tokens.expand(2, -1, -1), encoder_hidden_states=memory, encoder_attention_mask=mem_mask
+        ).last_hidden_state
         out = ours(memory, mem_mask.bool())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
@@ -67,8 +85,11 @@ def test_blip2_qformer_parity_with_text():
     _randomise(hf)
     words, positions = torch.nn.Embedding(50, 32), torch.nn.Embedding(16, 32)
     sd = {f"qformer.{k}": v for k, v in hf.state_dict().items()}
-    sd |= {"query_tokens": torch.randn(1, 8, 32), "embeddings.word_embeddings.weight": words.weight.data,
-           "embeddings.position_embeddings.weight": positions.weight.data}
+    sd |= {
+        "query_tokens": torch.randn(1, 8, 32),
+        "embeddings.word_embeddings.weight": words.weight.data,
+        "embeddings.position_embeddings.weight": positions.weight.data,
+    }
     ours = _ours(text=True)
     load_blip2_qformer(ours, sd)
     memory, ids = torch.randn(2, 10, 24), torch.randint(1, 50, (2, 5))
@@ -76,11 +97,16 @@ def test_blip2_qformer_parity_with_text():
     with torch.no_grad():
         embeds = torch.cat([sd["query_tokens"].expand(2, -1, -1), words(ids) + positions(torch.arange(5))], 1)
         # (transformers 5.x Blip2QFormerModel mis-shapes encoder_attention_mask with text; InstructBLIP test covers it)
-        ref = hf(query_embeds=embeds, query_length=8, encoder_hidden_states=memory,
-                 attention_mask=torch.cat([torch.ones(2, 8, dtype=torch.long), text_mask], 1)).last_hidden_state
+        ref = hf(
+            query_embeds=embeds,
+            query_length=8,
+            encoder_hidden_states=memory,
+            attention_mask=torch.cat([torch.ones(2, 8, dtype=torch.long), text_mask], 1),
+        ).last_hidden_state
         out = ours(memory, text_ids=ids, text_mask=text_mask)
-        text_only_ref = hf(query_embeds=words(ids) + positions(torch.arange(5)), query_length=0,
-                           attention_mask=text_mask).last_hidden_state
+        text_only_ref = hf(
+            query_embeds=words(ids) + positions(torch.arange(5)), query_length=0, attention_mask=text_mask
+        ).last_hidden_state
         text_only = ours.encode_text(ids, text_mask)
     real = torch.cat([torch.ones(2, 8, dtype=torch.bool), text_mask.bool()], 1)  # padded text rows are arbitrary
     torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=0)
@@ -97,9 +123,13 @@ def test_instructblip_qformer_parity_with_masks():
     memory, ids = torch.randn(2, 10, 24), torch.randint(1, 50, (2, 5))
     mem_mask, text_mask = _masks()
     with torch.no_grad():
-        ref = hf(input_ids=ids, query_embeds=query_tokens.expand(2, -1, -1),
-                 attention_mask=torch.cat([torch.ones(2, 8, dtype=torch.long), text_mask], 1),
-                 encoder_hidden_states=memory, encoder_attention_mask=mem_mask).last_hidden_state
+        ref = hf(
+            input_ids=ids,
+            query_embeds=query_tokens.expand(2, -1, -1),
+            attention_mask=torch.cat([torch.ones(2, 8, dtype=torch.long), text_mask], 1),
+            encoder_hidden_states=memory,
+            encoder_attention_mask=mem_mask,
+        ).last_hidden_state
         out = ours(memory, mem_mask.bool(), text_ids=ids, text_mask=text_mask)
     torch.testing.assert_close(out[:, :8], ref[:, :8], atol=1e-5, rtol=0)
     torch.testing.assert_close(out[:, 8:][text_mask.bool()], ref[:, 8:][text_mask.bool()], atol=1e-5, rtol=0)
@@ -107,12 +137,26 @@ def test_instructblip_qformer_parity_with_masks():
 
 def _tiny_blip2(tmp_path):
     cfg = Blip2Config(
-        vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=16),
+        vision_config=dict(
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=16,
+        ),
         qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-        text_config=dict(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2),
-        num_query_tokens=8)
+        text_config=dict(
+            model_type="llama",
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        ),
+        num_query_tokens=8,
+    )
     torch.manual_seed(3)
     model = Blip2ForConditionalGeneration(cfg).eval()
     _randomise(model.qformer)
@@ -133,29 +177,74 @@ def test_blip2_checkpoint_folder_roundtrip(tmp_path):
     with torch.no_grad():
         ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
         torch.testing.assert_close(ours(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
-        torch.testing.assert_close(projection(ours(memory)), model.language_projection(ref.last_hidden_state),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            projection(ours(memory)), model.language_projection(ref.last_hidden_state), atol=1e-5, rtol=0
+        )
 
 
 def test_blip2_loads_into_per_frame_fusion(tmp_path):
     model, path = _tiny_blip2(tmp_path)
-    fusion = QFormerFusion(24, (2, 2), 1, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4,
-                           intermediate_size=64, video_num_query_tokens=4, video_num_layers=1).eval()
+    fusion = FrameQFormerFusion(
+        24,
+        (2, 2),
+        1,
+        num_query_tokens=8,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        video_num_query_tokens=4,
+        video_num_layers=1,
+    ).eval()
     loaded = load_blip2_fusion(fusion, path)
     assert "vision_model.post_layernorm.weight" in loaded
     torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
     torch.testing.assert_close(fusion.frame_qformer.query_tokens, model.query_tokens)
     with pytest.raises(KeyError, match="text"):  # a generation checkpoint has no text weights for a text Q-Former
-        load_blip2_qformer(QFormer(24, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4,
-                                   intermediate_size=64, vocab_size=50), path)
+        load_blip2_qformer(
+            QFormer(
+                24, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=50
+            ),
+            path,
+        )
     with pytest.raises(KeyError, match="num_layers=2"):
         load_blip2_qformer(_ours(text=False), path)
 
 
+@pytest.mark.parametrize("cls", [FrameQFormerFusion, JointQFormerFusion])
+def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
+    """`init_from_pretrained: <folder>` (as a YAML gives it) loads the BLIP-2 Q-Former into the Q-Former that reads
+    the vision tokens, and BLIP-2's ln_vision into visual_norm."""
+    model, path = _tiny_blip2(tmp_path)
+    sizes = dict(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    extra = dict(video_num_query_tokens=4, video_num_layers=1) if cls is FrameQFormerFusion else {}
+    fusion = cls(24, (2, 2), 1, **sizes, **extra, init_from_pretrained=str(path)).eval()
+    assert fusion.vision_qformer is (fusion.frame_qformer if cls is FrameQFormerFusion else fusion.qformer)
+    torch.testing.assert_close(fusion.vision_qformer.query_tokens, model.query_tokens)
+    torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
+    memory = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
+        torch.testing.assert_close(fusion.vision_qformer(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
+    fresh = cls(24, (2, 2), 1, **sizes, **extra)
+    assert not torch.equal(fresh.vision_qformer.query_tokens, fusion.vision_qformer.query_tokens)
+    with pytest.raises(KeyError, match="num_layers=2"):  # sizes that are not the checkpoint's fail by name
+        cls(24, (2, 2), 1, **{**sizes, "num_layers": 1}, **extra, init_from_pretrained=str(path))
+
+
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):
     torch.manual_seed(4)
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                intermediate_size=64, max_position_embeddings=16), add_pooling_layer=False).eval()
+    bert = BertModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+        ),
+        add_pooling_layer=False,
+    ).eval()
     _randomise(bert)
     with torch.no_grad():
         bert.embeddings.token_type_embeddings.weight.zero_()  # the Q-Former has no token types

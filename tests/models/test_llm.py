@@ -21,8 +21,9 @@ def test_tiny_llama_from_config_takes_vocab_from_tokenizer(llm):
 
 def test_missing_video_token_is_added_and_embeddings_resized(tmp_path, make_tokenizer):
     tok_dir = make_tokenizer(tmp_path, video_token=False)
-    llm = CausalLM(config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2), tokenizer=str(tok_dir),
-                   dtype="float32")
+    llm = CausalLM(
+        config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2), tokenizer=str(tok_dir), dtype="float32"
+    )
     assert llm.tokenizer.convert_tokens_to_ids("<video>") == llm.video_token_id == len(llm.tokenizer) - 1
     assert llm.model.get_input_embeddings().num_embeddings >= len(llm.tokenizer)
     assert llm.tokenizer("<video> what", add_special_tokens=False).input_ids[0] == llm.video_token_id
@@ -64,8 +65,12 @@ def test_generate_returns_only_new_tokens(llm):
 
 
 def test_lora_trains_only_adapters_on_target_modules(tokenizer_dir):
-    llm = CausalLM(config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2), tokenizer=str(tokenizer_dir),
-                   lora_rank=4, lora_target_modules=["q_proj", "o_proj"])
+    llm = CausalLM(
+        config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2),
+        tokenizer=str(tokenizer_dir),
+        lora_rank=4,
+        lora_target_modules=["q_proj", "o_proj"],
+    )
     llm.freeze()
     llm.enable_lora()
     trainable = {n for n, p in llm.named_parameters() if p.requires_grad}
@@ -80,9 +85,17 @@ def test_hf_causal_lm_round_trip_by_path(tmp_path, tokenizer_dir, model_type):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     ref = AutoModelForCausalLM.from_config(cfg).eval()
     ref.save_pretrained(tmp_path)

@@ -1,20 +1,34 @@
-"""QFormerFusion: shapes for every option, gradients, frame-count changes, padding frames, text joined or not."""
+"""The Q-Former fusions (FrameQFormerFusion = temporal "per_frame", JointQFormerFusion = "joint"): shapes for every
+option, gradients, frame-count changes, padding frames, text joined or not."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
 
 
-def fusion(**kw) -> QFormerFusion:
+def fusion(temporal: str = "per_frame", **kw) -> FrameQFormerFusion | JointQFormerFusion:
     torch.manual_seed(0)
-    args = dict(num_query_tokens=4, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, num_frames=T,
-                video_num_query_tokens=3, video_num_layers=1, num_slots=2, slot_iters=2)
-    return QFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
+    args = dict(
+        num_query_tokens=4,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=32,
+        num_frames=T,
+        num_slots=2,
+        slot_iters=2,
+    )
+    if temporal == "per_frame":
+        return FrameQFormerFusion(
+            D, GRID, PREFIX, **(args | dict(video_num_query_tokens=3, video_num_layers=1) | kw)
+        ).eval()
+    return JointQFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -25,24 +39,34 @@ def inputs(B=2, frames=T, K=2):
     return visual, torch.ones(B, frames, dtype=torch.bool), boxes
 
 
-OPTIONS = [dict(temporal=t, objects=o, vocab_size=v) for t in ("per_frame", "joint") for o in (False, True)
-           for v in (0, 20)]
+OPTIONS = [
+    dict(temporal=t, objects=o, vocab_size=v) for t in ("per_frame", "joint") for o in (False, True) for v in (0, 20)
+]
 
 
 @pytest.mark.parametrize("kw", OPTIONS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_shapes_and_gradients(kw):
     f = fusion(**kw).train()
     visual, mask, boxes = inputs()
-    text = dict(text_ids=torch.randint(1, 20, (2, 5)), text_mask=torch.ones(2, 5, dtype=torch.long)) if kw["vocab_size"] else {}
-    for b in ([None, boxes] if kw["objects"] else [None]):
+    text = (
+        dict(text_ids=torch.randint(1, 20, (2, 5)), text_mask=torch.ones(2, 5, dtype=torch.long))
+        if kw["vocab_size"]
+        else {}
+    )
+    for b in [None, boxes] if kw["objects"] else [None]:
         out = f(visual.requires_grad_(), mask, boxes=b, **text)
         assert out.shape == (2, f.num_output_tokens, f.output_dim)
         assert f.num_output_tokens == (3 if kw["temporal"] == "per_frame" else 4)
         f.zero_grad()
         out.square().mean().backward()
         assert visual.grad is not None and visual.grad.abs().sum() > 0
-        unused = {"word_embeddings", "position_embeddings", "text_ffn", "slots." if b is not None else "roi_proj",
-                  "box_embed"}
+        unused = {
+            "word_embeddings",
+            "position_embeddings",
+            "text_ffn",
+            "slots." if b is not None else "roi_proj",
+            "box_embed",
+        }
         for name, p in f.named_parameters():
             if any(u in name for u in unused) or name.endswith("kv.bias") or "cross_attn.kv.bias" in name:
                 continue  # key biases cancel in softmax; unused branches of this call
@@ -84,9 +108,16 @@ def test_other_frame_count_at_inference(temporal):
             assert f(visual, mask, boxes=boxes).shape == (2, f.num_output_tokens, 16)
 
 
-@pytest.mark.parametrize("kw", [dict(temporal="per_frame"), dict(temporal="joint"),
-                                dict(temporal="per_frame", objects=True), dict(temporal="joint", objects=True)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temporal="per_frame"),
+        dict(temporal="joint"),
+        dict(temporal="per_frame", objects=True),
+        dict(temporal="joint", objects=True),
+    ],
+    ids=str,
+)
 def test_padding_frames_do_not_influence_output(kw):
     f = fusion(**kw)
     visual, mask, boxes = inputs()
@@ -95,7 +126,7 @@ def test_padding_frames_do_not_influence_output(kw):
     other[0, 2:] = torch.randn_like(other[0, 2:]) * 10
     other_boxes = boxes.clone()
     other_boxes[0, 2:] = torch.rand_like(other_boxes[0, 2:])
-    for b, ob in ([(None, None), (boxes, other_boxes)] if kw.get("objects") else [(None, None)]):
+    for b, ob in [(None, None), (boxes, other_boxes)] if kw.get("objects") else [(None, None)]:
         with torch.no_grad():
             a, c = f(visual, mask, boxes=b), f(other, mask, boxes=ob)
         torch.testing.assert_close(a, c, atol=1e-6, rtol=0)
@@ -112,8 +143,9 @@ def test_masked_boxes_do_not_influence_output():
     junk = boxes.clone()
     junk[:, :, 1] = float("nan")
     with torch.no_grad():
-        torch.testing.assert_close(f(visual, mask, boxes=boxes, box_mask=box_mask),
-                                   f(visual, mask, boxes=junk, box_mask=box_mask))
+        torch.testing.assert_close(
+            f(visual, mask, boxes=boxes, box_mask=box_mask), f(visual, mask, boxes=junk, box_mask=box_mask)
+        )
 
 
 def test_bad_inputs_are_clear_errors():
@@ -123,22 +155,37 @@ def test_bad_inputs_are_clear_errors():
         f(visual[:, :, :-1], mask)
     with pytest.raises(ValueError, match="no real frame"):
         f(visual, torch.zeros_like(mask))
-    with pytest.raises(ValueError, match="temporal"):
-        fusion(temporal="sideways")
 
 
 def test_factory_call_matches_reasoner_contract():
     from functools import partial
 
-    make = partial(QFormerFusion, num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                   video_num_query_tokens=2, video_num_layers=1)
+    make = partial(
+        FrameQFormerFusion,
+        num_query_tokens=4,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        video_num_query_tokens=2,
+        video_num_layers=1,
+    )
     f = make(D, GRID, PREFIX)
     assert (f.output_dim, f.num_output_tokens, f.hidden_size, f.supports_text) == (16, 2, 16, False)
 
 
 def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
-    q = QFormer(8, num_query_tokens=2, hidden_size=8, num_layers=4, num_heads=2, intermediate_size=16,
-                cross_attention_freq=2, dropout=0.1, attention_dropout=0.1)
+    q = QFormer(
+        8,
+        num_query_tokens=2,
+        hidden_size=8,
+        num_layers=4,
+        num_heads=2,
+        intermediate_size=16,
+        cross_attention_freq=2,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
     assert [layer.cross_attn is not None for layer in q.layers] == [True, False, True, False]
     out = q(torch.randn(3, 5, 8))
     assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
@@ -183,9 +230,12 @@ def test_folded_cross_attention_equals_ordinary(masked):
     if masked:  # masked memory tokens get no gradient
         assert (fold[2][~keep] == 0).all()
     with torch.no_grad():  # and through the whole block (proj, residual, LayerNorm), in fp32 as well
-        torch.testing.assert_close(m.float()(x.float(), memory.float(), mask),
-                                   m.norm(m.proj(m._attend(x.float(), memory.float(), mask)) + x.float()),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            m.float()(x.float(), memory.float(), mask),
+            m.norm(m.proj(m._attend(x.float(), memory.float(), mask)) + x.float()),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_folded_cross_attention_with_attention_dropout_scales_value_bias_by_row_sums():
@@ -208,22 +258,31 @@ def test_folded_path_matches_transformers_blip2():
     from vrp.models.interop import load_blip2_qformer
 
     torch.manual_seed(5)
-    hf = Blip2QFormerModel(Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                              intermediate_size=64, cross_attention_frequency=1,
-                                              encoder_hidden_size=24)).eval()
+    hf = Blip2QFormerModel(
+        Blip2QFormerConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            cross_attention_frequency=1,
+            encoder_hidden_size=24,
+        )
+    ).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0, 0.3)
     tokens = torch.randn(1, 4, 32)
-    ours = QFormer(24, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                   cross_attention_freq=1).eval()
+    ours = QFormer(
+        24, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, cross_attention_freq=1
+    ).eval()
     load_blip2_qformer(ours, {"query_tokens": tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
     assert all(layer.cross_attn.fold_memory(4, 20) for layer in ours.layers)
     memory, keep = torch.randn(2, 20, 24), torch.ones(2, 20, dtype=torch.bool)
     keep[1, 13:] = False
     with torch.no_grad():
-        ref = hf(query_embeds=tokens.expand(2, -1, -1), encoder_hidden_states=memory,
-                 encoder_attention_mask=keep.long()).last_hidden_state
+        ref = hf(
+            query_embeds=tokens.expand(2, -1, -1), encoder_hidden_states=memory, encoder_attention_mask=keep.long()
+        ).last_hidden_state
         torch.testing.assert_close(ours(memory, keep), ref, atol=1e-5, rtol=0)
 
 
@@ -232,9 +291,21 @@ def test_small_random_fusion_tells_videos_apart(temporal):
     """The embedded default's tiny Q-Former (init_std 0.1) must give different videos different outputs at init;
     with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning never started."""
     torch.manual_seed(0)
-    fusion = QFormerFusion(192, (8, 8), 1, temporal=temporal, num_query_tokens=8, video_num_query_tokens=16,
-                           hidden_size=128, num_layers=2, video_num_layers=1, num_heads=4, intermediate_size=256,
-                           cross_attention_freq=1, num_frames=8, init_std=0.1)
+    sizes = dict(
+        num_query_tokens=8,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        cross_attention_freq=1,
+        num_frames=8,
+        init_std=0.1,
+    )
+    fusion = (
+        FrameQFormerFusion(192, (8, 8), 1, video_num_query_tokens=16, video_num_layers=1, **sizes)
+        if temporal == "per_frame"
+        else JointQFormerFusion(192, (8, 8), 1, **sizes)
+    )
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(visual, torch.ones(4, 8, dtype=torch.bool))

@@ -10,10 +10,12 @@ T, SIZE = 2, 32
 
 def build(tokenizer_dir, seed=0, **modes):
     torch.manual_seed(seed)
-    vision = HFVisionEncoder(config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1,
-                                                    num_heads=2))
-    llm = CausalLM(config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir),
-                   lora_rank=4)
+    vision = HFVisionEncoder(
+        config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1, num_heads=2)
+    )
+    llm = CausalLM(
+        config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir), lora_rank=4
+    )
     fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2))
     return VideoReasoner(vision, fusion, llm, **modes)
 
@@ -29,10 +31,13 @@ def make_batch(model, prompts, answers, right_pad=True):
     L = max(map(len, rows))
     pad = lambda r, v: r + [v] * (L - len(r)) if right_pad else [v] * (L - len(r)) + r  # noqa: E731
     torch.manual_seed(1)
-    return {"video": torch.randn(len(rows), T, 3, SIZE, SIZE), "frame_mask": torch.ones(len(rows), T, dtype=torch.bool),
-            "input_ids": torch.tensor([pad(r, tok.pad_token_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r), 0) for r in rows]),
-            "labels": torch.tensor([pad(r, -100) for r in labels])}
+    return {
+        "video": torch.randn(len(rows), T, 3, SIZE, SIZE),
+        "frame_mask": torch.ones(len(rows), T, dtype=torch.bool),
+        "input_ids": torch.tensor([pad(r, tok.pad_token_id) for r in rows]),
+        "attention_mask": torch.tensor([pad([1] * len(r), 0) for r in rows]),
+        "labels": torch.tensor([pad(r, -100) for r in labels]),
+    }
 
 
 @pytest.fixture(scope="module")

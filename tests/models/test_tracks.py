@@ -96,13 +96,19 @@ def test_switches_and_errors():
 def test_pair_features_by_hand():
     from vrp.models.tracks import pair_features
 
-    boxes = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.4, 0.1, 0.6, 0.3]],  # frame 0: 0.1 apart in x
-                          [[0.2, 0.1, 0.4, 0.3], [0.3, 0.1, 0.5, 0.3]]])[None]  # frame 1: overlapping by 0.1
+    boxes = torch.tensor(
+        [
+            [[0.1, 0.1, 0.3, 0.3], [0.4, 0.1, 0.6, 0.3]],  # frame 0: 0.1 apart in x
+            [[0.2, 0.1, 0.4, 0.3], [0.3, 0.1, 0.5, 0.3]],
+        ]
+    )[None]  # frame 1: overlapping by 0.1
     f = pair_features(boxes, num_frames=2)  # (1, 4, 4, 7), tokens (t0 k0, t0 k1, t1 k0, t1 k1)
     assert f.shape == (1, 4, 4, 7)
     torch.testing.assert_close(f[0, 0, 1], torch.tensor([0.3, 0.0, 0.3, 0.1, 0.0, 0.0, 1.0]))
     torch.testing.assert_close(f[0, 2, 3], torch.tensor([0.1, 0.0, 0.1, -0.1, 0.0, 0.0, 1.0]))
-    torch.testing.assert_close(f[0, 0, 2], torch.tensor([0.1, 0.0, 0.1, -0.1, 1.0, 1.0, 0.0]))  # same object, next frame
+    torch.testing.assert_close(
+        f[0, 0, 2], torch.tensor([0.1, 0.0, 0.1, -0.1, 1.0, 1.0, 0.0])
+    )  # same object, next frame
     torch.testing.assert_close(f[0, 2, 0, 4], torch.tensor(-1.0))
 
 

@@ -34,8 +34,9 @@ def test_unfreeze_last_block_trains_only_that_block():
     blocks = transformer_blocks(enc.backbone)
     assert len(blocks) == 3
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
-    assert trainable == {f"backbone.{n}" for n, p in enc.backbone.named_parameters()
-                         if any(p is q for q in blocks[2].parameters())}
+    assert trainable == {
+        f"backbone.{n}" for n, p in enc.backbone.named_parameters() if any(p is q for q in blocks[2].parameters())
+    }
     enc.train()
     assert blocks[2].training and not blocks[0].training and not enc.backbone.training
     enc(torch.randn(1, 2, 3, 32, 32)).sum().backward()
@@ -70,17 +71,34 @@ def test_bfloat16_backbone_returns_input_dtype():
 
 
 def _hf_models():
-    from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, SiglipVisionConfig,
-                              SiglipVisionModel, ViTConfig, ViTModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
     yield "vit", lambda: ViTModel(ViTConfig(patch_size=8, **small)), 1
     yield "dinov2", lambda: Dinov2Model(Dinov2Config(patch_size=8, **small)), 1
     yield "siglip", lambda: SiglipVisionModel(SiglipVisionConfig(patch_size=8, **small)), 0
-    yield "clip", lambda: CLIPModel(CLIPConfig(
-        vision_config=dict(patch_size=8, **small),
-        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=99), projection_dim=16)), 1
+    yield (
+        "clip",
+        lambda: CLIPModel(
+            CLIPConfig(
+                vision_config=dict(patch_size=8, **small),
+                text_config=dict(
+                    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99
+                ),
+                projection_dim=16,
+            )
+        ),
+        1,
+    )
 
 
 @pytest.mark.parametrize("name,build,prefix", [pytest.param(*m, id=m[0]) for m in _hf_models()])
@@ -97,9 +115,11 @@ def test_hf_round_trip_matches_last_hidden_state(tmp_path, name, build, prefix):
     torch.testing.assert_close(enc(video), expected.unflatten(0, (2, 2)))
 
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1},
+}
 
 
 def test_open_clip_round_trip_by_checkpoint_path(tmp_path):

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from tiny import ToyData  # noqa: E402
 
-from tiny import ToyData, build_backbones  # noqa: E402
 from vrp.training.callbacks import StepLossLog  # noqa: E402
 from vrp.training.strategies import close_process_group  # noqa: E402
 
@@ -26,9 +26,11 @@ def build(root: Path, fusion: str):
     vision = HFVisionEncoder(str(root / "vit"))
     llm = CausalLM(str(root / "llm"), lora_rank=4, lora_dropout=0.0)
     if fusion == "qformer":
-        from vrp.models.qformer import QFormerFusion
+        from vrp.models import FrameQFormerFusion
 
-        factory = partial(QFormerFusion, num_queries=4, hidden_size=32, num_layers=2, num_heads=2, dropout=0.0)
+        factory = partial(
+            FrameQFormerFusion, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, dropout=0.0
+        )
     else:
         factory = partial(MLPConnector, output_dim=32)
     model = VideoReasoner(vision, factory, llm, llm_mode="lora")
@@ -57,17 +59,28 @@ def main() -> None:
     root = Path(a.root)
     module = build(root, a.fusion)
     if a.out.endswith(".pt"):
-        torch.save({n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}, a.out[:-3] + ".init")
+        torch.save(
+            {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}, a.out[:-3] + ".init"
+        )
     dm = ToyData(str(root / "tokenizer"), num_samples=a.batch * a.devices * a.steps, batch_size=a.batch)
     strategy = "auto"
     if a.devices > 1:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         strategy = ModelParallelStrategy(data_parallel_size=a.devices, tensor_parallel_size=1)
-    trainer = L.Trainer(accelerator="cpu", devices=a.devices, strategy=strategy, max_steps=a.steps, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, use_distributed_sampler=False,
-                        callbacks=[StepLossLog(a.out + ".losses.jsonl"), _Keys(a.out)])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=a.devices,
+        strategy=strategy,
+        max_steps=a.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[StepLossLog(a.out + ".losses.jsonl"), _Keys(a.out)],
+    )
     trainer.fit(module, dm)
     names = {n for n, p in module.named_parameters() if p.requires_grad}
     state = {n: p.detach() for n, p in module.named_parameters() if n in names}

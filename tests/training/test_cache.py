@@ -8,34 +8,72 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("cache")
     generate(root / "data", videos=12, seed=1, workers=1, size=64, min_frames=8, max_frames=10)
     prepare(str(root / "data" / "tokenizer"), root / "bb", seed=0, vit={**TINY_VIT, "image_size": 64}, llm=TINY_LLM)
-    mc = {"class_path": "data_modules.sources.MultipleChoice", "init_args": {
-        "path": str(root / "data" / "train" / "mc.csv"), "template": "<video>\n{question}", "target": "text",
-        "boxes": str(root / "data" / "train" / "boxes.json")}}
-    cfg = {"seed_everything": 0, "trainer": {"logger": False, "max_steps": 1},
-           "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {"model": {
-               "class_path": "vrp.models.VideoReasoner", "init_args": {
-                   "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                              "init_args": {"model_name_or_path": str(root / "bb" / "vit")}},
-                   "fusion": {"class_path": "vrp.models.TrackFusion", "init_args": {
-                       "num_frames": 4, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
-                   "llm": {"class_path": "vrp.models.CausalLM",
-                           "init_args": {"model_name_or_path": str(root / "bb" / "llm")}},
-                   "llm_mode": "full"}}}},
-           "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-               "num_frames": 4, "batch_size": 3, "num_workers": 0, "synthetic_root": str(root / "data"),
-               "generate_if_missing": False, "synthetic_boxes": True, "val": mc, "test": mc}}}
+    mc = {
+        "class_path": "data_modules.sources.MultipleChoice",
+        "init_args": {
+            "path": str(root / "data" / "train" / "mc.csv"),
+            "template": "<video>\n{question}",
+            "target": "text",
+            "boxes": str(root / "data" / "train" / "boxes.json"),
+        },
+    }
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"logger": False, "max_steps": 1},
+        "model": {
+            "class_path": "vrp.training.InstructionTuning",
+            "init_args": {
+                "model": {
+                    "class_path": "vrp.models.VideoReasoner",
+                    "init_args": {
+                        "vision": {
+                            "class_path": "vrp.models.HFVisionEncoder",
+                            "init_args": {"model_name_or_path": str(root / "bb" / "vit")},
+                        },
+                        "fusion": {
+                            "class_path": "vrp.models.TrackFusion",
+                            "init_args": {
+                                "num_frames": 4,
+                                "hidden_size": 16,
+                                "num_layers": 1,
+                                "num_heads": 2,
+                                "intermediate_size": 32,
+                            },
+                        },
+                        "llm": {
+                            "class_path": "vrp.models.CausalLM",
+                            "init_args": {"model_name_or_path": str(root / "bb" / "llm")},
+                        },
+                        "llm_mode": "full",
+                    },
+                }
+            },
+        },
+        "data": {
+            "class_path": "data_modules.datamodules.InstructionDataModule",
+            "init_args": {
+                "num_frames": 4,
+                "batch_size": 3,
+                "num_workers": 0,
+                "synthetic_root": str(root / "data"),
+                "generate_if_missing": False,
+                "synthetic_boxes": True,
+                "val": mc,
+                "test": mc,
+            },
+        },
+    }
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     return root, config
@@ -52,7 +90,9 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
     store = FeatureStore(out)
     import json
 
-    asked = {Path(item["video"]).stem for item in json.loads((root / "data" / "train" / "instructions.json").read_text())}
+    asked = {
+        Path(item["video"]).stem for item in json.loads((root / "data" / "train" / "instructions.json").read_text())
+    }
     assert store.meta["videos"] == len(asked) and all(v in store for v in asked)  # each video once
     assert store.meta["vision"]["init_args"]["model_name_or_path"] == str(root / "bb" / "vit")
 
@@ -74,10 +114,10 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
         encoded = pixels_module.model.vision(pixels["video"])
         torch.testing.assert_close(cached["visual"].float(), encoded, atol=2e-3, rtol=2e-3)  # float16 storage
         cached_module.model.load_state_dict(pixels_module.model.state_dict())
-        from vrp.training import steps
+        from vrp.training.losses import lm_loss
 
-        a = steps.lm_loss(pixels_module.model, pixels_module.encode(pixels), pixels)
-        b = steps.lm_loss(cached_module.model, cached_module.encode(cached), cached)
+        a = lm_loss(pixels_module.model, pixels_module.encode(pixels), pixels)
+        b = lm_loss(cached_module.model, cached_module.encode(cached), cached)
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tiny import TINY_LLM, TINY_VIT
+
 from vrp.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,37 +18,60 @@ CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
-    prepare(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit={**TINY_VIT, "image_size": 64},
-            llm={**TINY_LLM, "max_position_embeddings": 512})  # captions + 40 track tokens
+    prepare(
+        str(root / "data" / "tokenizer"),
+        root / "backbones",
+        seed=0,
+        vit={**TINY_VIT, "image_size": 64},
+        llm={**TINY_LLM, "max_position_embeddings": 512},
+    )  # captions + 40 track tokens
     return root
 
 
 def _overrides(root: Path, config: Path) -> list[str]:
     data = root / "data"
     model = "--model.init_args.model.init_args"
-    args = [f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
-            f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
-            f"--data.init_args.synthetic_root={data}", "--data.init_args.generate_if_missing=false",
-            "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--trainer.fast_dev_run=true",
-            "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
-            f"--trainer.default_root_dir={root / 'runs' / config.stem}"]
+    args = [
+        f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
+        f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
+        f"--data.init_args.synthetic_root={data}",
+        "--data.init_args.generate_if_missing=false",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+        "--trainer.fast_dev_run=true",
+        "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
+        f"--trainer.default_root_dir={root / 'runs' / config.stem}",
+    ]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
-        args += ["--model.init_args.init_from=null", "--model.init_args.results_dir=null",
-                 f"--model.init_args.blind_baseline={data / 'meta.json'}",
-                 "--data.init_args.val=" + json.dumps({"class_path": "data_modules.sources.MultipleChoice", "init_args": {
-                     "path": str(data / "train" / "mc.csv"), "template": "<video>\n{question}", "target": "text",
-                     "boxes": str(data / "train" / "boxes.json")}})]
+        args += [
+            "--model.init_args.init_from=null",
+            "--results.dir=null",
+            f"--results.blind_baseline={data / 'meta.json'}",
+            "--data.init_args.val="
+            + json.dumps(
+                {
+                    "class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {
+                        "path": str(data / "train" / "mc.csv"),
+                        "template": "<video>\n{question}",
+                        "target": "text",
+                        "boxes": str(data / "train" / "boxes.json"),
+                    },
+                }
+            ),
+        ]
     return args
 
 
 def _checkout_runs() -> dict[str, tuple[int, int]]:
     """(size, mtime) of every file under the checkout's runs/embedded."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "runs" / "embedded").rglob("*")
-            if p.is_file()}
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "runs" / "embedded").rglob("*") if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

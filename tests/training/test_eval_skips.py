@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import yaml
-
 from tiny import mc_data, write_config
+
 from vrp.cli import cli
 
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import torch
-
 from tiny import ToyData
-from vrp.training.export import build_model, export, load_exported
+
+from vrp.models.io import build_model, load_exported
+from vrp.training.export import export
 
 
 def _config(root) -> dict:
-    return {"class_path": "vrp.models.VideoReasoner", "init_args": {
-        "vision": {"class_path": "vrp.models.HFVisionEncoder", "init_args": {"model_name_or_path": str(root / "vit")}},
-        "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
-        "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm"),
-                                                                    "lora_rank": 4}},
-        "llm_mode": "lora"}}
+    return {
+        "class_path": "vrp.models.VideoReasoner",
+        "init_args": {
+            "vision": {
+                "class_path": "vrp.models.HFVisionEncoder",
+                "init_args": {"model_name_or_path": str(root / "vit")},
+            },
+            "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
+            "llm": {
+                "class_path": "vrp.models.CausalLM",
+                "init_args": {"model_name_or_path": str(root / "llm"), "lora_rank": 4},
+            },
+            "llm_mode": "lora",
+        },
+    }
 
 
 def test_export_roundtrip_separate_and_merged(tiny_root, tmp_path):
@@ -48,11 +58,26 @@ def test_ask_warns_about_a_stage1_export(tiny_root, tmp_path, capsys):
     model = build_model(_config(tiny_root))
     state = {f"model.{k}": v for k, v in model.state_dict_trainable().items()}
     for stage, module in ((1, "vrp.training.AlignmentPretraining"), (2, "vrp.training.InstructionTuning")):
-        torch.save({"state_dict": state, "global_step": 7, "hyper_parameters": {"_class_path": module,
-                                                                                "model": _config(tiny_root)}},
-                   tmp_path / f"stage{stage}.ckpt")
+        torch.save(
+            {
+                "state_dict": state,
+                "global_step": 7,
+                "hyper_parameters": {"_class_path": module, "model": _config(tiny_root)},
+            },
+            tmp_path / f"stage{stage}.ckpt",
+        )
         out = export(tmp_path / f"stage{stage}.ckpt", tmp_path / f"export{stage}")
-        ask.main([str(tmp_path / "clip.mp4"), "what colour is it ?", "--options", "red|green", "--num-frames", "2",
-                  "--checkpoint", str(out)])
+        ask.main(
+            [
+                str(tmp_path / "clip.mp4"),
+                "what colour is it ?",
+                "--options",
+                "red|green",
+                "--num-frames",
+                "2",
+                "--checkpoint",
+                str(out),
+            ]
+        )
         err = capsys.readouterr().err
         assert ("exported from a stage-1 (video-text alignment) checkpoint" in err) == (stage == 1), err

@@ -19,7 +19,7 @@ from vrp.training.callbacks import StepLossLog
 
 
 def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
-    from vrp.models import CausalLM, HFVisionEncoder, QFormerFusion, VideoReasoner
+    from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, VideoReasoner
     from vrp.training.stage2 import InstructionTuning
 
     frames = np.zeros((6, 32, 32, 3), np.uint8)
@@ -27,23 +27,49 @@ def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
     write_video(tmp_path / "blue.mp4", frames, fps=6)
     Image.fromarray(np.full((24, 40, 3), (255, 0, 0), np.uint8)).save(tmp_path / "red.png")
     turn = lambda q, a: [{"from": "human", "value": q}, {"from": "gpt", "value": a}]  # noqa: E731
-    items = [{"id": "v", "video": "blue.mp4", "conversations": turn("<video>\nwhat colour is it ?", "blue")},
-             {"id": "i", "image": "red.png", "conversations": turn("<image>\nwhat colour is it ?", "red")},
-             {"id": "t", "conversations": turn("what colour is a video of shapes ?", "green")}]
+    items = [
+        {"id": "v", "video": "blue.mp4", "conversations": turn("<video>\nwhat colour is it ?", "blue")},
+        {"id": "i", "image": "red.png", "conversations": turn("<image>\nwhat colour is it ?", "red")},
+        {"id": "t", "conversations": turn("what colour is a video of shapes ?", "green")},
+    ]
     (tmp_path / "mix.json").write_text(json.dumps(items * 2))
     caplog.set_level(logging.INFO)
-    data = InstructionDataModule(train=LlavaInstructions(str(tmp_path / "mix.json"), text_only="train"),
-                                 val=LlavaInstructions(str(tmp_path / "mix.json")),
-                                 tokenizer=str(tiny_root / "tokenizer"), num_frames=2, batch_size=3, num_workers=0,
-                                 train_sampling="uniform")
+    data = InstructionDataModule(
+        train=LlavaInstructions(str(tmp_path / "mix.json"), text_only="train"),
+        val=LlavaInstructions(str(tmp_path / "mix.json")),
+        tokenizer=str(tiny_root / "tokenizer"),
+        num_frames=2,
+        batch_size=3,
+        num_workers=0,
+        train_sampling="uniform",
+    )
     torch.manual_seed(0)
-    fusion = partial(QFormerFusion, num_query_tokens=2, video_num_query_tokens=2, hidden_size=32, num_layers=1,
-                     video_num_layers=1, num_heads=2, intermediate_size=64, num_frames=2, vocab_size=64)
-    model = VideoReasoner(HFVisionEncoder(str(tiny_root / "vit")), fusion, CausalLM(str(tiny_root / "llm")),
-                          llm_mode="full")
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=str(tmp_path), callbacks=[StepLossLog(str(tmp_path / "losses.jsonl"))])
+    fusion = partial(
+        FrameQFormerFusion,
+        num_query_tokens=2,
+        video_num_query_tokens=2,
+        hidden_size=32,
+        num_layers=1,
+        video_num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        num_frames=2,
+        vocab_size=64,
+    )
+    model = VideoReasoner(
+        HFVisionEncoder(str(tiny_root / "vit")), fusion, CausalLM(str(tiny_root / "llm")), llm_mode="full"
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=[StepLossLog(str(tmp_path / "losses.jsonl"))],
+    )
     trainer.fit(InstructionTuning(model, warmup_steps=1), datamodule=data)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "losses.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

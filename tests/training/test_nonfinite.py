@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny import write_config
+
 from vrp.cli import main
 from vrp.evaluation import ask
 from vrp.training import export
@@ -29,7 +29,8 @@ def test_a_nan_loss_stops_the_run_naming_step_and_keys(tiny_root, tmp_path, caps
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: step 2: loss nan, non-finite gradients in 27 of 27 tensors (first model.fusion.mlp.0.weight); "
         "batch keys: toy_0004, toy_0005, toy_0006, toy_0007. Lower the learning rate, check these samples, or set "
-        "--nonfinite.policy=skip")
+        "--nonfinite.policy=skip"
+    )
 
 
 def test_skip_policy_counts_and_keeps_the_weights_finite(tiny_root, tmp_path):

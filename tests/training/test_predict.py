@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import yaml
-
 from tiny import mc_data, write_config
+
 from vrp.cli import cli
 
 
@@ -34,11 +34,22 @@ def test_predict_writes_multiple_choice_answers_and_skips(tiny_root, tmp_path):
 
 def test_predict_generates_for_open_questions(tiny_root, tmp_path):
     data = mc_data(tmp_path / "mc", missing="")
-    items = [{"id": f"open{i}", "video": f"clip{i}.mp4", "conversations": [
-        {"from": "human", "value": "<video>\nwhat colour is it ?"}, {"from": "gpt", "value": "red"}]} for i in range(3)]
+    items = [
+        {
+            "id": f"open{i}",
+            "video": f"clip{i}.mp4",
+            "conversations": [
+                {"from": "human", "value": "<video>\nwhat colour is it ?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        }
+        for i in range(3)
+    ]
     (tmp_path / "mc" / "open.json").write_text(json.dumps(items))
-    data["init_args"]["predict"] = {"class_path": "data_modules.sources.LlavaInstructions",
-                                    "init_args": {"path": str(tmp_path / "mc" / "open.json")}}
+    data["init_args"]["predict"] = {
+        "class_path": "data_modules.sources.LlavaInstructions",
+        "init_args": {"path": str(tmp_path / "mc" / "open.json")},
+    }
     rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, data, "--model.init_args.max_new_tokens=3")
     assert [r["key"] for r in rows] == ["open0", "open1", "open2"]
     assert all(isinstance(r["generated"], str) and "choice" not in r for r in rows)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +24,7 @@ def probe():
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     root = tmp_path_factory.mktemp("probe")
     generate(root / "data", videos=30, seed=0, workers=1)
@@ -33,27 +32,66 @@ def config(tmp_path_factory) -> Path:
     cfg = {
         "seed_everything": 0,
         "trainer": {"max_steps": 6, "logger": False},
-        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {"lr": 1e-3, "warmup_steps": 1, "model": {
-            "class_path": "vrp.models.VideoReasoner", "init_args": {
-                "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                           "init_args": {"model_name_or_path": str(root / "backbones" / "vit")}},
-                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": {
-                    "num_query_tokens": 2, "video_num_query_tokens": 4, "hidden_size": 32, "num_layers": 1,
-                    "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64, "num_frames": 2,
-                    "objects": True}},
-                "llm": {"class_path": "vrp.models.CausalLM",
-                        "init_args": {"model_name_or_path": str(root / "backbones" / "llm")}},
-                "llm_mode": "full"}}}},
-        "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-            "num_frames": 2, "batch_size": 4, "num_workers": 0, "synthetic_root": str(root / "data"),
-            "generate_if_missing": False, "synthetic_boxes": True,
-            # a 30-video set leaves val/test with few balanced items: use train's mc.csv for both
-            "val": {"class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {"path": str(root / "data" / "train" / "mc.csv")}},
-            "test": {"class_path": "data_modules.sources.MultipleChoice",
-                     "init_args": {"path": str(root / "data" / "train" / "mc.csv"),
-                                   "template": "<video>\n{question}", "target": "text",
-                                   "boxes": str(root / "data" / "train" / "boxes.json")}}}},
+        "model": {
+            "class_path": "vrp.training.InstructionTuning",
+            "init_args": {
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "model": {
+                    "class_path": "vrp.models.VideoReasoner",
+                    "init_args": {
+                        "vision": {
+                            "class_path": "vrp.models.HFVisionEncoder",
+                            "init_args": {"model_name_or_path": str(root / "backbones" / "vit")},
+                        },
+                        "fusion": {
+                            "class_path": "vrp.models.FrameQFormerFusion",
+                            "init_args": {
+                                "num_query_tokens": 2,
+                                "video_num_query_tokens": 4,
+                                "hidden_size": 32,
+                                "num_layers": 1,
+                                "video_num_layers": 1,
+                                "num_heads": 2,
+                                "intermediate_size": 64,
+                                "num_frames": 2,
+                                "objects": True,
+                            },
+                        },
+                        "llm": {
+                            "class_path": "vrp.models.CausalLM",
+                            "init_args": {"model_name_or_path": str(root / "backbones" / "llm")},
+                        },
+                        "llm_mode": "full",
+                    },
+                },
+            },
+        },
+        "data": {
+            "class_path": "data_modules.datamodules.InstructionDataModule",
+            "init_args": {
+                "num_frames": 2,
+                "batch_size": 4,
+                "num_workers": 0,
+                "synthetic_root": str(root / "data"),
+                "generate_if_missing": False,
+                "synthetic_boxes": True,
+                # a 30-video set leaves val/test with few balanced items: use train's mc.csv for both
+                "val": {
+                    "class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {"path": str(root / "data" / "train" / "mc.csv")},
+                },
+                "test": {
+                    "class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {
+                        "path": str(root / "data" / "train" / "mc.csv"),
+                        "template": "<video>\n{question}",
+                        "target": "text",
+                        "boxes": str(root / "data" / "train" / "boxes.json"),
+                    },
+                },
+            },
+        },
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -75,8 +113,20 @@ def test_probe_prints_train_and_test_accuracy(probe, config, capsys):
 
 
 def test_probe_filters_templates(probe, config, capsys):
-    probe.main(["--config", str(config), "--steps", "2", "--eval-every", "2", "--templates", "count,shape",
-                "--eval-questions", "12"])
+    probe.main(
+        [
+            "--config",
+            str(config),
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--templates",
+            "count,shape",
+            "--eval-questions",
+            "12",
+        ]
+    )
     names = {k for k in _table(capsys.readouterr().out, "test") if not k.startswith("[")}
     assert names and names <= {"count", "shape"}
 

@@ -10,8 +10,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-
 from tiny import ToyData
+
 from vrp.training.callbacks import ProgressLog, StepLossLog
 
 
@@ -30,20 +30,36 @@ def _fit(root, tmp_path, progress: ProgressLog, *, max_steps: int = 6, accumulat
     from vrp.training.stage2 import InstructionTuning
 
     torch.manual_seed(0)
-    model = VideoReasoner(HFVisionEncoder(str(root / "vit")), partial(MLPConnector, output_dim=32),
-                          CausalLM(str(root / "llm")), llm_mode="frozen")
+    model = VideoReasoner(
+        HFVisionEncoder(str(root / "vit")),
+        partial(MLPConnector, output_dim=32),
+        CausalLM(str(root / "llm")),
+        llm_mode="frozen",
+    )
     ticker = _Ticker()
     progress.clock = lambda: ticker.now
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        accumulate_grad_batches=accumulate, default_root_dir=str(tmp_path),
-                        callbacks=[ticker, progress, StepLossLog(str(tmp_path / "losses.jsonl"))])
-    trainer.fit(InstructionTuning(model, warmup_steps=1),
-                datamodule=ToyData(str(root / "tokenizer"), num_samples=16, batch_size=4))
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accumulate_grad_batches=accumulate,
+        default_root_dir=str(tmp_path),
+        callbacks=[ticker, progress, StepLossLog(str(tmp_path / "losses.jsonl"))],
+    )
+    trainer.fit(
+        InstructionTuning(model, warmup_steps=1),
+        datamodule=ToyData(str(root / "tokenizer"), num_samples=16, batch_size=4),
+    )
 
 
-LINE = re.compile(r"^\[train\] step (\d+)/6 \(([\d.]+)%\) epoch (\d+) \| loss ([\d.]+) \| ([\d.]+) samples/s \| "
-                  r"([\d.]+) s/step \| elapsed (\S+) \| ETA (\S+)$")
+LINE = re.compile(
+    r"^\[train\] step (\d+)/6 \(([\d.]+)%\) epoch (\d+) \| loss ([\d.]+) \| ([\d.]+) samples/s \| "
+    r"([\d.]+) s/step \| elapsed (\S+) \| ETA (\S+)$"
+)
 
 
 def test_prints_step_loss_rate_and_eta_every_n_steps(tiny_root, tmp_path, capsys):
@@ -53,10 +69,13 @@ def test_prints_step_loss_rate_and_eta_every_n_steps(tiny_root, tmp_path, capsys
     assert [g[0] for g in got] == ["2", "4", "6"] and [g[1] for g in got] == ["33.3", "66.7", "100.0"]
     assert [g[2] for g in got] == ["0", "0", "1"]  # 16 samples / batch 4 = 4 steps per epoch
     assert {g[4] for g in got} == {"4.0"} and {g[5] for g in got} == {"1.00"}  # batch 4, one (fake) second a step
-    assert [g[6] for g in got] == ["0:00:02", "0:00:04", "0:00:06"] and [g[7] for g in got] == ["0:00:04", "0:00:02",
-                                                                                                  "0:00:00"]
+    assert [g[6] for g in got] == ["0:00:02", "0:00:04", "0:00:06"] and [g[7] for g in got] == [
+        "0:00:04",
+        "0:00:02",
+        "0:00:00",
+    ]
     losses = [json.loads(x)["loss"] for x in (tmp_path / "losses.jsonl").read_text().splitlines()]
-    means = [sum(losses[i:i + 2]) / 2 for i in (0, 2, 4)]  # each line: the mean loss of its two steps
+    means = [sum(losses[i : i + 2]) / 2 for i in (0, 2, 4)]  # each line: the mean loss of its two steps
     assert [float(g[3]) for g in got] == pytest.approx(means, abs=1e-4)
 
 

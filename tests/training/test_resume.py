@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from tiny import TINY_LLM, TINY_VIT
 
 STEPS, CKPT_EVERY, KILL_AFTER = 10, 4, 6
@@ -29,7 +28,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, videos=40, seed=0, workers=1)
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     prepare(str(root / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
     return root
@@ -39,33 +38,82 @@ def _config(root: Path, run: Path) -> Path:
     cfg = {
         "seed_everything": 3,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "logger": False,
-            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(run),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": STEPS,
+            "limit_val_batches": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run),
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0,
-                               "every_n_train_steps": CKPT_EVERY}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run / "ckpt"),
+                        "save_last": True,
+                        "save_top_k": 0,
+                        "every_n_train_steps": CKPT_EVERY,
+                    },
+                },
                 {"class_path": "vrp.training.StepLossLog", "init_args": {"path": str(run / "losses.jsonl")}},
             ],
         },
-        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {"lr": 1e-3, "warmup_steps": 2, "model": {
-            "class_path": "vrp.models.VideoReasoner", "init_args": {
-                "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                           "init_args": {"model_name_or_path": str(root / "backbones" / "vit")}},
-                "fusion": {"class_path": "vrp.models.QFormerFusion", "init_args": {
-                    "num_query_tokens": 4, "video_num_query_tokens": 4, "hidden_size": 32, "num_layers": 1,
-                    "video_num_layers": 1, "num_heads": 2, "intermediate_size": 64, "num_frames": 2,
-                    "dropout": 0.1}},
-                "llm": {"class_path": "vrp.models.CausalLM",
-                        "init_args": {"model_name_or_path": str(root / "backbones" / "llm"), "lora_rank": 4,
-                                      "lora_dropout": 0.1}},
-                "llm_mode": "lora"}}}},
-        "data": {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-            "num_frames": 2, "batch_size": 4, "num_workers": 2, "seed": 0, "synthetic_root": str(root),
-            "generate_if_missing": False,
-            # tiny sets leave val/test without balanced MC items; validation is off anyway
-            "val": {"class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {"path": str(root / "train" / "mc.csv")}}}},
+        "model": {
+            "class_path": "vrp.training.InstructionTuning",
+            "init_args": {
+                "lr": 1e-3,
+                "warmup_steps": 2,
+                "model": {
+                    "class_path": "vrp.models.VideoReasoner",
+                    "init_args": {
+                        "vision": {
+                            "class_path": "vrp.models.HFVisionEncoder",
+                            "init_args": {"model_name_or_path": str(root / "backbones" / "vit")},
+                        },
+                        "fusion": {
+                            "class_path": "vrp.models.FrameQFormerFusion",
+                            "init_args": {
+                                "num_query_tokens": 4,
+                                "video_num_query_tokens": 4,
+                                "hidden_size": 32,
+                                "num_layers": 1,
+                                "video_num_layers": 1,
+                                "num_heads": 2,
+                                "intermediate_size": 64,
+                                "num_frames": 2,
+                                "dropout": 0.1,
+                            },
+                        },
+                        "llm": {
+                            "class_path": "vrp.models.CausalLM",
+                            "init_args": {
+                                "model_name_or_path": str(root / "backbones" / "llm"),
+                                "lora_rank": 4,
+                                "lora_dropout": 0.1,
+                            },
+                        },
+                        "llm_mode": "lora",
+                    },
+                },
+            },
+        },
+        "data": {
+            "class_path": "data_modules.datamodules.InstructionDataModule",
+            "init_args": {
+                "num_frames": 2,
+                "batch_size": 4,
+                "num_workers": 2,
+                "seed": 0,
+                "synthetic_root": str(root),
+                "generate_if_missing": False,
+                # tiny sets leave val/test without balanced MC items; validation is off anyway
+                "val": {
+                    "class_path": "data_modules.sources.MultipleChoice",
+                    "init_args": {"path": str(root / "train" / "mc.csv")},
+                },
+            },
+        },
     }
     path = run / "config.yaml"
     run.mkdir(parents=True, exist_ok=True)
@@ -88,8 +136,9 @@ def _losses(path: Path) -> dict[int, float]:
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp_path):
     full_run, cut_run = tmp_path / "full", tmp_path / "cut"
-    proc = subprocess.run(_cmd(_config(synthetic_root, full_run)), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        _cmd(_config(synthetic_root, full_run)), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = _losses(full_run / "losses.jsonl")
     assert sorted(reference) == list(range(1, STEPS + 1))
@@ -113,8 +162,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp
     assert 0 < resumed_from <= killed_at
     log.unlink()
 
-    proc = subprocess.run(_cmd(config, "--ckpt_path", "last"), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(_cmd(config, "--ckpt_path", "last"), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = _losses(log)
     assert sorted(resumed) == list(range(resumed_from + 1, STEPS + 1))

@@ -1,4 +1,4 @@
-"""Run folders (vrp.training.runs through the real CLI): `vrp test` never touches the training run's records and
+"""Run folders (vrp.runs through the real CLI): `vrp test` never touches the training run's records and
 honours what the user typed; two live runs never share a folder; a killed write's temp file is cleaned up."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from tiny import write_config
+
 from vrp.cli import cli
-from vrp.training.runs import RunFolderBusy
+from vrp.runs import RunFolderBusy
 
 
 def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tmp_path):
@@ -25,7 +24,7 @@ def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tm
     assert len(metrics.splitlines()) >= 3
     ckpt = str(run / "ckpt" / "last.ckpt")
     typed = tmp_path / "typed_results"
-    cli(["test", "--config", str(config), "--ckpt_path", ckpt, f"--model.init_args.results_dir={typed}"])
+    cli(["test", "--config", str(config), "--ckpt_path", ckpt, f"--results.dir={typed}"])
     assert (typed / "test_results.json").is_file() and (typed / "test_results.md").is_file()
     cli(["test", "--config", str(config), "--ckpt_path", ckpt])
     assert (run / "csv" / "metrics.csv").read_text() == metrics  # the training run's records are untouched
@@ -39,8 +38,16 @@ def test_a_folder_held_by_a_live_run_is_refused(tiny_root, tmp_path):
     run = tmp_path / "run"
     config = write_config(tiny_root, run)
     holder = subprocess.Popen(  # another live run holding the folder, until its stdin closes
-        [sys.executable, "-c", f"import sys; from vrp.training.runs import lock_folders; lock_folders([{str(run)!r}]);"
-         " print('held', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from vrp.runs import lock_folders; lock_folders([{str(run)!r}]);"
+            " print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=re.escape(f"{run} is in use by another live run (pid {holder.pid} ")):
@@ -69,10 +76,24 @@ def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(ti
     run = tmp_path / "run"
     config = write_config(tiny_root, run)
     cli(["fit", "--config", str(config)])
-    proc = subprocess.run([sys.executable, "-m", "vrp", "test", "--config", str(config), "--trainer.devices=2",
-                           "--trainer.strategy=ddp", "--ckpt_path", str(run / "ckpt" / "last.ckpt")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vrp",
+            "test",
+            "--config",
+            str(config),
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--ckpt_path",
+            str(run / "ckpt" / "last.ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (run / "test").iterdir()) == ["version_0"]  # both ranks wrote into one folder
     result = json.loads((run / "test" / "version_0" / "test_results.json").read_text())
@@ -80,12 +101,14 @@ def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(ti
 
 
 def test_a_killed_run_frees_its_folder_even_while_its_forked_workers_live(tmp_path):
-    from vrp.training.runs import lock_folders, release_folders
+    from vrp.runs import lock_folders, release_folders
 
-    script = (f"import os, sys, time; from vrp.training.runs import lock_folders; lock_folders([{str(tmp_path)!r}])\n"
-              "child = os.fork()  # like a DataLoader worker: inherits every open file descriptor\n"
-              "if child == 0:\n    sys.stdin.read(); os._exit(0)\n"
-              "print(child, flush=True); time.sleep(600)\n")
+    script = (
+        f"import os, sys, time; from vrp.runs import lock_folders; lock_folders([{str(tmp_path)!r}])\n"
+        "child = os.fork()  # like a DataLoader worker: inherits every open file descriptor\n"
+        "if child == 0:\n    sys.stdin.read(); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(600)\n"
+    )
     run = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     worker = int(run.stdout.readline())
     try:

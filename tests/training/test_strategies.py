@@ -17,8 +17,22 @@ SCRIPT = Path(__file__).parent / "fsdp2_run.py"
 def _run(tmp: Path, root: Path, devices: int, batch: int, fusion: str) -> dict:
     out = tmp / f"state_{devices}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, str(SCRIPT), "--root", str(root), "--devices", str(devices), "--batch", str(batch),
-           "--steps", "3", "--fusion", fusion, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(root),
+        "--devices",
+        str(devices),
+        "--batch",
+        str(batch),
+        "--steps",
+        "3",
+        "--fusion",
+        fusion,
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=True)
@@ -50,6 +64,7 @@ def test_blocks_and_wrap_policy_find_transformer_layers(tiny_root):
 def test_vrp_closes_the_process_group_when_a_distributed_run_ends(tiny_root, tmp_path):
     """A process group left open at exit aborted 1 in 8 FSDP2 runs on gloo (exit 134) after the work was done."""
     from tiny import write_config
+
     from vrp.cli import main
 
     config = write_config(tiny_root, tmp_path / "run")

@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 import yaml
+from tiny import write_config
 
 from data_modules.collate import Collator
-from tiny import write_config
 from vrp.cli import main
+from vrp.models.io import CheckpointError, load_weights, read_checkpoint
 from vrp.models.paths import ModelPathError, pretrained_source
 from vrp.training import export
-from vrp.training.checkpoint import CheckpointError, load_weights, read_checkpoint
 
 
 class NotAllowed:
@@ -32,10 +32,15 @@ def bad_files(folder) -> dict[str, str]:
     torch.save({"state_dict": {}, "x": NotAllowed()}, folder / "object.ckpt")
     torch.save([1, 2], folder / "list.ckpt")
     (folder / "random.safetensors").write_bytes(bytes(range(256)))
-    return {"empty.ckpt": "is empty (0 bytes)", "random.ckpt": "is not a PyTorch checkpoint",
-            "truncated.ckpt": "is truncated or corrupted", "object.ckpt": "holds Python objects other than tensors",
-            "list.ckpt": "holds a list, not a checkpoint dict", "missing.ckpt": "does not exist",
-            "random.safetensors": "is not a readable safetensors file"}
+    return {
+        "empty.ckpt": "is empty (0 bytes)",
+        "random.ckpt": "is not a PyTorch checkpoint",
+        "truncated.ckpt": "is truncated or corrupted",
+        "object.ckpt": "holds Python objects other than tensors",
+        "list.ckpt": "holds a list, not a checkpoint dict",
+        "missing.ckpt": "does not exist",
+        "random.safetensors": "is not a readable safetensors file",
+    }
 
 
 def test_each_bad_file_gets_one_line_naming_it(tmp_path):
@@ -61,9 +66,11 @@ def test_vrp_test_and_export_print_one_error_line(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(["--ckpt", str(tmp_path / "bad" / "truncated.ckpt"), "--out", str(tmp_path / "out")])
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip() == (f"error: checkpoint {tmp_path / 'bad' / 'truncated.ckpt'} is truncated "
-                                               f"or corrupted ({os.path.getsize(tmp_path / 'bad' / 'truncated.ckpt')} "
-                                               "bytes; its zip archive cannot be read)")
+    assert capsys.readouterr().err.strip() == (
+        f"error: checkpoint {tmp_path / 'bad' / 'truncated.ckpt'} is truncated "
+        f"or corrupted ({os.path.getsize(tmp_path / 'bad' / 'truncated.ckpt')} "
+        "bytes; its zip archive cannot be read)"
+    )
 
 
 def last_error_line(capsys, argv: list[str]) -> str:
@@ -88,15 +95,18 @@ def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
     config.write_text(yaml.safe_dump(cfg))
     assert last_error_line(capsys, ["fit", "--config", str(config)]) == (
         f"error: LLM model_name_or_path '{missing}' does not exist (a local path: check it, or create it first, "
-        "e.g. `make prepare` for the embedded default's artifacts/embedded)")
+        "e.g. `make prepare` for the embedded default's artifacts/embedded)"
+    )
 
 
 def test_a_config_typo_is_the_last_line(tiny_root, tmp_path, capsys):
     config = write_config(tiny_root, tmp_path / "run")
     assert last_error_line(capsys, ["fit", "--config", str(config), "--model.init_args.lerning_rate=1"]) == (
-        "error: model (vrp.training.InstructionTuning): Option 'lerning_rate' is not accepted")
+        "error: model (vrp.training.InstructionTuning): Option 'lerning_rate' is not accepted"
+    )
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]["outptu_dim"] = 3
     config.write_text(yaml.safe_dump(cfg))
     assert last_error_line(capsys, ["fit", "--config", str(config)]) == (
-        "error: model.init_args.model.init_args.fusion: Option 'outptu_dim' is not accepted")
+        "error: model.init_args.model.init_args.fusion: Option 'outptu_dim' is not accepted"
+    )

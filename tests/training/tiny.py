@@ -15,10 +15,24 @@ from data_modules.video import write_video
 
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
 ANSWERS = ["red", "green", "blue", "yellow"]
-TINY_VIT = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 64}
-TINY_LLM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+TINY_VIT = {
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_LLM = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 
 
 def build_tokenizer(path: Path) -> Path:
@@ -29,14 +43,20 @@ def build_tokenizer(path: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>", additional_special_tokens=["<video>"]).save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<video>"],
+    ).save_pretrained(path)
     return path
 
 
 def build_backbones(root: Path) -> Path:
     """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
-    from vrp.training.embedded import prepare
+    from vrp.training.tiny_backbones import prepare
 
     if not (root / "llm" / "config.json").is_file():
         build_tokenizer(root / "tokenizer")
@@ -45,8 +65,16 @@ def build_backbones(root: Path) -> Path:
 
 
 class _Toy(Dataset):
-    def __init__(self, tokenizer, n: int, frames: int, size: int, seed: int, with_options: bool,
-                 nan_samples: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        n: int,
+        frames: int,
+        size: int,
+        seed: int,
+        with_options: bool,
+        nan_samples: tuple[int, ...] = (),
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, len(ANSWERS), (n,), generator=g)
         # the answer is visible: a colour-coded mean brightness per channel plus noise
@@ -54,8 +82,10 @@ class _Toy(Dataset):
         self.video = base[:, None, :, None, None] + 0.3 * torch.randn(n, frames, 3, size, size, generator=g)
         self.video[list(nan_samples)] = float("nan")  # damaged samples: their loss and gradients are NaN
         prompt = tokenizer("<video> what colour is it ?")["input_ids"]
-        self.rows = [(prompt, tokenizer(ANSWERS[int(y)], add_special_tokens=False)["input_ids"]
-                      + [tokenizer.eos_token_id]) for y in self.labels]
+        self.rows = [
+            (prompt, tokenizer(ANSWERS[int(y)], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            for y in self.labels
+        ]
         self.with_options = with_options
 
     def __len__(self) -> int:
@@ -63,20 +93,35 @@ class _Toy(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         p, a = self.rows[i]
-        item = {"video": self.video[i], "input_ids": torch.tensor(p + a),
-                "labels": torch.tensor([-100] * len(p) + a), "key": f"toy_{i:04d}"}
+        item = {
+            "video": self.video[i],
+            "input_ids": torch.tensor(p + a),
+            "labels": torch.tensor([-100] * len(p) + a),
+            "key": f"toy_{i:04d}",
+        }
         if self.with_options:
             item["answer_index"] = int(self.labels[i])
         return item
 
 
-def _collate(items: list[dict]) -> dict:
+def _collate(items: list[dict], boxes: bool = False) -> dict:
     ids = torch.stack([x["input_ids"] for x in items])
-    batch = {"video": torch.stack([x["video"] for x in items]), "input_ids": ids,
-             "attention_mask": torch.ones_like(ids), "labels": torch.stack([x["labels"] for x in items]),
-             "keys": [x["key"] for x in items], "qformer_input_ids": ids[:, 2:], "qformer_attention_mask":
-             torch.ones_like(ids[:, 2:])}
+    batch = {
+        "video": torch.stack([x["video"] for x in items]),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.stack([x["labels"] for x in items]),
+        "keys": [x["key"] for x in items],
+        "qformer_input_ids": ids[:, 2:],
+        "qformer_attention_mask": torch.ones_like(ids[:, 2:]),
+    }
     batch["frame_mask"] = torch.ones(batch["video"].shape[:2], dtype=torch.bool)
+    if boxes:  # two objects per frame, one of them absent in the last frame
+        B, T = batch["frame_mask"].shape
+        corner = torch.linspace(0.0, 0.4, B * T * 2).view(B, T, 2, 1).expand(B, T, 2, 2)
+        batch["boxes"] = torch.cat([corner, corner + 0.5], dim=-1)
+        batch["box_mask"] = torch.ones(B, T, 2, dtype=torch.bool)
+        batch["box_mask"][:, -1, 1] = False
     if "answer_index" in items[0]:
         batch["answer_index"] = torch.tensor([x["answer_index"] for x in items])
         batch["options"] = [list(ANSWERS) for _ in items]
@@ -88,15 +133,30 @@ def _collate(items: list[dict]) -> dict:
 class ToyData(L.LightningDataModule):
     """Map-style toy data; `shuffle=True` draws a seeded permutation per epoch."""
 
-    def __init__(self, tokenizer: str, num_samples: int = 32, num_frames: int = 2, batch_size: int = 4,
-                 shuffle: bool = False, seed: int = 0, nan_samples: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: str,
+        num_samples: int = 32,
+        num_frames: int = 2,
+        batch_size: int = 4,
+        shuffle: bool = False,
+        seed: int = 0,
+        nan_samples: tuple[int, ...] = (),
+        boxes: bool = False,
+    ) -> None:
         super().__init__()
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(tokenizer)
         self.num_samples, self.num_frames, self.batch_size, self.shuffle, self.seed = (
-            num_samples, num_frames, batch_size, shuffle, seed)
+            num_samples,
+            num_frames,
+            batch_size,
+            shuffle,
+            seed,
+        )
         self.nan_samples = tuple(nan_samples)
+        self.boxes = boxes
         self.image_size = 32
 
     def configure_preprocess(self, image_size: int, mean, std) -> None:
@@ -105,11 +165,20 @@ class ToyData(L.LightningDataModule):
     def _loader(self, seed: int, with_options: bool, shuffle: bool, nan_samples: tuple[int, ...] = ()) -> DataLoader:
         ds = _Toy(self.tok, self.num_samples, self.num_frames, self.image_size, seed, with_options, nan_samples)
         if self.trainer is not None and self.trainer.world_size > 1:  # rank r reads samples r, r + W, ...
-            sampler = DistributedSampler(ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle,
-                                         seed=self.seed)
-            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=_collate)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+            sampler = DistributedSampler(
+                ds, self.trainer.world_size, self.trainer.global_rank, shuffle=shuffle, seed=self.seed
+            )
+            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self._collate,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def _collate(self, items: list[dict]) -> dict:
+        return _collate(items, self.boxes)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.seed, False, self.shuffle, self.nan_samples)
@@ -125,20 +194,50 @@ def write_config(root: Path, run: Path, **model_args) -> Path:
     """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
     cfg = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_steps": 2, "default_root_dir": str(run), "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0}}]},
-        "model": {"class_path": "vrp.training.InstructionTuning", "init_args": {
-            "lr": 1e-3, "warmup_steps": 1, **model_args, "model": {
-                "class_path": "vrp.models.VideoReasoner", "init_args": {
-                    "vision": {"class_path": "vrp.models.HFVisionEncoder",
-                               "init_args": {"model_name_or_path": str(root / "vit")}},
-                    "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
-                    "llm": {"class_path": "vrp.models.CausalLM", "init_args": {"model_name_or_path": str(root / "llm")}},
-                    "llm_mode": "full"}}}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 2,
+            "default_root_dir": str(run),
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(run), "name": "csv", "version": ""},
+                }
+            ],
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "vrp.training.InstructionTuning",
+            "init_args": {
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                **model_args,
+                "model": {
+                    "class_path": "vrp.models.VideoReasoner",
+                    "init_args": {
+                        "vision": {
+                            "class_path": "vrp.models.HFVisionEncoder",
+                            "init_args": {"model_name_or_path": str(root / "vit")},
+                        },
+                        "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
+                        "llm": {
+                            "class_path": "vrp.models.CausalLM",
+                            "init_args": {"model_name_or_path": str(root / "llm")},
+                        },
+                        "llm_mode": "full",
+                    },
+                },
+            },
+        },
         "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
     }
     run.mkdir(parents=True, exist_ok=True)
@@ -155,8 +254,21 @@ def mc_data(folder, missing: str) -> dict:
             write_video(folder / f"clip{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
         rows.append(f"clip{i},what colour is it ?,{i % 2},red,green,q{i},descriptive")
     (folder / "mc.csv").write_text("video,question,answer,a0,a1,qid,type\n" + "\n".join(rows) + "\n")
-    source = {"class_path": "data_modules.sources.MultipleChoice",
-              "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"}}
-    return {"class_path": "data_modules.datamodules.InstructionDataModule", "init_args": {
-        "train": source, "val": source, "test": source, "tokenizer": None, "num_frames": 2, "batch_size": 4,
-        "eval_batch_size": 2, "num_workers": 0, "generate_if_missing": False}}
+    source = {
+        "class_path": "data_modules.sources.MultipleChoice",
+        "init_args": {"path": str(folder / "mc.csv"), "video_path": "{video}.mp4", "target": "text"},
+    }
+    return {
+        "class_path": "data_modules.datamodules.InstructionDataModule",
+        "init_args": {
+            "train": source,
+            "val": source,
+            "test": source,
+            "tokenizer": None,
+            "num_frames": 2,
+            "batch_size": 4,
+            "eval_batch_size": 2,
+            "num_workers": 0,
+            "generate_if_missing": False,
+        },
+    }

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.io import export_info, load_exported
 from vrp.models.llm import SequenceTooLong
 
 DEFAULT_CHECKPOINT = "artifacts/embedded/finetune"
@@ -29,22 +30,20 @@ class AskError(Exception):
 
 
 def load_model(checkpoint: str) -> nn.Module:
-    """A `VideoReasoner` from an exported model folder (`vrp export`, see `vrp.training.export`)."""
+    """A `VideoReasoner` from an exported model folder (`vrp export`; read by `vrp.models.io.load_exported`)."""
     path = Path(checkpoint)
     if not path.exists():
-        raise AskError(f"checkpoint {checkpoint} does not exist; train with `make finetune` and export it "
-                       "with `vrp export`, or pass --checkpoint DIR")
+        raise AskError(
+            f"checkpoint {checkpoint} does not exist; train with `make finetune` and export it "
+            "with `vrp export`, or pass --checkpoint DIR"
+        )
     try:
-        from vrp.training.export import load_exported
-    except ImportError as e:
-        raise AskError(f"cannot load checkpoints: vrp.training.export is unavailable ({e})") from e
-    try:
-        from vrp.training.export import export_info
-
         if export_info(path).get("stage") == 1:
-            print(f"warning: {checkpoint} was exported from a stage-1 (video-text alignment) checkpoint; it was never "
-                  "instruction-tuned, so its answers mean little: export a stage-2 checkpoint (make finetune)",
-                  file=sys.stderr)
+            print(
+                f"warning: {checkpoint} was exported from a stage-1 (video-text alignment) checkpoint; it was never "
+                "instruction-tuned, so its answers mean little: export a stage-2 checkpoint (make finetune)",
+                file=sys.stderr,
+            )
         return load_exported(str(path))
     except Exception as e:  # any failure to read a user-given folder is reported in one line
         from vrp.cli import user_error
@@ -60,12 +59,24 @@ def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1)
     from data_modules.transforms import VideoTransform
 
     vision = model.vision
-    return ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-                      num_frames=num_frames, sampling="uniform", image_frames=image_frames, damaged="keep")
+    return ClipLoader(
+        VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
+        num_frames=num_frames,
+        sampling="uniform",
+        image_frames=image_frames,
+        damaged="keep",
+    )
 
 
-def make_batch(model: nn.Module, video: str, question: str, options: list[str] | None, *,
-               num_frames: int = 8, boxes: str | None = None) -> dict:
+def make_batch(
+    model: nn.Module,
+    video: str,
+    question: str,
+    options: list[str] | None,
+    *,
+    num_frames: int = 8,
+    boxes: str | None = None,
+) -> dict:
     """A one-sample batch built by the training data path (decode, sample, transform, tokenise)."""
     from data_modules.collate import Collator
     from data_modules.datasets import BadSample
@@ -81,8 +92,15 @@ def make_batch(model: nn.Module, video: str, question: str, options: list[str] |
         except (OSError, ValueError) as e:
             raise AskError(f"boxes file {boxes}: {e}") from e
     loader = clip_loader(model, num_frames=num_frames)
-    rec = Record(key=Path(video).stem, video=str(video), turns=[(question, options[0] if options else "")],
-                 qformer_text=question, options=options, answer_index=0 if options else None, boxes=table)
+    rec = Record(
+        key=Path(video).stem,
+        video=str(video),
+        turns=[(question, options[0] if options else "")],
+        qformer_text=question,
+        options=options,
+        answer_index=0 if options else None,
+        boxes=table,
+    )
     try:
         sample = loader(rec)
     except BadSample as e:
@@ -92,7 +110,7 @@ def make_batch(model: nn.Module, video: str, question: str, options: list[str] |
 
 def answer(model: nn.Module, batch: dict, *, max_new_tokens: int = 32) -> tuple[str, list[float] | None]:
     """The model's answer and, for multiple choice, the per-option scores (mean log-prob per answer token)."""
-    from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer
+    from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 
     if batch.get("options"):
         out = LikelihoodScorer()(model, batch)
@@ -105,7 +123,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="path of a video file (any format PyAV/FFmpeg decodes)")
     p.add_argument("question")
     p.add_argument("--options", help='multiple-choice options separated by "|", e.g. "red|blue|green"')
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"exported model folder (default {DEFAULT_CHECKPOINT})")
+    p.add_argument(
+        "--checkpoint", default=DEFAULT_CHECKPOINT, help=f"exported model folder (default {DEFAULT_CHECKPOINT})"
+    )
     p.add_argument("--boxes", help="per-frame object boxes for the video (boxes.json layout, keyed by its file stem)")
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -125,12 +145,16 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
                 raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
         model = loader(args.checkpoint).eval()
         batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames, boxes=args.boxes)
-        if args.boxes is None and getattr(getattr(model, "fusion", None), "needs_boxes", False):
-            raise AskError(f"this model ({type(model.fusion).__name__}) reads object tracks: give per-frame boxes "
-                           "with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)")
-        if args.boxes is None and getattr(getattr(model, "fusion", None), "objects", None) is not None:
-            print("note: this model has object tokens but no --boxes were given; they come from slot attention",
-                  file=sys.stderr)
+        if args.boxes is None and model.fusion.needs_boxes:
+            raise AskError(
+                f"this model ({type(model.fusion).__name__}) reads object tracks: give per-frame boxes "
+                "with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)"
+            )
+        if args.boxes is None and model.fusion.reads_boxes:
+            print(
+                "note: this model has object tokens but no --boxes were given; they come from slot attention",
+                file=sys.stderr,
+            )
         try:
             with torch.no_grad():
                 text, scores = answer(model, batch, max_new_tokens=args.max_new_tokens)

@@ -2,10 +2,10 @@
 
 SDPA does not return attention weights, so forward hooks on every `vrp.models.qformer.CrossAttention` record its
 inputs (queries, memory, mask) and the weights are recomputed from its own q / k projections:
-softmax(q k^T / sqrt(d) + mask), averaged over heads and queries. Only layers that read the vision tokens count: those
-of `QFormerFusion.frame_qformer` (temporal="per_frame": one memory of N [+ K object] tokens per real frame) or of
-`QFormerFusion.qformer` (temporal="joint": one memory of T * (N [+ K]) tokens, frame-major); object tokens and the
-video-level Q-Former are left out.
+softmax(q k^T / sqrt(d) + mask), averaged over heads and queries. Only the layers of the fusion's ``vision_qformer``
+count: `FrameQFormerFusion.frame_qformer` (one memory of N [+ K object] tokens per real frame) or
+`JointQFormerFusion.qformer` (one memory of T * (N [+ K]) tokens, frame-major); object tokens and the video-level
+Q-Former are left out.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import math
 
 import torch
 from torch import nn
+
+from vrp.models.qformer import CrossAttention
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 
 
 def _weights(module: nn.Module, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -34,16 +37,16 @@ def cross_attention_maps(model: nn.Module, batch: dict) -> torch.Tensor:
     """(B, T, gh, gw) attention mass on each patch of each frame (at most 1 per clip; prefix and object tokens
     dropped), averaged over the cross-attention layers that read the vision tokens. Raises if there are none
     (e.g. a linear/MLP connector)."""
-    from vrp.models.qformer import CrossAttention
-
     fusion = model.fusion
-    per_frame = getattr(fusion, "frame_qformer", None) is not None
-    source = fusion.frame_qformer if per_frame else getattr(fusion, "qformer", fusion)
-    calls: list[tuple[nn.Module, tuple]] = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args)))
-             for m in source.modules() if isinstance(m, CrossAttention)]
-    if not hooks:
+    if not isinstance(fusion, (FrameQFormerFusion, JointQFormerFusion)):
         raise ValueError(f"{type(fusion).__name__} has no Q-Former cross-attention to visualise")
+    per_frame = isinstance(fusion, FrameQFormerFusion)
+    calls: list[tuple[nn.Module, tuple]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: calls.append((mod, args)))
+        for m in fusion.vision_qformer.modules()
+        if isinstance(m, CrossAttention)
+    ]
     device = next(model.parameters()).device
     get = lambda k: batch[k].to(device) if isinstance(batch.get(k), torch.Tensor) else None  # noqa: E731
     try:

@@ -15,43 +15,93 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vrp.models.contracts import Fusion, TextFusion
+
 
 class BlindFusion(nn.Module):
     """``num_output_tokens`` learned tokens of width ``output_dim``, independent of the input (a soft prompt)."""
 
-    supports_text = False
+    supports_text = needs_boxes = reads_boxes = False
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
-                 num_output_tokens: int = 4, output_dim: int = 128) -> None:
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        num_output_tokens: int = 4,
+        output_dim: int = 128,
+    ) -> None:
         super().__init__()
         self.num_output_tokens, self.output_dim, self.hidden_size = num_output_tokens, output_dim, output_dim
         self.tokens = nn.Parameter(torch.randn(num_output_tokens, output_dim) * 0.02)
 
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor, **unused: object) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        *,
+        boxes=None,
+        box_mask=None,
+        box_attributes=None,
+        text_ids=None,
+        text_mask=None,
+    ) -> torch.Tensor:
         return self.tokens.expand(visual.shape[0], -1, -1)  # (B, Q, output_dim)
 
 
 class MiddleFrame(nn.Module):
     """Runs ``fusion`` (a factory like the reasoner's) on the middle real frame only: (B, T, N, D) -> (B, 1, N, D)."""
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
-                 fusion: Callable[[int, tuple[int, int], int], nn.Module]) -> None:
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        fusion: Callable[[int, tuple[int, int], int], nn.Module],
+    ) -> None:
         super().__init__()
         self.inner = fusion(vision_width, tuple(grid), num_prefix_tokens)
+        if not isinstance(self.inner, Fusion):
+            raise TypeError(
+                f"MiddleFrame wraps a fusion (vrp.models.contracts.Fusion); got {type(self.inner).__name__}"
+            )
         self.output_dim, self.num_output_tokens = self.inner.output_dim, self.inner.num_output_tokens
-        self.hidden_size = getattr(self.inner, "hidden_size", self.output_dim)
-        self.supports_text = getattr(self.inner, "supports_text", False)
+        self.hidden_size = self.inner.hidden_size if isinstance(self.inner, TextFusion) else self.output_dim
+        self.supports_text, self.needs_boxes, self.reads_boxes = (
+            self.inner.supports_text,
+            self.inner.needs_boxes,
+            self.inner.reads_boxes,
+        )
 
     @staticmethod
     def middle_index(frame_mask: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the middle real frame of each clip (real frames come first; padding follows)."""
         return (frame_mask.long().sum(1) - 1).clamp_min(0) // 2
 
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor, *, boxes: torch.Tensor | None = None,
-                box_mask: torch.Tensor | None = None, **text: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        box_attributes: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B = visual.shape[0]
         idx = self.middle_index(frame_mask)
         rows = torch.arange(B, device=visual.device)
         pick = lambda x: None if x is None else x[rows, idx].unsqueeze(1)  # noqa: E731  (B, 1, ...)
         mask = torch.ones(B, 1, dtype=torch.bool, device=visual.device)
-        return self.inner(pick(visual), mask, boxes=pick(boxes), box_mask=pick(box_mask), **text)
+        return self.inner(
+            pick(visual),
+            mask,
+            boxes=pick(boxes),
+            box_mask=pick(box_mask),
+            box_attributes=box_attributes,
+            text_ids=text_ids,
+            text_mask=text_mask,
+        )

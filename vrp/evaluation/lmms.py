@@ -25,16 +25,16 @@ from collections.abc import Sequence
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance
-from PIL import Image
 from lmms_eval.api.model import lmms
+from PIL import Image
 
 from data_modules.collate import Collator
 from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
 from data_modules.video import frames_clip, image_clip
 from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
-from vrp.evaluation.scorers import GenerateScorer, LikelihoodScorer
-from vrp.training.export import load_exported
+from vrp.models.io import load_exported
+from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 
 
 def manifest():
@@ -52,21 +52,33 @@ class VRP(lmms):
 
     is_simple = True
 
-    def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, num_frames: int = 8, image_frames: int = 1,
-                 score_end_of_turn: bool = True, use_chat_template: bool = True, system_prompt: str | None = None,
-                 max_new_tokens: int = 32, batch_size: int | str = 1, max_batch_size: int | None = None,
-                 device: str | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        num_frames: int = 8,
+        image_frames: int = 1,
+        score_end_of_turn: bool = True,
+        use_chat_template: bool = True,
+        system_prompt: str | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        device: str | None = None,
+    ) -> None:
         super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_exported(checkpoint).to(self.device)
         self.loader = clip_loader(self.model, num_frames=int(num_frames), image_frames=int(image_frames))
-        self.collator = Collator(self.model.llm.tokenizer, use_chat_template=use_chat_template,
-                                 system_prompt=system_prompt)
-        self.likelihood = LikelihoodScorer(score_end_of_turn=score_end_of_turn, use_chat_template=use_chat_template,
-                                           system_prompt=system_prompt)
+        self.collator = Collator(
+            self.model.llm.tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt
+        )
+        self.likelihood = LikelihoodScorer(
+            score_end_of_turn=score_end_of_turn, use_chat_template=use_chat_template, system_prompt=system_prompt
+        )
         self.max_new_tokens = int(max_new_tokens)  # when a task's generation_kwargs name none
-        self.generator = GenerateScorer(max_new_tokens=self.max_new_tokens, use_chat_template=use_chat_template,
-                                        system_prompt=system_prompt)
+        self.generator = GenerateScorer(
+            max_new_tokens=self.max_new_tokens, use_chat_template=use_chat_template, system_prompt=system_prompt
+        )
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"vrp: --batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size, self.max_batch_size = int(batch_size), max_batch_size
@@ -86,8 +98,9 @@ class VRP(lmms):
                 raise ValueError(f"{where}: {e.detail}") from e
         rec = Record(key=where, video="", turns=[(prompt, "")], qformer_text=prompt, modality="image")
         if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
-            return self.loader.sample(rec, image_clip(visuals[0], self.loader.num_frames,
-                                                      real_frames=self.loader.image_frames))
+            return self.loader.sample(
+                rec, image_clip(visuals[0], self.loader.num_frames, real_frames=self.loader.image_frames)
+            )
         return self.loader.sample(rec, frames_clip([open_frame(v, where) for v in visuals], self.loader.num_frames))
 
     def batch(self, samples: list[dict]) -> dict:
@@ -116,8 +129,9 @@ class VRP(lmms):
             batch = self.batch([sample])
             video_tokens = self.model.video_tokens(batch).repeat_interleave(len(members), dim=0)  # (O, Q, D)
             targets = [continuation(requests[i], self.task_dict) for i in members]
-            total, n, greedy = self.likelihood.pair_logprobs(self.model, video_tokens, batch["prompt"] * len(members),
-                                                             targets)
+            total, n, greedy = self.likelihood.pair_logprobs(
+                self.model, video_tokens, batch["prompt"] * len(members), targets
+            )
             for j, i in enumerate(members):
                 out[i] = (float(-total[j] / n[j].clamp_min(1)), bool(greedy[j]))
         # lmms-eval 0.7.3's evaluator passes every result through `unwrap_generation_output`, which turns a plain
@@ -132,8 +146,11 @@ class VRP(lmms):
             samples, limits = [], []
             for r in chunk:
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = r.args
-                samples.append(self.visual_sample(self.visuals(doc_to_visual, task, split, doc_id), context,
-                                                  f"{task}/{split}/{doc_id}"))
+                samples.append(
+                    self.visual_sample(
+                        self.visuals(doc_to_visual, task, split, doc_id), context, f"{task}/{split}/{doc_id}"
+                    )
+                )
                 limits.append(dict(gen_kwargs or {}))
             self.generator.max_new_tokens = int(max(g.get("max_new_tokens", self.max_new_tokens) for g in limits))
             for text, gen in zip(self.generator.generate(self.model, self.batch(samples)), limits):

@@ -33,14 +33,33 @@ def write_task(mc: MultipleChoice, out: str | Path, *, name: str = "vrp_mc") -> 
     docs = out / f"{name}.jsonl"
     with open(docs, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps({"key": r.key, "video": str(Path(r.video).resolve()),
-                                "question": strip_placeholder(r.turns[0][0]), "options": r.options,
-                                "answer": r.answer_index, "type": r.question_type or "all"}) + "\n")
-    task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(docs.resolve())}},
-            "test_split": "test", "output_type": "multiple_choice", "doc_to_visual": "video",
-            "doc_to_text": "question", "doc_to_choice": "options", "doc_to_target": "answer",
-            "target_delimiter": "", "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-            "metadata": {"version": 1, "source": str(Path(mc.path).resolve())}}
+            f.write(
+                json.dumps(
+                    {
+                        "key": r.key,
+                        "video": str(Path(r.video).resolve()),
+                        "question": strip_placeholder(r.turns[0][0]),
+                        "options": r.options,
+                        "answer": r.answer_index,
+                        "type": r.question_type or "all",
+                    }
+                )
+                + "\n"
+            )
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(docs.resolve())}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_visual": "video",
+        "doc_to_text": "question",
+        "doc_to_choice": "options",
+        "doc_to_target": "answer",
+        "target_delimiter": "",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1, "source": str(Path(mc.path).resolve())},
+    }
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task, sort_keys=False))
     return path
@@ -60,8 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if not Path(a.mc).is_file():
         raise SystemExit(f"error: {a.mc} does not exist")
-    mc = MultipleChoice(a.mc, video_root=a.video_root, video_path=a.video_path, video_map=a.video_map,
-                        template=a.template, target="text")
+    mc = MultipleChoice(
+        a.mc,
+        video_root=a.video_root,
+        video_path=a.video_path,
+        video_map=a.video_map,
+        template=a.template,
+        target="text",
+    )
     path = write_task(mc, a.out, name=a.name)
-    print(f"wrote {path}; run: python -m lmms_eval --model vrp --model_args checkpoint=DIR "
-          f"--include_path {path.parent} --tasks {a.name}")
+    print(
+        f"wrote {path}; run: python -m lmms_eval --model vrp --model_args checkpoint=DIR "
+        f"--include_path {path.parent} --tasks {a.name}"
+    )

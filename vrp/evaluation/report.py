@@ -26,17 +26,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from vrp.evaluation.results import comparison_table, load_blind_baseline  # noqa: E402
-from vrp.training.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
+from vrp.runs import OWN_FOLDER_SUBCOMMANDS  # noqa: E402
 
 
 def find_file(folder: str | Path, name: str, *, training_only: bool = False) -> Path:
     """``folder/name``, else the newest ``name`` below it; ``training_only`` leaves out the folders of evaluation
-    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.training.runs`), whose logs hold no training curves."""
+    runs (``test/``, ``validate/``, ``predict/`` made by `vrp.runs`), whose logs hold no training curves."""
     folder = Path(folder)
     if (folder / name).is_file():
         return folder / name
-    found = [p for p in folder.rglob(name)
-             if not (training_only and set(p.relative_to(folder).parts[:-1]) & set(OWN_FOLDER_SUBCOMMANDS))]
+    found = [
+        p
+        for p in folder.rglob(name)
+        if not (training_only and set(p.relative_to(folder).parts[:-1]) & set(OWN_FOLDER_SUBCOMMANDS))
+    ]
     found = sorted(found, key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no {name} under {folder}; has the run finished (and been tested)?")
@@ -68,8 +71,9 @@ def plot_curves(curves: Mapping[str, Mapping[str, tuple[list[float], list[float]
                 acc_ax = ax.twinx()
                 acc_ax.set_ylabel("validation accuracy (%)")
             target = acc_ax if is_acc else ax
-            target.plot(steps, values, label=col, linestyle="--" if is_acc else "-",
-                        marker="." if len(steps) < 30 else None)
+            target.plot(
+                steps, values, label=col, linestyle="--" if is_acc else "-", marker="." if len(steps) < 30 else None
+            )
         ax.set(title=stage, xlabel="step", ylabel="loss")
         handles = [h for a in (ax, acc_ax) if a is not None for h in a.get_legend_handles_labels()[0]]
         ax.legend(handles=handles, fontsize=7)
@@ -84,14 +88,27 @@ def plot_accuracy(tables: Mapping[str, Mapping], out: Path, blind: Mapping[str, 
     width = 0.8 / (len(tables) + 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(types)), 3.8))
     for i, (name, table) in enumerate(tables.items()):
-        ax.bar([x + i * width for x in range(len(types))], [table["accuracy"].get(t, 0) for t in types], width,
-               label=name)
+        ax.bar(
+            [x + i * width for x in range(len(types))], [table["accuracy"].get(t, 0) for t in types], width, label=name
+        )
     chance = next(iter(tables.values()))["chance"]
-    ax.bar([x + len(tables) * width for x in range(len(types))], [chance.get(t, 0) for t in types], width,
-           label="chance", color="lightgrey")
+    ax.bar(
+        [x + len(tables) * width for x in range(len(types))],
+        [chance.get(t, 0) for t in types],
+        width,
+        label="chance",
+        color="lightgrey",
+    )
     if blind:
-        ax.scatter([x + len(tables) * width for x in range(len(types))], [blind.get(t, float("nan")) for t in types],
-                   marker="_", s=300, color="black", label="blind text prior", zorder=3)
+        ax.scatter(
+            [x + len(tables) * width for x in range(len(types))],
+            [blind.get(t, float("nan")) for t in types],
+            marker="_",
+            s=300,
+            color="black",
+            label="blind text prior",
+            zorder=3,
+        )
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(types))], types, rotation=20)
     ax.set(ylabel="accuracy (%)", ylim=(0, 100), title="test accuracy per question type")
     ax.legend(fontsize=7)
@@ -128,22 +145,27 @@ def plot_clip(frames: torch.Tensor, attention: torch.Tensor | None, title: str, 
 def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_frames: int = 8) -> list[str]:
     """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention
     (boxes from a ``boxes.json`` beside the CSV, when there is one)."""
-    from data_modules.datasets import ClipLoader
     from data_modules.collate import Collator
+    from data_modules.datasets import ClipLoader
     from data_modules.skips import SkipCounter
     from data_modules.sources import MultipleChoice
+    from data_modules.sources.record import strip_placeholder
     from data_modules.transforms import VideoTransform
     from data_modules.video import read_video
     from vrp.evaluation.attention import cross_attention_maps
-    from vrp.evaluation.scorers import LikelihoodScorer
+    from vrp.scoring.scorers import LikelihoodScorer
 
     boxes = Path(mc_csv).parent / "boxes.json"  # the split's per-frame boxes, for models that read object tracks
-    source = MultipleChoice(mc_csv, template="<video>\n{question}", target="text",
-                            boxes=str(boxes) if boxes.is_file() else None)
+    source = MultipleChoice(
+        mc_csv, template="<video>\n{question}", target="text", boxes=str(boxes) if boxes.is_file() else None
+    )
     records = source.load(SkipCounter(1.0))[:n]
     vision = model.vision
-    loader = ClipLoader(VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-                        num_frames=num_frames, sampling="uniform")
+    loader = ClipLoader(
+        VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
+        num_frames=num_frames,
+        sampling="uniform",
+    )
     collate = Collator(model.llm.tokenizer)
     blocks = []
     for i, rec in enumerate(records):
@@ -154,17 +176,26 @@ def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_fr
         except ValueError:
             attention = None
         frames = read_video(rec.video, num_frames, sampling="uniform").frames
-        png = plot_clip(frames, attention, rec.turns[0][0].replace("<video>", "").strip(), out / f"clip_{i}.png")
+        png = plot_clip(frames, attention, strip_placeholder(rec.turns[0][0]), out / f"clip_{i}.png")
         options = "; ".join(f"**{o}**" if j == rec.answer_index else o for j, o in enumerate(rec.options))
         mark = "correct" if pred == rec.answer_index else "wrong"
-        blocks.append(f"### {rec.key} ({rec.question_type})\n\n{rec.turns[0][0].replace('<video>', '').strip()}  \n"
-                      f"options: {options}  \nmodel: *{rec.options[pred]}* ({mark})\n\n![{rec.key}]({png.name})\n")
+        blocks.append(
+            f"### {rec.key} ({rec.question_type})\n\n{rec.turns[0][0].replace('<video>', '').strip()}  \n"
+            f"options: {options}  \nmodel: *{rec.options[pred]}* ({mark})\n\n![{rec.key}]({png.name})\n"
+        )
     return blocks
 
 
-def build_report(out: str | Path, results: Mapping[str, str], curves: Mapping[str, str] | None = None, *,
-                 meta: str | None = None, model: torch.nn.Module | None = None, mc_csv: str | None = None,
-                 clips: int = 3) -> Path:
+def build_report(
+    out: str | Path,
+    results: Mapping[str, str],
+    curves: Mapping[str, str] | None = None,
+    *,
+    meta: str | None = None,
+    model: torch.nn.Module | None = None,
+    mc_csv: str | None = None,
+    clips: int = 3,
+) -> Path:
     """Write ``<out>/report.md`` (+ PNGs); returns its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +207,14 @@ def build_report(out: str | Path, results: Mapping[str, str], curves: Mapping[st
     blind = load_blind_baseline(meta) if meta else None
     if tables:
         plot_accuracy(tables, out / "accuracy.png", blind)
-        lines += ["## Test accuracy per question type (%)", "", "![accuracy](accuracy.png)", "",
-                  comparison_table(tables, blind), ""]
+        lines += [
+            "## Test accuracy per question type (%)",
+            "",
+            "![accuracy](accuracy.png)",
+            "",
+            comparison_table(tables, blind),
+            "",
+        ]
     if model is not None and mc_csv:
         lines += ["## Examples", "", *clip_examples(model, mc_csv, clips, out)]
     path = out / "report.md"
@@ -214,8 +251,15 @@ def main(argv: list[str] | None = None) -> None:
         except AskError as e:
             raise SystemExit(f"error: {e}") from None
     try:
-        path = build_report(args.out, _pairs(args.results, "--results"), _pairs(args.curves, "--curves"),
-                            meta=args.meta, model=model, mc_csv=args.data, clips=args.clips)
+        path = build_report(
+            args.out,
+            _pairs(args.results, "--results"),
+            _pairs(args.curves, "--curves"),
+            meta=args.meta,
+            model=model,
+            mc_csv=args.data,
+            clips=args.clips,
+        )
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"report written to {path}")

@@ -1,6 +1,7 @@
 """Multiple-choice results: per-question rows -> per-type accuracy tables, written as JSON and Markdown.
 
-A row is ``{"key", "type", "prediction", "answer", "num_options"}`` (+ optional ``scores``, ``text``). Accuracy uses
+A row is ``{"key", "type", "prediction", "answer", "num_options"}`` (+ optional ``scores``, ``text``), as
+`vrp.scoring.rows.rows_from_batch` makes it from a scored batch. Accuracy uses
 `PerTypeAccuracy`; chance is the mean of 1/num_options over a type's questions. Everything in percent.
 """
 
@@ -13,24 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vrp.evaluation.metrics import PerTypeAccuracy
-from vrp.evaluation.scorers import MCOutput
-
-
-def rows_from_batch(batch: Mapping, out: MCOutput) -> list[dict]:
-    """One row per question of a scored multiple-choice batch."""
-    n = len(out.prediction)
-    types = batch.get("question_type") or ["all"] * n
-    keys = batch.get("keys") or [""] * n
-    rows = []
-    for i in range(n):
-        row = {"key": keys[i], "type": types[i] or "all", "prediction": int(out.prediction[i]),
-               "answer": int(batch["answer_index"][i]), "num_options": len([o for o in batch["options"][i] if o]),
-               "scores": [round(float(s), 5) for s in out.scores[i] if s != float("-inf")]}
-        if out.text is not None:
-            row["text"] = out.text[i]
-        rows.append(row)
-    return rows
+from vrp.scoring.metrics import PerTypeAccuracy
 
 
 def interval95(acc: float, n: int) -> float:
@@ -70,31 +54,9 @@ def _share(group: Sequence[Mapping], key: str) -> float:
     return 100.0 * sum(r["prediction"] == r["answer"] for r in group) / len(group)
 
 
-def prediction_rows(batch: Mapping, out: MCOutput | None, generated: Sequence[str] | None = None) -> list[dict]:
-    """What `vrp predict` writes per sample: ``{"key", "type", "prompt", "choice", "option", "scores", "answer"}``
-    for a multiple-choice batch (``out``), ``{"key", "type", "prompt", "generated"}`` for an open one, and
-    ``{"key", "skipped": reason}`` for each sample that could not be read."""
-    rows = [{"key": s["key"], "skipped": s["reason"]} for s in batch.get("skipped", [])]
-    keys = batch.get("keys", [])
-    types = batch.get("question_type") or [None] * len(keys)
-    prompts = batch.get("prompt") or [None] * len(keys)
-    mc = rows_from_batch(batch, out) if out is not None else []
-    for i, key in enumerate(keys):
-        row = {"key": key, "type": types[i] or None, "prompt": prompts[i]}
-        if out is not None:
-            choice = mc[i]["prediction"]
-            row.update(choice=choice, option=batch["options"][i][choice] if choice >= 0 else None,
-                       scores=mc[i]["scores"], answer=mc[i]["answer"])
-            if "text" in mc[i]:
-                row["generated"] = mc[i]["text"]
-        else:
-            row["generated"] = generated[i]
-        rows.append(row)
-    return rows
-
-
-def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
-                   groups: Mapping[str, Sequence[str]] | None = None) -> dict:
+def accuracy_table(
+    rows: Sequence[Mapping], held_out: Iterable[str] = (), groups: Mapping[str, Sequence[str]] | None = None
+) -> dict:
     """``{"accuracy": {type: %, "overall": %}, "chance": {...}, "counts": {...}, "held_out": [...],
     "groups": {family: [types]}}``. With ``groups`` each family present gets a row (over its codes' questions)
     followed by its codes, in the order given, then the ungrouped types; held-out (zero-shot) types (or families,
@@ -107,8 +69,11 @@ def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
     order = [t for t in grouped if t in present] + sorted(present - set(grouped))
     metric = PerTypeAccuracy(order, sync_on_compute=False)  # rows are complete here (gathered from every rank)
     if rows:
-        metric.update(torch.tensor([r["prediction"] for r in rows]), torch.tensor([r["answer"] for r in rows]),
-                      [r["type"] for r in rows])
+        metric.update(
+            torch.tensor([r["prediction"] for r in rows]),
+            torch.tensor([r["answer"] for r in rows]),
+            [r["type"] for r in rows],
+        )
     per_type = {t: 100.0 * a for t, a in metric.compute().items()} if rows else {}
     type_counts = metric.counts() if rows else {}
     acc, chance, counts, families = {}, {}, {}, {}
@@ -125,8 +90,10 @@ def accuracy_table(rows: Sequence[Mapping], held_out: Iterable[str] = (),
             chance[t] = _share([r for r in rows if r["type"] == t], "chance")
     if rows:
         acc["overall"], chance["overall"], counts["overall"] = per_type["overall"], _share(rows, "chance"), len(rows)
-    for name, group in (("seen", [r for r in rows if r["type"] not in held_types]),
-                        ("unseen", [r for r in rows if r["type"] in held_types])):
+    for name, group in (
+        ("seen", [r for r in rows if r["type"] not in held_types]),
+        ("unseen", [r for r in rows if r["type"] in held_types]),
+    ):
         if held_types and group and len(group) < len(rows):
             acc[name], chance[name], counts[name] = _share(group, "accuracy"), _share(group, "chance"), len(group)
     marked = held_types | {n for n in held_names if n in groups}
@@ -184,10 +151,17 @@ def skipped_line(skipped: Sequence[Mapping]) -> str:
     return f"Skipped {len(skipped)} question(s) whose sample could not be read ({why}); not counted above."
 
 
-def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "test_results",
-                  held_out: Iterable[str] = (), groups: Mapping[str, Sequence[str]] | None = None,
-                  extra: Mapping | None = None, blind: Mapping[str, float] | None = None,
-                  skipped: Sequence[Mapping] = ()) -> tuple[Path, Path, dict]:
+def write_results(
+    out_dir: str | Path,
+    rows: Sequence[Mapping],
+    *,
+    name: str = "test_results",
+    held_out: Iterable[str] = (),
+    groups: Mapping[str, Sequence[str]] | None = None,
+    extra: Mapping | None = None,
+    blind: Mapping[str, float] | None = None,
+    skipped: Sequence[Mapping] = (),
+) -> tuple[Path, Path, dict]:
     """Write ``<name>.json`` (table + rows + skipped + extra) and ``<name>.md`` (with a ``blind`` column when given,
     in %, and a line for the skipped questions); returns both paths and the table (families from ``groups`` as in
     `accuracy_table`)."""
@@ -195,8 +169,7 @@ def write_results(out_dir: str | Path, rows: Sequence[Mapping], *, name: str = "
     out.mkdir(parents=True, exist_ok=True)
     table = accuracy_table(rows, held_out, groups)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps({**table, **(extra or {}), "skipped": list(skipped), "rows": list(rows)},
-                                    indent=1))
+    json_path.write_text(json.dumps({**table, **(extra or {}), "skipped": list(skipped), "rows": list(rows)}, indent=1))
     md_path.write_text(markdown_table(table, blind) + "\n" + (f"\n{skipped_line(skipped)}\n" if skipped else ""))
     return json_path, md_path, table
 

@@ -1,13 +1,28 @@
 """Model components (plain torch): vision encoders, fusion connectors, the LLM wrapper and the reasoner."""
 
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
-from vrp.models.llm import VIDEO_TOKEN, CausalLM, tiny_llama_config
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.constants import VIDEO_TOKEN
+from vrp.models.llm import CausalLM, tiny_llama_config
+from vrp.models.qformer import QFormer
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.reasoner import VideoReasoner
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 __all__ = [
-    "VIDEO_TOKEN", "CausalLM", "HFVisionEncoder", "LinearConnector", "MLPConnector", "OpenClipVisionEncoder",
-    "PerceiverResampler", "PoolingConnector", "QFormer", "QFormerFusion", "TrackFusion", "VideoReasoner", "tiny_llama_config", "tiny_vit_config",
+    "VIDEO_TOKEN",
+    "CausalLM",
+    "FrameQFormerFusion",
+    "HFVisionEncoder",
+    "JointQFormerFusion",
+    "LinearConnector",
+    "MLPConnector",
+    "OpenClipVisionEncoder",
+    "PerceiverResampler",
+    "PoolingConnector",
+    "QFormer",
+    "TrackFusion",
+    "VideoReasoner",
+    "tiny_llama_config",
+    "tiny_vit_config",
 ]

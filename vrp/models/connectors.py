@@ -1,8 +1,9 @@
 """Simple connectors with the fusion interface, for ablations against the Q-Former.
 
 Each takes ``(vision_width, grid, num_prefix_tokens)`` first (the reasoner's fusion factory supplies them) and maps
-visual tokens (B, T, N, D) with ``frame_mask`` (B, T) to (B, Q, output_dim); none reads text (``supports_text`` is
-False), boxes and text arguments are accepted and ignored. ``Q`` never depends on the number of frames: the pooling
+visual tokens (B, T, N, D) with ``frame_mask`` (B, T) to (B, Q, output_dim) behind the `vrp.models.contracts.Fusion`
+contract; none reads text or boxes (``supports_text``/``reads_boxes`` are False): those arguments are accepted and
+ignored. The pooling connectors compose one `TokenPool` each (none subclasses another). ``Q`` never depends on the number of frames: the pooling
 connectors average real frames into ``temporal_bins`` ordered bins and patches into a ``spatial_size`` grid.
 
 - ``PoolingConnector``: parameter-free spatial/temporal average pooling (spatial: ``spatial_size=(1, 1)``;
@@ -19,14 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pool_tokens(visual: torch.Tensor, frame_mask: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
-                temporal_bins: int, spatial_size: tuple[int, int]) -> torch.Tensor:
+def pool_tokens(
+    visual: torch.Tensor,
+    frame_mask: torch.Tensor,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    temporal_bins: int,
+    spatial_size: tuple[int, int],
+) -> torch.Tensor:
     """(B, T, N, D) -> (B, temporal_bins * sh * sw, D): patch tokens averaged over real frames and space."""
     B, T, N, D = visual.shape
     gh, gw = grid
     if N - num_prefix_tokens != gh * gw:
-        raise ValueError(f"visual has {N} tokens per frame but grid {grid} + {num_prefix_tokens} prefix tokens "
-                         f"expects {gh * gw + num_prefix_tokens}")
+        raise ValueError(
+            f"visual has {N} tokens per frame but grid {grid} + {num_prefix_tokens} prefix tokens "
+            f"expects {gh * gw + num_prefix_tokens}"
+        )
     patches = visual[:, :, num_prefix_tokens:].reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
     patches = F.adaptive_avg_pool2d(patches, spatial_size)  # (B*T, D, sh, sw)
     patches = patches.flatten(2).transpose(1, 2).unflatten(0, (B, T))  # (B, T, S, D)
@@ -44,52 +53,112 @@ def pool_tokens(visual: torch.Tensor, frame_mask: torch.Tensor, grid: tuple[int,
     return pooled.flatten(1, 2)
 
 
-class PoolingConnector(nn.Module):
-    """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of width ``vision_width``; no parameters."""
+class TokenPool(nn.Module):
+    """The pooling step the pooling connectors compose (no parameters): `pool_tokens` with fixed grid and bins."""
 
-    supports_text = False
-
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, temporal_bins: int = 4,
-                 spatial_size: tuple[int, int] = (2, 2)):
+    def __init__(
+        self, grid: tuple[int, int], num_prefix_tokens: int, temporal_bins: int, spatial_size: tuple[int, int]
+    ):
         super().__init__()
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
         self.temporal_bins, self.spatial_size = temporal_bins, tuple(spatial_size)
-        self.num_output_tokens = temporal_bins * self.spatial_size[0] * self.spatial_size[1]
+        self.num_tokens = temporal_bins * self.spatial_size[0] * self.spatial_size[1]
+
+    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        return pool_tokens(
+            visual, frame_mask, self.grid, self.num_prefix_tokens, self.temporal_bins, self.spatial_size
+        )  # (B, Q, D)
+
+
+class PoolingConnector(nn.Module):
+    """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of width ``vision_width``; no parameters."""
+
+    supports_text = needs_boxes = reads_boxes = False
+
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        temporal_bins: int = 4,
+        spatial_size: tuple[int, int] = (2, 2),
+    ):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
+        self.num_output_tokens = self.pool.num_tokens
         self.output_dim = self.hidden_size = vision_width
 
-    def pool(self, visual: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        return pool_tokens(visual, frame_mask, self.grid, self.num_prefix_tokens, self.temporal_bins,
-                           self.spatial_size)  # (B, Q, D)
-
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor, *, boxes=None, box_mask=None, text_ids=None,
-                text_mask=None) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor,
+        *,
+        boxes=None,
+        box_mask=None,
+        box_attributes=None,
+        text_ids=None,
+        text_mask=None,
+    ) -> torch.Tensor:
         return self.pool(visual, frame_mask)
 
 
-class LinearConnector(PoolingConnector):
+class LinearConnector(nn.Module):
     """Pooled tokens through one linear layer to ``output_dim`` (default: ``vision_width``)."""
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, temporal_bins: int = 4,
-                 spatial_size: tuple[int, int] = (2, 2), output_dim: int | None = None):
-        super().__init__(vision_width, grid, num_prefix_tokens, temporal_bins=temporal_bins, spatial_size=spatial_size)
+    supports_text = needs_boxes = reads_boxes = False
+
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        temporal_bins: int = 4,
+        spatial_size: tuple[int, int] = (2, 2),
+        output_dim: int | None = None,
+    ):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
+        self.num_output_tokens = self.pool.num_tokens
         self.output_dim = self.hidden_size = output_dim or vision_width
         self.proj = nn.Linear(vision_width, self.output_dim)
 
-    def forward(self, visual, frame_mask, *, boxes=None, box_mask=None, text_ids=None, text_mask=None):
+    def forward(
+        self, visual, frame_mask, *, boxes=None, box_mask=None, box_attributes=None, text_ids=None, text_mask=None
+    ):
         return self.proj(self.pool(visual, frame_mask))  # (B, Q, output_dim)
 
 
-class MLPConnector(PoolingConnector):
+class MLPConnector(nn.Module):
     """Pooled tokens through Linear -> GELU -> Linear (LLaVA-1.5's projector); widths default to ``vision_width``."""
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, temporal_bins: int = 4,
-                 spatial_size: tuple[int, int] = (2, 2), hidden_dim: int | None = None, output_dim: int | None = None):
-        super().__init__(vision_width, grid, num_prefix_tokens, temporal_bins=temporal_bins, spatial_size=spatial_size)
+    supports_text = needs_boxes = reads_boxes = False
+
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        temporal_bins: int = 4,
+        spatial_size: tuple[int, int] = (2, 2),
+        hidden_dim: int | None = None,
+        output_dim: int | None = None,
+    ):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
+        self.num_output_tokens = self.pool.num_tokens
         hidden_dim = hidden_dim or vision_width
         self.output_dim = self.hidden_size = output_dim or vision_width
         self.mlp = nn.Sequential(nn.Linear(vision_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, self.output_dim))
 
-    def forward(self, visual, frame_mask, *, boxes=None, box_mask=None, text_ids=None, text_mask=None):
+    def forward(
+        self, visual, frame_mask, *, boxes=None, box_mask=None, box_attributes=None, text_ids=None, text_mask=None
+    ):
         return self.mlp(self.pool(visual, frame_mask))  # (B, Q, output_dim)
 
 
@@ -100,8 +169,9 @@ class PerceiverLayer(nn.Module):
         super().__init__()
         self.norm_media, self.norm_latents = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff_mult * dim), nn.GELU(),
-                                nn.Linear(ff_mult * dim, dim))
+        self.ff = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim)
+        )
 
     def forward(self, latents: torch.Tensor, media: torch.Tensor, media_mask: torch.Tensor) -> torch.Tensor:
         q = self.norm_latents(latents)  # (B, Q, D)
@@ -114,11 +184,21 @@ class PerceiverLayer(nn.Module):
 class PerceiverResampler(nn.Module):
     """``num_latents`` learned queries resample all tokens of all real frames (frame embeddings mark time)."""
 
-    supports_text = False
+    supports_text = needs_boxes = reads_boxes = False
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_latents: int = 32,
-                 depth: int = 2, num_heads: int = 8, ff_mult: int = 4, max_frames: int = 64,
-                 output_dim: int | None = None):
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        num_latents: int = 32,
+        depth: int = 2,
+        num_heads: int = 8,
+        ff_mult: int = 4,
+        max_frames: int = 64,
+        output_dim: int | None = None,
+    ):
         super().__init__()
         if vision_width % num_heads:
             raise ValueError(f"vision_width={vision_width} is not divisible by num_heads={num_heads}")
@@ -131,8 +211,17 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(vision_width)
         self.proj = nn.Linear(vision_width, self.output_dim) if self.output_dim != vision_width else nn.Identity()
 
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor, *, boxes=None, box_mask=None, text_ids=None,
-                text_mask=None) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor,
+        *,
+        boxes=None,
+        box_mask=None,
+        box_attributes=None,
+        text_ids=None,
+        text_mask=None,
+    ) -> torch.Tensor:
         B, T, N, D = visual.shape
         if T > self.max_frames:
             raise ValueError(f"{T} frames exceed max_frames={self.max_frames}; raise max_frames in the config")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vrp.models.qformer import QFormer, QFormerFusion
+from vrp.models.qformer import QFormer
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -44,15 +44,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (p / name).exists():
             return read_state_dict(p / name)
-    raise FileNotFoundError(f"no model.safetensors / pytorch_model.bin (or an index of shards) in {p}; "
-                            "pass a folder written by save_pretrained or a single weights file")
+    raise FileNotFoundError(
+        f"no model.safetensors / pytorch_model.bin (or an index of shards) in {p}; "
+        "pass a folder written by save_pretrained or a single weights file"
+    )
 
 
 def _strip(sd: StateDict, prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _bert_layers(src: StateDict, num_layers: int, *, self_attn: str, cross: bool, text: bool) -> dict[str, torch.Tensor]:
+def _bert_layers(
+    src: StateDict, num_layers: int, *, self_attn: str, cross: bool, text: bool
+) -> dict[str, torch.Tensor]:
     """Map BERT-layout layer keys (`encoder.layer.i.*`) to ours; `self_attn` is 'attention' (Q-Former) or 'self' (BERT)."""
     out = {}
     for i in range(num_layers):
@@ -65,12 +69,15 @@ def _bert_layers(src: StateDict, num_layers: int, *, self_attn: str, cross: bool
             if cross and f"{s}crossattention.attention.query.{kind}" in src:
                 c = f"{s}crossattention."
                 out[f"{d}cross_attn.q.{kind}"] = src[f"{c}attention.query.{kind}"]
-                out[f"{d}cross_attn.kv.{kind}"] = torch.cat([src[f"{c}attention.key.{kind}"],
-                                                            src[f"{c}attention.value.{kind}"]])
+                out[f"{d}cross_attn.kv.{kind}"] = torch.cat(
+                    [src[f"{c}attention.key.{kind}"], src[f"{c}attention.value.{kind}"]]
+                )
                 out[f"{d}cross_attn.proj.{kind}"] = src[f"{c}output.dense.{kind}"]
                 out[f"{d}cross_attn.norm.{kind}"] = src[f"{c}output.LayerNorm.{kind}"]
-            for ours, (inter, outp) in (("ffn", ("intermediate_query", "output_query")),
-                                        ("text_ffn", ("intermediate", "output"))):
+            for ours, (inter, outp) in (
+                ("ffn", ("intermediate_query", "output_query")),
+                ("text_ffn", ("intermediate", "output")),
+            ):
                 if ours == "text_ffn" and not text:
                     continue
                 if f"{s}{inter}.dense.{kind}" not in src:
@@ -86,7 +93,9 @@ def blip2_to_qformer_state_dict(sd: StateDict, num_layers: int, *, text: bool) -
     qf = _strip(sd, "qformer.") if any(k.startswith("qformer.") for k in sd) else dict(sd)
     found = 1 + max((int(k.split(".")[2]) for k in qf if k.startswith("encoder.layer.")), default=-1)
     if found != num_layers:
-        raise KeyError(f"checkpoint Q-Former has {found} layers, ours has {num_layers}; build it with num_layers={found}")
+        raise KeyError(
+            f"checkpoint Q-Former has {found} layers, ours has {num_layers}; build it with num_layers={found}"
+        )
     out = _bert_layers(qf, num_layers, self_attn="attention", cross=True, text=text)
     if "query_tokens" in sd:
         out["query_tokens"] = sd["query_tokens"]
@@ -102,8 +111,9 @@ def blip2_to_qformer_state_dict(sd: StateDict, num_layers: int, *, text: bool) -
     return out
 
 
-def load_blip2_qformer(qformer: QFormer, source: str | os.PathLike | StateDict, *,
-                       projection: nn.Linear | None = None, strict: bool = True) -> list[str]:
+def load_blip2_qformer(
+    qformer: QFormer, source: str | os.PathLike | StateDict, *, projection: nn.Linear | None = None, strict: bool = True
+) -> list[str]:
     """Load Q-Former, query tokens (and `language_projection` into `projection`) from BLIP-2 / InstructBLIP weights.
 
     `source`: a `save_pretrained` folder, a weights file or a state dict. With `strict`, every parameter of `qformer`
@@ -114,15 +124,21 @@ def load_blip2_qformer(qformer: QFormer, source: str | os.PathLike | StateDict, 
     own = qformer.state_dict()
     for k, v in converted.items():
         if k not in own:
-            raise KeyError(f"checkpoint has {k!r} but the Q-Former has no such parameter: build it with the "
-                           "checkpoint's config (`qformer_from_blip2`) or matching cross_attention_freq/vocab_size")
+            raise KeyError(
+                f"checkpoint has {k!r} but the Q-Former has no such parameter: build it with the "
+                "checkpoint's config (`qformer_from_blip2`) or matching cross_attention_freq/vocab_size"
+            )
         if own[k].shape != v.shape:
-            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                             "build the Q-Former with the checkpoint's sizes")
+            raise ValueError(
+                f"{k}: checkpoint shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
+                "build the Q-Former with the checkpoint's sizes"
+            )
     missing = sorted(set(own) - set(converted))
     if strict and missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} Q-Former parameters, e.g. {missing[:4]} "
-                       "(a BLIP-2 generation checkpoint has no text weights: build with vocab_size=0 or strict=False)")
+        raise KeyError(
+            f"checkpoint lacks {len(missing)} Q-Former parameters, e.g. {missing[:4]} "
+            "(a BLIP-2 generation checkpoint has no text weights: build with vocab_size=0 or strict=False)"
+        )
     qformer.load_state_dict(converted, strict=False)
     loaded = sorted(converted)
     if projection is not None:
@@ -133,16 +149,22 @@ def load_blip2_qformer(qformer: QFormer, source: str | os.PathLike | StateDict, 
     return loaded
 
 
-def load_blip2_fusion(fusion: QFormerFusion, source: str | os.PathLike | StateDict, *,
-                      projection: nn.Linear | None = None, strict: bool = True) -> list[str]:
-    """Load BLIP-2 / InstructBLIP weights into a fusion: the frame Q-Former (per_frame) or the Q-Former (joint), plus
-    the vision `post_layernorm` into `fusion.visual_norm` (BLIP-2's ln_vision) when both exist."""
+def load_blip2_fusion(
+    fusion: nn.Module,
+    source: str | os.PathLike | StateDict,
+    *,
+    projection: nn.Linear | None = None,
+    strict: bool = True,
+) -> list[str]:
+    """Load BLIP-2 / InstructBLIP weights into a Q-Former fusion (`vrp.models.qformer_fusion`): its
+    ``vision_qformer`` (the frame Q-Former of `FrameQFormerFusion`, the Q-Former of `JointQFormerFusion`), plus the
+    vision `post_layernorm` into ``fusion.visual_norm`` (BLIP-2's ln_vision) when both exist."""
     sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
-    target = fusion.frame_qformer if fusion.temporal == "per_frame" else fusion.qformer
-    loaded = load_blip2_qformer(target, sd, projection=projection, strict=strict)
+    loaded = load_blip2_qformer(fusion.vision_qformer, sd, projection=projection, strict=strict)
     if isinstance(fusion.visual_norm, nn.LayerNorm) and "vision_model.post_layernorm.weight" in sd:
-        fusion.visual_norm.load_state_dict({"weight": sd["vision_model.post_layernorm.weight"],
-                                            "bias": sd["vision_model.post_layernorm.bias"]})
+        fusion.visual_norm.load_state_dict(
+            {"weight": sd["vision_model.post_layernorm.weight"], "bias": sd["vision_model.post_layernorm.bias"]}
+        )
         loaded += ["vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias"]
     return loaded
 
@@ -152,13 +174,19 @@ def qformer_kwargs_from_config(config: Mapping) -> dict:
     qc = config.get("qformer_config", config)
     instruct = "instructblip" in str(config.get("model_type", ""))
     text = instruct or bool(qc.get("use_qformer_text_input", False))
-    return dict(memory_width=qc.get("encoder_hidden_size", 1408), num_query_tokens=config.get("num_query_tokens", 32),
-                hidden_size=qc.get("hidden_size", 768), num_layers=qc.get("num_hidden_layers", 12),
-                num_heads=qc.get("num_attention_heads", 12), intermediate_size=qc.get("intermediate_size", 3072),
-                cross_attention_freq=qc.get("cross_attention_frequency", 2),
-                vocab_size=qc.get("vocab_size", 30522) if text else 0,
-                max_text_len=qc.get("max_position_embeddings", 512), pad_token_id=qc.get("pad_token_id", 0) or 0,
-                layer_norm_eps=qc.get("layer_norm_eps", 1e-12))
+    return dict(
+        memory_width=qc.get("encoder_hidden_size", 1408),
+        num_query_tokens=config.get("num_query_tokens", 32),
+        hidden_size=qc.get("hidden_size", 768),
+        num_layers=qc.get("num_hidden_layers", 12),
+        num_heads=qc.get("num_attention_heads", 12),
+        intermediate_size=qc.get("intermediate_size", 3072),
+        cross_attention_freq=qc.get("cross_attention_frequency", 2),
+        vocab_size=qc.get("vocab_size", 30522) if text else 0,
+        max_text_len=qc.get("max_position_embeddings", 512),
+        pad_token_id=qc.get("pad_token_id", 0) or 0,
+        layer_norm_eps=qc.get("layer_norm_eps", 1e-12),
+    )
 
 
 def qformer_from_blip2(path: str | os.PathLike, *, text: bool | None = None, **overrides) -> QFormer:
@@ -191,8 +219,10 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
     bert = _strip(sd, "bert.") if any(k.startswith("bert.") for k in sd) else dict(sd)
     n = len(qformer.layers)
     if f"encoder.layer.{n - 1}.attention.self.query.weight" not in bert:
-        raise KeyError(f"BERT checkpoint has fewer than {n} layers (or is not BERT): no "
-                       f"encoder.layer.{n - 1}.attention.self.query.weight")
+        raise KeyError(
+            f"BERT checkpoint has fewer than {n} layers (or is not BERT): no "
+            f"encoder.layer.{n - 1}.attention.self.query.weight"
+        )
     # BERT has one FFN per layer (intermediate/output); it initialises both the query and the text FFN.
     src = dict(bert)
     for k, v in bert.items():
@@ -208,7 +238,9 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
     own = qformer.state_dict()
     for k, v in out.items():
         if own[k].shape != v.shape:
-            raise ValueError(f"{k}: BERT shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                             "match hidden_size/intermediate_size/vocab_size to the BERT config")
+            raise ValueError(
+                f"{k}: BERT shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
+                "match hidden_size/intermediate_size/vocab_size to the BERT config"
+            )
     qformer.load_state_dict(out, strict=False)
     return sorted(out)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vrp.models.constants import VIDEO_TOKEN
 from vrp.models.paths import pretrained_source
 from vrp.models.vision import resolve_dtype
-
-VIDEO_TOKEN = "<video>"
 
 
 class SequenceTooLong(ValueError):
@@ -27,10 +26,20 @@ class CausalLM(nn.Module):
     ``enable_lora()`` or ``unfreeze()``.
     """
 
-    def __init__(self, model_name_or_path: str | None = None, *, config: dict | None = None,
-                 tokenizer: str | None = None, dtype: str = "float32", lora_rank: int = 8, lora_alpha: int = 16,
-                 lora_dropout: float = 0.05, lora_target_modules: list[str] | None = None,
-                 gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        config: dict | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -52,13 +61,18 @@ class CausalLM(nn.Module):
             if "model_type" not in config:
                 raise ValueError(f"LLM config needs a 'model_type' key (e.g. 'llama'), got keys {sorted(config)}")
             tok = self.tokenizer
-            defaults = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
-                        "eos_token_id": tok.eos_token_id}
+            defaults = {
+                "vocab_size": len(tok),
+                "pad_token_id": tok.pad_token_id,
+                "bos_token_id": tok.bos_token_id,
+                "eos_token_id": tok.eos_token_id,
+            }
             cfg = AutoConfig.for_model(**{**defaults, **config})
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).to(torch_dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype,
-                                                         trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(self.tokenizer))
         if model.generation_config.pad_token_id is None:
@@ -84,8 +98,13 @@ class CausalLM(nn.Module):
 
         if hasattr(self.model, "peft_config"):
             raise RuntimeError("LoRA is already enabled on this LLM")
-        lora = LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
         self.model = get_peft_model(self.model, lora)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -99,29 +118,41 @@ class CausalLM(nn.Module):
         length = int(attention_mask.sum(-1).max())
         if length + new_tokens > self.max_positions:
             extra = f" + {new_tokens} new tokens" if new_tokens else ""
-            raise SequenceTooLong(f"the input is {length} tokens (text and video tokens){extra}, more than the LLM's "
-                                  f"max_position_embeddings={self.max_positions}; shorten it")
+            raise SequenceTooLong(
+                f"the input is {length} tokens (text and video tokens){extra}, more than the LLM's "
+                f"max_position_embeddings={self.max_positions}; shorten it"
+            )
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
         self.check_length(attention_mask)
         # Positions count real tokens only, so left- and right-padded rows see the same positions.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                          labels=labels)
+        return self.model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels
+        )
 
     @torch.no_grad()
-    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                 **gen) -> torch.Tensor:
+    def generate(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, **gen
+    ) -> torch.Tensor:
         """Left-padded prompt embeddings -> new token ids (B, <= max_new_tokens), prompt not included."""
         self.check_length(attention_mask, max_new_tokens)
         gen.setdefault("do_sample", False)
         gen.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   max_new_tokens=max_new_tokens, **gen)
+        return self.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **gen
+        )
 
 
 def tiny_llama_config(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4) -> dict:
     """Config dict of the embedded-default tiny Llama (vocab size comes from the tokenizer)."""
-    return {"model_type": "llama", "hidden_size": hidden_size, "intermediate_size": 4 * hidden_size,
-            "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_heads,
-            "max_position_embeddings": 512, "tie_word_embeddings": True}
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden_size,
+        "intermediate_size": 4 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+    }

@@ -69,8 +69,17 @@ class ObjectTokens(nn.Module):
     time embedding (interpolated when the number of frames differs from `num_frames`).
     """
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_slots: int = 4,
-                 slot_iters: int = 3, roi_size: int = 2, num_frames: int = 8):
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        num_slots: int = 4,
+        slot_iters: int = 3,
+        roi_size: int = 2,
+        num_frames: int = 8,
+    ):
         super().__init__()
         self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
         self.roi_proj = nn.Linear(vision_width * roi_size * roi_size, vision_width)
@@ -78,13 +87,14 @@ class ObjectTokens(nn.Module):
         self.slots = SlotAttention(vision_width, num_slots, iters=slot_iters)
         self.time_embed = nn.Parameter(torch.randn(num_frames, vision_width) * 0.02)
 
-    def forward(self, visual: torch.Tensor, boxes: torch.Tensor | None = None,
-                box_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, visual: torch.Tensor, boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, N, D = visual.shape
         gh, gw = self.grid
         if N != self.num_prefix_tokens + gh * gw:
             raise ValueError(f"visual has {N} tokens per frame, expected {self.num_prefix_tokens} + {gh}x{gw}")
-        patches = visual[:, :, self.num_prefix_tokens:]  # (B, T, gh*gw, D)
+        patches = visual[:, :, self.num_prefix_tokens :]  # (B, T, gh*gw, D)
         if boxes is None:
             tokens = self.slots(patches.reshape(B * T, gh * gw, D)).view(B, T, -1, D)
             mask = torch.ones(tokens.shape[:3], dtype=torch.bool, device=visual.device)

@@ -21,6 +21,8 @@ def pretrained_source(name_or_path: str, what: str) -> str:
     if os.path.exists(path) or ":" in name_or_path:  # present, or a scheme such as open_clip's "hf-hub:org/name"
         return path
     if name_or_path.startswith(("/", "./", "../", "~")) or not HUB_ID.match(name_or_path):
-        raise ModelPathError(f"{what} {name_or_path!r} does not exist (a local path: check it, or create it first, "
-                             "e.g. `make prepare` for the embedded default's artifacts/embedded)")
+        raise ModelPathError(
+            f"{what} {name_or_path!r} does not exist (a local path: check it, or create it first, "
+            "e.g. `make prepare` for the embedded default's artifacts/embedded)"
+        )
     return name_or_path

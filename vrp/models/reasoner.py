@@ -13,9 +13,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vrp.models.constants import IGNORE_INDEX
+from vrp.models.contracts import Fusion, VisionEncoder
 from vrp.models.llm import CausalLM
 
-IGNORE_INDEX = -100
 Mode = Literal["frozen", "full"]
 
 
@@ -28,25 +29,40 @@ class VideoReasoner(nn.Module):
     stage 2: also ``llm_mode="lora"``. ``use_qformer_text`` feeds ``qformer_input_ids`` to a text-aware fusion.
     """
 
-    def __init__(self, vision: nn.Module, fusion: Callable[[int, tuple[int, int], int], nn.Module], llm: CausalLM, *,
-                 vision_mode: Mode = "frozen", fusion_mode: Mode = "full", projection_mode: Mode = "full",
-                 llm_mode: Literal["frozen", "lora", "full"] = "frozen", use_qformer_text: bool = False):
+    def __init__(
+        self,
+        vision: nn.Module,
+        fusion: Callable[[int, tuple[int, int], int], nn.Module],
+        llm: CausalLM,
+        *,
+        vision_mode: Mode = "frozen",
+        fusion_mode: Mode = "full",
+        projection_mode: Mode = "full",
+        llm_mode: Literal["frozen", "lora", "full"] = "frozen",
+        use_qformer_text: bool = False,
+    ):
         super().__init__()
+        if not isinstance(vision, VisionEncoder):
+            raise TypeError(f"{type(vision).__name__} is not a vision encoder (vrp.models.contracts.VisionEncoder)")
         self.vision = vision
         self.fusion = fusion(vision.width, tuple(vision.grid), vision.num_prefix_tokens)
+        if not isinstance(self.fusion, Fusion):
+            raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm
         self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
-        if use_qformer_text and not getattr(self.fusion, "supports_text", False):
+        if use_qformer_text and not self.fusion.supports_text:
             raise ValueError(f"use_qformer_text=True but {type(self.fusion).__name__} does not read text")
         self.use_qformer_text = use_qformer_text
         self.modes = {"vision": vision_mode, "fusion": fusion_mode, "projection": projection_mode, "llm": llm_mode}
 
         if vision_mode == "full":
-            vision.unfreeze() if hasattr(vision, "unfreeze") else vision.requires_grad_(True)
+            vision.unfreeze()
         elif vision_mode != "frozen":
             raise ValueError(f"vision_mode must be 'frozen' or 'full', got {vision_mode!r}")
-        for name, module, mode in (("fusion", self.fusion, fusion_mode), ("projection", self.projection,
-                                                                          projection_mode)):
+        for name, module, mode in (
+            ("fusion", self.fusion, fusion_mode),
+            ("projection", self.projection, projection_mode),
+        ):
             if mode not in ("frozen", "full"):
                 raise ValueError(f"{name}_mode must be 'frozen' or 'full', got {mode!r}")
             module.requires_grad_(mode == "full")
@@ -80,15 +96,23 @@ class VideoReasoner(nn.Module):
             return value.to(device) if isinstance(value, torch.Tensor) else None
 
         visual = self.visual_tokens(batch)  # (B, T, N, D)
-        text = {}
+        text_ids = text_mask = None
         if self.use_qformer_text if with_text is None else with_text:
             if batch.get("qformer_input_ids") is None:
-                raise KeyError("the fusion reads the instruction (use_qformer_text) but the batch has no "
-                               "'qformer_input_ids'; enable it in the datamodule")
-            text = {"text_ids": get("qformer_input_ids"), "text_mask": get("qformer_attention_mask")}
-        oracle = {"box_attributes": get("box_attributes")} if batch.get("box_attributes") is not None else {}
-        return self.fusion(visual, get("frame_mask"), boxes=get("boxes"), box_mask=get("box_mask"), **text,
-                           **oracle)  # (B, Q, Dq)
+                raise KeyError(
+                    "the fusion reads the instruction (use_qformer_text) but the batch has no "
+                    "'qformer_input_ids'; enable it in the datamodule"
+                )
+            text_ids, text_mask = get("qformer_input_ids"), get("qformer_attention_mask")
+        return self.fusion(
+            visual,
+            get("frame_mask"),
+            boxes=get("boxes"),
+            box_mask=get("box_mask"),
+            box_attributes=get("box_attributes"),
+            text_ids=text_ids,
+            text_mask=text_mask,
+        )  # (B, Q, Dq)
 
     def visual_tokens(self, batch: Mapping) -> torch.Tensor:
         """Vision-encoder tokens (B, T, N, D): ``batch["visual"]`` when cached, else the encoder on ``batch["video"]``
@@ -106,15 +130,34 @@ class VideoReasoner(nn.Module):
         """Projected visual tokens (B, Q, D_llm), inserted at the video placeholder; see `fuse`."""
         return self.projection(self.fuse(batch))
 
-    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor, boxes: torch.Tensor | None = None,
-                     box_mask: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-                     text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_video(
+        self,
+        video: torch.Tensor,
+        frame_mask: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """video (B, T, C, H, W) -> projected visual tokens (B, Q, D_llm): `video_tokens` with explicit arguments."""
-        return self.video_tokens({"video": video, "frame_mask": frame_mask, "boxes": boxes, "box_mask": box_mask,
-                                  "qformer_input_ids": text_ids, "qformer_attention_mask": text_mask})
+        return self.video_tokens(
+            {
+                "video": video,
+                "frame_mask": frame_mask,
+                "boxes": boxes,
+                "box_mask": box_mask,
+                "qformer_input_ids": text_ids,
+                "qformer_attention_mask": text_mask,
+            }
+        )
 
-    def build_inputs(self, video_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     labels: torch.Tensor | None = None):
+    def build_inputs(
+        self,
+        video_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ):
         """Replace each row's single video placeholder by its Q visual tokens -> sequences of length L + Q - 1.
 
         A row without a placeholder (a text-only sample) keeps its text and gets Q - 1 padding slots at its end
@@ -125,8 +168,10 @@ class VideoReasoner(nn.Module):
         counts = is_video.sum(1)
         if (counts > 1).any():
             bad = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c > 1]
-            raise ValueError(f"each row of input_ids may hold one video token (id {self.llm.video_token_id}); "
-                             f"(row, count) violating it: {bad}")
+            raise ValueError(
+                f"each row of input_ids may hold one video token (id {self.llm.video_token_id}); "
+                f"(row, count) violating it: {bad}"
+            )
         has_video = (counts == 1)[:, None]  # (B, 1)
         pos = torch.where(has_video, is_video.long().argmax(1, keepdim=True), L)  # (B, 1); text-only: after the text
         j = torch.arange(L + Q - 1, device=input_ids.device)[None]  # (1, L+Q-1)
@@ -148,8 +193,9 @@ class VideoReasoner(nn.Module):
 
     def forward(self, batch: Mapping):
         """LM loss on ``batch["labels"]`` (a transformers CausalLMOutput with ``loss`` and ``logits``)."""
-        embeds, mask, labels = self.build_inputs(self.video_tokens(batch), batch["input_ids"],
-                                                 batch["attention_mask"], batch.get("labels"))
+        embeds, mask, labels = self.build_inputs(
+            self.video_tokens(batch), batch["input_ids"], batch["attention_mask"], batch.get("labels")
+        )
         return self.llm(embeds, mask, labels=labels)
 
     @torch.no_grad()
@@ -175,6 +221,8 @@ class VideoReasoner(nn.Module):
         unknown = set(state) - {n for n, _ in self.named_parameters()}
         missing = names - set(state)
         if unknown or (strict and missing):
-            raise KeyError(f"trainable state does not match this model: unknown keys {sorted(unknown)[:5]}, "
-                           f"missing keys {sorted(missing)[:5]} (was it saved with the same components and modes?)")
+            raise KeyError(
+                f"trainable state does not match this model: unknown keys {sorted(unknown)[:5]}, "
+                f"missing keys {sorted(missing)[:5]} (was it saved with the same components and modes?)"
+            )
         self.load_state_dict(dict(state), strict=False)

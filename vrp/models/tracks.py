@@ -73,8 +73,12 @@ class BiasedBlock(nn.Module):
         self.num_heads, self.dropout = num_heads, dropout
         self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
         self.qkv, self.out = nn.Linear(hidden_size, 3 * hidden_size), nn.Linear(hidden_size, hidden_size)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, intermediate_size), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(intermediate_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, intermediate_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(intermediate_size, hidden_size),
+        )
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         B, L, H = x.shape
@@ -94,13 +98,29 @@ class TrackFusion(nn.Module):
     """
 
     supports_text = False
-    needs_boxes = True  # no tracks, no tokens: there is no fallback for missing boxes
+    needs_boxes = reads_boxes = True  # no tracks, no tokens: there is no fallback for missing boxes
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *,
-                 appearance: Appearance = "roi", max_objects: int = 5, num_frames: int = 8, hidden_size: int = 128,
-                 num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 256, roi_size: int = 2,
-                 num_attributes: int = 10, identity_embed: bool = True, time_embed: bool = True, motion: bool = True,
-                 relation_bias: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        appearance: Appearance = "roi",
+        max_objects: int = 5,
+        num_frames: int = 8,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 256,
+        roi_size: int = 2,
+        num_attributes: int = 10,
+        identity_embed: bool = True,
+        time_embed: bool = True,
+        motion: bool = True,
+        relation_bias: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if appearance not in ("roi", "oracle", "none"):
             raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
@@ -114,29 +134,47 @@ class TrackFusion(nn.Module):
             self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
         elif appearance == "oracle":
             self.attribute_embed = nn.Linear(num_attributes, hidden_size)
-        self.box_embed = nn.Sequential(nn.Linear(BOX_FEATURES, hidden_size), nn.GELU(),
-                                       nn.Linear(hidden_size, hidden_size))
+        self.box_embed = nn.Sequential(
+            nn.Linear(BOX_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         if relation_bias:
-            self.relation = nn.Sequential(nn.Linear(PAIR_FEATURES, hidden_size // 4), nn.GELU(),
-                                          nn.Linear(hidden_size // 4, num_heads))
-            self.blocks = nn.ModuleList(BiasedBlock(hidden_size, num_heads, intermediate_size, dropout)
-                                        for _ in range(num_layers))
+            self.relation = nn.Sequential(
+                nn.Linear(PAIR_FEATURES, hidden_size // 4), nn.GELU(), nn.Linear(hidden_size // 4, num_heads)
+            )
+            self.blocks = nn.ModuleList(
+                BiasedBlock(hidden_size, num_heads, intermediate_size, dropout) for _ in range(num_layers)
+            )
         else:
             self.relation = None
-            layer = nn.TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, dropout=dropout,
-                                               activation="gelu", batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                hidden_size,
+                num_heads,
+                intermediate_size,
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
             self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
 
-    def tokens(self, visual: torch.Tensor, frame_mask: torch.Tensor | None, boxes: torch.Tensor | None,
-               box_mask: torch.Tensor | None, box_attributes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        box_mask: torch.Tensor | None,
+        box_attributes: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Input tokens (B, T, K, H) before attention, and their keep-mask (B, T, K), K = ``max_objects``."""
         B, T, N, D = visual.shape
         if boxes is None:
-            raise ValueError("TrackFusion needs per-frame object boxes (B, T, K, 4): give the datamodule a boxes file "
-                             "(synthetic_boxes: true, or a detector's boxes in the boxes.json layout; `vrp ask --boxes`)")
+            raise ValueError(
+                "TrackFusion needs per-frame object boxes (B, T, K, 4): give the datamodule a boxes file "
+                "(synthetic_boxes: true, or a detector's boxes in the boxes.json layout; `vrp ask --boxes`)"
+            )
         K = boxes.shape[2]
         if boxes.shape[:2] != (B, T) or boxes.shape[-1] != 4 or K > self.max_objects:
             raise ValueError(f"boxes must be (B={B}, T={T}, K<={self.max_objects}, 4); got {tuple(boxes.shape)}")
@@ -150,16 +188,20 @@ class TrackFusion(nn.Module):
         x = self.box_embed(feats)  # (B, T, K, H)
         if self.appearance == "roi":
             if N != self.num_prefix_tokens + self.grid[0] * self.grid[1]:
-                raise ValueError(f"visual has {N} tokens per frame; this fusion was built for {self.num_prefix_tokens} "
-                                 f"prefix + {self.grid[0]}x{self.grid[1]} patch tokens")
-            patches = self.visual_norm(visual[:, :, self.num_prefix_tokens:])
+                raise ValueError(
+                    f"visual has {N} tokens per frame; this fusion was built for {self.num_prefix_tokens} "
+                    f"prefix + {self.grid[0]}x{self.grid[1]} patch tokens"
+                )
+            patches = self.visual_norm(visual[:, :, self.num_prefix_tokens :])
             x = x + self.appearance_proj(roi_features(patches, self.grid, boxes, self.roi_size))
         elif self.appearance == "oracle":
             V = self.attribute_embed.in_features
             if box_attributes is None or box_attributes.shape != (B, K, V):
                 got = None if box_attributes is None else tuple(box_attributes.shape)
-                raise ValueError(f"appearance='oracle' needs box_attributes (B={B}, K={K}, V={V}); got {got} "
-                                 "(set the datamodule's box_attributes to the attribute words)")
+                raise ValueError(
+                    f"appearance='oracle' needs box_attributes (B={B}, K={K}, V={V}); got {got} "
+                    "(set the datamodule's box_attributes to the attribute words)"
+                )
             x = x + self.attribute_embed(box_attributes.to(x.dtype))[:, None]  # (B, 1, K, H): holds in every frame
         pad = self.max_objects - K
         if pad:
@@ -172,10 +214,17 @@ class TrackFusion(nn.Module):
             x = x + interpolate_embeddings(self.time, T)[None, :, None]
         return x, mask, boxes
 
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
-                boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
-                box_attributes: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        box_attributes: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
         if text_ids is not None:
             raise ValueError("TrackFusion does not read text; set use_qformer_text: false")

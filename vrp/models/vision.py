@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.constants import CLIP_MEAN, CLIP_STD
 from vrp.models.paths import pretrained_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,16 +30,27 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def block_stacks(module: nn.Module) -> list[nn.ModuleList | nn.Sequential]:
+    """The one transformer-block finder: every ModuleList/Sequential of ``module`` whose children share one type and
+    hold parameters (ViT blocks, Q-Former layers, LLM decoder layers), in module order, nested ones included.
+    `transformer_blocks` takes the longest (blocks to unfreeze); `vrp.training.strategies.blocks` the outermost
+    ones' children (FSDP units)."""
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, (nn.ModuleList, nn.Sequential))
+        and len(m) > 0
+        and len({type(c) for c in m}) == 1
+        and any(True for _ in m.parameters())
+    ]
+
+
 def transformer_blocks(module: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The longest ModuleList/Sequential of identically typed children: the transformer's block stack."""
-    best: nn.Module | None = None
-    for m in module.modules():
-        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 0:
-            if len({type(c) for c in m}) == 1 and (best is None or len(m) > len(best)):
-                best = m
-    if best is None:
+    """The longest block stack (`block_stacks`): the transformer's blocks."""
+    stacks = block_stacks(module)
+    if not stacks:
         raise ValueError(f"found no transformer block list in {type(module).__name__}; cannot unfreeze blocks")
-    return best
+    return max(stacks, key=len)
 
 
 class _FrozenBackbone(nn.Module):
@@ -61,7 +71,9 @@ class _FrozenBackbone(nn.Module):
             if unfreeze_last_blocks > 0:
                 blocks = transformer_blocks(self.backbone)
                 if unfreeze_last_blocks > len(blocks):
-                    raise ValueError(f"unfreeze_last_blocks={unfreeze_last_blocks} but the model has {len(blocks)} blocks")
+                    raise ValueError(
+                        f"unfreeze_last_blocks={unfreeze_last_blocks} but the model has {len(blocks)} blocks"
+                    )
                 self._trainable_blocks = list(blocks)[-unfreeze_last_blocks:]
                 for b in self._trainable_blocks:
                     b.requires_grad_(True)
@@ -106,11 +118,21 @@ class HFVisionEncoder(_FrozenBackbone):
     ``AutoConfig.for_model`` (it must hold ``model_type``) and builds a randomly initialised model.
     """
 
-    def __init__(self, model_name_or_path: str | None = None, *, config: dict | None = None,
-                 image_size: int | None = None, mean: tuple[float, float, float] | None = None,
-                 std: tuple[float, float, float] | None = None, frozen: bool = True, unfreeze_last_blocks: int = 0,
-                 dtype: str = "float32", chunk_size: int = 64, gradient_checkpointing: bool = False,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        *,
+        config: dict | None = None,
+        image_size: int | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        frozen: bool = True,
+        unfreeze_last_blocks: int = 0,
+        dtype: str = "float32",
+        chunk_size: int = 64,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -118,7 +140,9 @@ class HFVisionEncoder(_FrozenBackbone):
             raise ValueError("give exactly one of model_name_or_path or config")
         if config is not None:
             if "model_type" not in config:
-                raise ValueError(f"vision config needs a 'model_type' key (e.g. 'vit', 'dinov2'), got keys {sorted(config)}")
+                raise ValueError(
+                    f"vision config needs a 'model_type' key (e.g. 'vit', 'dinov2'), got keys {sorted(config)}"
+                )
             cfg = AutoConfig.for_model(**config)
             cfg = getattr(cfg, "vision_config", None) or cfg
             model = AutoModel.from_config(cfg, trust_remote_code=trust_remote_code)
@@ -143,8 +167,9 @@ class HFVisionEncoder(_FrozenBackbone):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._setup(frozen=frozen, unfreeze_last_blocks=unfreeze_last_blocks, dtype=dtype, chunk_size=chunk_size)
         with torch.no_grad():
-            n = self._encode_images(torch.zeros(1, 3, self.image_size, self.image_size,
-                                                dtype=next(model.parameters()).dtype)).shape[1]
+            n = self._encode_images(
+                torch.zeros(1, 3, self.image_size, self.image_size, dtype=next(model.parameters()).dtype)
+            ).shape[1]
         self.num_prefix_tokens = n - self.grid[0] * self.grid[1]
 
     @staticmethod
@@ -172,9 +197,19 @@ class OpenClipVisionEncoder(_FrozenBackbone):
     ``text_cfg``). ``pretrained`` is a tag (``laion2b_s34b_b88k``) or a local checkpoint path; None = random init.
     """
 
-    def __init__(self, model_name: str, pretrained: str | None = None, *, model_config: dict | None = None,
-                 image_size: int | None = None, frozen: bool = True, unfreeze_last_blocks: int = 0,
-                 dtype: str = "float32", chunk_size: int = 64, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None = None,
+        *,
+        model_config: dict | None = None,
+        image_size: int | None = None,
+        frozen: bool = True,
+        unfreeze_last_blocks: int = 0,
+        dtype: str = "float32",
+        chunk_size: int = 64,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         import open_clip
 
@@ -184,8 +219,9 @@ class OpenClipVisionEncoder(_FrozenBackbone):
             open_clip.add_model_config(cfg_dir)
         if pretrained is not None:
             pretrained = pretrained_source(pretrained, "open_clip pretrained")
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_image_size=image_size,
-                                       require_pretrained=pretrained is not None)
+        model = open_clip.create_model(
+            model_name, pretrained=pretrained, force_image_size=image_size, require_pretrained=pretrained is not None
+        )
         pre = open_clip.get_model_preprocess_cfg(model)
         visual = model.visual
         visual.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)  # drop the unused projection
@@ -200,24 +236,40 @@ class OpenClipVisionEncoder(_FrozenBackbone):
         with torch.no_grad():
             probe = visual.forward_intermediates(
                 torch.zeros(1, 3, self.image_size, self.image_size, dtype=next(visual.parameters()).dtype),
-                indices=1, intermediates_only=True, output_fmt="NCHW", output_extra_tokens=True)
+                indices=1,
+                intermediates_only=True,
+                output_fmt="NCHW",
+                output_extra_tokens=True,
+            )
         _, self.width, gh, gw = probe["image_intermediates"][-1].shape
         self.grid = (gh, gw)
         prefix = probe.get("image_intermediates_prefix")
         self.num_prefix_tokens = prefix[-1].shape[1] if prefix else 0
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.backbone.forward_intermediates(images, indices=1, normalize_intermediates=True,
-                                                  intermediates_only=True, output_fmt="NLC",
-                                                  output_extra_tokens=True)
+        out = self.backbone.forward_intermediates(
+            images,
+            indices=1,
+            normalize_intermediates=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+            output_extra_tokens=True,
+        )
         patches = out["image_intermediates"][-1]  # (b, gh*gw, D)
         prefix = out.get("image_intermediates_prefix")
         return torch.cat([prefix[-1], patches], dim=1) if prefix else patches  # (b, P + gh*gw, D)
 
 
-def tiny_vit_config(image_size: int = 32, patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2,
-                    num_heads: int = 4) -> dict:
+def tiny_vit_config(
+    image_size: int = 32, patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
+) -> dict:
     """Config dict of the embedded-default tiny ViT (for ``HFVisionEncoder(config=...)``)."""
-    return {"model_type": "vit", "image_size": image_size, "patch_size": patch_size, "hidden_size": hidden_size,
-            "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
-            "intermediate_size": 4 * hidden_size}
+    return {
+        "model_type": "vit",
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "intermediate_size": 4 * hidden_size,
+    }

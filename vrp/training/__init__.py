@@ -6,6 +6,13 @@ from vrp.training.stage1 import AlignmentPretraining
 from vrp.training.stage2 import InstructionTuning
 from vrp.training.strategies import BlockWrapPolicy
 
-__all__ = ["AlignmentPretraining", "AtomicCheckpointIO", "BlockWrapPolicy", "InstructionTuning", "NonFiniteGuard",
-           "ProgressLog",
-           "RNGState", "StepLossLog"]
+__all__ = [
+    "AlignmentPretraining",
+    "AtomicCheckpointIO",
+    "BlockWrapPolicy",
+    "InstructionTuning",
+    "NonFiniteGuard",
+    "ProgressLog",
+    "RNGState",
+    "StepLossLog",
+]

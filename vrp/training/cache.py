@@ -55,9 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.cli import VRPCLI
 
     # The cache needs the vision encoder and the data only: no stage-1 weights, no cache to read yet.
-    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false", "--data.init_args.feature_cache=null"]
-    cli = VRPCLI(args=args + ["--model.init_args.init_from=null"], run=False) if _has_init_from(args) else \
-        VRPCLI(args=args, run=False)
+    args = [x for c in a.config for x in ("--config", c)] + [
+        "--trainer.logger=false",
+        "--data.init_args.feature_cache=null",
+    ]
+    cli = (
+        VRPCLI(args=args + ["--model.init_args.init_from=null"], run=False)
+        if _has_init_from(args)
+        else VRPCLI(args=args, run=False)
+    )
     module, dm = cli.model, cli.datamodule
     vision = module.model.vision.eval()
     dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
@@ -67,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     if "test" in splits:
         dm.setup("test")
     store = FeatureStore(a.out, create=True)
-    loader = dm._clip_loader(train=False)
+    loader = dm.clip_loader(train=False)
     start = time.time()
     for split in splits:
         if split not in dm.records:
-            raise SystemExit(f"vrp cache: the datamodule has no map-style {split!r} records to cache "
-                             f"(has: {sorted(dm.records)})")
+            raise SystemExit(
+                f"vrp cache: the datamodule has no map-style {split!r} records to cache (has: {sorted(dm.records)})"
+            )
         n = write_features(vision, loader, dm.records[split], store, batch_size=a.batch_size)
         print(f"{split}: cached {n} new videos ({time.time() - start:.0f} s)", flush=True)
     store.finish(vision=vision_meta(module.hparams.get("model")), num_frames=dm.num_frames, sampling=dm.eval_sampling)

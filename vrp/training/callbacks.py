@@ -31,8 +31,13 @@ class RNGState(L.Callback):
         version, py_state, py_gauss = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
             "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -69,8 +74,9 @@ class NonFiniteGuard(L.Callback):
         self._keys: list[str] = []
         self._loss: float | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         keys = batch.get("keys") if isinstance(batch, dict) else None
         self._keys += [str(k) for k in keys or []]
 
@@ -89,12 +95,14 @@ class NonFiniteGuard(L.Callback):
             return
         shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} samples)" if len(keys) > 8 else "")
         what = (f"loss {loss}" if loss is not None else "loss finite") + (
-            f", non-finite gradients in {len(bad)} of {len(grads)} tensors (first {bad[0]})" if bad else "")
+            f", non-finite gradients in {len(bad)} of {len(grads)} tensors (first {bad[0]})" if bad else ""
+        )
         message = f"step {trainer.global_step + 1}: {what}; batch keys: {shown or 'unknown (batch has no keys)'}"
         if self.policy == "stop" or self.skipped >= self.max_skipped:
             limit = f" after {self.skipped} skipped steps (max_skipped={self.max_skipped})" if self.skipped else ""
-            raise NonFiniteError(f"{message}{limit}. Lower the learning rate, check these samples, or set "
-                                 "--nonfinite.policy=skip")
+            raise NonFiniteError(
+                f"{message}{limit}. Lower the learning rate, check these samples, or set --nonfinite.policy=skip"
+            )
         for p in pl_module.parameters():
             p.grad = None  # the optimizer skips parameters without a gradient
         self.skipped += 1
@@ -126,8 +134,16 @@ class JsonlPredictions(BasePredictionWriter):
         path.write_text("")
         self.written = path
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         with self.written.open("a") as f:
             f.writelines(json.dumps(row) + "\n" for row in prediction)
 
@@ -144,8 +160,9 @@ class StepLossLog(L.Callback):
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not trainer.is_global_zero or outputs is None:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -189,11 +206,12 @@ class ProgressLog(L.Callback):
         self._start = now
         self._reset(trainer.global_step, now)  # a resumed run measures from where it resumed
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not trainer.is_global_zero or not self.enabled():
             return
-        from vrp.training.steps import batch_size
+        from vrp.training.data_hooks import batch_size
 
         if outputs is not None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -209,11 +227,17 @@ class ProgressLog(L.Callback):
         """The progress line at ``step`` for the steps since the previous line."""
         now = self.clock()
         steps, seconds = step - self._last_step, max(now - self._last_time, 1e-9)
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+        total = (
+            trainer.max_steps
+            if trainer.max_steps and trainer.max_steps > 0
+            else int(trainer.estimated_stepping_batches)
+        )
         loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
         per_step = seconds / steps
         eta = datetime.timedelta(seconds=round(max(total - step, 0) * per_step))
         elapsed = datetime.timedelta(seconds=round(now - self._start))
-        return (f"[train] step {step}/{total} ({100 * step / max(total, 1):.1f}%) epoch {trainer.current_epoch} | "
-                f"loss {loss:.4f} | {self._samples * trainer.world_size / seconds:.1f} samples/s | "
-                f"{per_step:.2f} s/step | elapsed {elapsed} | ETA {eta}")
+        return (
+            f"[train] step {step}/{total} ({100 * step / max(total, 1):.1f}%) epoch {trainer.current_epoch} | "
+            f"loss {loss:.4f} | {self._samples * trainer.world_size / seconds:.1f} samples/s | "
+            f"{per_step:.2f} s/step | elapsed {elapsed} | ETA {eta}"
+        )

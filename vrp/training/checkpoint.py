@@ -9,7 +9,6 @@ dataloader state. The stage modules call `drop_frozen` from `on_save_checkpoint`
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,16 +18,12 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from vrp.models.io import CheckpointError, check_finite, read_checkpoint
+
 
 def trainable_names(module: nn.Module) -> set[str]:
     """Names (as in `module.state_dict()`) of the parameters that require grad."""
     return {name for name, p in module.named_parameters() if p.requires_grad}
-
-
-def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters of `module`, keyed as in `module.state_dict()`."""
-    names = trainable_names(module)
-    return {k: v for k, v in module.state_dict().items() if k in names}
 
 
 def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
@@ -37,14 +32,6 @@ def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
     state = checkpoint.get("state_dict", {})
     checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
     checkpoint["trainable_keys"] = sorted(keep)
-
-
-def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
-    """`CheckpointError` when any floating-point tensor of `state` holds NaN or Inf (a diverged run's weights)."""
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise CheckpointError(f"{where}: {len(bad)} of {len(state)} weight tensors hold NaN or Inf (first {bad[0]}); "
-                              "the run that wrote them diverged: use an earlier checkpoint")
 
 
 def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
@@ -61,68 +48,10 @@ def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: st
         )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and says what is wrong with it."""
-
-
-def _unreadable(path: Path, error: Exception) -> str:
-    """What is wrong with a file `torch.load(weights_only=True)` refused, in our words (never torch's advice)."""
-    detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-    if isinstance(error, pickle.UnpicklingError) and detail:
-        return ("holds Python objects other than tensors, numbers, strings and containers, which vrp never loads "
-                f"({detail.removeprefix('WeightsUnpickler error: ').split(' was not')[0]})")
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if f.read(4) == b"PK\x03\x04":  # a zip archive, as torch.save writes
-            return f"is truncated or corrupted ({size} bytes; its zip archive cannot be read)"
-    return f"is not a PyTorch checkpoint ({size} bytes that are neither a zip archive nor a pickle of tensors)"
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint dict read with `weights_only=True`; any problem is a one-line `CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file (.ckpt)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write or copy; use another one")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} {_unreadable(path, e)}") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    return checkpoint
-
-
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The `state_dict` of a Lightning checkpoint (.ckpt, `weights_only=True`) or a .safetensors file; refuses
-    non-finite weights."""
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if not Path(path).is_file():
-            raise CheckpointError(f"weights file {path} does not exist")
-        try:
-            state = load_file(path)
-        except SafetensorError as e:
-            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({e})") from None
-    else:
-        state = read_checkpoint(path).get("state_dict")
-        if state is None:
-            raise CheckpointError(f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint or a "
-                                  ".safetensors file")
-    check_finite(state, f"weights file {path}")
-    return state
-
-
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``.<name>.<random>.tmp`` files `AtomicCheckpointIO` leaves behind when a run is killed mid-write.
 
-    Call it only while holding the folder's run lock (`vrp.training.runs.lock_folders`): then no live writer owns them.
+    Call it only while holding the folder's run lock (`vrp.runs.lock_folders`): then no live writer owns them.
     """
     folder = Path(folder)
     stale = sorted(p for p in folder.glob(".*.*.tmp") if p.is_file()) if folder.is_dir() else []

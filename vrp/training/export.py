@@ -20,32 +20,20 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import save_file
-from torch import nn
 
-from vrp.training.checkpoint import CheckpointError, check_finite, load_weights, read_checkpoint
-
-
-def build_model(config: dict) -> nn.Module:
-    """Instantiate a `VideoReasoner` from its class_path/init_args dict (as LightningCLI saved it)."""
-    from jsonargparse import ArgumentParser
-
-    from vrp.models import VideoReasoner
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=VideoReasoner)
-    cfg = parser.parse_object({"model": config})
-    return parser.instantiate_classes(cfg).model
+from vrp.models.io import CheckpointError, build_model, check_finite, read_checkpoint
 
 
 def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint.get("hyper_parameters", {}).get("model")
     if not isinstance(config, dict) or "class_path" not in config:
-        raise CheckpointError(f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a "
-                              "checkpoint written by `vrp fit`")
+        raise CheckpointError(
+            f"checkpoint {ckpt} has no model config in hyper_parameters; export needs a checkpoint written by `vrp fit`"
+        )
     model = build_model(config)
     check_finite(checkpoint.get("state_dict", {}), f"checkpoint {ckpt}")
-    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,15 +44,20 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
         llm.model.save_pretrained(out / "llm")
         llm.tokenizer.save_pretrained(out / "llm")
         args = config["init_args"]
-        args["llm"]["init_args"].update({"model_name_or_path": str((out / "llm").resolve()), "config": None,
-                                         "tokenizer": None})
+        args["llm"]["init_args"].update(
+            {"model_name_or_path": str((out / "llm").resolve()), "config": None, "tokenizer": None}
+        )
         args["llm_mode"] = "frozen"
         weights = {k: v for k, v in weights.items() if not k.startswith("llm.")}
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "trainable.safetensors"))
     (out / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     module = checkpoint["hyper_parameters"].get("_class_path")
-    info = {"module": module, "stage": training_stage(module), "global_step": checkpoint.get("global_step"),
-            "checkpoint": str(ckpt)}
+    info = {
+        "module": module,
+        "stage": training_stage(module),
+        "global_step": checkpoint.get("global_step"),
+        "checkpoint": str(ckpt),
+    }
     (out / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
 
@@ -81,23 +74,6 @@ def training_stage(class_path: str | None) -> int | None:
     except (ImportError, AttributeError):
         return None
     return 1 if issubclass(cls, AlignmentPretraining) else 2 if issubclass(cls, InstructionTuning) else None
-
-
-def export_info(folder: str | Path) -> dict:
-    """What `export` recorded about the checkpoint behind `folder` (``export.json``); {} for older exports."""
-    path = Path(folder) / "export.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def load_exported(folder: str | Path) -> nn.Module:
-    """The VideoReasoner of an exported folder, in eval mode."""
-    folder = Path(folder)
-    for name in ("model.yaml", "trainable.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing; is {folder} a folder written by `vrp export`?")
-    model = build_model(yaml.safe_load((folder / "model.yaml").read_text()))
-    model.load_trainable(load_weights(folder / "trainable.safetensors"), strict=True)
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> None:

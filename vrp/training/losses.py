@@ -1,10 +1,12 @@
-"""Stage-1 alignment losses: video-text contrastive (ITC) and video-text matching with hard negatives (ITM)."""
+"""The losses: stage-1 video-text contrastive (ITC) and video-text matching with hard negatives (ITM), and the LM
+loss both stages share (`lm_loss`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -63,3 +65,11 @@ def matching_loss(logits: torch.Tensor, num_positive: int) -> torch.Tensor:
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     labels[:num_positive] = 1
     return F.cross_entropy(logits, labels)
+
+
+def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder."""
+    embeds, mask, labels = model.build_inputs(
+        video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    return model.llm(embeds, mask, labels=labels).loss

@@ -17,8 +17,14 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
 
 
 def adamw_cosine(
-    module: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
-    total_steps: int, min_lr_ratio: float,
+    module: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
 ) -> dict:
     """Lightning `configure_optimizers` dict. Weight decay skips biases, norms, embeddings of queries (ndim < 2)."""
     decay, no_decay = [], []
@@ -40,6 +46,12 @@ def adamw_cosine_from_hparams(module) -> dict:
     """`adamw_cosine` with a stage module's `lr`, `weight_decay`, `betas`, `warmup_steps`, `min_lr_ratio` hparams and
     the trainer's step count (both stage modules take these same arguments)."""
     hp = module.hparams
-    return adamw_cosine(module, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
-                        warmup_steps=hp.warmup_steps, total_steps=int(module.trainer.estimated_stepping_batches),
-                        min_lr_ratio=hp.min_lr_ratio)
+    return adamw_cosine(
+        module,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        betas=tuple(hp.betas),
+        warmup_steps=hp.warmup_steps,
+        total_steps=int(module.trainer.estimated_stepping_batches),
+        min_lr_ratio=hp.min_lr_ratio,
+    )

@@ -21,8 +21,9 @@ from torch import nn
 BACKGROUND = 0  # class 0 of both heads; colours / shapes are 1-based in the vocabularies below
 
 
-def patch_labels(boxes: torch.Tensor, names: list[str], grid: tuple[int, int], colours: list[str],
-                 shapes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_labels(
+    boxes: torch.Tensor, names: list[str], grid: tuple[int, int], colours: list[str], shapes: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch (colour, shape) class ids of one frame: boxes (K, 4) xyxy in [0, 1] (NaN: absent), names K object
     names "colour shape" -> two (gh*gw,) long tensors, 0 where no box covers the patch centre; where boxes overlap
     the object whose centre is nearest wins."""
@@ -43,8 +44,17 @@ def patch_labels(boxes: torch.Tensor, names: list[str], grid: tuple[int, int], c
     return colour, shape
 
 
-def training_frames(data_root: str | Path, image_size: int, frames_per_video: int, mean, std, grid,
-                    colours: list[str], shapes: list[str], max_videos: int | None = None):
+def training_frames(
+    data_root: str | Path,
+    image_size: int,
+    frames_per_video: int,
+    mean,
+    std,
+    grid,
+    colours: list[str],
+    shapes: list[str],
+    max_videos: int | None = None,
+):
     """(images (M, 3, S, S), colour (M, P), shape (M, P)) from the train split's videos and boxes."""
     from data_modules.sources.boxes import BoxTable
     from data_modules.transforms import VideoTransform
@@ -70,9 +80,18 @@ def training_frames(data_root: str | Path, image_size: int, frames_per_video: in
     return torch.stack(images), torch.stack(colour), torch.stack(shape)
 
 
-def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batch_size: int = 32, lr: float = 1e-3,
-                 frames_per_video: int = 2, seed: int = 0, max_videos: int | None = None,
-                 log_every: int = 100) -> dict:
+def pretrain_vit(
+    vit_dir: str | Path,
+    data_root: str | Path,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    frames_per_video: int = 2,
+    seed: int = 0,
+    max_videos: int | None = None,
+    log_every: int = 100,
+) -> dict:
     """Train the ViT saved at ``vit_dir`` on per-patch colour + shape classification of training frames and save it
     back in place (Hugging Face format); returns {"steps", "loss_start", "loss_end", "patch_accuracy", "seconds"}."""
     from data_modules.synthetic.simulator import COLORS, SHAPES
@@ -83,10 +102,20 @@ def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batc
     encoder = HFVisionEncoder(str(vit_dir), frozen=False)
     colours, shapes = list(COLORS), list(SHAPES)
     start = time.time()
-    images, colour, shape = training_frames(data_root, encoder.image_size, frames_per_video, encoder.mean,
-                                            encoder.std, encoder.grid, colours, shapes, max_videos)
-    heads = nn.ModuleDict({"colour": nn.Linear(encoder.width, len(colours) + 1),
-                           "shape": nn.Linear(encoder.width, len(shapes) + 1)})
+    images, colour, shape = training_frames(
+        data_root,
+        encoder.image_size,
+        frames_per_video,
+        encoder.mean,
+        encoder.std,
+        encoder.grid,
+        colours,
+        shapes,
+        max_videos,
+    )
+    heads = nn.ModuleDict(
+        {"colour": nn.Linear(encoder.width, len(colours) + 1), "shape": nn.Linear(encoder.width, len(shapes) + 1)}
+    )
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -99,8 +128,9 @@ def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batc
             order += rng.sample(range(len(images)), len(images))
         idx = torch.tensor([order.pop() for _ in range(batch_size)])
         tokens = encoder(images[idx][:, None])[:, 0, P:]  # (b, gh*gw, D)
-        loss = (F.cross_entropy(heads["colour"](tokens).flatten(0, 1), colour[idx].flatten())
-                + F.cross_entropy(heads["shape"](tokens).flatten(0, 1), shape[idx].flatten()))
+        loss = F.cross_entropy(heads["colour"](tokens).flatten(0, 1), colour[idx].flatten()) + F.cross_entropy(
+            heads["shape"](tokens).flatten(0, 1), shape[idx].flatten()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -108,8 +138,11 @@ def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batc
         sched.step()
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
-            print(f"stage 0 (ViT): step {step}/{steps}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}"
-                  f"  {time.time() - start:.0f} s", flush=True)
+            print(
+                f"stage 0 (ViT): step {step}/{steps}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}"
+                f"  {time.time() - start:.0f} s",
+                flush=True,
+            )
     encoder.eval()
     with torch.no_grad():  # colour + shape both right, on the object patches of the first 256 training frames
         idx = torch.arange(min(256, len(images)))
@@ -118,8 +151,13 @@ def pretrain_vit(vit_dir: str | Path, data_root: str | Path, *, steps: int, batc
         hit = (heads["shape"](tokens).argmax(-1) == shape[idx]) & (heads["colour"](tokens).argmax(-1) == colour[idx])
         acc = float(hit[obj].float().mean()) if obj.any() else float("nan")
     encoder.backbone.save_pretrained(str(vit_dir))  # over the random ViT: configs keep loading it by path
-    report = {"steps": steps, "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
-              "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3), "patch_accuracy": round(acc, 3),
-              "frames": len(images), "seconds": round(time.time() - start, 1)}
+    report = {
+        "steps": steps,
+        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        "patch_accuracy": round(acc, 3),
+        "frames": len(images),
+        "seconds": round(time.time() - start, 1),
+    }
     (Path(vit_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
     return report

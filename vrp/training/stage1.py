@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.training import checkpoint, steps
-from vrp.training.losses import contrastive_loss, matching_loss, sample_hard_negatives
+from vrp.models.contracts import TextFusion
+from vrp.training import checkpoint, data_hooks
+from vrp.training.losses import contrastive_loss, lm_loss, matching_loss, sample_hard_negatives
 from vrp.training.optim import adamw_cosine_from_hparams
-from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
+from vrp.training.strategies import configure_fsdp2
 
 
 class AlignmentHeads(nn.Module):
@@ -56,12 +57,12 @@ class AlignmentPretraining(L.LightningModule):
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=hparams_ignore_model())
+        self.save_hyperparameters(ignore=["model"])  # its config: the CLI records it (vrp.cli.VRPCLI)
         self.model = model
         if min(itc_weight, itm_weight, lm_weight) < 0 or itc_weight + itm_weight + lm_weight == 0:
             raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")
         fusion = model.fusion
-        if (itc_weight > 0 or itm_weight > 0) and not getattr(fusion, "supports_text", False):
+        if (itc_weight > 0 or itm_weight > 0) and not (isinstance(fusion, TextFusion) and fusion.supports_text):
             raise ValueError(
                 f"itc_weight/itm_weight > 0 need a fusion with a text encoder (a Q-Former); "
                 f"{type(fusion).__name__} has supports_text=False: set itc_weight: 0 and itm_weight: 0"
@@ -79,7 +80,7 @@ class AlignmentPretraining(L.LightningModule):
         queries = model.fuse({**batch, "visual": visual}, with_text=False)  # (B, Q, Dq): queries never read the caption
         out: dict[str, torch.Tensor] = {}
         if hp.lm_weight > 0:
-            out["lm"] = steps.lm_loss(model, model.projection(queries), batch)
+            out["lm"] = lm_loss(model, model.projection(queries), batch)
         if self.heads is None:
             return out
         if "qformer_input_ids" not in batch:
@@ -102,8 +103,10 @@ class AlignmentPretraining(L.LightningModule):
             vis = torch.cat([visual, visual, visual[neg_video]])  # (3B, T, N, D)
             fm = batch["frame_mask"]
             joint = model.fusion.forward_with_text(
-                vis, torch.cat([fm, fm, fm[neg_video]]),
-                torch.cat([ids, ids[neg_text], ids]), torch.cat([tmask, tmask[neg_text], tmask]),
+                vis,
+                torch.cat([fm, fm, fm[neg_video]]),
+                torch.cat([ids, ids[neg_text], ids]),
+                torch.cat([tmask, tmask[neg_text], tmask]),
                 **_boxes(batch, neg_video),
             )  # (3B, Q + L, H)
             logits = self.heads.itm(joint[:, : model.fusion.num_output_tokens].mean(1))  # (3B, 2)
@@ -118,7 +121,7 @@ class AlignmentPretraining(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         parts = self.losses(batch)
         loss = self._total(parts)
-        bs = steps.batch_size(batch)
+        bs = data_hooks.batch_size(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"train/{k}", v, prog_bar=True, batch_size=bs)
@@ -127,23 +130,23 @@ class AlignmentPretraining(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if not steps.has_samples(batch):
+        if not data_hooks.has_samples(batch):
             return
         parts = self.losses(batch)
-        bs = steps.batch_size(batch)
+        bs = data_hooks.batch_size(batch)
         self.log("val/loss", self._total(parts), prog_bar=True, sync_dist=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"val/{k}", v, sync_dist=True, batch_size=bs)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self)
+        data_hooks.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [self.heads] if self.heads is not None else [])
 
     def on_train_epoch_end(self) -> None:
-        steps.log_skips(self)
+        data_hooks.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)

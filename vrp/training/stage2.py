@@ -3,12 +3,13 @@
 Initialised (weights only) from a stage-1 checkpoint via `init_from`; resumed runs use `--ckpt_path` instead.
 Validation logs the LM loss and, on batches with `options`, multiple-choice accuracy per question type
 (`val/acc_<type>`, `val/acc`): the answer loss flattens long before accuracy stops moving, so accuracy is the progress
-signal. Test batches are scored by `scorer` and reported per question type.
+signal. Each test batch is scored by `scorer` and the `MCOutput` returned; the results callback
+(`vrp.evaluation.callbacks.TestResults`, the CLI's ``results:`` options) gathers, writes and prints the per-type
+table, so test-time options are trainer options, never hyper-parameters frozen into a checkpoint.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,11 +17,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vrp.evaluation.metrics import PerTypeAccuracy
-from vrp.evaluation.results import check_groups, load_blind_baseline, prediction_rows, rows_from_batch, write_results
-from vrp.training import checkpoint, steps
+from vrp.models.io import load_weights
+from vrp.scoring.metrics import PerTypeAccuracy
+from vrp.scoring.rows import prediction_rows
+from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
+from vrp.training import checkpoint, data_hooks
+from vrp.training.losses import lm_loss
 from vrp.training.optim import adamw_cosine_from_hparams
-from vrp.training.strategies import configure_fsdp2, hparams_ignore_model
+from vrp.training.strategies import configure_fsdp2
 
 
 def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
@@ -29,19 +33,23 @@ def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
     Every stage-1 model weight must exist in `model` with the same shape (else a clear error: the fusion config
     differs). Returns (loaded names, trainable names of `model` that the checkpoint did not provide, e.g. LoRA).
     """
-    state = checkpoint.load_weights(path)
+    state = load_weights(path)
     own = model.state_dict()
     loaded = {}
     for key, value in state.items():
         if not key.startswith("model."):
             continue
-        name = key[len("model."):]
+        name = key[len("model.") :]
         if name not in own:
-            raise KeyError(f"{path}: weight {name!r} does not exist in the stage-2 model; "
-                           "stage 1 and stage 2 must use the same vision/fusion config")
+            raise KeyError(
+                f"{path}: weight {name!r} does not exist in the stage-2 model; "
+                "stage 1 and stage 2 must use the same vision/fusion config"
+            )
         if own[name].shape != value.shape:
-            raise ValueError(f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
-                             f"expects {tuple(own[name].shape)}; the fusion configs differ")
+            raise ValueError(
+                f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
+                f"expects {tuple(own[name].shape)}; the fusion configs differ"
+            )
         loaded[name] = value
     if not loaded:
         raise ValueError(f"{path}: no 'model.*' weights found; is this a stage-1 checkpoint?")
@@ -64,55 +72,41 @@ class InstructionTuning(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
-        results_dir: str | None = None,
-        held_out_types: list[str] | None = None,
-        type_groups: dict[str, list[str]] | None = None,
-        blind_baseline: str | None = None,
         val_accuracy: bool = True,
         val_question_types: list[str] | None = None,
         max_new_tokens: int = 32,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
-        likelihood, `vrp.evaluation.scorers.LikelihoodScorer`); `results_dir` gets `test_results.json`/`.md`
-        (default: the trainer's default_root_dir, a new folder per `vrp test` run); `held_out_types` (zero-shot
-        protocol: types, or families of `type_groups`) are marked there, with seen/unseen rows; `type_groups` (e.g.
-        NExT-QA's `{causal: [CW, CH], temporal: [TN, TC, TP], descriptive: [DC, DL, DO]}`) adds a row per family with
-        its codes as sub-rows; `blind_baseline` (a synthetic `meta.json`) adds the blind text-prior column;
-        `val_accuracy` scores validation batches that carry options (per type; `val_question_types` fixes the type
+        likelihood, `vrp.scoring.scorers.LikelihoodScorer`); `val_accuracy` scores validation batches that carry options (per type; `val_question_types` fixes the type
         list, which multi-GPU runs need for per-type figures, else only the overall accuracy is synced);
         `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
         super().__init__()
-        check_groups(type_groups)  # a bad mapping fails when the config is read, not after the test epoch
-        self.save_hyperparameters(ignore=hparams_ignore_model() + ["scorer"])
+        self.save_hyperparameters(ignore=["model", "scorer"])  # the model's config: the CLI records it (vrp.cli)
         self.model = model
-        if scorer is None:
-            from vrp.evaluation.scorers import LikelihoodScorer
-
-            scorer = LikelihoodScorer()
-        self.scorer = scorer
+        self.scorer = LikelihoodScorer() if scorer is None else scorer
         self.strict_loading = False
         if init_from:
             loaded, fresh = load_stage1(model, init_from)
-            rank_zero_info(f"stage 2: loaded {len(loaded)} weights from {init_from}; "
-                           f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
-                           "trained only in stage 2)")
-        self._test_rows: list[dict] = []
+            rank_zero_info(
+                f"stage 2: loaded {len(loaded)} weights from {init_from}; "
+                f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
+                "trained only in stage 2)"
+            )
         self.val_acc = PerTypeAccuracy(val_question_types)
-        self._test_skipped: list[dict] = []
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens (from cached encoder tokens when the datamodule reads a feature cache)."""
         return self.model.video_tokens(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = steps.lm_loss(self.model, self.encode(batch), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=steps.batch_size(batch))
+        loss = lm_loss(self.model, self.encode(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=data_hooks.batch_size(batch))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "labels" in batch:
-            loss = steps.lm_loss(self.model, self.encode(batch), batch)
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=steps.batch_size(batch))
+            loss = lm_loss(self.model, self.encode(batch), batch)
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=data_hooks.batch_size(batch))
         if self.hparams.val_accuracy and "options" in batch:
             out = self.scorer(self.model, batch)
             types = batch.get("question_type") or ["all"] * len(batch["options"])
@@ -128,58 +122,40 @@ class InstructionTuning(L.LightningModule):
             self.log("val/acc", (hits[0] / hits[1]).item() * 100, prog_bar=True, rank_zero_only=True)
         else:
             for name, acc in self.val_acc.compute().items():
-                self.log("val/acc" if name == "overall" else f"val/acc_{name}", acc * 100,
-                         prog_bar=name == "overall", rank_zero_only=True)
+                self.log(
+                    "val/acc" if name == "overall" else f"val/acc_{name}",
+                    acc * 100,
+                    prog_bar=name == "overall",
+                    rank_zero_only=True,
+                )
         self.val_acc.reset()
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._test_skipped += batch.get("skipped", [])
-        if not steps.has_samples(batch):
-            return
+    def test_step(self, batch: dict, batch_idx: int) -> MCOutput | None:
+        """The scored batch (None when every sample was skipped); the results callback turns it into rows."""
+        if not data_hooks.has_samples(batch):
+            return None
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
-        self._test_rows += rows_from_batch(batch, self.scorer(self.model, batch))
+        return self.scorer(self.model, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Rows for `vrp predict` (`vrp.evaluation.results.prediction_rows`): the scorer's choice and per-option
+        """Rows for `vrp predict` (`vrp.scoring.rows.prediction_rows`): the scorer's choice and per-option
         scores for multiple-choice batches, generated text otherwise; `JsonlPredictions` writes them."""
-        if not steps.has_samples(batch):
+        if not data_hooks.has_samples(batch):
             return prediction_rows(batch, None, [])
         if "options" in batch:
             return prediction_rows(batch, self.scorer(self.model, batch))
-        from vrp.evaluation.scorers import GenerateScorer
-
         return prediction_rows(batch, None, GenerateScorer(self.hparams.max_new_tokens).generate(self.model, batch))
-
-    def on_test_epoch_start(self) -> None:
-        self._test_rows, self._test_skipped = [], []
-
-    def on_test_epoch_end(self) -> None:
-        rows, skipped = self._test_rows, self._test_skipped
-        if self.trainer.world_size > 1:
-            gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, (rows, skipped))
-            # DistributedSampler pads ranks to equal length by repeating questions: keep each key once
-            rows = list({r["key"] or i: r for i, r in enumerate(r for part in gathered for r in part[0])}.values())
-            skipped = list({s["key"]: s for part in gathered for s in part[1]}.values())
-        if self.trainer.is_global_zero:
-            out = Path(self.hparams.results_dir or self.trainer.default_root_dir)
-            blind = load_blind_baseline(self.hparams.blind_baseline) if self.hparams.blind_baseline else None
-            _, md_path, table = write_results(out, rows, held_out=self.hparams.held_out_types or (),
-                                              groups=self.hparams.type_groups, blind=blind, skipped=skipped)
-            for name, acc in table["accuracy"].items():
-                self.log(f"test/acc_{name}", acc, rank_zero_only=True)
-            print("\n" + md_path.read_text() + f"(written to {md_path})\n", flush=True)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        steps.configure_datamodule(self)
+        data_hooks.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [])
 
     def on_train_epoch_end(self) -> None:
-        steps.log_skips(self)
+        data_hooks.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)
@@ -189,4 +165,3 @@ class InstructionTuning(L.LightningModule):
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         checkpoint.check_trainable_keys(ckpt, self)
-

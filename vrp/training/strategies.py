@@ -15,19 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from vrp.models.contracts import TextFusion
+from vrp.models.vision import block_stacks
+
 
 def blocks(module: nn.Module) -> list[nn.Module]:
-    """Transformer blocks of `module`: children of every `nn.ModuleList` whose children share one type and hold
-    parameters (decoder layers, ViT blocks, Q-Former layers), outermost lists only."""
+    """Transformer blocks of `module` (the FSDP units): the children of its outermost block stacks
+    (`vrp.models.vision.block_stacks`)."""
     found: list[nn.Module] = []
     inside: set[int] = set()
-    for m in module.modules():
-        if id(m) in inside:
-            continue
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
-            if any(True for _ in m.parameters()):
-                found.extend(m)
-                inside.update(id(x) for c in m for x in c.modules())
+    for stack in block_stacks(module):
+        if id(stack) not in inside:
+            found.extend(stack)
+            inside.update(id(x) for x in stack.modules())
     return found
 
 
@@ -46,8 +46,10 @@ class BlockWrapPolicy:
         return True if recurse else id(module) in self._ids
 
 
-# methods other than forward that the training/eval code calls on sharded components
-_FSDP_METHODS = {"fusion": ("encode_text", "forward_with_text"), "llm": ("embed", "generate")}
+def _fsdp_methods(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Methods other than forward that the training/eval code calls on sharded components."""
+    text = ("encode_text", "forward_with_text") if isinstance(model.fusion, TextFusion) else ()
+    return {"fusion": text, "llm": ("embed", "generate")}
 
 
 def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forward: bool = True) -> None:
@@ -58,16 +60,18 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
     gradient all-reduce of its own). Mixed precision follows the trainer's `precision` ("bf16-mixed" -> bf16
     params/fp32 reduce is done by `MixedPrecisionPolicy` here, since ModelParallelStrategy leaves it to the user).
     """
-    mesh = getattr(module, "_device_mesh", None)
+    mesh = module.device_mesh
     if mesh is None:
         return
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
     if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
-        raise ValueError("FSDP2 here is data-parallel only: set ModelParallelStrategy(tensor_parallel_size=1, "
-                         "data_parallel_size=<num devices>)")
-    precision = str(getattr(getattr(module, "trainer", None), "precision", "32"))
+        raise ValueError(
+            "FSDP2 here is data-parallel only: set ModelParallelStrategy(tensor_parallel_size=1, "
+            "data_parallel_size=<num devices>)"
+        )
+    precision = str(module.trainer.precision)  # a device mesh means ModelParallelStrategy: the trainer is attached
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if "bf16" in precision else None
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
     if mp is not None:
@@ -78,19 +82,10 @@ def configure_fsdp2(module: Any, extra: list[nn.Module], *, reshard_after_forwar
         for block in blocks(component):
             fully_shard(block, **kwargs)
         fully_shard(component, **kwargs)
-        for method in _FSDP_METHODS.get(name, ()):
-            if hasattr(component, method):
-                register_fsdp_forward_method(component, method)
+        for method in _fsdp_methods(model).get(name, ()):
+            register_fsdp_forward_method(component, method)
     for m in extra:
         fully_shard(m, **kwargs)
-
-
-def hparams_ignore_model() -> list[str]:
-    """`save_hyperparameters(ignore=...)`: keep the model's class_path config when LightningCLI built the module
-    (needed for export and to rebuild frozen backbones by name), drop the live nn.Module otherwise."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return [] if _given_hyperparameters.get() is not None else ["model"]
 
 
 def close_process_group() -> None:

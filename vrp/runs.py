@@ -31,7 +31,7 @@ class RunFolderBusy(RuntimeError):
 def new_version_folder(parent: Path) -> Path:
     """``parent/version_N`` for the first free N, created here (mkdir is atomic: two runs never get the same N)."""
     parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[len("version_"):]) for p in parent.glob("version_*") if p.name[len("version_"):].isdigit()]
+    taken = [int(p.name[len("version_") :]) for p in parent.glob("version_*") if p.name[len("version_") :].isdigit()]
     n = max(taken, default=-1) + 1
     while True:
         try:
@@ -104,9 +104,11 @@ def lock_folders(folders: Iterable[str | os.PathLike]) -> None:
             handle.seek(0)
             holder = handle.read().strip() or "unknown process"
             handle.close()
-            raise RunFolderBusy(f"{folder} is in use by another live run ({holder}); wait for it to end, or give this "
-                                "run its own folder (--trainer.default_root_dir, the loggers' save_dir, the "
-                                "checkpoint dirpath)") from None
+            raise RunFolderBusy(
+                f"{folder} is in use by another live run ({holder}); wait for it to end, or give this "
+                "run its own folder (--trainer.default_root_dir, the loggers' save_dir, the "
+                "checkpoint dirpath)"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

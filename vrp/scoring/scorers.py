@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from data_modules.collate import encode_turns
+from vrp.models.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 LETTERS = string.ascii_uppercase
 
 
@@ -64,8 +64,14 @@ def pad_options(options: Sequence[Sequence[str]]) -> tuple[list[list[str]], torc
 
 
 def encode_candidates(
-    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, score_end_of_turn: bool = True,
-    use_chat_template: bool = True, system_prompt: str | None = None, padding_side: str = "right",
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    score_end_of_turn: bool = True,
+    use_chat_template: bool = True,
+    system_prompt: str | None = None,
+    padding_side: str = "right",
     visual: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Tokenise (prompt, answer) pairs exactly as training collation does (`data_modules.collate.encode_turns`:
@@ -125,8 +131,14 @@ class _Prompting:
         self.use_chat_template, self.system_prompt = use_chat_template, system_prompt
 
     def encode(self, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], **kw: Any) -> dict:
-        return encode_candidates(tokenizer, prompts, targets, use_chat_template=self.use_chat_template,
-                                 system_prompt=self.system_prompt, **kw)
+        return encode_candidates(
+            tokenizer,
+            prompts,
+            targets,
+            use_chat_template=self.use_chat_template,
+            system_prompt=self.system_prompt,
+            **kw,
+        )
 
 
 class LikelihoodScorer(_Prompting):
@@ -139,21 +151,35 @@ class LikelihoodScorer(_Prompting):
     memory on big models (None = all options of the batch in one forward).
     """
 
-    def __init__(self, length_normalize: bool = True, score_end_of_turn: bool = True, target_format: str = "{text}",
-                 chunk_size: int | None = None, use_chat_template: bool = True,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        length_normalize: bool = True,
+        score_end_of_turn: bool = True,
+        target_format: str = "{text}",
+        chunk_size: int | None = None,
+        use_chat_template: bool = True,
+        system_prompt: str | None = None,
+    ) -> None:
         super().__init__(use_chat_template, system_prompt)
         self.length_normalize, self.score_end_of_turn = length_normalize, score_end_of_turn
         self.target_format, self.chunk_size = target_format, chunk_size
 
     @torch.no_grad()
-    def pair_logprobs(self, model: Any, video_tokens: torch.Tensor, prompts: Sequence[str], targets: Sequence[str],
-                      *, visual: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pair_logprobs(
+        self,
+        model: Any,
+        video_tokens: torch.Tensor,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        *,
+        visual: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Summed log-probability (N,), scored-token count (N,) and greedy flag (N,) of each target after its prompt,
         row i seeing ``video_tokens[i]`` (N, Q, D), in forwards of ``chunk_size`` rows (the lmms-eval adapter's
         ``loglikelihood`` is this too)."""
-        enc = self.encode(model.llm.tokenizer, prompts, targets, score_end_of_turn=self.score_end_of_turn,
-                          visual=visual)
+        enc = self.encode(
+            model.llm.tokenizer, prompts, targets, score_end_of_turn=self.score_end_of_turn, visual=visual
+        )
         N = len(prompts)
         step = self.chunk_size or N
         sums, counts, greedy = [], [], []
@@ -171,8 +197,11 @@ class LikelihoodScorer(_Prompting):
         B, O = valid.shape
         video_tokens = model.video_tokens(batch)  # (B, Q, D) once per question
         prompts = [p for p in batch["prompt"] for _ in range(O)]
-        targets = [self.target_format.format(letter=LETTERS[i], text=o if o.strip() else "?")  # "?" rows masked
-                   for row in options for i, o in enumerate(row)]
+        targets = [
+            self.target_format.format(letter=LETTERS[i], text=o if o.strip() else "?")  # "?" rows masked
+            for row in options
+            for i, o in enumerate(row)
+        ]
         total, n, _ = self.pair_logprobs(model, video_tokens.repeat_interleave(O, dim=0), prompts, targets)
         total, n = total.view(B, O), n.view(B, O)
         scores = total / n.clamp_min(1) if self.length_normalize else total
@@ -187,18 +216,23 @@ class LetterScorer(_Prompting):
     the answer the model was trained to emit for option i (``{letter}`` or ``({letter})``); its first token is scored.
     """
 
-    def __init__(self, letter_format: str = "{letter}", use_chat_template: bool = True,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self, letter_format: str = "{letter}", use_chat_template: bool = True, system_prompt: str | None = None
+    ) -> None:
         super().__init__(use_chat_template, system_prompt)
         self.letter_format = letter_format
 
     def letter_token_ids(self, tokenizer: Any, n: int) -> list[int]:
-        ids = [tokenizer(self.letter_format.format(letter=LETTERS[i]), add_special_tokens=False)["input_ids"]
-               for i in range(n)]
+        ids = [
+            tokenizer(self.letter_format.format(letter=LETTERS[i]), add_special_tokens=False)["input_ids"]
+            for i in range(n)
+        ]
         first = [x[0] for x in ids if x]
         if len(first) != n or len(set(first)) != n:
-            raise ValueError(f"letter_format {self.letter_format!r} does not give a distinct first token per letter "
-                             f"with this tokenizer: {ids}; use a format whose letters tokenise separately")
+            raise ValueError(
+                f"letter_format {self.letter_format!r} does not give a distinct first token per letter "
+                f"with this tokenizer: {ids}; use a format whose letters tokenise separately"
+            )
         return first
 
     @torch.no_grad()
@@ -226,7 +260,7 @@ def parse_choice(text: str, options: Sequence[str]) -> int:
     Accepted, in order: a leading letter ("B", "(B)", "B. ...", "Answer: B"), the exact option text (normalised),
     then the option sharing the most words with the answer (ties and no overlap give -1).
     """
-    from vrp.evaluation.metrics import normalize_answer
+    from vrp.scoring.metrics import normalize_answer
 
     valid = [i for i, o in enumerate(options) if str(o).strip()]
     stripped = re.sub(r"^\s*(answer|option)\s*[:\-]?\s*", "", text.strip(), flags=re.IGNORECASE)
@@ -250,8 +284,9 @@ class GenerateScorer(_Prompting):
     ``generate(model, batch)`` alone serves open-ended questions (no ``options`` needed).
     """
 
-    def __init__(self, max_new_tokens: int = 16, use_chat_template: bool = True,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self, max_new_tokens: int = 16, use_chat_template: bool = True, system_prompt: str | None = None
+    ) -> None:
         super().__init__(use_chat_template, system_prompt)
         self.max_new_tokens = max_new_tokens
 
@@ -264,7 +299,10 @@ class GenerateScorer(_Prompting):
         enc = prompt_only(self.encode(model.llm.tokenizer, batch["prompt"], ["x"] * len(batch["prompt"])))
         gen_batch = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
         gen_batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in gen_batch.items()}
-        gen_batch["input_ids"], gen_batch["attention_mask"] = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        gen_batch["input_ids"], gen_batch["attention_mask"] = (
+            enc["input_ids"].to(device),
+            enc["attention_mask"].to(device),
+        )
         return model.generate(gen_batch, max_new_tokens=self.max_new_tokens)
 
     def __call__(self, model: Any, batch: dict) -> MCOutput:

@@ -25,8 +25,9 @@ class PerTypeAccuracy(Metric):
 
     full_state_update = False
 
-    def __init__(self, types: Sequence[str] | None = None, *, grow: bool | None = None,
-                 sync_on_compute: bool = True) -> None:
+    def __init__(
+        self, types: Sequence[str] | None = None, *, grow: bool | None = None, sync_on_compute: bool = True
+    ) -> None:
         """``sync_on_compute=False`` for counts that already cover every rank (computed on one rank only)."""
         super().__init__(sync_on_compute=sync_on_compute)
         self.types: list[str] = list(types or [])

@@ -18,15 +18,38 @@ from pathlib import Path
 
 import torch
 
-VIT = {"model_type": "vit", "image_size": 128, "patch_size": 16, "hidden_size": 192, "num_hidden_layers": 4,
-       "num_attention_heads": 3, "intermediate_size": 768}
-LLM = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
-       "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
-       "tie_word_embeddings": True}
+from vrp.models.constants import VIDEO_TOKEN
+
+VIT = {
+    "model_type": "vit",
+    "image_size": 128,
+    "patch_size": 16,
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 3,
+    "intermediate_size": 768,
+}
+LLM = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+}
 
 
-def prepare(tokenizer: str, out: str | Path, *, seed: int = 0, vit: dict | None = None, llm: dict | None = None,
-            overwrite: bool = False) -> Path:
+def prepare(
+    tokenizer: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    vit: dict | None = None,
+    llm: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Build and save the tiny ViT and Llama; returns `out`."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -38,13 +61,18 @@ def prepare(tokenizer: str, out: str | Path, *, seed: int = 0, vit: dict | None 
     torch.manual_seed(seed)
     vit_model = AutoModel.from_config(AutoConfig.for_model(**(vit or VIT)), add_pooling_layer=False)
     vit_model.save_pretrained(out / "vit")
-    (out / "vit" / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": (vit or VIT)["image_size"]}))
+    (out / "vit" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": (vit or VIT)["image_size"]})
+    )
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    if "<video>" not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
-    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
-           "eos_token_id": tok.eos_token_id}
+    if VIDEO_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+    ids = {
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
     torch.manual_seed(seed + 1)
     llm_model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**ids, **(llm or LLM)}))
     llm_model.save_pretrained(out / "llm")
@@ -59,8 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--data", default="data/synthetic", help="synthetic root whose train split stage 0 reads")
-    p.add_argument("--vit-steps", type=int, default=None,
-                   help="stage-0 ViT pretraining steps (0: keep it random, recorded; default: leave stage 0 alone)")
+    p.add_argument(
+        "--vit-steps",
+        type=int,
+        default=None,
+        help="stage-0 ViT pretraining steps (0: keep it random, recorded; default: leave stage 0 alone)",
+    )
     a = p.parse_args(argv)
     out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
@@ -70,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     if report_path.is_file():
         done = json.loads(report_path.read_text()).get("steps")
         if done != a.vit_steps:
-            raise SystemExit(f"vrp prepare: {out / 'vit'} holds a ViT from stage 0 with {done} steps, not "
-                             f"--vit-steps {a.vit_steps}; add --overwrite to rebuild the backbones")
+            raise SystemExit(
+                f"vrp prepare: {out / 'vit'} holds a ViT from stage 0 with {done} steps, not "
+                f"--vit-steps {a.vit_steps}; add --overwrite to rebuild the backbones"
+            )
         return
     if a.vit_steps == 0:  # the random ViT, recorded so that a later --vit-steps N is not applied on top of it
         report_path.write_text(json.dumps({"steps": 0}))
@@ -79,5 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.training.stage0 import pretrain_vit
 
     report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
-    print(f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
-          f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}")
+    print(
+        f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
+        f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}"
+    )

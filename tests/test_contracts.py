@@ -1,0 +1,223 @@
+"""Every implementation of a declared contract (`vrp.models.contracts`, `data_modules.sources.MapSource`) conforms:
+isinstance with its protocol, and the declared shapes hold on a tiny input. The lists below are checked against the
+classes the packages define, so a new part cannot skip its row."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import pkgutil
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+import data_modules.sources
+import vrp.models
+from data_modules.skips import SkipCounter
+from data_modules.sources import (
+    CaptionManifest,
+    LlavaInstructions,
+    MapSource,
+    Mixture,
+    MultipleChoice,
+    Record,
+    VideoChat2Instructions,
+)
+from vrp.evaluation.baselines import BlindFusion, MiddleFrame
+from vrp.evaluation.protocol import HoldOutTypes
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.contracts import Fusion, TextFusion, VisionEncoder
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.tracks import TrackFusion
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
+
+D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
+N = PREFIX + GRID[0] * GRID[1]
+TINY_QFORMER = dict(
+    num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T, init_std=0.1
+)
+TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
+TINY_TRACKS = dict(
+    max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_attributes=4
+)
+FUSIONS = {
+    "PoolingConnector": partial(PoolingConnector, temporal_bins=2, spatial_size=(1, 1)),
+    "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
+    "MLPConnector": partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2), hidden_dim=8, output_dim=8),
+    "PerceiverResampler": partial(PerceiverResampler, num_latents=3, depth=1, num_heads=2, output_dim=8),
+    "FrameQFormerFusion": partial(FrameQFormerFusion, **TINY_QFORMER, **TINY_VIDEO_QFORMER),
+    "JointQFormerFusion-text-objects": partial(JointQFormerFusion, vocab_size=20, objects=True, **TINY_QFORMER),
+    "TrackFusion-roi": partial(TrackFusion, **TINY_TRACKS),
+    "TrackFusion-oracle": partial(TrackFusion, appearance="oracle", **TINY_TRACKS),
+    "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
+    "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
+    "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
+    "MiddleFrame-QFormer": partial(
+        MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER, **TINY_VIDEO_QFORMER)
+    ),
+}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1},
+}
+ENCODERS = {
+    "HFVisionEncoder": lambda: HFVisionEncoder(
+        config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2)
+    ),
+    "OpenClipVisionEncoder": lambda: OpenClipVisionEncoder("vrp-contracts-tiny-clip", model_config=TINY_CLIP),
+}
+
+
+def _classes(package, keep) -> set[type]:
+    """The classes defined in ``package``'s modules (and vrp.evaluation.baselines / .protocol) that ``keep`` selects."""
+    modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+    modules += [importlib.import_module("vrp.evaluation.baselines"), importlib.import_module("vrp.evaluation.protocol")]
+    return {
+        c
+        for m in modules
+        for _, c in inspect.getmembers(m, inspect.isclass)
+        if c.__module__ == m.__name__ and not c.__name__.startswith("_") and keep(c)
+    }
+
+
+def _is_fusion_class(cls: type) -> bool:
+    """Built like a fusion: the reasoner's factory arguments (vision_width, grid, num_prefix_tokens) first."""
+    if not issubclass(cls, nn.Module):
+        return False
+    params = list(inspect.signature(cls.__init__).parameters)[1:4]
+    return params == ["vision_width", "grid", "num_prefix_tokens"]
+
+
+def test_every_fusion_and_encoder_class_has_a_row():
+    listed = {f.func for f in FUSIONS.values()}
+    found = _classes(vrp.models, _is_fusion_class) - {vrp.models.objects.ObjectTokens}  # a fusion component
+    assert found == listed, f"classes without a contract row: {sorted(c.__name__ for c in found - listed)}"
+    encoders = _classes(vrp.models, lambda c: issubclass(c, nn.Module) and c.__module__ == "vrp.models.vision")
+    assert {c.__name__ for c in encoders} == set(ENCODERS)
+
+
+def _inputs(B: int = 2):
+    visual = torch.randn(B, T, N, D)
+    frame_mask = torch.ones(B, T, dtype=torch.bool)
+    frame_mask[1, -1] = False
+    boxes = torch.tensor([0.1, 0.1, 0.6, 0.6]).expand(B, T, K, 4).clone()
+    box_mask = torch.ones(B, T, K, dtype=torch.bool)
+    attributes = torch.zeros(B, K, 4)
+    attributes[:, :, 0] = 1
+    return visual, frame_mask, boxes, box_mask, attributes
+
+
+@pytest.mark.parametrize("name", FUSIONS)
+def test_fusion_contract(name):
+    torch.manual_seed(0)
+    fusion = FUSIONS[name](D, GRID, PREFIX)
+    assert isinstance(fusion, Fusion)
+    for attr in ("supports_text", "needs_boxes", "reads_boxes"):
+        assert isinstance(getattr(fusion, attr), bool), attr
+    assert not fusion.needs_boxes or fusion.reads_boxes
+    visual, frame_mask, boxes, box_mask, attributes = _inputs()
+    text = {"text_ids": torch.tensor([[1, 2, 3], [4, 5, 0]]), "text_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    out = fusion(
+        visual,
+        frame_mask,
+        boxes=boxes,
+        box_mask=box_mask,
+        box_attributes=attributes,
+        **(text if fusion.supports_text else {}),
+    )
+    assert out.shape == (2, fusion.num_output_tokens, fusion.output_dim) and torch.isfinite(out).all()
+    if not fusion.needs_boxes:  # boxes are optional: the same shape without them
+        assert fusion(visual, frame_mask).shape == out.shape
+    if "QFormerFusion" in name and not name.startswith("MiddleFrame"):
+        assert isinstance(fusion, TextFusion)  # a text encoder for stage 1, whether or not the queries read text
+    if isinstance(fusion, TextFusion) and fusion.supports_text:
+        text_features = fusion.encode_text(text["text_ids"], text["text_mask"])
+        assert text_features.shape == (2, 3, fusion.hidden_size)
+        joint = fusion.forward_with_text(visual, frame_mask, text["text_ids"], text["text_mask"])
+        assert joint.shape[0] == 2 and joint.shape[2] == fusion.hidden_size
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_vision_encoder_contract(name):
+    torch.manual_seed(0)
+    enc = ENCODERS[name]()
+    assert isinstance(enc, VisionEncoder)
+    assert len(enc.mean) == len(enc.std) == 3 and len(enc.grid) == 2
+    video = torch.randn(2, 2, 3, enc.image_size, enc.image_size)
+    tokens = enc(video)
+    assert tokens.shape == (2, 2, enc.num_prefix_tokens + enc.grid[0] * enc.grid[1], enc.width)
+
+
+def _source_files(tmp_path):
+    (tmp_path / "captions.csv").write_text("video,caption\na.mp4,a red ball\nb.mp4,a blue cube\n")
+    (tmp_path / "llava.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"q{i}",
+                    "video": f"v{i}.mp4",
+                    "type": t,
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nwhat next?"},
+                        {"from": "gpt", "value": "red"},
+                    ],
+                }
+                for i, t in enumerate(["predictive", "descriptive"])
+            ]
+        )
+    )
+    (tmp_path / "vc2.jsonl").write_text(json.dumps({"video": "a.mp4", "QA": [{"i": "Watch.", "q": "Who?", "a": "x"}]}))
+    (tmp_path / "mc.csv").write_text(
+        "video,question,answer,a0,a1,a2,a3,a4,qid,type\nv1,why did it turn,1,red,blue,green,cube,ball,1,explanatory\n"
+    )
+    return {
+        "CaptionManifest": lambda: CaptionManifest(str(tmp_path / "captions.csv")),
+        "LlavaInstructions": lambda: LlavaInstructions(str(tmp_path / "llava.json")),
+        "VideoChat2Instructions": lambda: VideoChat2Instructions(str(tmp_path / "vc2.jsonl")),
+        "MultipleChoice": lambda: MultipleChoice(str(tmp_path / "mc.csv"), video_path="{video}.mp4"),
+        "Mixture": lambda: Mixture(
+            [
+                LlavaInstructions(str(tmp_path / "llava.json")),
+                MultipleChoice(str(tmp_path / "mc.csv"), video_path="{video}.mp4"),
+            ]
+        ),
+        "HoldOutTypes": lambda: HoldOutTypes(LlavaInstructions(str(tmp_path / "llava.json")), held_out=["predictive"]),
+    }
+
+
+SOURCES = [
+    "CaptionManifest",
+    "LlavaInstructions",
+    "VideoChat2Instructions",
+    "MultipleChoice",
+    "Mixture",
+    "HoldOutTypes",
+]
+
+
+def test_every_map_source_class_has_a_row():
+    found = _classes(
+        data_modules.sources, lambda c: inspect.isfunction(getattr(c, "load", None)) and c is not MapSource
+    )
+    assert {c.__name__ for c in found} == set(SOURCES)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_map_source_contract(name, tmp_path):
+    source = _source_files(tmp_path)[name]()
+    assert isinstance(source, MapSource)
+    records = source.load(SkipCounter(max_bad_fraction=1.0))
+    assert records and all(isinstance(r, Record) and r.turns for r in records)
+
+
+def test_reasoner_checks_its_parts_against_their_contracts():
+    from vrp.models.reasoner import VideoReasoner
+
+    with pytest.raises(TypeError, match="not a vision encoder"):
+        VideoReasoner(nn.Linear(2, 2), FUSIONS["PoolingConnector"], llm=None)
+    with pytest.raises(TypeError, match="not a fusion module"):
+        VideoReasoner(ENCODERS["HFVisionEncoder"](), lambda width, grid, prefix: nn.Identity(), llm=None)
