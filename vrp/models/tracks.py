@@ -94,7 +94,8 @@ class TrackFusion(nn.Module):
     Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T, K, 4), box_mask (B, T, K),
     box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``; boxes are required (K <=
     ``max_objects``), ``box_attributes`` only with ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches:
-    ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features).
+    ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features), ``relation_bias`` (the
+    pair-wise attention bias; off in the embedded default).
     """
 
     supports_text = False
