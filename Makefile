@@ -39,12 +39,16 @@ PRETRAIN_CKPT := runs/embedded/pretrain/checkpoints/last.ckpt
 FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
 EXPORTED := artifacts/embedded/finetune
 
-# Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random); both run once.
+# Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random) and, with LLM_STEPS > 0, the LLM on
+# text written from the train clips' captions and questions (the default 0 keeps it random; README has both
+# measured); each runs once (a different value on existing artifacts is refused: remove artifacts/embedded first).
 VIT_STEPS ?= 600
+LLM_STEPS ?= 0
 prepare: $(EMBEDDED)/vit/stage0.json
 
 $(EMBEDDED)/vit/stage0.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS)
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS) \
+		--llm-steps $(LLM_STEPS)
 
 $(EMBEDDED)/llm/config.json: $(EMBEDDED)/vit/stage0.json
 

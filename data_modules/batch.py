@@ -7,8 +7,10 @@ Shapes (B batch, T frames, C channels, H/W pixels, K boxes per frame, L text tok
 
 - ``video``            float32 (B, T, C, H, W)  normalised with the vision backbone's mean/std.
 - ``frame_mask``       bool    (B, T)           True where the frame is real (False = padding of a short clip).
-- ``boxes``            float32 (B, T, K, 4)     optional; xyxy in [0, 1] of the frame.
-- ``box_mask``         bool    (B, T, K)        optional; True where ``boxes`` holds a real box.
+- ``boxes``            float32 (B, T*S, K, 4)   optional; xyxy in [0, 1] of the frame; S box rows per frame (row t*S is
+                                                frame t's, the others a tracker's boxes up to frame t+1), S = the
+                                                fusion's ``box_substeps`` (1 for every fusion but a track fusion).
+- ``box_mask``         bool    (B, T*S, K)      optional; True where ``boxes`` holds a real box.
 - ``box_attributes``   float32 (B, K, V)        optional, state oracle only; multi-hot attribute words of each box.
 - ``input_ids``        int64   (B, L)           LLM tokens: prompt with exactly one video placeholder token, then target.
 - ``attention_mask``   int64   (B, L)           1 for real tokens, 0 for padding (left or right, by config).

@@ -98,6 +98,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
         self.box_attributes: list[str] | None = None
+        self.box_substeps = 1
         self.feature_cache: str | None = None
         self._features: FeatureStore | None = None
 
@@ -107,6 +108,13 @@ class _ClipDataModule(L.LightningDataModule):
     ) -> None:
         """Frame size and normalisation of the vision backbone; call before the dataloaders are built."""
         self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
+
+    def configure_box_substeps(self, box_substeps: int) -> None:
+        """The box rows per sampled frame the fusion reads (S: ``boxes`` (B, T * S, K, 4), the tracks between the
+        sampled frames); call before the dataloaders are built."""
+        if box_substeps < 1:
+            raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
+        self.box_substeps = int(box_substeps)
 
     def skip_counts(self) -> dict[str, int]:
         return self.skips.totals()
@@ -174,6 +182,7 @@ class _ClipDataModule(L.LightningDataModule):
             fps=self.sample_fps if sampling == "fps" else None,
             short_side=self.decode_short_side,
             box_attributes=self.box_attributes,
+            box_substeps=self.box_substeps,
             features=self.features(),
             image_frames=self.image_frames,
             damaged=self.damaged_clips,

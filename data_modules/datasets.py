@@ -36,11 +36,14 @@ class ClipLoader:
         short_side: int | None = None,
         image_frames: int = 1,
         box_attributes: list[str] | None = None,
+        box_substeps: int = 1,
         features: FeatureStore | None = None,
         damaged: Literal["skip", "keep"] = "skip",
     ) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
+        ``box_substeps``: S box rows per sampled frame (`data_modules.sources.boxes.substep_times`), so ``boxes`` is
+        (T * S, K, 4): the track between the sampled frames, for a fusion built with the same ``box_substeps``.
         ``features``: read each video's frozen-encoder tokens from this store (sample key ``visual``) instead of
         decoding it. ``damaged``: a clip some of whose packets fail to decode is skipped (``decode_error``) or kept,
         decoded from its readable packets."""
@@ -49,6 +52,9 @@ class ClipLoader:
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
         self.short_side, self.image_frames, self.damaged = short_side, image_frames, damaged
         self.box_attributes, self.features = box_attributes, features
+        if box_substeps < 1:
+            raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
+        self.box_substeps = box_substeps
 
     def read(self, rec: Record) -> DecodedClip:
         """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
@@ -109,16 +115,17 @@ class ClipLoader:
         return self._sample(rec, {"video": video}, clip.frame_mask, boxes, box_mask, attributes)
 
     def _boxes(self, rec: Record, timestamps: torch.Tensor, fps: float, frame_mask: torch.Tensor):
-        """Boxes (T, K, 4), box mask (T, K) of the sampled frames, and the oracle's attributes (K, V) if asked for."""
+        """Boxes (T * S, K, 4), box mask (T * S, K) of the sampled frames (S = ``box_substeps`` rows each), and the
+        oracle's attributes (K, V) if asked for."""
         if rec.boxes is None or rec.modality != "video":
             return None, None, None
         if rec.video_key not in rec.boxes:
             raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
-        boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps)
+        boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps, self.box_substeps)
         attributes = (
             rec.boxes.attributes(rec.video_key, self.box_attributes) if self.box_attributes is not None else None
         )
-        return boxes, box_mask & frame_mask[:, None], attributes
+        return boxes, box_mask & frame_mask.repeat_interleave(self.box_substeps)[:, None], attributes
 
     @staticmethod
     def _sample(rec: Record, pixels: dict, frame_mask, boxes, box_mask, attributes) -> dict:

@@ -13,7 +13,7 @@ from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
 
 class VideoTransform:
-    """uint8 (T, C, H, W) -> normalised float (T, C, S, S); boxes (T, K, 4) xyxy in [0, 1] follow the same geometry.
+    """uint8 (T, C, H, W) -> normalised float (T, C, S, S); boxes (T * S, K, 4) xyxy in [0, 1] (S box rows per frame) follow the same geometry.
 
     Train: random resized crop (``scale``, ``ratio``) shared by all frames; horizontal flip only if ``hflip`` (off by
     default: direction matters for causal questions). Eval: resize the short side to S, centre crop.
@@ -47,12 +47,11 @@ class VideoTransform:
         video = tv_tensors.Video(frames)
         if boxes is None:
             return self.normalize(self.geometry(video)).as_subclass(torch.Tensor), None, None
-        K = boxes.shape[1]
-        scale = torch.tensor([W, H, W, H], dtype=torch.float32)
-        bb = tv_tensors.BoundingBoxes((boxes * scale).reshape(T * K, 4), format="XYXY", canvas_size=(H, W))
+        scale = torch.tensor([W, H, W, H], dtype=torch.float32)  # boxes: (T * S, K, 4), S box rows per frame
+        bb = tv_tensors.BoundingBoxes((boxes * scale).reshape(-1, 4), format="XYXY", canvas_size=(H, W))
         video, bb = self.geometry(video, bb)
         h, w = video.shape[-2:]
-        out = bb.as_subclass(torch.Tensor).reshape(T, K, 4) / torch.tensor([w, h, w, h], dtype=torch.float32)
+        out = bb.as_subclass(torch.Tensor).reshape(boxes.shape) / torch.tensor([w, h, w, h], dtype=torch.float32)
         visible = (out[..., 2] > out[..., 0]) & (out[..., 3] > out[..., 1])  # a box cropped away has zero area
         mask = visible if box_mask is None else box_mask & visible
         return self.normalize(video).as_subclass(torch.Tensor), out * mask[..., None], mask

@@ -4,8 +4,9 @@
                             [--steps 1500] [--eval-every 500] [--eval-questions 600] [--templates count,color]
                             [--types descriptive] [--blind] [--no-init]
 
-It builds the stage module and datamodule from the same YAMLs as `vrp fit` (overlays apply), decodes every train and
-test video ONCE with the eval view (uniform frames, no crop), runs the frozen vision encoder once per video, and then
+It builds the stage module and datamodule from the same YAMLs as `vrp fit` (overlays apply), reads every train and
+test video's frozen-encoder tokens ONCE (from the config's feature cache when it has one, as `vrp fit` does; else by
+decoding with the eval view, uniform frames and no crop, and running the encoder; `--decode` forces that), and then
 trains the module's trainable parts (fusion, projection, LLM per its modes) on those features with the module's own
 loss, optimiser settings and scorer. A step costs only fusion + LLM, so a run of the stage-2 length takes minutes
 where `vrp fit` takes half an hour on two CPU cores. Every `--eval-every` steps it prints accuracy per question template
@@ -32,14 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _videos(records, loader, vision) -> dict[str, dict]:
-    """video_key -> {visual (T, N, D), frame_mask, boxes, box_mask}: each video decoded and encoded once."""
+    """video_key -> {visual (T, N, D), frame_mask, boxes, box_mask}: each video read from the feature cache, or
+    decoded and encoded, once."""
     out: dict[str, dict] = {}
     for rec in records:
         if rec.video_key in out:
             continue
         s = loader(rec)
-        with torch.no_grad():
-            visual = vision(s["video"][None])[0]  # (T, N, D)
+        if "visual" in s:  # from the feature cache
+            visual = s["visual"]
+        else:
+            with torch.no_grad():
+                visual = vision(s["video"][None])[0]  # (T, N, D)
         out[rec.video_key] = {
             "visual": visual,
             "frame_mask": s["frame_mask"],
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-questions", type=int, default=600, help="questions sampled from each of train and test")
     p.add_argument("--types", default="", help="comma-separated question types to train and test on")
     p.add_argument("--templates", default="", help="comma-separated synthetic templates to train and test on")
+    p.add_argument(
+        "--train-videos", type=int, default=0, help="train on the questions of the first N train videos only"
+    )
     p.add_argument("--blind", action="store_true", help="zero the visual features (text-only control)")
     p.add_argument("--no-init", action="store_true", help="do not load the stage-1 checkpoint")
+    p.add_argument("--decode", action="store_true", help="decode and encode every video even if a feature cache is set")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
@@ -95,11 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.training.losses import lm_loss
     from vrp.training.optim import adamw_cosine
 
-    # the probe decodes and encodes each video itself (its view equals the feature cache's: eval sampling, no crop)
-    args = [x for c in a.config for x in ("--config", c)] + [
-        "--trainer.logger=false",
-        "--data.init_args.feature_cache=null",
-    ]
+    args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]
+    if a.decode:  # decode and encode each video here (the same view as the feature cache: eval sampling, no crop)
+        args.append("--data.init_args.feature_cache=null")
     if a.no_init:
         args.append("--model.init_args.init_from=null")
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from `args` only (it warns when both are set)
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(a.seed)
     vision = model.vision.eval()
     dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    dm.configure_box_substeps(model.fusion.box_substeps)
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
@@ -126,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         return (not types or rec.question_type in types) and (not templates or by_template.get(rec.key) in templates)
 
     train = [r for r in dm.records["train"] if keep(r)]
+    if a.train_videos:  # a data-size what-if: the same steps on fewer clips
+        first = list(dict.fromkeys(r.video_key for r in train))[: a.train_videos]
+        train = [r for r in train if r.video_key in set(first)]
     test = [r for r in dm.records["test"] if keep(r)]
     if not train or not test:
         raise SystemExit(f"no questions left after --types {a.types!r} --templates {a.templates!r}")
@@ -133,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = dm.clip_loader(train=False)
     feats = _videos(train + test, loader, vision)
     print(
-        f"{len(train)} train / {len(test)} test questions; {len(feats)} videos encoded in {time.time() - t0:.0f} s",
+        f"{len(train)} train / {len(test)} test questions; {len(feats)} videos read in {time.time() - t0:.0f} s",
         flush=True,
     )
 
@@ -151,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     params = [q for q in module.parameters() if q.requires_grad]
     collator = dm.collator()
+    scored = [r for r in train if r.options is not None]  # a mixture may hold captions: only questions are scored
     samples = {
-        "train": rng.sample(train, min(a.eval_questions, len(train))),
+        "train": rng.sample(scored, min(a.eval_questions, len(scored))),
         "test": rng.sample(test, min(a.eval_questions, len(test))),
     }
 

@@ -53,10 +53,30 @@ class BoxTable:
                     out[k, index[word]] = 1.0
         return out
 
-    def lookup(self, key: str, timestamps: torch.Tensor, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes (T, K, 4) and mask (T, K) of the frames at ``timestamps`` (seconds)."""
+    def lookup(
+        self, key: str, timestamps: torch.Tensor, fps: float, substeps: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (T * S, K, 4) and mask (T * S, K) of the frames at ``timestamps`` (seconds), S = ``substeps``:
+        row ``t * S + s`` is the box at `substep_times` (s = 0: the sampled frame itself); rows between frames that
+        fall past the video's last frame are masked."""
         t = self.table[key]  # (F, K, 4)
-        idx = (timestamps * fps).round().long().clamp(0, t.shape[0] - 1)
-        boxes = t[idx]
-        mask = ~boxes.isnan().any(-1)
+        pos = (substep_times(timestamps, substeps) * fps).round().long()  # (T * S,) frame indices
+        boxes = t[pos.clamp(0, t.shape[0] - 1)]
+        between = torch.arange(len(pos)) % substeps != 0  # the rows after a sampled frame
+        mask = ~boxes.isnan().any(-1) & ~(between & (pos >= t.shape[0]))[:, None]
         return boxes.nan_to_num(0.0), mask
+
+
+def substep_times(timestamps: torch.Tensor, substeps: int) -> torch.Tensor:
+    """(T,) sampled frame times -> (T * S,): each time, then S - 1 evenly spaced times up to the next one (after the
+    last, spaced as before it). S = 1 returns ``timestamps``: the boxes of the sampled frames only; S > 1 gives a
+    tracker's boxes between the sampled frames, so a model sees motion and contacts at the video's own rate."""
+    if substeps < 1:
+        raise ValueError(f"box substeps must be >= 1, got {substeps}")
+    if substeps == 1:
+        return timestamps
+    ts = timestamps.double()
+    gap = ts.diff() if len(ts) > 1 else ts.new_zeros(0)
+    gap = torch.cat([gap, gap[-1:] if len(gap) else ts.new_zeros(1)])  # (T,): the last interval repeats the one before
+    frac = torch.arange(substeps, dtype=ts.dtype) / substeps  # (S,)
+    return (ts[:, None] + gap[:, None] * frac[None]).reshape(-1).to(timestamps.dtype)

@@ -31,6 +31,25 @@ def test_stage1_default_synthetic(synthetic):
     assert dm.skip_counts()["good"] >= 2 and set(dm.state_dict()) == {"skips"}
 
 
+def test_box_substeps_give_several_box_rows_per_frame(synthetic):
+    dm = InstructionDataModule(
+        val=MultipleChoice(str(synthetic / "train" / "mc.csv")),
+        synthetic_root=str(synthetic),
+        batch_size=2,
+        num_workers=0,
+        num_frames=4,
+        train_sampling="uniform",
+        synthetic_boxes=True,
+        crop_scale=(0.5, 0.5),  # a random crop moves every box row with the frames
+    )
+    dm.setup("fit")
+    dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
+    dm.configure_box_substeps(3)  # the fusion's, handed over by the stage module
+    b = next(iter(dm.train_dataloader()))
+    assert b["video"].shape[:2] == (2, 4) and b["boxes"].shape[:2] == (2, 12) and b["box_mask"].shape[:2] == (2, 12)
+    assert b["box_mask"][:, ::3].any() and (b["boxes"][b["box_mask"]] <= 1).all()
+
+
 def test_stage2_instructions_and_mc(synthetic):
     dm = InstructionDataModule(
         val=MultipleChoice(str(synthetic / "train" / "mc.csv")),

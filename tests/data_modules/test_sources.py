@@ -97,9 +97,25 @@ def test_boxes_lookup_by_timestamp(tmp_path):
     assert mask.tolist() == [[True, False], [True, True]] and boxes[1, 0].tolist() == pytest.approx(
         [0.1, 0.1, 0.6, 0.6]
     )
+    # 2 rows per sampled frame: the frame, then halfway to the next (frames 0, 0, 1, 2: frame 2 is past the end)
+    boxes, mask = BoxTable(str(p)).lookup("v", torch.tensor([0.0, 0.1]), fps=10, substeps=2)
+    assert boxes.shape == (4, 2, 4) and mask[:, 0].tolist() == [True, True, True, False]
     p.write_text(json.dumps({"v": {"objects": ["a"]}}))
     with pytest.raises(ValueError, match="entry 'v' is malformed"):
         BoxTable(str(p))
+
+
+def test_substep_times():
+    import torch
+
+    from data_modules.sources.boxes import substep_times
+
+    ts = torch.tensor([0.0, 0.4, 1.0])
+    assert substep_times(ts, 1) is ts
+    torch.testing.assert_close(substep_times(ts, 2), torch.tensor([0.0, 0.2, 0.4, 0.7, 1.0, 1.3]))
+    torch.testing.assert_close(substep_times(ts[:1], 3), torch.zeros(3))  # one frame: nothing to space
+    with pytest.raises(ValueError, match="substeps"):
+        substep_times(ts, 0)
 
 
 def test_mixture_weights(tmp_path):

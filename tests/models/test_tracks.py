@@ -137,3 +137,67 @@ def test_inference_matches_training_mode(relation_bias):
     with torch.no_grad():
         infer = fusion(visual, None, boxes=boxes, box_mask=mask)
     torch.testing.assert_close(infer, train)
+
+
+def test_contact_features_by_hand():
+    from vrp.models.tracks import FAR, contact_features
+
+    boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.35, 0.1, 0.55, 0.3], [0.0, 0.0, 0.0, 0.0]])[None, None]  # (1,1,3,4)
+    mask = torch.tensor([[[True, True, False]]])
+    c = contact_features(boxes, mask, slots=4)
+    assert c.shape == (1, 1, 3, 8)
+    torch.testing.assert_close(
+        c[0, 0, 0, :4], torch.tensor([FAR, 0.05, FAR, FAR]) / FAR
+    )  # itself, 0.05 apart, absent, none
+    torch.testing.assert_close(c[0, 0, 1, 0], torch.tensor(0.05 / FAR))  # symmetric
+    torch.testing.assert_close(c[0, 0, 0, 4:], torch.tensor([0.1, 0.1, 0.5, 0.7]).clamp(max=FAR) / FAR)  # l, t, r, b
+    assert c[0, 0, 2].abs().sum() == 0  # an absent box has no features
+    overlap = contact_features(torch.tensor([[[[0.1, 0.1, 0.3, 0.3], [0.2, 0.1, 0.4, 0.3]]]]), mask[..., :2], slots=2)
+    assert overlap[0, 0, 0, 1] < 0  # overlapping boxes: negative gap
+
+
+def test_box_substeps_read_the_track_between_frames():
+    visual, boxes, mask = _inputs(T=3)
+    S = 4
+    dense = boxes.repeat_interleave(S, dim=1).clone()  # (B, T*S, K, 4): still between frames ...
+    fusion = _fusion(box_substeps=S, contacts=True).eval()
+    ref = fusion(visual, None, boxes=dense, box_mask=mask.repeat_interleave(S, dim=1))
+    assert ref.shape == (2, 9, 16)
+    moved = dense.clone()
+    moved[:, 2] += 0.05  # ... a move between sampled frames 0 and 1 (sub-step 2 of frame 0) changes the tokens
+    out = fusion(visual, None, boxes=moved, box_mask=mask.repeat_interleave(S, dim=1))
+    assert not torch.allclose(out, ref)
+    x = fusion.tokens(visual, None, moved, mask.repeat_interleave(S, dim=1), None)[0]
+    x_ref = fusion.tokens(visual, None, dense, mask.repeat_interleave(S, dim=1), None)[0]
+    torch.testing.assert_close(x[:, 1:], x_ref[:, 1:])  # only frame 0's tokens read that row
+    assert not torch.allclose(x[:, 0], x_ref[:, 0])
+    with pytest.raises(ValueError, match="box_substeps"):
+        fusion(visual, None, boxes=boxes, box_mask=mask)  # one row per frame for a fusion that expects 4
+    with pytest.raises(ValueError, match="box_substeps"):
+        _fusion(box_substeps=0)
+
+
+def test_partner_messages_mix_only_real_partners():
+    from vrp.models.tracks import PartnerMessages
+
+    torch.manual_seed(0)
+    S, T, K, H = 2, 3, 3, 16
+    pm = PartnerMessages(H, S)
+    _, boxes, mask = _inputs(B=1, T=T * S, K=K)
+    mask[:, :, 2] = False  # object 2 is absent
+    appearance = torch.randn(1, K, H, requires_grad=True)
+    out = pm(boxes, mask, appearance)
+    assert out.shape == (1, T, K, H)
+    other = appearance.detach().clone()
+    other[:, 2] += 5.0  # the absent object's appearance never reaches a message
+    torch.testing.assert_close(pm(boxes, mask, other), out)
+    other[:, 1] += 5.0  # a present partner's does
+    assert not torch.allclose(pm(boxes, mask, other)[:, :, 0], out[:, :, 0])
+    torch.testing.assert_close(
+        pm(boxes, mask, other)[:, :, 1], pm(boxes, mask, appearance.detach())[:, :, 1]
+    )  # not its own
+    out.square().sum().backward()
+    assert appearance.grad[0, :2].abs().sum() > 0 and all(p.grad is not None for p in pm.parameters())
+    fusion = _fusion(box_substeps=S, partner_messages=True)
+    visual = torch.randn(1, T, 17, 8)
+    assert fusion(visual, None, boxes=boxes, box_mask=mask).shape == (1, 3 * T, 16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -79,3 +80,43 @@ def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, mon
         ]
     )  # cached: not run again
     assert (out / "vit" / "stage0.json").stat().st_mtime == mtime
+
+
+def test_text_corpus_reads_train_captions_and_questions_only(tmp_path):
+    from data_modules.synthetic import generate
+    from vrp.training.stage0 import text_corpus
+
+    generate(tmp_path / "data", videos=10, seed=3, workers=1, size=32, min_frames=6, max_frames=8)
+    docs = text_corpus(tmp_path / "data")
+    train = json.loads((tmp_path / "data" / "train" / "instructions.json").read_text())
+    assert len(docs) == 8 + len(train)  # per train clip: its captions, then captions + each question
+    assert sum("Question:" in d for d in docs) == len(train)
+    assert all("<video>" not in d for d in docs)
+    assert any(train[0]["answer_sentence"] in d and d.count("Question:") == 1 for d in docs)
+    for split in ("val", "test"):  # validation and test text is never read
+        shutil.rmtree(tmp_path / "data" / split)
+    assert text_corpus(tmp_path / "data") == docs
+
+
+def test_vrp_prepare_pretrains_the_llm_on_text_and_saves_by_path(tmp_path, monkeypatch):
+    from data_modules.synthetic import generate
+    from vrp.models import CausalLM
+    from vrp.training import tiny_backbones
+
+    generate(tmp_path / "data", videos=10, seed=2, workers=1, size=32, min_frames=6, max_frames=8)
+    monkeypatch.setattr(tiny_backbones, "VIT", {**TINY_VIT, "image_size": 32})
+    monkeypatch.setattr(tiny_backbones, "LLM", TINY_LLM)
+    out = tmp_path / "emb"
+    args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
+    tiny_backbones.main(args)
+    before = CausalLM(str(out / "llm")).model.state_dict()
+    tiny_backbones.main([*args, "--llm-steps", "6"])
+    report = json.loads((out / "llm" / "stage0.json").read_text())
+    assert report["steps"] == 6 and report["documents"] > 0 and report["held_out_loss"] < report["held_out_loss_start"]
+    assert not (out / "vit" / "stage0.json").exists()  # the ViT was not asked for
+    after = CausalLM(str(out / "llm"))  # loads by path like any HF causal LM
+    assert [k for k, v in after.model.state_dict().items() if not torch.equal(v, before[k])]  # the weights moved
+    with pytest.raises(SystemExit, match="--overwrite"):
+        tiny_backbones.main([*args, "--llm-steps", "7"])
+    tiny_backbones.main([*args, "--overwrite"])  # fresh random backbones drop the old report
+    assert not (out / "llm" / "stage0.json").exists()

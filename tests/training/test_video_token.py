@@ -17,7 +17,9 @@ from vrp.training import data_hooks
 def _module(dm, llm):
     vision = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     return SimpleNamespace(
-        trainer=SimpleNamespace(datamodule=dm), model=SimpleNamespace(vision=vision, llm=llm), hparams={}
+        trainer=SimpleNamespace(datamodule=dm),
+        model=SimpleNamespace(vision=vision, llm=llm, fusion=SimpleNamespace(box_substeps=1)),
+        hparams={},
     )
 
 
@@ -43,3 +45,20 @@ def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_pa
         rf"{llm.video_token_id}",
     ):
         data_hooks.configure_datamodule(_module(other, llm))
+
+
+def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(tiny_root):
+    dm = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
+    module = _module(dm, CausalLM(str(tiny_root / "llm")))
+    module.model.fusion.box_substeps = 4
+    data_hooks.configure_datamodule(module)
+    assert dm.box_substeps == 4
+
+    class Plain:  # a datamodule with none of the optional capabilities
+        pass
+
+    module.trainer.datamodule = Plain()
+    with pytest.raises(ValueError, match="configure_box_substeps"):
+        data_hooks.configure_datamodule(module)
+    module.model.fusion.box_substeps = 1
+    data_hooks.configure_datamodule(module)  # one row per frame needs nothing of it

@@ -64,6 +64,7 @@ def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1)
         num_frames=num_frames,
         sampling="uniform",
         image_frames=image_frames,
+        box_substeps=model.fusion.box_substeps,
         damaged="keep",
     )
 

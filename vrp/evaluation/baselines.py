@@ -22,6 +22,7 @@ class BlindFusion(nn.Module):
     """``num_output_tokens`` learned tokens of width ``output_dim``, independent of the input (a soft prompt)."""
 
     supports_text = needs_boxes = reads_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,
@@ -69,10 +70,11 @@ class MiddleFrame(nn.Module):
             )
         self.output_dim, self.num_output_tokens = self.inner.output_dim, self.inner.num_output_tokens
         self.hidden_size = self.inner.hidden_size if isinstance(self.inner, TextFusion) else self.output_dim
-        self.supports_text, self.needs_boxes, self.reads_boxes = (
+        self.supports_text, self.needs_boxes, self.reads_boxes, self.box_substeps = (
             self.inner.supports_text,
             self.inner.needs_boxes,
             self.inner.reads_boxes,
+            self.inner.box_substeps,
         )
 
     @staticmethod
@@ -95,12 +97,13 @@ class MiddleFrame(nn.Module):
         idx = self.middle_index(frame_mask)
         rows = torch.arange(B, device=visual.device)
         pick = lambda x: None if x is None else x[rows, idx].unsqueeze(1)  # noqa: E731  (B, 1, ...)
+        rows_of = lambda x: None if x is None else x.unflatten(1, (-1, self.box_substeps))[rows, idx]  # noqa: E731
         mask = torch.ones(B, 1, dtype=torch.bool, device=visual.device)
         return self.inner(
             pick(visual),
             mask,
-            boxes=pick(boxes),
-            box_mask=pick(box_mask),
+            boxes=rows_of(boxes),  # the middle frame's box rows (B, S, K, 4)
+            box_mask=rows_of(box_mask),
             box_attributes=box_attributes,
             text_ids=text_ids,
             text_mask=text_mask,

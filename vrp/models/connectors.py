@@ -74,6 +74,7 @@ class PoolingConnector(nn.Module):
     """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of width ``vision_width``; no parameters."""
 
     supports_text = needs_boxes = reads_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class LinearConnector(nn.Module):
     """Pooled tokens through one linear layer to ``output_dim`` (default: ``vision_width``)."""
 
     supports_text = needs_boxes = reads_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,
@@ -136,6 +138,7 @@ class MLPConnector(nn.Module):
     """Pooled tokens through Linear -> GELU -> Linear (LLaVA-1.5's projector); widths default to ``vision_width``."""
 
     supports_text = needs_boxes = reads_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,
@@ -185,6 +188,7 @@ class PerceiverResampler(nn.Module):
     """``num_latents`` learned queries resample all tokens of all real frames (frame embeddings mark time)."""
 
     supports_text = needs_boxes = reads_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,

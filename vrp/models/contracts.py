@@ -9,7 +9,8 @@ code, in `data_modules.sources.record.MapSource`: the models never import data c
   with D = ``width``, N = ``num_prefix_tokens`` + gh * gw for ``grid`` = (gh, gw).
 - `Fusion`: tokens (B, T, N, D) + ``frame_mask`` (B, T) -> (B, ``num_output_tokens``, ``output_dim``); built by the
   reasoner as ``fusion(vision_width, grid, num_prefix_tokens)``. ``supports_text``: reads ``text_ids``;
-  ``needs_boxes``: fails without ``boxes``; ``reads_boxes``: uses ``boxes`` when given.
+  ``needs_boxes``: fails without ``boxes``; ``reads_boxes``: uses ``boxes`` when given; ``box_substeps``: the box
+  rows per frame it reads (``boxes`` (B, T * S, K, 4); 1 for every fusion but a track fusion that asks for more).
 - `TextFusion`: a fusion with a text encoder (a Q-Former), which stage 1's contrastive and matching losses need:
   ``encode_text`` (B, L) -> (B, L, ``hidden_size``) and ``forward_with_text`` (queries and text jointly).
 """
@@ -43,6 +44,7 @@ class Fusion(Protocol):
     supports_text: bool
     needs_boxes: bool
     reads_boxes: bool
+    box_substeps: int
 
     def __call__(
         self,

@@ -22,6 +22,11 @@ def roi_features(patches: torch.Tensor, grid: tuple[int, int], boxes: torch.Tens
     """RoIAlign of boxes over each frame's patch grid: patches (B, T, gh*gw, D), boxes (B, T, K, 4) xyxy in [0, 1]
     -> (B, T, K, D * roi_size**2)."""
     B, T, _, D = patches.shape
+    if boxes.shape[:2] != (B, T):
+        raise ValueError(
+            f"boxes {tuple(boxes.shape)} must have one row per frame of the patches {tuple(patches.shape)}; "
+            "boxes with several rows per frame (a datamodule's box_substeps > 1) are read only by TrackFusion"
+        )
     gh, gw = grid
     K = boxes.shape[2]
     fmap = patches.reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)

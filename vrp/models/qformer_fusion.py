@@ -143,6 +143,7 @@ class FrameQFormerFusion(nn.Module):
     """Per-frame Q-Former, temporal embeddings, video Q-Former (Video-LLaMA); -> (B, video_num_query_tokens, hidden)."""
 
     needs_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,
@@ -248,6 +249,7 @@ class JointQFormerFusion(nn.Module):
     """One Q-Former over all frames' tokens with factorised space + time embeddings; -> (B, num_query_tokens, hidden)."""
 
     needs_boxes = False
+    box_substeps = 1
 
     def __init__(
         self,

@@ -16,6 +16,13 @@ from the pair's boxes (centre offset, distance, the gap between the boxes, time 
 from absolute coordinates (the relative-position bias of T5 / Swin, over boxes; the pairwise relations of
 interaction networks).
 
+With ``box_substeps=S`` > 1 the boxes come at S times per sampled frame (a tracker's boxes between the sampled
+frames; the training layer hands S to the datamodule) and each (object, frame) token embeds the box features of all
+S: pixels stay at T frames, but motion, turns and contacts are seen at the video's own rate instead of every 2-4
+source frames. With ``contacts=True`` each box row also carries its gaps to the other tracked objects (one value per
+slot) and to the four frame edges, and with ``partner_messages=True`` each token gets the appearance of what it
+touches (`PartnerMessages`), so "what touches me now" is in the token itself.
+
 Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
 """
 
@@ -32,6 +39,7 @@ from vrp.models.objects import interpolate_embeddings, roi_features
 Appearance = Literal["roi", "oracle", "none"]
 BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next frame
 PAIR_FEATURES = 7  # centre offset (2), distance, box gap, time offset, same object, same frame
+FAR = 0.5  # contact gaps are clipped here: beyond it nothing is close
 
 
 def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,6 +53,69 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     nxt = torch.cat([step, zero], dim=1)  # motion out of frame t
     feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per frame: rescale
     return feats * mask[..., None]
+
+
+def box_gaps(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, K): the gap between every two boxes of a frame (Chebyshev:
+    < 0 when they overlap), ``FAR`` between a box and itself or an absent box."""
+    K = boxes.shape[2]
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2  # (B, T, K, 2)
+    offset = (centre[:, :, None] - centre[:, :, :, None]).abs()  # (B, T, K, K, 2)
+    gap = (offset - half[:, :, None] - half[:, :, :, None]).amax(-1)  # (B, T, K, K)
+    valid = mask[:, :, :, None] & mask[:, :, None] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)
+    return gap.masked_fill(~valid, FAR)
+
+
+def wall_gaps(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, T, K, 4) xyxy -> (B, T, K, 4): the gaps to the left, top, right and bottom frame edges."""
+    return torch.cat([boxes[..., :2], 1 - boxes[..., 2:]], dim=-1)
+
+
+def contact_features(boxes: torch.Tensor, mask: torch.Tensor, slots: int) -> torch.Tensor:
+    """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, slots + 4): the gap from each box to the box of every slot
+    (< 0: overlapping; ``FAR`` for itself, absent boxes and slots past K) and to the left, top, right and bottom frame
+    edges, each clipped to [-FAR, FAR] and scaled by 1 / FAR; 0 where the box is absent."""
+    B, T, K, _ = boxes.shape
+    gap = torch.cat([box_gaps(boxes, mask), boxes.new_full((B, T, K, slots - K), FAR)], dim=-1)  # (B, T, K, slots)
+    feats = torch.cat([gap, wall_gaps(boxes)], dim=-1).clamp(-FAR, FAR) / FAR
+    return feats * mask[..., None]
+
+
+class PartnerMessages(nn.Module):
+    """For every (object, frame) token, who it is in contact with, as a message: a softmax over the other objects,
+    the nearest frame edge and "nobody", scored from the gaps (and their rate of change) at each of the frame's S box
+    rows, mixes the other objects' appearance (and a learned wall vector) into one vector. "What did X hit" becomes
+    a read of X's own tokens instead of a search over every other track (the messages of interaction networks, with
+    the partner picked by contact)."""
+
+    def __init__(self, hidden_size: int, box_substeps: int):
+        super().__init__()
+        self.box_substeps = box_substeps
+        self.score = nn.Sequential(nn.Linear(2 * box_substeps, 32), nn.GELU(), nn.Linear(32, 1))
+        self.nobody = nn.Parameter(torch.zeros(()))  # the logit of "in contact with nothing"
+        self.wall = nn.Parameter(torch.randn(hidden_size) * 0.02)
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, boxes: torch.Tensor, mask: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """boxes (B, T*S, K, 4), mask (B, T*S, K), per-object appearance (B, K, H) -> messages (B, T, K, H)."""
+        B, TS, K, _ = boxes.shape
+        S = self.box_substeps
+        T = TS // S
+        gaps = torch.cat([box_gaps(boxes, mask), wall_gaps(boxes).amin(-1, keepdim=True)], dim=-1)  # (B, TS, K, K+1)
+        gaps = gaps.clamp(-FAR, FAR) / FAR
+        rate = torch.cat([torch.zeros_like(gaps[:, :1]), gaps.diff(dim=1)], dim=1) * 10  # closing in: < 0
+        feats = torch.stack([gaps, rate], dim=-1).view(B, T, S, K, K + 1, 2)
+        feats = feats.permute(0, 1, 3, 4, 2, 5).reshape(B, T, K, K + 1, 2 * S)
+        logits = self.score(feats)[..., 0]  # (B, T, K, K+1)
+        frame_mask = mask.view(B, T, S, K).any(2)  # (B, T, K)
+        partner = frame_mask[:, :, None, :] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)  # (B, T, K, K)
+        valid = torch.cat([partner, torch.ones_like(partner[..., :1])], dim=-1)  # every box may touch a wall
+        logits = logits.masked_fill(~valid, float("-inf"))
+        logits = torch.cat([logits, self.nobody.expand(B, T, K, 1)], dim=-1)  # (B, T, K, K+2)
+        w = logits.softmax(-1)
+        values = torch.cat([appearance, self.wall.expand(B, 1, -1)], dim=1)  # (B, K+1, H)
+        message = torch.einsum("btkj,bjh->btkh", w[..., : K + 1], values)
+        return self.out(message)
 
 
 def pair_features(boxes: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -91,11 +162,13 @@ class BiasedBlock(nn.Module):
 class TrackFusion(nn.Module):
     """Fusion over object tracks; built by the reasoner as ``TrackFusion(vision_width, grid, num_prefix_tokens, ...)``.
 
-    Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T, K, 4), box_mask (B, T, K),
-    box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``; boxes are required (K <=
-    ``max_objects``), ``box_attributes`` only with ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches:
-    ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features), ``relation_bias`` (the
-    pair-wise attention bias; off in the embedded default).
+    Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T * S, K, 4), box_mask (B, T * S, K),
+    box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``, S = ``box_substeps`` (row ``t * S``
+    is frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with
+    ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches: ``identity_embed``, ``time_embed``,
+    ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
+    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias); the last four are off
+    in the embedded default (measured no better; README).
     """
 
     supports_text = False
@@ -119,6 +192,9 @@ class TrackFusion(nn.Module):
         identity_embed: bool = True,
         time_embed: bool = True,
         motion: bool = True,
+        box_substeps: int = 1,
+        contacts: bool = False,
+        partner_messages: bool = False,
         relation_bias: bool = False,
         dropout: float = 0.0,
     ):
@@ -127,7 +203,10 @@ class TrackFusion(nn.Module):
             raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
         self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
         self.appearance, self.max_objects, self.motion = appearance, max_objects, motion
+        if box_substeps < 1:
+            raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
         self.num_frames, self.num_heads = num_frames, num_heads
+        self.box_substeps, self.contacts = box_substeps, contacts
         self.hidden_size = self.output_dim = hidden_size
         self.num_output_tokens = max_objects * num_frames
         if appearance == "roi":
@@ -135,9 +214,11 @@ class TrackFusion(nn.Module):
             self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
         elif appearance == "oracle":
             self.attribute_embed = nn.Linear(num_attributes, hidden_size)
+        per_row = BOX_FEATURES + (max_objects + 4 if contacts else 0)
         self.box_embed = nn.Sequential(
-            nn.Linear(BOX_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            nn.Linear(box_substeps * per_row, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
+        self.partners = PartnerMessages(hidden_size, box_substeps) if partner_messages else None
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         if relation_bias:
@@ -176,17 +257,26 @@ class TrackFusion(nn.Module):
                 "TrackFusion needs per-frame object boxes (B, T, K, 4): give the datamodule a boxes file "
                 "(synthetic_boxes: true, or a detector's boxes in the boxes.json layout; `vrp ask --boxes`)"
             )
-        K = boxes.shape[2]
-        if boxes.shape[:2] != (B, T) or boxes.shape[-1] != 4 or K > self.max_objects:
-            raise ValueError(f"boxes must be (B={B}, T={T}, K<={self.max_objects}, 4); got {tuple(boxes.shape)}")
-        mask = torch.ones(B, T, K, dtype=torch.bool, device=visual.device) if box_mask is None else box_mask.bool()
+        K, S = boxes.shape[2], self.box_substeps
+        if boxes.shape[:2] != (B, T * S) or boxes.shape[-1] != 4 or K > self.max_objects:
+            raise ValueError(
+                f"boxes must be (B={B}, T*box_substeps={T}*{S}, K<={self.max_objects}, 4); got {tuple(boxes.shape)} "
+                "(the datamodule's box_substeps must equal the fusion's)"
+            )
+        mask = torch.ones(B, T * S, K, dtype=torch.bool, device=visual.device) if box_mask is None else box_mask.bool()
         if frame_mask is not None:
-            mask = mask & frame_mask.bool()[:, :, None]
+            mask = mask & frame_mask.bool().repeat_interleave(S, dim=1)[:, :, None]
         boxes = boxes.masked_fill(~mask[..., None], 0.0)  # absent boxes may hold NaN or junk
-        feats = box_features(boxes, mask)
+        feats = box_features(boxes, mask)  # (B, T*S, K, 12): motion at the box rows' rate
         if not self.motion:
             feats = torch.cat([feats[..., :8], torch.zeros_like(feats[..., 8:])], dim=-1)
+        if self.contacts:
+            feats = torch.cat([feats, contact_features(boxes, mask, self.max_objects)], dim=-1)
+        feats = feats.view(B, T, S, K, -1).transpose(2, 3).reshape(B, T, K, -1)  # (B, T, K, S * per_row)
         x = self.box_embed(feats)  # (B, T, K, H)
+        rows, row_mask = boxes, mask
+        boxes, mask = boxes[:, ::S], mask[:, ::S]  # the sampled frames' boxes (B, T, K, 4), (B, T, K)
+        app = torch.zeros_like(x)
         if self.appearance == "roi":
             if N != self.num_prefix_tokens + self.grid[0] * self.grid[1]:
                 raise ValueError(
@@ -194,7 +284,7 @@ class TrackFusion(nn.Module):
                     f"prefix + {self.grid[0]}x{self.grid[1]} patch tokens"
                 )
             patches = self.visual_norm(visual[:, :, self.num_prefix_tokens :])
-            x = x + self.appearance_proj(roi_features(patches, self.grid, boxes, self.roi_size))
+            app = self.appearance_proj(roi_features(patches, self.grid, boxes, self.roi_size))
         elif self.appearance == "oracle":
             V = self.attribute_embed.in_features
             if box_attributes is None or box_attributes.shape != (B, K, V):
@@ -203,7 +293,12 @@ class TrackFusion(nn.Module):
                     f"appearance='oracle' needs box_attributes (B={B}, K={K}, V={V}); got {got} "
                     "(set the datamodule's box_attributes to the attribute words)"
                 )
-            x = x + self.attribute_embed(box_attributes.to(x.dtype))[:, None]  # (B, 1, K, H): holds in every frame
+            app = self.attribute_embed(box_attributes.to(x.dtype))[:, None].expand_as(x)  # the same in every frame
+        x = x + app
+        if self.partners is not None:
+            m = mask[..., None].to(x.dtype)
+            per_object = (app * m).sum(1) / m.sum(1).clamp(min=1)  # (B, K, H): each object's mean appearance
+            x = x + self.partners(rows, row_mask, per_object)
         pad = self.max_objects - K
         if pad:
             x = torch.cat([x, x.new_zeros(B, T, pad, x.shape[-1])], dim=2)
@@ -231,8 +326,8 @@ class TrackFusion(nn.Module):
             raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
         x, mask, boxes = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H), (B, T, K)
         B, T, K, H = x.shape
-        flat, keep = x.reshape(B, T * K, H), mask.reshape(B, T * K)
-        keep = keep | ~keep.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
+        flat, mask = x.reshape(B, T * K, H), mask.reshape(B, T * K)
+        keep = mask | ~mask.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
         if self.relation is None:
             out = self.encoder(flat, src_key_padding_mask=~keep)  # (B, T*K, H)
         else:  # the pair bias, and -inf on padded keys
@@ -242,4 +337,4 @@ class TrackFusion(nn.Module):
             for block in self.blocks:
                 out = block(out, bias)
         out = self.norm(out)
-        return out * mask.reshape(B, T * K, 1)
+        return out * mask[..., None]

@@ -16,12 +16,17 @@ from vrp.models.constants import VIDEO_TOKEN
 
 
 # What the stage modules ask of a datamodule, one capability each (both of `data_modules.datamodules` have all
-# four; a datamodule without one is used as it is).
+# five; a datamodule without one is used as it is, unless the fusion needs box rows it cannot supply).
 @runtime_checkable
 class TakesPreprocess(Protocol):
     def configure_preprocess(
         self, image_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
     ) -> None: ...
+
+
+@runtime_checkable
+class TakesBoxSubsteps(Protocol):
+    def configure_box_substeps(self, box_substeps: int) -> None: ...
 
 
 @runtime_checkable
@@ -40,7 +45,8 @@ class Collates(Protocol):
 
 
 def configure_datamodule(module: L.LightningModule) -> None:
-    """Give the datamodule the vision encoder's input size and normalisation (kept out of the YAML), and check that its
+    """Give the datamodule the vision encoder's input size and normalisation and the fusion's box rows per frame
+    (kept out of the YAML: the model owns them), and check that its
     collator's video placeholder is the LLM's and that a feature cache it reads was built with this vision encoder."""
     dm = module.trainer.datamodule  # called from setup(), when the trainer is attached
     if isinstance(dm, Collates):
@@ -48,6 +54,15 @@ def configure_datamodule(module: L.LightningModule) -> None:
     vision = module.model.vision
     if isinstance(dm, TakesPreprocess):
         dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    substeps = module.model.fusion.box_substeps
+    if isinstance(dm, TakesBoxSubsteps):
+        dm.configure_box_substeps(substeps)
+    elif substeps != 1:
+        raise ValueError(
+            f"the fusion reads {substeps} box rows per frame (box_substeps), but the datamodule "
+            f"{type(dm).__name__} has no configure_box_substeps to supply them; use one of data_modules.datamodules "
+            "or set the fusion's box_substeps to 1"
+        )
     store = dm.features() if isinstance(dm, ReadsFeatures) else None
     if store is not None:
         from vrp.training.cache import vision_meta

@@ -1,10 +1,16 @@
-"""Stage 0 of the embedded default: make the tiny ViT a (small) vision foundation model before it is frozen.
+"""Stage 0 of the embedded default: make the tiny backbones (small) foundation models before stages 1-2.
 
-Offline, no pretrained VFM can be downloaded, so `vrp prepare --vit-steps N` pretrains the randomly initialised
-ViT on frames of the TRAIN scenes only, supervised per patch with what the simulator drew there: the colour and the
-shape of the object covering the patch centre (or background). Labels come from the training split's `boxes.json`
-object names; validation and test scenes are never read. The result is saved in Hugging Face format over the
-random ViT (`<out>/vit`), then loaded by path and kept frozen like any real VFM. Stages 1-2 never see a label.
+Offline, no pretrained VFM or LLM can be downloaded, so `vrp prepare` pretrains the randomly initialised ones on the
+TRAIN scenes only; validation and test scenes are never read. Each result is saved in Hugging Face format over the
+random model (`<out>/vit`, `<out>/llm`) with a `stage0.json` report, then loaded by path like any real checkpoint.
+
+- ViT (`--vit-steps N`): supervised per patch with what the simulator drew there, the colour and the shape of the
+  object covering the patch centre (or background), from the training split's `boxes.json` object names; it stays
+  frozen afterwards. Stages 1-2 never see a label.
+- LLM (`--llm-steps N`): next-token prediction on text about the simulated world, written from the training
+  scenes' annotations (`text_corpus`): every caption of a clip (its objects and the events in order), then each of
+  its questions with the answer sentence. It learns the world's vocabulary and how events are told and asked
+  about; which events happen in a clip it can only learn from the video in stages 1-2.
 """
 
 from __future__ import annotations
@@ -19,6 +25,45 @@ import torch.nn.functional as F
 from torch import nn
 
 BACKGROUND = 0  # class 0 of both heads; colours / shapes are 1-based in the vocabularies below
+
+
+def _train(
+    name: str,
+    params: list[nn.Parameter],
+    loss_of,
+    n: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rng: random.Random,
+    log_every: int,
+    start: float,
+) -> list[float]:
+    """The stage-0 loop: AdamW with a one-cycle schedule over ``steps`` batches of indices into ``n`` examples (each
+    epoch a new permutation), ``loss_of(indices) -> loss``, gradients clipped at 1; returns the loss per step."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    order: list[int] = []
+    losses: list[float] = []
+    for step in range(1, steps + 1):
+        while len(order) < batch_size:
+            order += rng.sample(range(n), n)
+        loss = loss_of([order.pop() for _ in range(batch_size)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            recent = losses[-log_every:]
+            print(
+                f"stage 0 ({name}): step {step}/{steps}  loss {sum(recent) / len(recent):.3f}  "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
+    return losses
 
 
 def patch_labels(
@@ -117,32 +162,28 @@ def pretrain_vit(
         {"colour": nn.Linear(encoder.width, len(colours) + 1), "shape": nn.Linear(encoder.width, len(shapes) + 1)}
     )
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     P = encoder.num_prefix_tokens
-    order: list[int] = []
-    losses: list[float] = []
-    encoder.train()
-    for step in range(1, steps + 1):
-        while len(order) < batch_size:
-            order += rng.sample(range(len(images)), len(images))
-        idx = torch.tensor([order.pop() for _ in range(batch_size)])
-        tokens = encoder(images[idx][:, None])[:, 0, P:]  # (b, gh*gw, D)
-        loss = F.cross_entropy(heads["colour"](tokens).flatten(0, 1), colour[idx].flatten()) + F.cross_entropy(
-            heads["shape"](tokens).flatten(0, 1), shape[idx].flatten()
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        i = torch.tensor(idx)
+        tokens = encoder(images[i][:, None])[:, 0, P:]  # (b, gh*gw, D)
+        return F.cross_entropy(heads["colour"](tokens).flatten(0, 1), colour[i].flatten()) + F.cross_entropy(
+            heads["shape"](tokens).flatten(0, 1), shape[i].flatten()
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            print(
-                f"stage 0 (ViT): step {step}/{steps}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}"
-                f"  {time.time() - start:.0f} s",
-                flush=True,
-            )
+
+    encoder.train()
+    losses = _train(
+        "ViT",
+        params,
+        loss_of,
+        len(images),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        log_every=log_every,
+        start=start,
+    )
     encoder.eval()
     with torch.no_grad():  # colour + shape both right, on the object patches of the first 256 training frames
         idx = torch.arange(min(256, len(images)))
@@ -160,4 +201,102 @@ def pretrain_vit(
         "seconds": round(time.time() - start, 1),
     }
     (Path(vit_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def text_corpus(data_root: str | Path) -> list[str]:
+    """Documents about the TRAIN clips: per clip, its captions (every form the WebDataset shards hold), and the same
+    captions followed by one of its questions, "Question: ... Answer: ..." with the free-text answer sentence."""
+    import tarfile
+
+    root = Path(data_root) / "train"
+    captions: dict[str, list[str]] = {}
+    for shard in sorted((root / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    captions[meta["key"]] = list(meta.get("captions") or [meta["caption"]])
+    if not captions:
+        raise FileNotFoundError(f"no WebDataset shards with captions under {root / 'shards'}; run `make data`")
+    qa: dict[str, list[str]] = {}
+    for item in json.loads((root / "instructions.json").read_text()):
+        key = Path(item["video"]).stem
+        question = item["conversations"][0]["value"].replace("<video>", "").strip()
+        qa.setdefault(key, []).append(f"Question: {question} Answer: {item['answer_sentence']}")
+    return [" ".join(captions[k] + extra) for k in sorted(captions) for extra in [[], *([q] for q in qa.get(k, []))]]
+
+
+def pretrain_llm(
+    llm_dir: str | Path,
+    data_root: str | Path,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    max_length: int = 160,
+    seed: int = 0,
+    held_out: float = 0.05,
+    log_every: int = 100,
+) -> dict:
+    """Train the causal LM saved at ``llm_dir`` on `text_corpus` (next-token loss) and save it back in place;
+    returns {"steps", "loss_start", "loss_end", "held_out_loss_start", "held_out_loss", "documents", "seconds"}. ``held_out``: the share of
+    training documents kept out of training to report the loss on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    start = time.time()
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
+    docs = text_corpus(data_root)
+    rng.shuffle(docs)
+    n_eval = max(1, int(len(docs) * held_out))
+    eval_docs, train_docs = docs[:n_eval], docs[n_eval:]
+
+    def batch(texts: list[str]) -> dict:
+        enc = tok(
+            [tok.bos_token + t + tok.eos_token for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            add_special_tokens=False,
+        )
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        return {**enc, "labels": labels}
+
+    def held_out_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            held = [model(**batch(eval_docs[i : i + batch_size])).loss.item() for i in range(0, n_eval, batch_size)]
+        model.train()
+        return round(sum(held) / len(held), 3)
+
+    before = held_out_loss()
+    model.train()
+    losses = _train(
+        "LLM",
+        list(model.parameters()),
+        lambda idx: model(**batch([train_docs[i] for i in idx])).loss,
+        len(train_docs),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        log_every=log_every,
+        start=start,
+    )
+    after = held_out_loss()
+    model.save_pretrained(str(llm_dir))  # over the random LLM: configs keep loading it by path
+    report = {
+        "steps": steps,
+        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        "held_out_loss_start": before,
+        "held_out_loss": after,
+        "documents": len(train_docs),
+        "seconds": round(time.time() - start, 1),
+    }
+    (Path(llm_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
     return report

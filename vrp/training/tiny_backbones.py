@@ -7,7 +7,8 @@ so stage 1, stage 2, export and inference rebuild identical frozen weights by pa
 checkpoint. Deterministic from `seed`; re-running with existing output is a no-op unless `overwrite`.
 `--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`vrp.training.stage0`): per-patch
 colour and shape supervision on TRAIN frames, saved over <out>/vit with a <out>/vit/stage0.json report; skipped when
-that report exists.
+that report exists. `--llm-steps N` does the same for the LLM: next-token training on text written from the TRAIN
+clips' captions and questions, saved over <out>/llm with <out>/llm/stage0.json.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def prepare(
     out = Path(out)
     if (out / "vit" / "config.json").is_file() and (out / "llm" / "config.json").is_file() and not overwrite:
         return out
+    for sub in ("vit", "llm"):  # random weights again: a stage-0 report of the old ones would skip stage 0
+        (out / sub / "stage0.json").unlink(missing_ok=True)
     if not (Path(tokenizer) / "tokenizer_config.json").is_file() and not (Path(tokenizer) / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {tokenizer}; generate the synthetic data first (make data)")
     torch.manual_seed(seed)
@@ -93,27 +96,48 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="stage-0 ViT pretraining steps (0: keep it random, recorded; default: leave stage 0 alone)",
     )
+    p.add_argument(
+        "--llm-steps",
+        type=int,
+        default=None,
+        help="stage-0 LLM text pretraining steps (0: keep it random, recorded; default: leave it alone)",
+    )
     a = p.parse_args(argv)
     out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    report_path = out / "vit" / "stage0.json"
-    if a.vit_steps is None:
-        return
+    from vrp.training.stage0 import pretrain_llm, pretrain_vit
+
+    if _stage0_due(out / "vit", "ViT", "--vit-steps", a.vit_steps):
+        report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
+        print(
+            f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
+            f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}"
+        )
+    if _stage0_due(out / "llm", "LLM", "--llm-steps", a.llm_steps):
+        report = pretrain_llm(out / "llm", a.data, steps=a.llm_steps, seed=a.seed)
+        print(
+            f"stage 0: LLM pretrained on {report['documents']} train documents in {report['seconds']} s; loss "
+            f"{report['loss_start']} -> {report['loss_end']}, held-out loss {report['held_out_loss_start']} -> "
+            f"{report['held_out_loss']}"
+        )
+
+
+def _stage0_due(folder: Path, name: str, flag: str, steps: int | None) -> bool:
+    """Whether stage 0 should train the model in ``folder`` for ``steps`` now: not when no steps are asked for or
+    its report says it already ran them; a report of other steps is an error (the weights would be trained twice).
+    Zero steps records the random model, so that a later run does not train on top of it."""
+    report_path = folder / "stage0.json"
+    if steps is None:
+        return False
     if report_path.is_file():
         done = json.loads(report_path.read_text()).get("steps")
-        if done != a.vit_steps:
+        if done != steps:
             raise SystemExit(
-                f"vrp prepare: {out / 'vit'} holds a ViT from stage 0 with {done} steps, not "
-                f"--vit-steps {a.vit_steps}; add --overwrite to rebuild the backbones"
+                f"vrp prepare: {folder} holds a {name} from stage 0 with {done} steps, not {flag} {steps}; "
+                "add --overwrite to rebuild the backbones"
             )
-        return
-    if a.vit_steps == 0:  # the random ViT, recorded so that a later --vit-steps N is not applied on top of it
+        return False
+    if steps == 0:
         report_path.write_text(json.dumps({"steps": 0}))
-        return
-    from vrp.training.stage0 import pretrain_vit
-
-    report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
-    print(
-        f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
-        f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}"
-    )
+        return False
+    return True
