@@ -209,6 +209,8 @@ def text_corpus(data_root: str | Path) -> list[str]:
     captions followed by one of its questions, "Question: ... Answer: ..." with the free-text answer sentence."""
     import tarfile
 
+    from data_modules.sources.record import strip_placeholder
+
     root = Path(data_root) / "train"
     captions: dict[str, list[str]] = {}
     for shard in sorted((root / "shards").glob("*.tar")):
@@ -222,7 +224,7 @@ def text_corpus(data_root: str | Path) -> list[str]:
     qa: dict[str, list[str]] = {}
     for item in json.loads((root / "instructions.json").read_text()):
         key = Path(item["video"]).stem
-        question = item["conversations"][0]["value"].replace("<video>", "").strip()
+        question = strip_placeholder(item["conversations"][0]["value"])
         qa.setdefault(key, []).append(f"Question: {question} Answer: {item['answer_sentence']}")
     return [" ".join(captions[k] + extra) for k in sorted(captions) for extra in [[], *([q] for q in qa.get(k, []))]]
 
