@@ -43,6 +43,24 @@ def _overlays() -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _model_parts(cfg) -> dict:
+    parts = cfg.model.init_args.model.init_args
+    return {k: parts[k] for k in ("vision", "fusion", "llm")}
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    [None] + [o for o in sorted(EXP.glob("ablations/*.yaml")) if "init_from" not in o.read_text()],
+    ids=lambda o: "default" if o is None else o.stem,
+)
+def test_stage1_builds_the_model_stage2_loads(overlay):
+    """Stage 2 starts from stage 1's checkpoint (`make finetune`, every stage-1 row of `make ablate`), so both
+    stages must build the same vision, fusion and LLM (a LoRA rank differing between them failed a row)."""
+    extra = [overlay] if overlay else []
+    pre, fine = _parse(EXP / "embedded" / "pretrain.yaml", *extra), _parse(EXP / "embedded" / "finetune.yaml", *extra)
+    assert _model_parts(pre) == _model_parts(fine)
+
+
 def test_every_yaml_is_covered():
     covered = set(STAGES) | {o for _, o in _overlays()}
     assert covered == set(EXP.rglob("*.yaml")), sorted(set(EXP.rglob("*.yaml")) - covered)
