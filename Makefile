@@ -96,12 +96,27 @@ evidence: $(FINETUNE_CKPT)
 
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
 # stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
-# Narrow them with e.g. ARGS="--only fusion_joint,frames_4 --steps 100".
-ablate: $(CACHE)/meta.json
+# Narrow them with e.g. ARGS="--only baseline,identity_off --steps 500"; ARGS="--jobs 2" runs two rows at once.
+# The backbone rows need their own backbones, built once: a random ViT with its feature cache (vfm_random) and a
+# text-pretrained LLM (llm_pretrained, ABLATE_LLM_STEPS of stage 0).
+ABLATE_ART := artifacts/ablate
+ABLATE_LLM_STEPS ?= 600
+ablate: $(CACHE)/meta.json artifacts/cache/ablate-random-vit/meta.json $(ABLATE_ART)/text-llm/llm/stage0.json
 	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
 
+$(ABLATE_ART)/random/vit/stage0.json: $(DATA)/meta.json
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/random --data $(DATA) --vit-steps 0 --llm-steps 0
+
+artifacts/cache/ablate-random-vit/meta.json: $(ABLATE_ART)/random/vit/stage0.json
+	$(PY) -m vrp cache --config experiments/embedded/finetune.yaml --config experiments/ablations/vfm_random.yaml \
+		--out artifacts/cache/ablate-random-vit
+
+$(ABLATE_ART)/text-llm/llm/stage0.json: $(DATA)/meta.json
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/text-llm --data $(DATA) --vit-steps 0 \
+		--llm-steps $(ABLATE_LLM_STEPS)
+
 baselines: $(CACHE)/meta.json
-	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --steps 1500 --out runs/baselines $(ARGS)
+	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --stage2-reference model --steps 1500 --out runs/baselines $(ARGS)
 
 RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))
 EXTRA_RESULTS = $(foreach d,$(RESULT_DIRS),--results $(notdir $(d))=$(d))

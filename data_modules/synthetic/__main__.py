@@ -14,6 +14,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output root, e.g. data/synthetic")
     p.add_argument("--videos", type=int, required=True, help="total videos, split 80/10/10 into train/val/test")
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument(
+        "--train-videos",
+        type=int,
+        default=None,
+        help="train videos instead of 80%% (val and test stay as --videos makes them)",
+    )
     p.add_argument("--size", type=int, default=128, help="square frame side in pixels")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--min-frames", type=int, default=16)
@@ -30,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         min_frames=a.min_frames,
         max_frames=a.max_frames,
         vocab_size=a.vocab_size,
+        train_videos=a.train_videos,
     )
     for split, counts in meta["counts"].items():
         print(f"{split}: {counts['videos']} videos, {counts['items']} questions {counts['per_type']}")

@@ -81,10 +81,14 @@ def make_video(job: VideoJob) -> VideoRecord:
     )
 
 
-def split_sizes(videos: int) -> dict[str, int]:
-    """80/10/10 by video (at least one val and one test video when videos >= 3)."""
+def split_sizes(videos: int, train_videos: int | None = None) -> dict[str, int]:
+    """80/10/10 by video (at least one val and one test video when videos >= 3); ``train_videos`` replaces the
+    train count and leaves val and test as ``videos`` makes them (a video depends only on its seed, split and index,
+    and each split is balanced on its own, so the val and test questions stay the same)."""
     held = max(1, round(videos * 0.1)) if videos >= 3 else 0
-    return {"train": videos - 2 * held, "val": held, "test": held}
+    if train_videos is not None and train_videos < 1:
+        raise ValueError(f"train_videos must be >= 1, got {train_videos}")
+    return {"train": videos - 2 * held if train_videos is None else train_videos, "val": held, "test": held}
 
 
 def generate(
@@ -100,6 +104,7 @@ def generate(
     workers: int = 2,
     shard_size: int = 1000,
     vocab_size: int = 1024,
+    train_videos: int | None = None,
 ) -> dict:
     """Write the benchmark under `out` and return its meta (also written to `out/meta.json`).
 
@@ -112,7 +117,7 @@ def generate(
     if not 2 <= min_frames <= max_frames:
         raise ValueError(f"need 2 <= min_frames <= max_frames, got {min_frames}..{max_frames}")
     out = Path(out)
-    sizes = split_sizes(videos)
+    sizes = split_sizes(videos, train_videos)
     jobs = []
     for split in SPLITS:
         (out / split / "videos").mkdir(parents=True, exist_ok=True)
@@ -145,6 +150,7 @@ def generate(
         "seed": seed,
         "config": dict(
             videos=videos,
+            **({} if train_videos is None else {"train_videos": train_videos}),
             size=size,
             min_frames=min_frames,
             max_frames=max_frames,

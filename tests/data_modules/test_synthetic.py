@@ -46,6 +46,17 @@ def test_deterministic_and_independent_of_workers(bench, tmp_path):
     assert (tmp_path / "c" / "train" / "mc.csv").read_bytes() != (bench / "train" / "mc.csv").read_bytes()
 
 
+def test_more_train_videos_keep_the_val_and_test_questions(bench, tmp_path):
+    more = generate(tmp_path / "more", VIDEOS, seed=3, workers=1, train_videos=48, **KW)
+    assert more["counts"]["train"]["videos"] == 48 and more["config"]["train_videos"] == 48
+    for split in ("val", "test"):
+        for name in ("instructions.json", "mc.csv", "boxes.json"):
+            assert (bench / split / name).read_bytes() == (tmp_path / "more" / split / name).read_bytes(), (split, name)
+    assert len(_items(tmp_path / "more", "train")) > len(_items(bench, "train"))
+    with pytest.raises(ValueError, match="train_videos"):
+        generate(tmp_path / "none", VIDEOS, seed=3, workers=1, train_videos=0, **KW)
+
+
 def _resimulate(key: str):
     split, index = key.rsplit("_", 1)
     job = VideoJob(split, int(index), 3, "", KW["size"], KW["min_frames"], KW["max_frames"], 2, 5)

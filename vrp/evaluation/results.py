@@ -24,6 +24,20 @@ def interval95(acc: float, n: int) -> float:
     return 196.0 * math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
+def paired_difference(rows: Sequence[Mapping], reference: Sequence[Mapping]) -> tuple[float, float, int]:
+    """Accuracy of ``rows`` minus that of ``reference`` over the questions both scored (matched by ``key``), in
+    points, with the half-width of its 95% interval from the per-question differences (each -1, 0 or 1):
+    1.96 * sd / sqrt(n). Pairing removes the questions' own difficulty, so the interval of a difference between two
+    models on one test set is narrower than either model's own. Returns (difference, half-width, n)."""
+    ref = {r["key"]: r["prediction"] == r["answer"] for r in reference}
+    d = [float(r["prediction"] == r["answer"]) - float(ref[r["key"]]) for r in rows if r["key"] in ref]
+    if len(d) < 2:
+        raise ValueError(f"paired_difference: only {len(d)} question key(s) in common; were both run on one split?")
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return 100.0 * mean, 196.0 * math.sqrt(var / len(d)), len(d)
+
+
 def check_groups(groups: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
     """Question-type families (e.g. NExT-QA's ``{"causal": ["CW", "CH"], "temporal": ["TN", "TC", "TP"],
     "descriptive": ["DC", "DL", "DO"]}``) as plain lists; a code in two families, or a family named like a code,
