@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shutil
@@ -115,9 +116,11 @@ def run(
     run_dir = out / name
     settings = {"steps": steps, "pretrain_steps": pretrain_steps, "extra": extra}
     done = run_dir / "row.json"
-    if resume and done.is_file() and json.loads(done.read_text())["settings"] == settings:
-        print(f"ablate: row {name} reused from {done} (same steps and arguments)", flush=True)
-        return json.loads(done.read_text())["row"]
+    if resume and done.is_file():
+        earlier = json.loads(done.read_text())
+        if earlier["settings"] == settings:
+            print(f"ablate: row {name} reused from {done} (same steps and arguments)", flush=True)
+            return earlier["row"]
     done.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "log.txt" if quiet else None
@@ -125,9 +128,10 @@ def run(
         log.write_text("")
     start = time.time()
     init = []
-    if not stage2_only(overlay):
-        stage1 = fit(PRETRAIN, overlay, run_dir / "pretrain", pretrain_steps, extra, log=log, threads=threads)
-        init = [f"--model.init_args.init_from={stage1}"]
+    stage1 = not stage2_only(overlay)
+    if stage1:
+        ckpt = fit(PRETRAIN, overlay, run_dir / "pretrain", pretrain_steps, extra, log=log, threads=threads)
+        init = [f"--model.init_args.init_from={ckpt}"]
     stage2 = fit(FINETUNE, overlay, run_dir, steps, extra, *init, f"--results.dir={run_dir}", log=log, threads=threads)
     configs = ["--config", str(FINETUNE)] + (["--config", str(overlay)] if overlay else [])
     call(
@@ -153,7 +157,7 @@ def run(
     row = {
         "ablation": name,
         "minutes": round((time.time() - start) / 60, 1),
-        "stage1": not stage2_only(overlay),
+        "stage1": stage1,
         **{f"acc_{k}": round(v, 1) for k, v in result["accuracy"].items()},
         "ci95_overall": round(interval95(overall, n), 1),
     }
@@ -167,7 +171,8 @@ def add_deltas(rows: list[dict], out: Path, stage2_reference: str) -> None:
     stage-2-only row ``stage2_reference`` when that row ran (else ``baseline``); rows without one get none."""
     ran = {r["ablation"] for r in rows}
 
-    def questions(name: str) -> list[dict]:
+    @functools.cache
+    def questions(name: str) -> list[dict]:  # a reference row is read once, however many rows it serves
         return json.loads((out / name / "test_results.json").read_text())["rows"]
 
     for r in rows:

@@ -22,6 +22,11 @@ def _parse(*configs: Path):
     return _ParseOnly(args=args, run=False).config
 
 
+def _stage1_ablations() -> list[Path]:
+    """The ablation overlays scripts/ablate.py pretrains with stage 1's config: those leaving stage 2's init alone."""
+    return [o for o in sorted(EXP.glob("ablations/*.yaml")) if "init_from" not in o.read_text()]
+
+
 def _overlays() -> list[tuple[Path, Path]]:
     pairs = []
     for overlay in sorted(EXP.glob("backbones/*.yaml")) + sorted(EXP.glob("strategies/*.yaml")):
@@ -35,11 +40,7 @@ def _overlays() -> list[tuple[Path, Path]]:
         for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))
     ]
     # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
-    pairs += [
-        (EXP / "embedded" / "pretrain.yaml", o)
-        for o in sorted(EXP.glob("ablations/*.yaml"))
-        if "init_from" not in o.read_text()
-    ]
+    pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in _stage1_ablations()]
     return pairs
 
 
@@ -50,7 +51,7 @@ def _model_parts(cfg) -> dict:
 
 @pytest.mark.parametrize(
     "overlay",
-    [None] + [o for o in sorted(EXP.glob("ablations/*.yaml")) if "init_from" not in o.read_text()],
+    [None, *_stage1_ablations()],
     ids=lambda o: "default" if o is None else o.stem,
 )
 def test_stage1_builds_the_model_stage2_loads(overlay):

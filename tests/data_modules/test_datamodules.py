@@ -31,17 +31,22 @@ def test_stage1_default_synthetic(synthetic):
     assert dm.skip_counts()["good"] >= 2 and set(dm.state_dict()) == {"skips"}
 
 
-def test_box_substeps_give_several_box_rows_per_frame(synthetic):
-    dm = InstructionDataModule(
+def _stage2_data(synthetic, **kw) -> InstructionDataModule:
+    """Stage-2 data over the small synthetic set: its instructions, its train mc.csv as validation, 4 frames."""
+    return InstructionDataModule(
         val=MultipleChoice(str(synthetic / "train" / "mc.csv")),
         synthetic_root=str(synthetic),
         batch_size=2,
         num_workers=0,
         num_frames=4,
         train_sampling="uniform",
-        synthetic_boxes=True,
-        crop_scale=(0.5, 0.5),  # a random crop moves every box row with the frames
+        **kw,
     )
+
+
+def test_box_substeps_give_several_box_rows_per_frame(synthetic):
+    # a random crop moves every box row with the frames
+    dm = _stage2_data(synthetic, synthetic_boxes=True, crop_scale=(0.5, 0.5))
     dm.setup("fit")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     dm.configure_box_substeps(3)  # the fusion's, handed over by the stage module
@@ -51,14 +56,7 @@ def test_box_substeps_give_several_box_rows_per_frame(synthetic):
 
 
 def test_stage2_instructions_and_mc(synthetic):
-    dm = InstructionDataModule(
-        val=MultipleChoice(str(synthetic / "train" / "mc.csv")),
-        synthetic_root=str(synthetic),
-        batch_size=2,
-        num_workers=0,
-        num_frames=4,
-        train_sampling="uniform",
-    )
+    dm = _stage2_data(synthetic)
     dm.setup("fit")
     dm.configure_preprocess(32, (0.5,) * 3, (0.5,) * 3)
     b = next(iter(dm.train_dataloader()))
