@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     from vrp.cli import VRPCLI
     from vrp.evaluation.results import accuracy_table
     from vrp.scoring.rows import rows_from_batch
-    from vrp.training.losses import lm_loss
     from vrp.training.optim import adamw_cosine
 
     args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]
@@ -186,21 +185,26 @@ def main(argv: list[str] | None = None) -> None:
 
     order: list[int] = []
     losses: list[float] = []
+    aux: list[float] = []  # the masked box loss, when the module has one
     t0 = time.time()
     for step in range(1, total + 1):
         if len(order) < dm.batch_size:
             order += rng.sample(range(len(train)), len(train))
         batch = _batch([train[order.pop()] for _ in range(dm.batch_size)], feats, collator, a.blind)
-        loss = lm_loss(model, module.encode(batch), batch)
+        parts = module.losses(batch)
+        loss = parts["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
+        aux.append(parts["masked_boxes"].item() if "masked_boxes" in parts else 0.0)
         if step % a.eval_every == 0 or step == total:
             recent = losses[-a.eval_every :]
-            print(f"step {step}  loss {sum(recent) / len(recent):.3f}  {time.time() - t0:.0f} s", flush=True)
+            boxes = aux[-a.eval_every :]
+            extra = f"  masked boxes {sum(boxes) / len(boxes):.3f}" if any(boxes) else ""
+            print(f"step {step}  loss {sum(recent) / len(recent):.3f}{extra}  {time.time() - t0:.0f} s", flush=True)
             for split in ("train", "test"):
                 print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
 

@@ -201,3 +201,36 @@ def test_partner_messages_mix_only_real_partners():
     fusion = _fusion(box_substeps=S, partner_messages=True)
     visual = torch.randn(1, T, 17, 8)
     assert fusion(visual, None, boxes=boxes, box_mask=mask).shape == (1, 3 * T, 16)
+
+
+@pytest.mark.parametrize("relation_bias", [False, True])
+def test_masked_boxes_hide_what_they_predict(relation_bias):
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(masked_boxes=True, relation_bias=relation_bias).eval()
+    hide = torch.zeros(2, 3, 2, dtype=torch.bool)
+    hide[0, 1, 0] = True  # object 0 at frame 1 of clip 0
+    ref, keep, _ = fusion.encode_tracks(visual, None, boxes, mask, None, hide)
+    assert ref.shape == (2, 9, 16) and keep.view(2, 3, 3)[:, :, :2].all()  # hidden tokens still attend
+    moved = boxes.clone()
+    moved[0, 1, 0] += 0.05  # the hidden box: nothing it feeds may change
+    torch.testing.assert_close(fusion.encode_tracks(visual, None, moved, mask, None, hide)[0], ref)
+    moved[0, 1, 1] += 0.05  # a visible box of the same frame: everything sees it
+    assert not torch.allclose(fusion.encode_tracks(visual, None, moved, mask, None, hide)[0][0, 0], ref[0, 0])
+    unhidden = fusion.encode_tracks(visual, None, boxes, mask, None)[0]
+    assert not torch.allclose(unhidden[0], ref[0]) and torch.allclose(unhidden[1], ref[1])  # clip 1 hides nothing
+    torch.testing.assert_close(fusion(visual, None, boxes=boxes, box_mask=mask), unhidden * keep[..., None])
+
+
+def test_masked_box_loss_trains_its_head_and_is_reproducible():
+    visual, boxes, mask = _inputs(B=4)
+    fusion = _fusion(masked_boxes=True)
+    assert fusion.masked_boxes and _fusion().box_head is None and _fusion().hidden_token is None
+    loss = fusion.masked_box_loss(visual, None, boxes=boxes, box_mask=mask, generator=torch.Generator().manual_seed(1))
+    again = fusion.masked_box_loss(visual, None, boxes=boxes, box_mask=mask, generator=torch.Generator().manual_seed(1))
+    assert loss.ndim == 0 and loss > 0 and torch.equal(loss, again)
+    loss.backward()
+    assert fusion.box_head.weight.grad.abs().sum() > 0 and fusion.hidden_token.grad.abs().sum() > 0
+    absent = fusion.masked_box_loss(visual, None, boxes=boxes, box_mask=torch.zeros_like(mask))
+    assert absent == 0  # nothing present, nothing hidden: a zero that still backpropagates
+    with pytest.raises(ValueError, match="masked_boxes=True"):
+        _fusion().masked_box_loss(visual, None, boxes=boxes, box_mask=mask)

@@ -23,6 +23,10 @@ source frames. With ``contacts=True`` each box row also carries its gaps to the 
 slot) and to the four frame edges, and with ``partner_messages=True`` each token gets the appearance of what it
 touches (`PartnerMessages`), so "what touches me now" is in the token itself.
 
+With ``masked_boxes=True`` the fusion also carries masked box modelling (`TrackFusion.masked_box_loss`, the
+self-supervised objective of Aloe / SlotFormer over boxes): spans of an object's tokens are hidden and their boxes
+predicted from the other objects and frames; the stages add it to their loss with ``masked_box_weight``.
+
 Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
 """
 
@@ -167,8 +171,8 @@ class TrackFusion(nn.Module):
     is frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with
     ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches: ``identity_embed``, ``time_embed``,
     ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
-    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias); the last four are off
-    in the embedded default (measured no better; README).
+    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias), ``masked_boxes`` (masked box modelling); the
+    last five are off in the embedded default (measured no better; README).
     """
 
     supports_text = False
@@ -196,6 +200,7 @@ class TrackFusion(nn.Module):
         contacts: bool = False,
         partner_messages: bool = False,
         relation_bias: bool = False,
+        masked_boxes: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -241,6 +246,12 @@ class TrackFusion(nn.Module):
             )
             self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
+        self.masked_boxes = masked_boxes
+        if masked_boxes:  # the self-supervised objective `masked_box_loss` (stage 2's `masked_box_weight`)
+            self.hidden_token = nn.Parameter(torch.randn(hidden_size) * 0.02)
+            self.box_head = nn.Linear(hidden_size, 4)
+        else:
+            self.hidden_token = self.box_head = None
 
     def tokens(
         self,
@@ -249,8 +260,12 @@ class TrackFusion(nn.Module):
         boxes: torch.Tensor | None,
         box_mask: torch.Tensor | None,
         box_attributes: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input tokens (B, T, K, H) before attention, and their keep-mask (B, T, K), K = ``max_objects``."""
+        hide: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input tokens (B, T, K, H) before attention, their keep-mask (B, T, K) and the sampled frames' boxes
+        (B, T, K, 4), K = ``max_objects``. ``hide`` (B, T, K_in): tokens whose box and appearance are replaced by the
+        learned ``hidden_token`` plus their object's mean appearance over its visible frames (identity and time
+        stay), and whose box no neighbour's motion features read."""
         B, T, N, D = visual.shape
         if boxes is None:
             raise ValueError(
@@ -267,6 +282,9 @@ class TrackFusion(nn.Module):
         if frame_mask is not None:
             mask = mask & frame_mask.bool().repeat_interleave(S, dim=1)[:, :, None]
         boxes = boxes.masked_fill(~mask[..., None], 0.0)  # absent boxes may hold NaN or junk
+        present = mask
+        if hide is not None:
+            mask = mask & ~hide.bool().repeat_interleave(S, dim=1)  # what the features may read
         feats = box_features(boxes, mask)  # (B, T*S, K, 12): motion at the box rows' rate
         if not self.motion:
             feats = torch.cat([feats[..., :8], torch.zeros_like(feats[..., 8:])], dim=-1)
@@ -275,7 +293,8 @@ class TrackFusion(nn.Module):
         feats = feats.view(B, T, S, K, -1).transpose(2, 3).reshape(B, T, K, -1)  # (B, T, K, S * per_row)
         x = self.box_embed(feats)  # (B, T, K, H)
         rows, row_mask = boxes, mask
-        boxes, mask = boxes[:, ::S], mask[:, ::S]  # the sampled frames' boxes (B, T, K, 4), (B, T, K)
+        mask, visible = present[:, ::S], mask[:, ::S]  # the sampled frames' tokens (B, T, K): present, visible
+        boxes = boxes[:, ::S] * visible[..., None]  # their boxes (B, T, K, 4); hidden ones zeroed
         app = torch.zeros_like(x)
         if self.appearance == "roi":
             if N != self.num_prefix_tokens + self.grid[0] * self.grid[1]:
@@ -295,10 +314,12 @@ class TrackFusion(nn.Module):
                 )
             app = self.attribute_embed(box_attributes.to(x.dtype))[:, None].expand_as(x)  # the same in every frame
         x = x + app
+        m = visible[..., None].to(x.dtype)
+        per_object = (app * m).sum(1) / m.sum(1).clamp(min=1)  # (B, K, H): each object's mean visible appearance
         if self.partners is not None:
-            m = mask[..., None].to(x.dtype)
-            per_object = (app * m).sum(1) / m.sum(1).clamp(min=1)  # (B, K, H): each object's mean appearance
             x = x + self.partners(rows, row_mask, per_object)
+        if hide is not None:  # a hidden token keeps what its object looks like (elsewhere), not where it is
+            x = torch.where(visible[..., None], x, (self.hidden_token + per_object[:, None]).to(x.dtype))
         pad = self.max_objects - K
         if pad:
             x = torch.cat([x, x.new_zeros(B, T, pad, x.shape[-1])], dim=2)
@@ -324,7 +345,21 @@ class TrackFusion(nn.Module):
         """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
         if text_ids is not None:
             raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
-        x, mask, boxes = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H), (B, T, K)
+        out, mask, _ = self.encode_tracks(visual, frame_mask, boxes, box_mask, box_attributes)
+        return out * mask[..., None]
+
+    def encode_tracks(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        box_mask: torch.Tensor | None,
+        box_attributes: torch.Tensor | None,
+        hide: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> attended tokens (B, T*K, H) (padding objects not yet zeroed), keep-mask (B, T*K), the sampled frames'
+        boxes (B, T, K, 4) (hidden ones zeroed), K = ``max_objects``; ``hide`` as in `tokens`."""
+        x, mask, boxes = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes, hide)  # (B, T, K, H)
         B, T, K, H = x.shape
         flat, mask = x.reshape(B, T * K, H), mask.reshape(B, T * K)
         keep = mask | ~mask.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
@@ -336,5 +371,40 @@ class TrackFusion(nn.Module):
             out = flat
             for block in self.blocks:
                 out = block(out, bias)
-        out = self.norm(out)
-        return out * mask[..., None]
+        return self.norm(out), mask, boxes
+
+    def masked_box_loss(
+        self,
+        visual: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        *,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        box_attributes: torch.Tensor | None = None,
+        span: int = 3,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Masked track modelling (the self-supervised objective of Aloe / SlotFormer, over boxes): in each clip
+        every object has a contiguous span of 1..``span`` sampled frames hidden with probability 1/2 (its box,
+        its appearance there and its neighbours' motion toward it; the token keeps the object's mean appearance
+        over its visible frames, so it knows *which* object it is, not *where*), and ``box_head`` predicts the hidden boxes from the
+        other objects and frames: a bounce or a collision inside the span is what the tokens must model. Needs
+        ``masked_boxes=True``. -> mean L1 over the hidden boxes' xyxy (x 10: boxes are in [0, 1]); 0 if none."""
+        if self.box_head is None:
+            raise ValueError("masked_box_loss needs a TrackFusion built with masked_boxes=True")
+        B, T = visual.shape[:2]
+        K, S = boxes.shape[2], self.box_substeps
+        device = visual.device
+        length = 1 + torch.randint(min(span, T), (B, K), generator=generator, device=device)  # (B, K)
+        start = (torch.rand(B, K, generator=generator, device=device) * (T - length + 1)).long()
+        t = torch.arange(T, device=device)[None, :, None]  # (1, T, 1)
+        chosen = torch.rand(B, K, generator=generator, device=device) < 0.5
+        hide = (t >= start[:, None]) & (t < (start + length)[:, None]) & chosen[:, None]  # (B, T, K)
+        out, mask, _ = self.encode_tracks(visual, frame_mask, boxes, box_mask, box_attributes, hide)
+        pad = self.max_objects - K
+        hide = torch.cat([hide, hide.new_zeros(B, T, pad)], dim=2).reshape(B, T * self.max_objects) & mask
+        if not hide.any():
+            return out.sum() * 0.0
+        pred = self.box_head(out[hide])  # (M, 4)
+        target = torch.cat([boxes[:, ::S], boxes.new_zeros(B, T, pad, 4)], dim=2).reshape(B, -1, 4)[hide]
+        return (pred - target).abs().mean() * 10

@@ -1,4 +1,6 @@
 """Stage 2: instruction fine-tuning. LM loss on answer tokens; by default fusion + projection + LoRA adapters train.
+With ``masked_box_weight`` > 0 a track fusion's masked box modelling (`TrackFusion.masked_box_loss`, self-supervised
+from the clip's own boxes) is added to it, on the same batch (Aloe's auxiliary objective).
 
 Initialised (weights only) from a stage-1 checkpoint via `init_from`; resumed runs use `--ckpt_path` instead.
 Validation logs the LM loss and, on batches with `options`, multiple-choice accuracy per question type
@@ -22,7 +24,7 @@ from vrp.scoring.metrics import PerTypeAccuracy
 from vrp.scoring.rows import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
 from vrp.training import checkpoint, data_hooks
-from vrp.training.losses import lm_loss
+from vrp.training.losses import lm_loss, masked_box_loss, require_masked_boxes
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2
 
@@ -75,11 +77,13 @@ class InstructionTuning(L.LightningModule):
         val_accuracy: bool = True,
         val_question_types: list[str] | None = None,
         max_new_tokens: int = 32,
+        masked_box_weight: float = 0.0,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.scoring.scorers.LikelihoodScorer`); `val_accuracy` scores validation batches that carry options (per type; `val_question_types` fixes the type
         list, which multi-GPU runs need for per-type figures, else only the overall accuracy is synced);
-        `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
+        `max_new_tokens` bounds the answers `vrp predict` generates for open questions; `masked_box_weight` weighs the
+        fusion's masked box loss against the answer loss (0: off; needs a `MaskedBoxModel` fusion)."""
         super().__init__()
         self.save_hyperparameters(ignore=["model", "scorer"])  # the model's config: the CLI records it (vrp.cli)
         self.model = model
@@ -93,15 +97,30 @@ class InstructionTuning(L.LightningModule):
                 "trained only in stage 2)"
             )
         self.val_acc = PerTypeAccuracy(val_question_types)
+        require_masked_boxes(model.fusion, masked_box_weight)
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens (from cached encoder tokens when the datamodule reads a feature cache)."""
         return self.model.video_tokens(batch)
 
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The training objective: {"loss": total, "answer": LM loss[, "masked_boxes": the fusion's box loss]}."""
+        if not self.hparams.masked_box_weight:
+            answer = lm_loss(self.model, self.encode(batch), batch)
+            return {"loss": answer, "answer": answer}
+        batch = {**batch, "visual": self.model.visual_tokens(batch)}  # the encoder runs once for both losses
+        answer = lm_loss(self.model, self.encode(batch), batch)
+        boxes = masked_box_loss(self.model, batch)
+        return {"loss": answer + self.hparams.masked_box_weight * boxes, "answer": answer, "masked_boxes": boxes}
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = lm_loss(self.model, self.encode(batch), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=data_hooks.batch_size(batch))
-        return loss
+        parts = self.losses(batch)
+        n = data_hooks.batch_size(batch)
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
+        if "masked_boxes" in parts:
+            self.log("train/answer_loss", parts["answer"], batch_size=n)
+            self.log("train/masked_box_loss", parts["masked_boxes"], batch_size=n)
+        return parts["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "labels" in batch:
