@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vrp.models.tracks import TrackFusion, box_features
+from vrp.models.tracks import TrackFusion, box_features, kinematic_features
 
 
 def _inputs(B=2, T=3, K=2, D=8, grid=(4, 4)):
@@ -29,6 +29,42 @@ def test_box_features_motion_and_mask():
     torch.testing.assert_close(f[0, 0, 0, 10:12], torch.tensor([1.0, 0.0]))  # moves 0.1 right into frame 1
     assert f[0, 1, 0, 10:].abs().sum() == 0  # the next box is absent: no motion out of frame 1
     assert f[0, 2].abs().sum() == 0  # absent box: all zero
+
+
+def test_kinematic_features_by_hand():
+    # object 0 moves right 0.1 per frame, then bounces back (frame 2 -> 3); object 1 sits still beside the right edge
+    c0 = torch.tensor([[0.2, 0.5], [0.3, 0.5], [0.4, 0.5], [0.3, 0.5]])
+    b0 = torch.cat([c0 - 0.1, c0 + 0.1], dim=-1)  # (4, 4): 0.2 wide
+    b1 = torch.tensor([0.85, 0.45, 0.95, 0.55]).expand(4, 4)
+    boxes = torch.stack([b0, b1], dim=1)[None]  # (1, 4, 2, 4)
+    mask = torch.ones(1, 4, 2, dtype=torch.bool)
+    f = kinematic_features(boxes, mask)
+    assert f.shape == (1, 4, 2, 5)
+    torch.testing.assert_close(f[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0, 1.0]))  # speed in (x10), none at frame 0
+    torch.testing.assert_close(f[0, :, 0, 1], torch.tensor([1.0, 1.0, 1.0, 0.0]))  # speed out
+    torch.testing.assert_close(f[0, :, 0, 2], torch.tensor([0.0, 0.0, 2.0, 0.0]))  # velocity change: the bounce only
+    torch.testing.assert_close(f[0, 0, 1, 3], torch.tensor(0.1))  # object 1: 0.05 from the right edge, / FAR
+    torch.testing.assert_close(f[0, 2, 0, 4], torch.tensor(0.7))  # gap 0.85 - 0.5 = 0.35 to object 1, / FAR
+    assert f[0, :, 1, :3].abs().sum() == 0  # a still object: no speed, no turn
+    mask[0, 3, 0] = False  # object 0 lost at the last frame: no turn measured at frame 2, nothing at frame 3
+    f = kinematic_features(boxes, mask)
+    assert f[0, 2, 0, 2] == 0 and f[0, 3, 0].abs().sum() == 0
+    torch.testing.assert_close(f[0, 2, 1, 4], torch.tensor(0.7))
+    torch.testing.assert_close(f[0, 3, 1, 4], torch.tensor(1.0))  # alone in the frame: nearest box is FAR
+
+
+def test_kinematics_switch_feeds_the_box_embedding():
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(kinematics=True)
+    assert fusion.box_embed[0].in_features == 12 + 5
+    out = fusion(visual, None, boxes=boxes, box_mask=mask)
+    out.square().sum().backward()
+    assert fusion.box_embed[0].weight.grad[:, 12:].abs().sum() > 0  # the invariants reach the loss
+    moved = boxes.clone()
+    moved[:, 1:, 0, ::2] += 0.05  # object 0 speeds up: same first box, other speeds
+    assert not torch.allclose(
+        fusion.eval()(visual, None, boxes=moved, box_mask=mask), fusion(visual, None, boxes=boxes, box_mask=mask)
+    )
 
 
 @pytest.mark.parametrize("appearance", ["roi", "oracle", "none"])

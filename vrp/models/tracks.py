@@ -21,7 +21,9 @@ frames; the training layer hands S to the datamodule) and each (object, frame) t
 S: pixels stay at T frames, but motion, turns and contacts are seen at the video's own rate instead of every 2-4
 source frames. With ``contacts=True`` each box row also carries its gaps to the other tracked objects (one value per
 slot) and to the four frame edges, and with ``partner_messages=True`` each token gets the appearance of what it
-touches (`PartnerMessages`), so "what touches me now" is in the token itself.
+touches (`PartnerMessages`), so "what touches me now" is in the token itself. With ``kinematics=True`` each row also
+carries the invariants events are made of (`kinematic_features`: speeds, the change of velocity, the nearest edge
+and box gaps), which the raw features hold only as coordinates and displacement vectors.
 
 With ``masked_boxes=True`` the fusion also carries masked box modelling (`TrackFusion.masked_box_loss`, the
 self-supervised objective of Aloe / SlotFormer over boxes): spans of an object's tokens are hidden and their boxes
@@ -42,6 +44,7 @@ from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
 BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next frame
+KINEMATIC_FEATURES = 5  # speed in and out, velocity change, nearest-edge gap, nearest-box gap
 PAIR_FEATURES = 7  # centre offset (2), distance, box gap, time offset, same object, same frame
 FAR = 0.5  # contact gaps are clipped here: beyond it nothing is close
 
@@ -56,6 +59,25 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     prev = torch.cat([zero, step], dim=1)  # motion into frame t
     nxt = torch.cat([step, zero], dim=1)  # motion out of frame t
     feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per frame: rescale
+    return feats * mask[..., None]
+
+
+def kinematic_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, 5): the motion invariants events are made of, which
+    `box_features` holds only as raw coordinates and displacement vectors: speed into and out of the row, the change
+    of velocity across it (large at a bounce or a hit), the gap to the nearest frame edge and to the nearest other
+    box (< 0: overlapping). Norms and minima are what "fastest", "hit first" and "why did it turn" compare; a
+    layer would have to discover them from the vectors. 0 where the box is absent."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, T, K, 2)
+    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, T-1, K, 2)
+    zero = torch.zeros_like(centre[:, :1])
+    prev, nxt = torch.cat([zero, step], dim=1), torch.cat([step, zero], dim=1)
+    has_prev = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)
+    has_next = torch.cat([mask[:, 1:] & mask[:, :-1], torch.zeros_like(mask[:, :1])], dim=1)
+    turn = (nxt - prev).norm(dim=-1) * (has_prev & has_next)  # no turn is measured at a track's ends
+    wall = wall_gaps(boxes).amin(-1).clamp(-FAR, FAR) / FAR
+    near = box_gaps(boxes, mask).amin(-1).clamp(-FAR, FAR) / FAR
+    feats = torch.stack([prev.norm(dim=-1) * 10, nxt.norm(dim=-1) * 10, turn * 10, wall, near], dim=-1)
     return feats * mask[..., None]
 
 
@@ -171,8 +193,8 @@ class TrackFusion(nn.Module):
     is frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with
     ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches: ``identity_embed``, ``time_embed``,
     ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
-    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias), ``masked_boxes`` (masked box modelling); the
-    last five are off in the embedded default (measured no better; README).
+    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias), ``masked_boxes`` (masked box modelling),
+    ``kinematics`` (`kinematic_features`); the last six are off in the embedded default (measured no better; README).
     """
 
     supports_text = False
@@ -201,6 +223,7 @@ class TrackFusion(nn.Module):
         partner_messages: bool = False,
         relation_bias: bool = False,
         masked_boxes: bool = False,
+        kinematics: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -211,7 +234,7 @@ class TrackFusion(nn.Module):
         if box_substeps < 1:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
         self.num_frames, self.num_heads = num_frames, num_heads
-        self.box_substeps, self.contacts = box_substeps, contacts
+        self.box_substeps, self.contacts, self.kinematics = box_substeps, contacts, kinematics
         self.hidden_size = self.output_dim = hidden_size
         self.num_output_tokens = max_objects * num_frames
         if appearance == "roi":
@@ -219,7 +242,7 @@ class TrackFusion(nn.Module):
             self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
         elif appearance == "oracle":
             self.attribute_embed = nn.Linear(num_attributes, hidden_size)
-        per_row = BOX_FEATURES + (max_objects + 4 if contacts else 0)
+        per_row = BOX_FEATURES + (max_objects + 4 if contacts else 0) + (KINEMATIC_FEATURES if kinematics else 0)
         self.box_embed = nn.Sequential(
             nn.Linear(box_substeps * per_row, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
@@ -290,6 +313,8 @@ class TrackFusion(nn.Module):
             feats = torch.cat([feats[..., :8], torch.zeros_like(feats[..., 8:])], dim=-1)
         if self.contacts:
             feats = torch.cat([feats, contact_features(boxes, mask, self.max_objects)], dim=-1)
+        if self.kinematics:
+            feats = torch.cat([feats, kinematic_features(boxes, mask)], dim=-1)
         feats = feats.view(B, T, S, K, -1).transpose(2, 3).reshape(B, T, K, -1)  # (B, T, K, S * per_row)
         x = self.box_embed(feats)  # (B, T, K, H)
         rows, row_mask = boxes, mask
