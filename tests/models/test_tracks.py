@@ -239,6 +239,39 @@ def test_partner_messages_mix_only_real_partners():
     assert fusion(visual, None, boxes=boxes, box_mask=mask).shape == (1, 3 * T, 16)
 
 
+def test_partner_messages_by_contact_rule():
+    from vrp.models.tracks import PartnerMessages
+
+    # two sampled frames of S=2 rows: red (0) moves right and touches blue (1) at row 2 (frame 1); green (2) sits by
+    # the bottom edge; object 3 is absent in frame 1
+    c = torch.tensor([[0.20, 0.3], [0.25, 0.3], [0.30, 0.3], [0.30, 0.3]])
+    red = torch.cat([c - 0.1, c + 0.1], -1)
+    blue = torch.tensor([0.40, 0.2, 0.60, 0.4]).expand(4, 4)
+    green = torch.tensor([0.45, 0.85, 0.55, 0.99]).expand(4, 4)
+    far = torch.tensor([0.05, 0.5, 0.15, 0.6]).expand(4, 4)
+    boxes = torch.stack([red, blue, green, far], dim=1)[None]  # (1, 4, 4, 4)
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    mask[:, 2:, 3] = False
+    H = 8
+    pm = PartnerMessages(H, 2, contact_gap=0.02)
+    assert not hasattr(pm, "score")  # nothing to learn in the pick
+    with torch.no_grad():
+        pm.out.weight.copy_(torch.eye(H)), pm.out.bias.zero_(), pm.wall.copy_(torch.full((H,), 7.0))
+    appearance = torch.eye(4, H)[None]  # object k's appearance: unit vector k
+    msg = pm(boxes, mask, appearance)  # (1, 2, 4, H)
+    torch.testing.assert_close(msg[0, 0, 0], torch.zeros(H))  # frame 0: red touches nothing (gap 0.05)
+    torch.testing.assert_close(msg[0, 1, 0], appearance[0, 1])  # frame 1: red touches blue
+    torch.testing.assert_close(msg[0, 1, 1], appearance[0, 0])  # and blue red
+    torch.testing.assert_close(msg[0, 0, 2], torch.full((H,), 7.0))  # green: the bottom edge (gap 0.01)
+    torch.testing.assert_close(msg[0, 1, 3], torch.zeros(H))  # absent: no message, no wall
+    torch.testing.assert_close(msg[0, 0, 3], torch.zeros(H))  # 0.05 from the left edge: no contact
+    fusion = _fusion(box_substeps=2, partner_messages=True, contact_gap=0.02, max_objects=4, num_frames=2)
+    out = fusion(torch.randn(1, 2, 17, 8), None, boxes=boxes, box_mask=mask)
+    assert out.shape == (1, 8, 16)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in fusion.partners.parameters())
+
+
 @pytest.mark.parametrize("relation_bias", [False, True])
 def test_masked_boxes_hide_what_they_predict(relation_bias):
     visual, boxes, mask = _inputs()

@@ -114,11 +114,16 @@ class PartnerMessages(nn.Module):
     a read of X's own tokens instead of a search over every other track (the messages of interaction networks, with
     the partner picked by contact)."""
 
-    def __init__(self, hidden_size: int, box_substeps: int):
+    def __init__(self, hidden_size: int, box_substeps: int, contact_gap: float | None = None):
+        """``contact_gap``: pick the partner by rule instead — the box or frame edge nearest to the token's box at any
+        of the frame's S rows, when that gap is below ``contact_gap`` (in frame units), else nobody: a contact
+        detector over the tracker's boxes, so the message is right from the first step rather than learnt through
+        the answers it serves. None: the learned soft pick."""
         super().__init__()
-        self.box_substeps = box_substeps
-        self.score = nn.Sequential(nn.Linear(2 * box_substeps, 32), nn.GELU(), nn.Linear(32, 1))
-        self.nobody = nn.Parameter(torch.zeros(()))  # the logit of "in contact with nothing"
+        self.box_substeps, self.contact_gap = box_substeps, contact_gap
+        if contact_gap is None:
+            self.score = nn.Sequential(nn.Linear(2 * box_substeps, 32), nn.GELU(), nn.Linear(32, 1))
+            self.nobody = nn.Parameter(torch.zeros(()))  # the logit of "in contact with nothing"
         self.wall = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.out = nn.Linear(hidden_size, hidden_size)
 
@@ -129,16 +134,22 @@ class PartnerMessages(nn.Module):
         T = TS // S
         gaps = torch.cat([box_gaps(boxes, mask), wall_gaps(boxes).amin(-1, keepdim=True)], dim=-1)  # (B, TS, K, K+1)
         gaps = gaps.clamp(-FAR, FAR) / FAR
-        rate = torch.cat([torch.zeros_like(gaps[:, :1]), gaps.diff(dim=1)], dim=1) * 10  # closing in: < 0
-        feats = torch.stack([gaps, rate], dim=-1).view(B, T, S, K, K + 1, 2)
-        feats = feats.permute(0, 1, 3, 4, 2, 5).reshape(B, T, K, K + 1, 2 * S)
-        logits = self.score(feats)[..., 0]  # (B, T, K, K+1)
         frame_mask = mask.view(B, T, S, K).any(2)  # (B, T, K)
         partner = frame_mask[:, :, None, :] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)  # (B, T, K, K)
         valid = torch.cat([partner, torch.ones_like(partner[..., :1])], dim=-1)  # every box may touch a wall
-        logits = logits.masked_fill(~valid, float("-inf"))
-        logits = torch.cat([logits, self.nobody.expand(B, T, K, 1)], dim=-1)  # (B, T, K, K+2)
-        w = logits.softmax(-1)
+        if self.contact_gap is not None:  # the rule: the nearest thing within contact_gap at any of the S rows
+            rows = gaps.masked_fill(~mask[..., None], FAR).view(B, T, S, K, K + 1).amin(2)  # (B, T, K, K+1)
+            rows = rows.masked_fill(~valid, float("inf"))
+            best, who = rows.min(-1)  # (B, T, K)
+            who = torch.where(best * FAR < self.contact_gap, who, K + 1)  # K + 1: nobody
+            w = F.one_hot(who, K + 2).to(appearance.dtype)
+        else:
+            rate = torch.cat([torch.zeros_like(gaps[:, :1]), gaps.diff(dim=1)], dim=1) * 10  # closing in: < 0
+            feats = torch.stack([gaps, rate], dim=-1).view(B, T, S, K, K + 1, 2)
+            feats = feats.permute(0, 1, 3, 4, 2, 5).reshape(B, T, K, K + 1, 2 * S)
+            logits = self.score(feats)[..., 0].masked_fill(~valid, float("-inf"))  # (B, T, K, K+1)
+            logits = torch.cat([logits, self.nobody.expand(B, T, K, 1)], dim=-1)  # (B, T, K, K+2)
+            w = logits.softmax(-1)
         values = torch.cat([appearance, self.wall.expand(B, 1, -1)], dim=1)  # (B, K+1, H)
         message = torch.einsum("btkj,bjh->btkh", w[..., : K + 1], values)
         return self.out(message)
@@ -221,6 +232,7 @@ class TrackFusion(nn.Module):
         box_substeps: int = 1,
         contacts: bool = False,
         partner_messages: bool = False,
+        contact_gap: float | None = None,
         relation_bias: bool = False,
         masked_boxes: bool = False,
         kinematics: bool = False,
@@ -246,7 +258,7 @@ class TrackFusion(nn.Module):
         self.box_embed = nn.Sequential(
             nn.Linear(box_substeps * per_row, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.partners = PartnerMessages(hidden_size, box_substeps) if partner_messages else None
+        self.partners = PartnerMessages(hidden_size, box_substeps, contact_gap) if partner_messages else None
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         if relation_bias:
