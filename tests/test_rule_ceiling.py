@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["red circle", "blue square"]
 
 
 @pytest.fixture(scope="module")
-def rules():
-    spec = importlib.util.spec_from_file_location("rule_ceiling", ROOT / "scripts" / "rule_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rules(load_script):
+    return load_script("rule_ceiling")
 
 
 def _boxes(centres: list[list[tuple[float, float]]], half: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
