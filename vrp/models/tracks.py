@@ -49,15 +49,20 @@ PAIR_FEATURES = 7  # centre offset (2), distance, box gap, time offset, same obj
 FAR = 0.5  # contact gaps are clipped here: beyond it nothing is close
 
 
+def centre_motion(boxes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, K, 4) xyxy, (B, T, K) mask -> centres (B, T, K, 2) and the centre motion into and out of each row
+    (B, T, K, 2) each, 0 where the row or its neighbour is absent (and into the first / out of the last row)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, T-1, K, 2)
+    zero = torch.zeros_like(centre[:, :1])
+    return centre, torch.cat([zero, step], dim=1), torch.cat([step, zero], dim=1)
+
+
 def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, 12): xyxy, centre, size, centre motion (prev, next); 0 where
     a box or its neighbour is absent."""
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, T, K, 2)
+    centre, prev, nxt = centre_motion(boxes, mask)
     size = boxes[..., 2:] - boxes[..., :2]
-    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, T-1, K, 2)
-    zero = torch.zeros_like(centre[:, :1])
-    prev = torch.cat([zero, step], dim=1)  # motion into frame t
-    nxt = torch.cat([step, zero], dim=1)  # motion out of frame t
     feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per frame: rescale
     return feats * mask[..., None]
 
@@ -68,10 +73,7 @@ def kinematic_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     of velocity across it (large at a bounce or a hit), the gap to the nearest frame edge and to the nearest other
     box (< 0: overlapping). Norms and minima are what "fastest", "hit first" and "why did it turn" compare; a
     layer would have to discover them from the vectors. 0 where the box is absent."""
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, T, K, 2)
-    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, T-1, K, 2)
-    zero = torch.zeros_like(centre[:, :1])
-    prev, nxt = torch.cat([zero, step], dim=1), torch.cat([step, zero], dim=1)
+    _, prev, nxt = centre_motion(boxes, mask)
     has_prev = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)
     has_next = torch.cat([mask[:, 1:] & mask[:, :-1], torch.zeros_like(mask[:, :1])], dim=1)
     turn = (nxt - prev).norm(dim=-1) * (has_prev & has_next)  # no turn is measured at a track's ends
@@ -204,8 +206,11 @@ class TrackFusion(nn.Module):
     is frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with
     ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches: ``identity_embed``, ``time_embed``,
     ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
-    ``partner_messages`` (`PartnerMessages`), ``relation_bias`` (the pair-wise attention bias), ``masked_boxes`` (masked box modelling),
-    ``kinematics`` (`kinematic_features`); the last six are off in the embedded default (measured no better; README).
+    ``partner_messages`` (`PartnerMessages`) and ``contact_gap`` (its partner picked by rule), ``relation_bias`` (the
+    pair-wise attention bias), ``masked_boxes`` (masked box modelling), ``kinematics`` (`kinematic_features`). The
+    embedded default turns on ``box_substeps: 4``, ``partner_messages`` and ``contact_gap: 0.02`` (the contact
+    messages) and leaves ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no
+    better; README).
     """
 
     supports_text = False
