@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 TURN_COS = 0.9  # a direction change: the cosine between consecutive displacements falls below this
 TURN_SPEED = 0.3  # or a speed change of more than this fraction
+RULES = ("count", "fastest", "first_hit", "last_hit", "why_turn", "first_wall", "next_wall")  # templates answered
 
 
 def turns(centre: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -68,7 +69,7 @@ def nearest(boxes: torch.Tensor, mask: torch.Tensor, k: int, row: int) -> int | 
 
 
 def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, mask: torch.Tensor) -> str | None:
-    """The rule's answer text for one question (None: no rule, or the rule finds nothing)."""
+    """The rule's answer text for one question (None: a template not in ``RULES``, or the rule finds nothing)."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (R, K, 2)
     if template == "count":
         return NUMBERS[int(mask.any(0).sum())]
@@ -97,9 +98,8 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
         if x is None or not ev[x]:
             return None
         who = nearest(boxes, mask, x, ev[x][-1] if template == "last_hit" else ev[x][0])
-        hit = "a wall" if who == "wall" else f"the {names[who]}"
         if template == "why_turn":
-            return "it hit a wall" if who == "wall" else f"it hit {hit}"
+            return "it hit a wall" if who == "wall" else f"it hit the {names[who]}"
         return "a wall" if who == "wall" else names[who]
     return None
 
@@ -130,12 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     chance: dict[str, float] = defaultdict(float)
     for rec in dm.records[a.split]:
         t = template.get(rec.key)
-        if rec.options is None or t is None:
-            continue
+        if rec.options is None or t not in RULES:
+            continue  # no rule for this template: its clip is not even read
         s = loader(rec)
         text = answer(t, " ".join(u for u, _ in rec.turns), names[rec.video_key], s["boxes"], s["box_mask"])
-        if text is None and t not in ("first_hit", "last_hit", "why_turn", "first_wall", "next_wall"):
-            continue  # no rule for this template
         hits[t][0] += int(text in rec.options and rec.options.index(text) == rec.answer_index)
         hits[t][1] += 1
         chance[t] += 1 / len(rec.options)
