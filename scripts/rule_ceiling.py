@@ -9,8 +9,9 @@ boxes file's object names: a diagnostic oracle, never a model input):
 - ``first_hit`` / ``last_hit`` / ``why_turn``: the object's first (last) turn — a change of direction or speed between
   consecutive box rows — and the nearest wall or box around it;
 - ``first_wall``: the earliest turn of any object whose nearest thing is a wall;
-- ``next_wall``: the object whose last motion reaches a frame edge soonest.
-The rest (next_hit, why_faster / why_slower, counterfactual, shape, colour) are left out. Prints the accuracy per
+- ``next_wall``: the object whose last motion reaches a frame edge soonest;
+- ``next_hit``: the object's first contact ahead if everything keeps its last motion (`contact_times`).
+The rest ( why_faster / why_slower, counterfactual, shape, colour) are left out. Prints the accuracy per
 template beside chance: a lower bound on what the sampled boxes hold, to set against what a model learns from them.
 """
 
@@ -29,7 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 TURN_COS = 0.9  # a direction change: the cosine between consecutive displacements falls below this
 TURN_SPEED = 0.3  # or a speed change of more than this fraction
-RULES = ("count", "fastest", "first_hit", "last_hit", "why_turn", "first_wall", "next_wall")  # templates answered
+RULES = (
+    "count",
+    "fastest",
+    "first_hit",
+    "last_hit",
+    "why_turn",
+    "first_wall",
+    "next_wall",
+    "next_hit",
+)  # templates answered
 
 
 def turns(centre: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -80,6 +90,18 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
     if template == "first_wall":
         hits = [(r, k) for k in range(len(names)) for r in ev[k] if nearest(boxes, mask, k, r) == "wall"]
         return names[min(hits)[1]] if hits else None
+    if template == "next_hit":  # the first contact ahead from the last row with a known motion (`contact_times`)
+        from vrp.models.tracks import contact_times
+
+        x = next((k for k, n in enumerate(names) if f"the {n} " in question), None)
+        seen = (mask[1:, x] & mask[:-1, x]).nonzero().flatten() + 1 if x is not None else []
+        if not len(seen):
+            return None
+        times = contact_times(boxes[None], mask[None])[0, int(seen[-1]), x]  # (K + 1,)
+        if not bool(times.isfinite().any()):
+            return None
+        who = int(times.argmin())
+        return "a wall" if who == len(names) else names[who]
     if template == "next_wall":
         soonest = None
         for k in range(len(names)):

@@ -48,3 +48,17 @@ def test_absent_boxes_are_not_turns(rules):
     mask[1:3, 0] = False  # red is lost where its track jumps
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     assert rules.turns(centre, mask) == [[], []]
+
+
+def test_next_hit_follows_the_last_motion(rules):
+    # red heads right toward blue, which stands in its path; then red turns toward the top edge instead
+    red = [(0.20, 0.5), (0.25, 0.5), (0.30, 0.5)]
+    blue = [(0.60, 0.5)] * 3
+    boxes, mask = _boxes([list(r) for r in zip(red, blue)])
+    ask = lambda: rules.answer("next_hit", "What will the red circle hit next?", NAMES, boxes, mask)  # noqa: E731
+    assert ask() == "blue square"
+    red[-1] = (0.25, 0.4)  # the last row moves up: the top edge comes first
+    boxes, mask = _boxes([list(r) for r in zip(red, blue)])
+    assert ask() == "a wall"
+    mask[1:, 0] = False  # no motion known for red: no answer
+    assert ask() is None

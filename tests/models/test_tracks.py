@@ -272,6 +272,71 @@ def test_partner_messages_by_contact_rule():
     assert all(p.grad is not None for p in fusion.partners.parameters())
 
 
+def test_contact_times_by_hand():
+    from vrp.models.tracks import contact_times
+
+    # radius 0.05 each. red moves right 0.05 per row toward blue (still, centre gap 0.4 -> touches after 6 rows);
+    # green moves up 0.02 per row, 0.1 from the top edge (its box's top at 0.15 - 0.05: 5 rows); object 3 is absent
+    # in row 1; at row 0 nothing has a known motion
+    red = torch.tensor([[0.25, 0.5], [0.30, 0.5]])
+    blue = torch.tensor([[0.70, 0.5], [0.70, 0.5]])
+    green = torch.tensor([[0.30, 0.17], [0.30, 0.15]])
+    lost = torch.tensor([[0.5, 0.8], [0.5, 0.8]])
+    c = torch.stack([red, blue, green, lost], dim=1)  # (2, 4, 2)
+    boxes = torch.cat([c - 0.05, c + 0.05], dim=-1)[None]  # (1, 2, 4, 4)
+    mask = torch.ones(1, 2, 4, dtype=torch.bool)
+    mask[0, 1, 3] = False
+    t = contact_times(boxes, mask)
+    assert t.shape == (1, 2, 4, 5) and t[0, 0].isinf().all()  # no motion known at the first row
+    torch.testing.assert_close(t[0, 1, 0, 1], torch.tensor(6.0))  # red reaches blue: gap 0.3 at 0.05 per row
+    torch.testing.assert_close(t[0, 1, 1, 0], torch.tensor(6.0))  # and blue sees red coming
+    torch.testing.assert_close(t[0, 1, 0, 4], torch.tensor(0.65 / 0.05))  # red's right edge to the frame's
+    torch.testing.assert_close(t[0, 1, 2, 4], torch.tensor(5.0))  # green: top edge 0.10 away at 0.02 per row
+    assert t[0, 1, 0, 2].isinf() and t[0, 1, 2, 0].isinf()  # red and green move in parallel: never meet
+    assert t[0, 1, 1, 4].isinf()  # blue stands still: no wall ahead
+    assert t[0, 1, 3].isinf().all() and t[0, 1, :3, 3].isinf().all()  # the absent box: no times, no partner
+    assert t[0, 1, 0, 0].isinf()  # not itself
+
+
+def test_forecast_messages_by_hand():
+    from vrp.models.tracks import ForecastMessages
+
+    # two sampled frames of S=2 rows. red (0) moves right 0.05 per row toward blue (1), which stands still; green (2)
+    # moves up toward the top edge; the last row of frame 1 is past the clip (absent) for every object
+    red = torch.tensor([[0.10, 0.5], [0.15, 0.5], [0.20, 0.5], [0.0, 0.0]])
+    blue = torch.tensor([[0.50, 0.5]] * 3 + [[0.0, 0.0]])
+    green = torch.tensor([[0.30, 0.14], [0.30, 0.12], [0.30, 0.10], [0.0, 0.0]])
+    c = torch.stack([red, blue, green], dim=1)
+    boxes = torch.cat([c - 0.05, c + 0.05], dim=-1)[None]  # (1, 4, 3, 4)
+    mask = torch.ones(1, 4, 3, dtype=torch.bool)
+    mask[0, 3] = False
+    H = 8
+    fm = ForecastMessages(H, 2, horizon=1.5)  # 1.5 frames = 3 rows ahead
+    with torch.no_grad():
+        fm.out.weight.copy_(torch.eye(H)), fm.out.bias.zero_(), fm.wall.copy_(torch.full((H,), 7.0))
+        fm.soon.weight.zero_(), fm.soon.bias.zero_()
+    appearance = torch.eye(3, H)[None]
+    msg = fm(boxes, mask, appearance)  # (1, 2, 3, H)
+    # frame 1's last known row is row 2: red is 0.2 from blue at 0.05 per row (4 rows: beyond the horizon)
+    torch.testing.assert_close(msg[0, 1, 0], torch.zeros(H))
+    torch.testing.assert_close(msg[0, 1, 2], torch.full((H,), 7.0))  # green: top edge 0.05 away, 0.02 per row
+    torch.testing.assert_close(msg[0, 0, 1], torch.zeros(H))  # blue stands still: nothing ahead
+    fm2 = ForecastMessages(H, 2, horizon=3.0)  # 6 rows ahead: red's hit on blue is in sight, sooner than its wall
+    fm2.load_state_dict(fm.state_dict())
+    torch.testing.assert_close(fm2(boxes, mask, appearance)[0, 1, 0], appearance[0, 1])
+    with torch.no_grad():
+        fm2.soon.weight.copy_(torch.eye(H, 2))
+    soon = fm2(boxes, mask, appearance)[0, 1, 0, :2] - appearance[0, 1, :2]  # (time to blue, to an edge) / horizon
+    torch.testing.assert_close(soon, torch.tensor([4 / 6, 1.0]))  # the edge is 0.75 / 0.05 = 15 rows off: capped
+    with pytest.raises(ValueError, match="forecast_horizon"):
+        ForecastMessages(H, 2, horizon=0.0)
+    fusion = _fusion(box_substeps=2, forecast_horizon=2.0, num_frames=2)
+    out = fusion(torch.randn(1, 2, 17, 8), None, boxes=boxes, box_mask=mask)
+    assert out.shape == (1, 6, 16)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in fusion.forecasts.parameters())
+
+
 @pytest.mark.parametrize("relation_bias", [False, True])
 def test_masked_boxes_hide_what_they_predict(relation_bias):
     visual, boxes, mask = _inputs()

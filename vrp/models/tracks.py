@@ -23,7 +23,9 @@ source frames. With ``contacts=True`` each box row also carries its gaps to the 
 slot) and to the four frame edges, and with ``partner_messages=True`` each token gets the appearance of what it
 touches (`PartnerMessages`), so "what touches me now" is in the token itself. With ``kinematics=True`` each row also
 carries the invariants events are made of (`kinematic_features`: speeds, the change of velocity, the nearest edge
-and box gaps), which the raw features hold only as coordinates and displacement vectors.
+and box gaps), which the raw features hold only as coordinates and displacement vectors. With ``forecast_horizon=h``
+each token also gets what its object will hit next if everything keeps its motion (`ForecastMessages`): the events
+a predictive question asks about come after the clip, where no contact shows them.
 
 With ``masked_boxes=True`` the fusion also carries masked box modelling (`TrackFusion.masked_box_loss`, the
 self-supervised objective of Aloe / SlotFormer over boxes): spans of an object's tokens are hidden and their boxes
@@ -157,6 +159,69 @@ class PartnerMessages(nn.Module):
         return self.out(message)
 
 
+def contact_times(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, R, K, 4) xyxy box rows, (B, R, K) mask -> (B, R, K, K + 1): in rows from each row, when each box would
+    first touch every other box and the nearest frame edge if all kept the motion that brought them to this row
+    (constant velocity, the displacement from the previous row). Boxes are taken as discs of their larger half-side:
+    a box test would call every diagonal near miss a hit. ``inf`` where there is no such contact ahead: moving apart
+    or missing, already overlapping, standing still, itself, or a box (or its previous row) absent."""
+    B, R, K, _ = boxes.shape
+    centre, vel, _ = centre_motion(boxes, mask)  # (B, R, K, 2) each: vel is the motion into the row
+    moving = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)  # (B, R, K)
+    radius = (boxes[..., 2:] - boxes[..., :2]).amax(-1) / 2  # (B, R, K)
+    c = centre[:, :, None] - centre[:, :, :, None]  # (B, R, K, K, 2): j's centre minus k's
+    v = vel[:, :, None] - vel[:, :, :, None]
+    reach = radius[:, :, None] + radius[:, :, :, None]  # (B, R, K, K)
+    a, b = (v * v).sum(-1), 2 * (c * v).sum(-1)
+    cc = (c * c).sum(-1) - reach**2
+    disc = b * b - 4 * a * cc
+    t = (-b - disc.clamp(min=0).sqrt()) / (2 * a).clamp(min=1e-12)
+    hit = (cc > 0) & (b < 0) & (disc >= 0) & (a > 1e-12)  # apart now, closing in, and the paths meet
+    pair = moving[:, :, :, None] & mask[:, :, None] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)
+    t = t.masked_fill(~(hit & pair), float("inf"))
+    edge = torch.cat([boxes[..., :2], 1 - boxes[..., 2:]], dim=-1)  # (B, R, K, 4): left, top, right, bottom gaps
+    toward = torch.cat([-vel, vel], dim=-1)  # speed toward each edge
+    wall = (edge.clamp(min=0) / toward.clamp(min=1e-12)).masked_fill(toward <= 1e-12, float("inf")).amin(-1)
+    wall = wall.masked_fill(~moving, float("inf"))
+    return torch.cat([t, wall[..., None]], dim=-1)
+
+
+class ForecastMessages(nn.Module):
+    """For every (object, frame) token, what it will hit next if everything keeps moving as it does: the box or
+    frame edge whose contact comes first (`contact_times` from the frame's last box row with a known motion) within
+    ``horizon`` sampled frames, as a message — that partner's appearance (or a learned wall vector), plus how soon
+    it comes and how soon the token's own box reaches an edge. "What will X hit next" and "which object will hit a
+    wall next" ask about events after the clip ends, which no contact in the clip shows; on the last frame's tokens
+    this is a read instead of a roll-out the layers must learn (the forward model of interaction networks, by rule)."""
+
+    def __init__(self, hidden_size: int, box_substeps: int, horizon: float):
+        super().__init__()
+        if horizon <= 0:
+            raise ValueError(f"forecast_horizon must be > 0 sampled frames, got {horizon}")
+        self.box_substeps, self.horizon = box_substeps, horizon
+        self.wall = nn.Parameter(torch.randn(hidden_size) * 0.02)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.soon = nn.Linear(2, hidden_size)  # (time to the partner, time to an edge) / horizon, 1 = not within it
+
+    def forward(self, boxes: torch.Tensor, mask: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """boxes (B, T*S, K, 4), mask (B, T*S, K), per-object appearance (B, K, H) -> messages (B, T, K, H)."""
+        B, TS, K, _ = boxes.shape
+        S = self.box_substeps
+        T = TS // S
+        times = contact_times(boxes, mask).view(B, T, S, K, K + 1)
+        known = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1).view(B, T, S, K)
+        last = S - 1 - known.flip(2).int().argmax(2)  # (B, T, K): the frame's last row with a known motion
+        times = times.gather(2, last[:, :, None, :, None].expand(B, T, 1, K, K + 1))[:, :, 0]  # (B, T, K, K+1)
+        times = times.masked_fill(~known.any(2)[..., None], float("inf")) / (self.horizon * S)  # in horizons
+        first, who = times.min(-1)  # (B, T, K)
+        who = torch.where(first < 1, who, K + 1)  # K + 1: nothing within the horizon
+        w = F.one_hot(who, K + 2).to(appearance.dtype)[..., : K + 1]
+        values = torch.cat([appearance, self.wall.expand(B, 1, -1)], dim=1)  # (B, K+1, H)
+        message = self.out(torch.einsum("btkj,bjh->btkh", w, values))
+        soon = torch.stack([first, times[..., K]], dim=-1).clamp(max=1).to(appearance.dtype)  # (B, T, K, 2)
+        return message + self.soon(soon)
+
+
 def pair_features(boxes: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(B, T, K, 4) xyxy (absent boxes zeroed) -> (B, T*K, T*K, 7) features of every frame-major token pair (p, q):
     q's centre minus p's (x, y), their distance, the gap between the boxes (< 0: overlapping), (t_q - t_p) / T,
@@ -207,9 +272,10 @@ class TrackFusion(nn.Module):
     ``appearance="oracle"`` (V = ``num_attributes``). Ablation switches: ``identity_embed``, ``time_embed``,
     ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
     ``partner_messages`` (`PartnerMessages`) and ``contact_gap`` (its partner picked by rule), ``relation_bias`` (the
-    pair-wise attention bias), ``masked_boxes`` (masked box modelling), ``kinematics`` (`kinematic_features`). The
-    embedded default turns on ``box_substeps: 4``, ``partner_messages`` and ``contact_gap: 0.02`` (the contact
-    messages) and leaves ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no
+    pair-wise attention bias), ``masked_boxes`` (masked box modelling), ``kinematics`` (`kinematic_features`),
+    ``forecast_horizon`` (`ForecastMessages`; None: off). The embedded default turns on ``box_substeps: 4``,
+    ``partner_messages`` and ``contact_gap: 0.02`` (the contact messages) and ``forecast_horizon: 4.0`` (the forecast
+    messages), and leaves ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no
     better; README).
     """
 
@@ -241,6 +307,7 @@ class TrackFusion(nn.Module):
         relation_bias: bool = False,
         masked_boxes: bool = False,
         kinematics: bool = False,
+        forecast_horizon: float | None = None,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -264,6 +331,9 @@ class TrackFusion(nn.Module):
             nn.Linear(box_substeps * per_row, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
         self.partners = PartnerMessages(hidden_size, box_substeps, contact_gap) if partner_messages else None
+        self.forecasts = (
+            None if forecast_horizon is None else ForecastMessages(hidden_size, box_substeps, forecast_horizon)
+        )
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         if relation_bias:
@@ -360,6 +430,8 @@ class TrackFusion(nn.Module):
         per_object = (app * m).sum(1) / m.sum(1).clamp(min=1)  # (B, K, H): each object's mean visible appearance
         if self.partners is not None:
             x = x + self.partners(rows, row_mask, per_object)
+        if self.forecasts is not None:
+            x = x + self.forecasts(rows, row_mask, per_object)
         if hide is not None:  # a hidden token keeps what its object looks like (elsewhere), not where it is
             x = torch.where(visible[..., None], x, (self.hidden_token + per_object[:, None]).to(x.dtype))
         pad = self.max_objects - K
