@@ -91,10 +91,12 @@ def test_overlay_parses(pair):
         else []
     )
     cfg = _parse(stage, *extra, overlay)
-    if overlay.name == "fusion_mlp.yaml":
+    connectors = {"fusion_mlp.yaml": "vrp.models.MLPConnector", "fusion_linear.yaml": "vrp.models.LinearConnector"}
+    if overlay.name in connectors:
         fusion = cfg.model.init_args.model.init_args.fusion
-        assert fusion.class_path == "vrp.models.MLPConnector"
-        assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the MLP connector"
+        assert fusion.class_path == connectors[overlay.name]
+        assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the connector"
+        assert "max_objects" not in (fusion.init_args or {}), "track fusion init_args leaked into the connector"
 
 
 def test_zero_shot_overlay_builds_its_sources():
