@@ -60,6 +60,12 @@ def centre_motion(boxes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return centre, torch.cat([zero, step], dim=1), torch.cat([step, zero], dim=1)
 
 
+def has_previous(mask: torch.Tensor) -> torch.Tensor:
+    """(B, R, K) mask -> (B, R, K): the box and the one a row before are both present (the motion into the row is
+    known); False on the first row."""
+    return torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)
+
+
 def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, 12): xyxy, centre, size, centre motion (prev, next); 0 where
     a box or its neighbour is absent."""
@@ -76,8 +82,8 @@ def kinematic_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     box (< 0: overlapping). Norms and minima are what "fastest", "hit first" and "why did it turn" compare; a
     layer would have to discover them from the vectors. 0 where the box is absent."""
     _, prev, nxt = centre_motion(boxes, mask)
-    has_prev = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)
-    has_next = torch.cat([mask[:, 1:] & mask[:, :-1], torch.zeros_like(mask[:, :1])], dim=1)
+    has_prev = has_previous(mask)
+    has_next = torch.cat([has_prev[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     turn = (nxt - prev).norm(dim=-1) * (has_prev & has_next)  # no turn is measured at a track's ends
     wall = wall_gaps(boxes).amin(-1).clamp(-FAR, FAR) / FAR
     near = box_gaps(boxes, mask).amin(-1).clamp(-FAR, FAR) / FAR
@@ -109,6 +115,13 @@ def contact_features(boxes: torch.Tensor, mask: torch.Tensor, slots: int) -> tor
     gap = torch.cat([box_gaps(boxes, mask), boxes.new_full((B, T, K, slots - K), FAR)], dim=-1)  # (B, T, K, slots)
     feats = torch.cat([gap, wall_gaps(boxes)], dim=-1).clamp(-FAR, FAR) / FAR
     return feats * mask[..., None]
+
+
+def mix_partners(weights: torch.Tensor, appearance: torch.Tensor, wall: torch.Tensor) -> torch.Tensor:
+    """weights (B, T, K, K + 1) over the other objects and the wall, appearance (B, K, H), wall (H,) -> (B, T, K, H):
+    each token's partners' appearance (the wall's vector for the last column), weighted."""
+    values = torch.cat([appearance, wall.expand(appearance.shape[0], 1, -1)], dim=1)  # (B, K+1, H)
+    return torch.einsum("btkj,bjh->btkh", weights, values)
 
 
 class PartnerMessages(nn.Module):
@@ -154,9 +167,7 @@ class PartnerMessages(nn.Module):
             logits = self.score(feats)[..., 0].masked_fill(~valid, float("-inf"))  # (B, T, K, K+1)
             logits = torch.cat([logits, self.nobody.expand(B, T, K, 1)], dim=-1)  # (B, T, K, K+2)
             w = logits.softmax(-1)
-        values = torch.cat([appearance, self.wall.expand(B, 1, -1)], dim=1)  # (B, K+1, H)
-        message = torch.einsum("btkj,bjh->btkh", w[..., : K + 1], values)
-        return self.out(message)
+        return self.out(mix_partners(w[..., : K + 1], appearance, self.wall))
 
 
 def contact_times(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,7 +178,7 @@ def contact_times(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     or missing, already overlapping, standing still, itself, or a box (or its previous row) absent."""
     B, R, K, _ = boxes.shape
     centre, vel, _ = centre_motion(boxes, mask)  # (B, R, K, 2) each: vel is the motion into the row
-    moving = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1)  # (B, R, K)
+    moving = has_previous(mask)  # (B, R, K)
     radius = (boxes[..., 2:] - boxes[..., :2]).amax(-1) / 2  # (B, R, K)
     c = centre[:, :, None] - centre[:, :, :, None]  # (B, R, K, K, 2): j's centre minus k's
     v = vel[:, :, None] - vel[:, :, :, None]
@@ -209,15 +220,14 @@ class ForecastMessages(nn.Module):
         S = self.box_substeps
         T = TS // S
         times = contact_times(boxes, mask).view(B, T, S, K, K + 1)
-        known = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:] & mask[:, :-1]], dim=1).view(B, T, S, K)
+        known = has_previous(mask).view(B, T, S, K)
         last = S - 1 - known.flip(2).int().argmax(2)  # (B, T, K): the frame's last row with a known motion
         times = times.gather(2, last[:, :, None, :, None].expand(B, T, 1, K, K + 1))[:, :, 0]  # (B, T, K, K+1)
         times = times.masked_fill(~known.any(2)[..., None], float("inf")) / (self.horizon * S)  # in horizons
         first, who = times.min(-1)  # (B, T, K)
         who = torch.where(first < 1, who, K + 1)  # K + 1: nothing within the horizon
         w = F.one_hot(who, K + 2).to(appearance.dtype)[..., : K + 1]
-        values = torch.cat([appearance, self.wall.expand(B, 1, -1)], dim=1)  # (B, K+1, H)
-        message = self.out(torch.einsum("btkj,bjh->btkh", w, values))
+        message = self.out(mix_partners(w, appearance, self.wall))
         soon = torch.stack([first, times[..., K]], dim=-1).clamp(max=1).to(appearance.dtype)  # (B, T, K, 2)
         return message + self.soon(soon)
 
