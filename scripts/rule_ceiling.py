@@ -11,7 +11,7 @@ boxes file's object names: a diagnostic oracle, never a model input):
 - ``first_wall``: the earliest turn of any object whose nearest thing is a wall;
 - ``next_wall``: the object whose last motion reaches a frame edge soonest;
 - ``next_hit``: the object's first contact ahead if everything keeps its last motion (`contact_times`).
-The rest ( why_faster / why_slower, counterfactual, shape, colour) are left out. Prints the accuracy per
+The rest (why_faster / why_slower, counterfactual, shape, colour) are left out. Prints the accuracy per
 template beside chance: a lower bound on what the sampled boxes hold, to set against what a model learns from them.
 """
 
@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vrp.models.tracks import contact_times, has_previous  # noqa: E402
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 TURN_COS = 0.9  # a direction change: the cosine between consecutive displacements falls below this
@@ -78,6 +80,11 @@ def nearest(boxes: torch.Tensor, mask: torch.Tensor, k: int, row: int) -> int | 
     return who
 
 
+def subject(question: str, names: list[str]) -> int | None:
+    """The index of the object a question names ("... the red circle ..."), None if it names none."""
+    return next((k for k, n in enumerate(names) if f"the {n} " in question), None)
+
+
 def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, mask: torch.Tensor) -> str | None:
     """The rule's answer text for one question (None: a template not in ``RULES``, or the rule finds nothing)."""
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (R, K, 2)
@@ -91,10 +98,8 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
         hits = [(r, k) for k in range(len(names)) for r in ev[k] if nearest(boxes, mask, k, r) == "wall"]
         return names[min(hits)[1]] if hits else None
     if template == "next_hit":  # the first contact ahead from the last row with a known motion (`contact_times`)
-        from vrp.models.tracks import contact_times
-
-        x = next((k for k, n in enumerate(names) if f"the {n} " in question), None)
-        seen = (mask[1:, x] & mask[:-1, x]).nonzero().flatten() + 1 if x is not None else []
+        x = subject(question, names)
+        seen = has_previous(mask[None])[0, :, x].nonzero().flatten() if x is not None else []
         if not len(seen):
             return None
         times = contact_times(boxes[None], mask[None])[0, int(seen[-1]), x]  # (K + 1,)
@@ -116,7 +121,7 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
                         soonest = (t, k)
         return names[soonest[1]] if soonest else None
     if template in ("first_hit", "last_hit", "why_turn"):
-        x = next((k for k, n in enumerate(names) if f"the {n} " in question), None)
+        x = subject(question, names)
         if x is None or not ev[x]:
             return None
         who = nearest(boxes, mask, x, ev[x][-1] if template == "last_hit" else ev[x][0])

@@ -190,7 +190,7 @@ def contact_times(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     hit = (cc > 0) & (b < 0) & (disc >= 0) & (a > 1e-12)  # apart now, closing in, and the paths meet
     pair = moving[:, :, :, None] & mask[:, :, None] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)
     t = t.masked_fill(~(hit & pair), float("inf"))
-    edge = torch.cat([boxes[..., :2], 1 - boxes[..., 2:]], dim=-1)  # (B, R, K, 4): left, top, right, bottom gaps
+    edge = wall_gaps(boxes)  # (B, R, K, 4): left, top, right, bottom
     toward = torch.cat([-vel, vel], dim=-1)  # speed toward each edge
     wall = (edge.clamp(min=0) / toward.clamp(min=1e-12)).masked_fill(toward <= 1e-12, float("inf")).amin(-1)
     wall = wall.masked_fill(~moving, float("inf"))
@@ -223,7 +223,7 @@ class ForecastMessages(nn.Module):
         known = has_previous(mask).view(B, T, S, K)
         last = S - 1 - known.flip(2).int().argmax(2)  # (B, T, K): the frame's last row with a known motion
         times = times.gather(2, last[:, :, None, :, None].expand(B, T, 1, K, K + 1))[:, :, 0]  # (B, T, K, K+1)
-        times = times.masked_fill(~known.any(2)[..., None], float("inf")) / (self.horizon * S)  # in horizons
+        times = times / (self.horizon * S)  # in horizons; inf where the frame has no row with a known motion
         first, who = times.min(-1)  # (B, T, K)
         who = torch.where(first < 1, who, K + 1)  # K + 1: nothing within the horizon
         w = F.one_hot(who, K + 2).to(appearance.dtype)[..., : K + 1]
