@@ -330,6 +330,21 @@ def test_forecast_messages_by_hand():
     torch.testing.assert_close(soon, torch.tensor([4 / 6, 1.0]))  # the edge is 0.75 / 0.05 = 15 rows off: capped
     with pytest.raises(ValueError, match="forecast_horizon"):
         ForecastMessages(H, 2, horizon=0.0)
+    fm3 = ForecastMessages(H, 2, horizon=1.5, order=True)  # + (first to an edge, first to touch anything)
+    fm3.load_state_dict(fm.state_dict(), strict=False)
+    with torch.no_grad():
+        fm3.order.weight.copy_(torch.eye(H, 2)), fm3.order.bias.zero_()
+    flags = (fm3(boxes, mask, appearance) - msg)[0, :, :, :2]  # (T, K, 2)
+    # frame 1: green reaches the top edge in 2.5 rows, before red's right edge (15) and red meeting blue (4); blue
+    # stands still but sees red coming (4 rows): green is first to an edge and first to anything
+    torch.testing.assert_close(flags[1], torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+    torch.testing.assert_close(flags[0], flags[1])  # frame 0 (row 1): green's edge in 3.5 rows, red meets blue in 5
+    still = mask.clone()
+    still[0, 2:, 2] = False  # green's rows 2-3 absent: frame 1 has no forecast for it, so red and blue tie for first
+    flags = (fm3(boxes, still, appearance) - fm(boxes, still, appearance))[0, 1, :, :2]
+    torch.testing.assert_close(flags, torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))  # red alone has an edge ahead
+    with pytest.raises(ValueError, match="forecast_order needs"):
+        _fusion(forecast_order=True)
     fusion = _fusion(box_substeps=2, forecast_horizon=2.0, num_frames=2)
     out = fusion(torch.randn(1, 2, 17, 8), None, boxes=boxes, box_mask=mask)
     assert out.shape == (1, 6, 16)

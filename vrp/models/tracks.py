@@ -203,9 +203,14 @@ class ForecastMessages(nn.Module):
     ``horizon`` sampled frames, as a message — that partner's appearance (or a learned wall vector), plus how soon
     it comes and how soon the token's own box reaches an edge. "What will X hit next" and "which object will hit a
     wall next" ask about events after the clip ends, which no contact in the clip shows; on the last frame's tokens
-    this is a read instead of a roll-out the layers must learn (the forward model of interaction networks, by rule)."""
+    this is a read instead of a roll-out the layers must learn (the forward model of interaction networks, by rule).
 
-    def __init__(self, hidden_size: int, box_substeps: int, horizon: float):
+    With ``order=True`` each token also says whether its object comes *first* among the frame's objects: the soonest
+    to reach a frame edge, and the soonest to touch anything (box or edge), over all forecast times (no horizon).
+    "Which object will hit a wall next" is an argmin across tracks; without the flags the layers must learn to
+    compare real-valued times between tokens from a few hundred such questions."""
+
+    def __init__(self, hidden_size: int, box_substeps: int, horizon: float, order: bool = False):
         super().__init__()
         if horizon <= 0:
             raise ValueError(f"forecast_horizon must be > 0 sampled frames, got {horizon}")
@@ -213,6 +218,7 @@ class ForecastMessages(nn.Module):
         self.wall = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.out = nn.Linear(hidden_size, hidden_size)
         self.soon = nn.Linear(2, hidden_size)  # (time to the partner, time to an edge) / horizon, 1 = not within it
+        self.order = nn.Linear(2, hidden_size) if order else None  # (first to an edge, first to touch anything)
 
     def forward(self, boxes: torch.Tensor, mask: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
         """boxes (B, T*S, K, 4), mask (B, T*S, K), per-object appearance (B, K, H) -> messages (B, T, K, H)."""
@@ -229,7 +235,12 @@ class ForecastMessages(nn.Module):
         w = F.one_hot(who, K + 2).to(appearance.dtype)[..., : K + 1]
         message = self.out(mix_partners(w, appearance, self.wall))
         soon = torch.stack([first, times[..., K]], dim=-1).clamp(max=1).to(appearance.dtype)  # (B, T, K, 2)
-        return message + self.soon(soon)
+        message = message + self.soon(soon)
+        if self.order is not None:
+            ahead = torch.stack([times[..., K], first], dim=-1)  # (B, T, K, 2): to an edge, to anything
+            soonest = (ahead == ahead.amin(2, keepdim=True)) & ahead.isfinite()  # ties: every object that ties
+            message = message + self.order(soonest.to(appearance.dtype))
+        return message
 
 
 def pair_features(boxes: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -283,7 +294,8 @@ class TrackFusion(nn.Module):
     ``motion`` (the motion part of the box features), ``box_substeps``, ``contacts`` (the gap features),
     ``partner_messages`` (`PartnerMessages`) and ``contact_gap`` (its partner picked by rule), ``relation_bias`` (the
     pair-wise attention bias), ``masked_boxes`` (masked box modelling), ``kinematics`` (`kinematic_features`),
-    ``forecast_horizon`` (`ForecastMessages`; None: off). The embedded default turns on ``box_substeps: 4``,
+    ``forecast_horizon`` (`ForecastMessages`; None: off) and ``forecast_order`` (its which-comes-first flags). The
+    embedded default turns on ``box_substeps: 4``,
     ``partner_messages`` and ``contact_gap: 0.02`` (the contact messages) and ``forecast_horizon: 4.0`` (the forecast
     messages), and leaves ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no
     better; README).
@@ -318,6 +330,7 @@ class TrackFusion(nn.Module):
         masked_boxes: bool = False,
         kinematics: bool = False,
         forecast_horizon: float | None = None,
+        forecast_order: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -341,8 +354,12 @@ class TrackFusion(nn.Module):
             nn.Linear(box_substeps * per_row, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
         self.partners = PartnerMessages(hidden_size, box_substeps, contact_gap) if partner_messages else None
+        if forecast_order and forecast_horizon is None:
+            raise ValueError("forecast_order needs forecast messages: set forecast_horizon too")
         self.forecasts = (
-            None if forecast_horizon is None else ForecastMessages(hidden_size, box_substeps, forecast_horizon)
+            None
+            if forecast_horizon is None
+            else ForecastMessages(hidden_size, box_substeps, forecast_horizon, order=forecast_order)
         )
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
