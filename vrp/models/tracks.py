@@ -295,10 +295,9 @@ class TrackFusion(nn.Module):
     ``partner_messages`` (`PartnerMessages`) and ``contact_gap`` (its partner picked by rule), ``relation_bias`` (the
     pair-wise attention bias), ``masked_boxes`` (masked box modelling), ``kinematics`` (`kinematic_features`),
     ``forecast_horizon`` (`ForecastMessages`; None: off) and ``forecast_order`` (its which-comes-first flags). The
-    embedded default turns on ``box_substeps: 4``,
-    ``partner_messages`` and ``contact_gap: 0.02`` (the contact messages) and ``forecast_horizon: 4.0`` (the forecast
-    messages), and leaves ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no
-    better; README).
+    embedded default turns on ``box_substeps: 4``, ``partner_messages`` and ``contact_gap: 0.02`` (the contact
+    messages), ``forecast_horizon: 4.0`` (the forecast messages) and ``forecast_order`` (their flags), and leaves
+    ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no better; README).
     """
 
     supports_text = False
