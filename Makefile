@@ -10,7 +10,7 @@ VIDEOS ?= 2000
 SEED ?= 0
 ARGS ?=
 
-.PHONY: install data prepare cache pretrain finetune evidence ablate baselines zeroshot report lint test test-slow test-all bench \
+.PHONY: install data prepare tracks cache pretrain finetune evidence ablate baselines zeroshot report lint test test-slow test-all bench \
 	bench-decode lmms-env test-lmms clean
 
 install: $(INSTALLED)
@@ -41,14 +41,24 @@ EXPORTED := artifacts/embedded/finetune
 
 # Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random) and, with LLM_STEPS > 0, the LLM on
 # text written from the train clips' captions and questions (the default 0 keeps it random; README has both
-# measured); each runs once (a different value on existing artifacts is refused: remove artifacts/embedded first).
+# measured), and trains the object stage's detector on train frames with their boxes as labels (DETECTOR_STEPS);
+# each runs once (a different value on existing artifacts is refused: remove artifacts/embedded first).
 VIT_STEPS ?= 600
 LLM_STEPS ?= 0
+DETECTOR_STEPS ?= 800
 prepare: $(EMBEDDED)/vit/stage0.json
 
 $(EMBEDDED)/vit/stage0.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS) \
-		--llm-steps $(LLM_STEPS)
+		--llm-steps $(LLM_STEPS) --detector-steps $(DETECTOR_STEPS)
+
+# The object stage (stage-0 detector + tracker) over every video of every split, once: the tracks the embedded
+# configs read (`tracks: artifacts/tracks/embedded`); the simulator's boxes are no input from here on.
+TRACKS := artifacts/tracks/embedded
+tracks: $(TRACKS)/meta.json
+
+$(TRACKS)/meta.json: $(EMBEDDED)/vit/stage0.json
+	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --out $(TRACKS)
 
 $(EMBEDDED)/llm/config.json: $(EMBEDDED)/vit/stage0.json
 
@@ -60,14 +70,14 @@ $(CACHE)/meta.json: $(EMBEDDED)/vit/stage0.json
 	$(PY) -m vrp cache --config experiments/embedded/finetune.yaml --out $(CACHE)
 
 # Stage 1. `make pretrain` always trains; `make finetune` runs it only when its checkpoint is missing.
-pretrain: $(CACHE)/meta.json
+pretrain: $(CACHE)/meta.json $(TRACKS)/meta.json
 	$(PY) -m vrp fit --config experiments/embedded/pretrain.yaml $(ARGS)
 
 $(PRETRAIN_CKPT):
 	$(MAKE) pretrain
 
 # Stage 2, then the per-question-type accuracy table on the test split.
-finetune: $(CACHE)/meta.json $(PRETRAIN_CKPT)
+finetune: $(CACHE)/meta.json $(TRACKS)/meta.json $(PRETRAIN_CKPT)
 	$(PY) -m vrp fit --config experiments/embedded/finetune.yaml $(ARGS)
 	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) --trainer.logger=false $(ARGS)
 	$(PY) -m vrp export --ckpt $(FINETUNE_CKPT) --out $(EXPORTED)
@@ -75,8 +85,10 @@ finetune: $(CACHE)/meta.json $(PRETRAIN_CKPT)
 $(FINETUNE_CKPT):
 	$(MAKE) finetune
 
-# Generalisation check: scenes from a seed training never saw (random unless FRESH_SEED is given), scored by the
-# fine-tuned model and printed per type beside the test split, with 95% intervals and chance.
+# Generalisation check: scenes from a seed training never saw (random unless FRESH_SEED is given), tracked by the
+# object stage and scored by the fine-tuned model, printed per type beside the test split, with 95% intervals and
+# chance; the object stage's precision / recall / id switches on the test split and the new scenes are printed first
+# (the simulator's boxes are read there to score the tracks, never as the model's input).
 ifeq ($(filter evidence,$(MAKECMDGOALS)),evidence)  # drawn once, and only for `make evidence`
 ifndef FRESH_SEED
 FRESH_SEED := $(shell $(PYTHON) -c "import random; print(random.randrange(1000, 1000000))")
@@ -86,11 +98,15 @@ FRESH_VIDEOS ?= 300
 FRESH := data/fresh-$(FRESH_SEED)
 evidence: $(FINETUNE_CKPT)
 	$(PY) -m data_modules.synthetic --out $(FRESH) --videos $(FRESH_VIDEOS) --seed $(FRESH_SEED)
+	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --splits test --score-against $(DATA) \
+	  --out runs/evidence/tracks-test
+	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --data.init_args.synthetic_root=$(FRESH) \
+	  --splits train --score-against $(FRESH) --out $(FRESH)/tracks
 	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) --trainer.logger=false \
 	  --data.init_args.feature_cache=null --data.init_args.test.class_path=data_modules.sources.MultipleChoice \
 	  --data.init_args.test.init_args.path=$(FRESH)/train/mc.csv --data.init_args.test.init_args.target=text \
 	  --data.init_args.test.init_args.template="<video>"$$'\n'"{question}" \
-	  --data.init_args.test.init_args.boxes=$(FRESH)/train/boxes.json \
+	  --data.init_args.test.init_args.boxes=$(FRESH)/tracks/train.json \
 	  --results.dir=runs/evidence/fresh-$(FRESH_SEED) --results.blind_baseline=null $(ARGS)
 	$(PY) scripts/evidence.py --results test=runs/embedded/finetune --results fresh-$(FRESH_SEED)=runs/evidence/fresh-$(FRESH_SEED)
 
@@ -101,7 +117,7 @@ evidence: $(FINETUNE_CKPT)
 # text-pretrained LLM (llm_pretrained, ABLATE_LLM_STEPS of stage 0).
 ABLATE_ART := artifacts/ablate
 ABLATE_LLM_STEPS ?= 600
-ablate: $(CACHE)/meta.json artifacts/cache/ablate-random-vit/meta.json $(ABLATE_ART)/text-llm/llm/stage0.json
+ablate: $(CACHE)/meta.json $(TRACKS)/meta.json artifacts/cache/ablate-random-vit/meta.json $(ABLATE_ART)/text-llm/llm/stage0.json
 	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
 
 $(ABLATE_ART)/random/vit/stage0.json: $(DATA)/meta.json
@@ -115,7 +131,7 @@ $(ABLATE_ART)/text-llm/llm/stage0.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/text-llm --data $(DATA) --vit-steps 0 \
 		--llm-steps $(ABLATE_LLM_STEPS)
 
-baselines: $(CACHE)/meta.json
+baselines: $(CACHE)/meta.json $(TRACKS)/meta.json
 	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --stage2-reference model --steps 1500 --out runs/baselines $(ARGS)
 
 RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))

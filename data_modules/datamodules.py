@@ -33,6 +33,7 @@ from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
 from data_modules.skips import SkipCounter
 from data_modules.sources import CaptionManifest, LlavaInstructions, MapSource, MultipleChoice, WebDatasetSource
+from data_modules.sources.boxes import ObjectTracker
 from data_modules.transforms import VideoTransform
 from vrp.models.constants import CLIP_MEAN, CLIP_STD
 
@@ -72,6 +73,7 @@ class _ClipDataModule(L.LightningDataModule):
         synthetic_videos,
         synthetic_seed,
         synthetic_boxes,
+        tracks,
         image_frames,
     ) -> None:
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
@@ -91,6 +93,13 @@ class _ClipDataModule(L.LightningDataModule):
             synthetic_seed,
             synthetic_boxes,
         )
+        if tracks is not None and synthetic_boxes:
+            raise ValueError(
+                "set either tracks (an object stage's tracks, `vrp track`) or synthetic_boxes (the simulator's "
+                "boxes: oracle rows only), not both"
+            )
+        self.tracks = None if tracks is None else Path(tracks)
+        self.objects: ObjectTracker | None = None
         self.image_frames = image_frames
         self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
         self.damaged_clips = damaged_clips
@@ -115,6 +124,11 @@ class _ClipDataModule(L.LightningDataModule):
         if box_substeps < 1:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
         self.box_substeps = int(box_substeps)
+
+    def configure_object_stage(self, objects: ObjectTracker | None) -> None:
+        """The model's object stage: it tracks the objects of each video that no boxes file covers, as the video is
+        read; call before the dataloaders are built."""
+        self.objects = objects
 
     def skip_counts(self) -> dict[str, int]:
         return self.skips.totals()
@@ -147,6 +161,16 @@ class _ClipDataModule(L.LightningDataModule):
         return str(self.synthetic_root / split / name)
 
     def _boxes(self, split: str) -> str | None:
+        """The boxes file of a default split: the object stage's tracks from `tracks`, the simulator's boxes with
+        `synthetic_boxes` (oracle rows), else None (the model's object stage runs as each video is read)."""
+        if self.tracks is not None:
+            path = self.tracks / f"{split}.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no tracks for the {split} split at {path}; write them with `vrp track --config <stage yaml> "
+                    f"--out {self.tracks}` (make tracks), or set tracks: null"
+                )
+            return str(path)
         return self._split_file(split, "boxes.json") if self.synthetic_boxes else None
 
     def _tokenizer_path(self) -> str:
@@ -184,6 +208,7 @@ class _ClipDataModule(L.LightningDataModule):
             box_attributes=self.box_attributes,
             box_substeps=self.box_substeps,
             features=self.features(),
+            objects=self.objects,
             image_frames=self.image_frames,
             damaged=self.damaged_clips,
         )
@@ -284,6 +309,7 @@ class VideoTextDataModule(_ClipDataModule):
         synthetic_videos: int = 2000,
         synthetic_seed: int = 0,
         synthetic_boxes: bool = False,
+        tracks: str | None = None,
         image_frames: int = 1,
         feature_cache: str | None = None,
     ) -> None:
@@ -313,6 +339,7 @@ class VideoTextDataModule(_ClipDataModule):
             synthetic_videos=synthetic_videos,
             synthetic_seed=synthetic_seed,
             synthetic_boxes=synthetic_boxes,
+            tracks=tracks,
             image_frames=image_frames,
         )
         self.train_source, self.val_source = train, val
@@ -386,6 +413,7 @@ class InstructionDataModule(_ClipDataModule):
         synthetic_videos: int = 2000,
         synthetic_seed: int = 0,
         synthetic_boxes: bool = False,
+        tracks: str | None = None,
         image_frames: int = 1,
         box_attributes: list[str] | None = None,
         feature_cache: str | None = None,
@@ -420,6 +448,7 @@ class InstructionDataModule(_ClipDataModule):
             synthetic_videos=synthetic_videos,
             synthetic_seed=synthetic_seed,
             synthetic_boxes=synthetic_boxes,
+            tracks=tracks,
             image_frames=image_frames,
         )
         self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from data_modules.features import FeatureStore
 from data_modules.skips import BadSample, SkipCounter
+from data_modules.sources.boxes import ObjectTracker, rows_at, substep_times
 from data_modules.sources.record import Record
 from data_modules.sources.webdataset import WebDatasetSource
 from data_modules.transforms import VideoTransform
@@ -39,6 +41,8 @@ class ClipLoader:
         box_substeps: int = 1,
         features: FeatureStore | None = None,
         damaged: Literal["skip", "keep"] = "skip",
+        objects: ObjectTracker | None = None,
+        max_track_frames: int = 512,
     ) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
@@ -46,7 +50,9 @@ class ClipLoader:
         (T * S, K, 4): the track between the sampled frames, for a fusion built with the same ``box_substeps``.
         ``features``: read each video's frozen-encoder tokens from this store (sample key ``visual``) instead of
         decoding it. ``damaged``: a clip some of whose packets fail to decode is skipped (``decode_error``) or kept,
-        decoded from its readable packets."""
+        decoded from its readable packets. ``objects``: the object stage that gives a video without a boxes entry its
+        tracks, run on its frames at the video's own rate (at most ``max_track_frames`` of them, evenly spread) up
+        to the last box row."""
         if not 1 <= image_frames <= num_frames:
             raise ValueError(f"image_frames must be in [1, num_frames={num_frames}], got {image_frames}")
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
@@ -55,6 +61,7 @@ class ClipLoader:
         if box_substeps < 1:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
         self.box_substeps = box_substeps
+        self.objects, self.max_track_frames = objects, max_track_frames
 
     def read(self, rec: Record) -> DecodedClip:
         """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
@@ -117,8 +124,11 @@ class ClipLoader:
     def _boxes(self, rec: Record, timestamps: torch.Tensor, fps: float, frame_mask: torch.Tensor):
         """Boxes (T * S, K, 4), box mask (T * S, K) of the sampled frames (S = ``box_substeps`` rows each), and the
         oracle's attributes (K, V) if asked for."""
-        if rec.boxes is None or rec.modality != "video":
+        if rec.modality != "video" or (rec.boxes is None and self.objects is None):
             return None, None, None
+        if rec.boxes is None:
+            boxes, box_mask = self.track(rec, timestamps, fps)
+            return boxes, box_mask & frame_mask.repeat_interleave(self.box_substeps)[:, None], None
         if rec.video_key not in rec.boxes:
             raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
         boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps, self.box_substeps)
@@ -126,6 +136,29 @@ class ClipLoader:
             rec.boxes.attributes(rec.video_key, self.box_attributes) if self.box_attributes is not None else None
         )
         return boxes, box_mask & frame_mask.repeat_interleave(self.box_substeps)[:, None], attributes
+
+    def track(self, rec: Record, timestamps: torch.Tensor, fps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The object stage's tracks of ``rec``'s video at the box rows of the sampled frames: boxes (T * S, K, 4),
+        mask (T * S, K); K >= 1 (a video where nothing is found gets one masked box per row)."""
+        times = substep_times(timestamps, self.box_substeps)
+        start = rec.start_sec or 0.0
+        end = float(times[-1]) + 1.0 / fps  # through the frame of the last box row
+        rate = min(fps, self.max_track_frames / max(end - start, 1e-6))
+        try:
+            clip = read_video(
+                rec.video,
+                max(1, math.ceil((end - start) * rate)),
+                sampling="fps",
+                fps=rate,
+                start_sec=start,
+                end_sec=end,
+                short_side=self.objects.short_side,
+                name=rec.where if isinstance(rec.video, bytes) else None,
+            )
+        except VideoReadError as e:
+            raise BadSample(rec.where, "decode_error", str(e)) from e
+        real = clip.frame_mask
+        return rows_at(self.objects(clip.frames[real]), clip.timestamps[real], times)
 
     @staticmethod
     def _sample(rec: Record, pixels: dict, frame_mask, boxes, box_mask, attributes) -> dict:

@@ -4,7 +4,7 @@
     vrp fit --config experiments/embedded/finetune.yaml --ckpt_path last      # resume
     vrp test --config experiments/embedded/finetune.yaml --ckpt_path runs/embedded/finetune/checkpoints/last.ckpt
     vrp predict --config experiments/embedded/finetune.yaml --ckpt_path ...     # answers as JSONL
-    vrp prepare | export | cache | ask | lmms-task ...                          (see `vrp <tool> --help`)
+    vrp prepare | export | cache | track | ask | lmms-task ...                          (see `vrp <tool> --help`)
 
 Every component (model, vision encoder, fusion, LLM, datamodule, strategy, loggers) is a `class_path` in YAML.
 The seed (`seed_everything`) is part of the config; checkpoints load with `weights_only=True`. validate / test /
@@ -38,6 +38,7 @@ TOOLS = {
     "prepare": "vrp.training.tiny_backbones",
     "export": "vrp.training.export",
     "cache": "vrp.training.cache",
+    "track": "vrp.training.track",
     "ask": "vrp.evaluation.ask",
     "lmms-task": "vrp.evaluation.lmms_task",
 }

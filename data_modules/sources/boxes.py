@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -80,3 +81,27 @@ def substep_times(timestamps: torch.Tensor, substeps: int) -> torch.Tensor:
     gap = torch.cat([gap, gap[-1:] if len(gap) else ts.new_zeros(1)])  # (T,): the last interval repeats the one before
     frac = torch.arange(substeps, dtype=ts.dtype) / substeps  # (S,)
     return (ts[:, None] + gap[:, None] * frac[None]).reshape(-1).to(timestamps.dtype)
+
+
+@runtime_checkable
+class ObjectTracker(Protocol):
+    """An object stage (e.g. `vrp.models.tracking.ObjectStage`): frames (F, 3, H, W) uint8 -> tracks (F, K, 4) xyxy in
+    [0, 1], NaN where an object is not seen; row k is one object in every frame. ``short_side``: the frames' shorter
+    side it wants (None: as decoded)."""
+
+    short_side: int | None
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+
+def rows_at(tracks: torch.Tensor, frame_times: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tracks (F, K, 4) at ``frame_times`` (F,) seconds -> boxes (R, K, 4) and mask (R, K) at ``times`` (R,): the
+    frame on screen at each time (the first one before it starts); rows past the last frame's time plus one frame
+    interval are masked. With no track at all, one masked box per row, so that every clip has K >= 1."""
+    if tracks.shape[1] == 0:
+        return torch.zeros(len(times), 1, 4), torch.zeros(len(times), 1, dtype=torch.bool)
+    idx = (torch.searchsorted(frame_times.double(), times.double() + 1e-6, right=True) - 1).clamp(min=0)
+    step = frame_times.diff().median() if len(frame_times) > 1 else frame_times.new_tensor(float("inf"))
+    boxes = tracks[idx]
+    mask = ~boxes.isnan().any(-1) & (times <= frame_times[-1] + step)[:, None]
+    return boxes.nan_to_num(0.0), mask

@@ -86,3 +86,44 @@ def test_ask_refuses_a_question_longer_than_the_llm(reasoner, clip, capsys, opti
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the question does not fit: the input is ") and "\n" not in err
     assert "max_position_embeddings=256; shorten it" in err
+
+
+def _track_reasoner(reasoner, tmp_path, score_threshold: float):
+    """A tiny VideoReasoner whose fusion reads tracks and whose object stage is a (random) CenterNet saved by path:
+    the embedded default's shape."""
+    from functools import partial
+
+    from vrp.models.detection import CenterDetector, CenterNet
+    from vrp.models.tracking import ObjectStage
+    from vrp.models.tracks import TrackFusion
+
+    net = CenterNet(image_size=32, width=8, dilations=(1,), score_threshold=score_threshold, max_detections=2)
+    for head, bias in ((net.heatmap, 5.0), (net.size, 4.0), (net.offset, 0.0)):  # sure 4-cell boxes, same each frame
+        head.weight.data.zero_()
+        head.bias.data.fill_(bias)
+    net.save_pretrained(tmp_path / "detector")
+    stage = ObjectStage(CenterDetector(str(tmp_path / "detector")), max_objects=3, short_side=32)
+    fusion = partial(
+        TrackFusion, max_objects=3, num_frames=2, hidden_size=16, num_heads=2, intermediate_size=32, box_substeps=2
+    )
+    from vrp.models.reasoner import VideoReasoner
+
+    return VideoReasoner(reasoner.vision, fusion, reasoner.llm, objects=stage).eval()
+
+
+def test_ask_without_boxes_runs_the_object_stage(reasoner, clip, tmp_path, capsys):
+    model = _track_reasoner(reasoner, tmp_path, score_threshold=0.5)
+    batch = ask.make_batch(model, clip, "what colour is the ball ?", None, num_frames=2)
+    assert batch["boxes"].shape[:2] == (1, 4) and batch["boxes"].shape[2] in (1, 2)  # T * box_substeps rows
+    assert batch["box_mask"].all()  # the same boxes in every frame: one track each, seen in every row
+    ask.main([clip, "what colour is the ball ?", "--options", "red|blue", "--num-frames", "2"], loader=lambda _: model)
+    out = capsys.readouterr()
+    assert out.out.strip() in ("red", "blue") and "note:" not in out.err
+
+
+def test_ask_when_the_detector_finds_nothing_answers_with_a_note(reasoner, clip, tmp_path, capsys):
+    model = _track_reasoner(reasoner, tmp_path, score_threshold=1.01)  # nothing passes
+    ask.main([clip, "what colour is the ball ?", "--options", "red|blue", "--num-frames", "2"], loader=lambda _: model)
+    out = capsys.readouterr()
+    assert out.out.strip() in ("red", "blue")
+    assert f"note: the object stage found no object in {clip}" in out.err

@@ -5,7 +5,8 @@ The clip is decoded, sampled and normalised by the same data code as training (`
 model's own image size and mean/std. With ``--options`` the answer is the option of highest (length-normalised)
 likelihood, printed with the per-option scores; without, the model generates a free-form answer. ``--boxes`` gives
 per-frame object boxes (the ``boxes.json`` layout of `data_modules.sources.boxes`, keyed by the video's file stem)
-to a model with object tokens; without them its object tokens fall back to slot attention. A bad video,
+to a model with object tokens, e.g. your own detector's; without them the model's object stage (detector + tracker)
+finds the objects, or, for a model without one, its object tokens fall back to slot attention. A bad video,
 question or checkpoint ends with a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
 
@@ -53,8 +54,8 @@ def load_model(checkpoint: str) -> nn.Module:
 
 
 def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1):
-    """The evaluation-time `ClipLoader` of ``model``: its vision encoder's size and mean/std, uniform sampling; a
-    partly damaged user file is answered anyway (``damaged="keep"``)."""
+    """The evaluation-time `ClipLoader` of ``model``: its vision encoder's size and mean/std, uniform sampling, its
+    object stage for a video without boxes; a partly damaged user file is answered anyway (``damaged="keep"``)."""
     from data_modules.datasets import ClipLoader
     from data_modules.transforms import VideoTransform
 
@@ -66,6 +67,7 @@ def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1)
         image_frames=image_frames,
         box_substeps=model.fusion.box_substeps,
         damaged="keep",
+        objects=model.objects,
     )
 
 
@@ -146,12 +148,17 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
                 raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
         model = loader(args.checkpoint).eval()
         batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames, boxes=args.boxes)
-        if args.boxes is None and model.fusion.needs_boxes:
+        if args.boxes is None and model.fusion.needs_boxes and model.objects is None:
             raise AskError(
-                f"this model ({type(model.fusion).__name__}) reads object tracks: give per-frame boxes "
-                "with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)"
+                f"this model ({type(model.fusion).__name__}) reads object tracks and has no object stage: give "
+                "per-frame boxes with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)"
             )
-        if args.boxes is None and model.fusion.reads_boxes:
+        if args.boxes is None and model.objects is not None and not batch["box_mask"].any():
+            print(
+                f"note: the object stage found no object in {args.video}; the answer rests on the frames alone",
+                file=sys.stderr,
+            )
+        elif args.boxes is None and model.fusion.reads_boxes and model.objects is None:
             print(
                 "note: this model has object tokens but no --boxes were given; they come from slot attention",
                 file=sys.stderr,

@@ -16,6 +16,7 @@ from torch import nn
 from vrp.models.constants import IGNORE_INDEX
 from vrp.models.contracts import Fusion, VisionEncoder
 from vrp.models.llm import CausalLM
+from vrp.models.tracking import ObjectStage
 
 Mode = Literal["frozen", "full"]
 
@@ -27,6 +28,9 @@ class VideoReasoner(nn.Module):
     ``unfreeze_last_blocks`` opens), "full" trains all of it; ``fusion_mode``/``projection_mode`` "frozen" | "full";
     ``llm_mode`` "frozen" | "lora" (peft adapters only) | "full". Stage 1 default: fusion + projection train;
     stage 2: also ``llm_mode="lora"``. ``use_qformer_text`` feeds ``qformer_input_ids`` to a text-aware fusion.
+    ``objects``: the object stage (`vrp.models.tracking.ObjectStage`, frozen) that gives a fusion reading boxes the
+    tracks of a video no boxes file covers; the data layer runs it as it reads the video. Dropped when the fusion
+    reads no boxes (so an overlay that swaps in such a fusion needs not remove it).
     """
 
     def __init__(
@@ -35,6 +39,7 @@ class VideoReasoner(nn.Module):
         fusion: Callable[[int, tuple[int, int], int], nn.Module],
         llm: CausalLM,
         *,
+        objects: ObjectStage | None = None,
         vision_mode: Mode = "frozen",
         fusion_mode: Mode = "full",
         projection_mode: Mode = "full",
@@ -49,6 +54,7 @@ class VideoReasoner(nn.Module):
         if not isinstance(self.fusion, Fusion):
             raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm
+        self.objects = objects if self.fusion.reads_boxes else None  # a fusion that reads no boxes needs no tracks
         self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
         if use_qformer_text and not self.fusion.supports_text:
             raise ValueError(f"use_qformer_text=True but {type(self.fusion).__name__} does not read text")

@@ -52,26 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits of the datamodule to cache")
     p.add_argument("--batch-size", type=int, default=16)
     a = p.parse_args(argv)
-    from vrp.cli import VRPCLI
-
-    # The cache needs the vision encoder and the data only: no stage-1 weights, no cache to read yet.
-    args = [x for c in a.config for x in ("--config", c)] + [
-        "--trainer.logger=false",
-        "--data.init_args.feature_cache=null",
-    ]
-    cli = (
-        VRPCLI(args=args + ["--model.init_args.init_from=null"], run=False)
-        if _has_init_from(args)
-        else VRPCLI(args=args, run=False)
-    )
-    module, dm = cli.model, cli.datamodule
-    vision = module.model.vision.eval()
-    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    dm.prepare_data()
     splits = [s for s in a.splits.split(",") if s]
-    dm.setup("fit")
-    if "test" in splits:
-        dm.setup("test")
+    module, dm = build(a.config, ["--data.init_args.feature_cache=null"], splits)  # no cache to read yet
+    vision = module.model.vision.eval()
     store = FeatureStore(a.out, create=True)
     loader = dm.clip_loader(train=False)
     start = time.time()
@@ -84,6 +67,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{split}: cached {n} new videos ({time.time() - start:.0f} s)", flush=True)
     store.finish(vision=vision_meta(module.hparams.get("model")), num_frames=dm.num_frames, sampling=dm.eval_sampling)
     print(f"feature cache {a.out}: {store.meta['videos']} videos")
+
+
+def build(configs: list[str], overrides: list[str], splits: list[str]) -> tuple:
+    """The stage module and datamodule of stage YAML(s) ``configs`` (with ``overrides``), set up for ``splits``
+    (records loaded, the vision encoder's preprocessing handed over) without stage-1 weights or a logger: what the
+    tools that run a frozen part of the model over the data (`vrp cache`, `vrp track`) need."""
+    from vrp.cli import VRPCLI
+
+    args = [x for c in configs for x in ("--config", c)] + ["--trainer.logger=false", *overrides]
+    if _has_init_from(args):
+        args.append("--model.init_args.init_from=null")
+    cli = VRPCLI(args=args, run=False)
+    module, dm = cli.model, cli.datamodule
+    vision = module.model.vision
+    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    dm.prepare_data()
+    dm.setup("fit")
+    if "test" in splits:
+        dm.setup("test")
+    return module, dm
 
 
 def _has_init_from(args: list[str]) -> bool:

@@ -12,11 +12,12 @@ from torch import nn
 
 from data_modules.collate import Collator
 from data_modules.features import FeatureStore
+from data_modules.sources.boxes import ObjectTracker
 from vrp.models.constants import VIDEO_TOKEN
 
 
 # What the stage modules ask of a datamodule, one capability each (both of `data_modules.datamodules` have all
-# five; a datamodule without one is used as it is, unless the fusion needs box rows it cannot supply).
+# six; a datamodule without one is used as it is, unless the fusion needs box rows it cannot supply).
 @runtime_checkable
 class TakesPreprocess(Protocol):
     def configure_preprocess(
@@ -27,6 +28,11 @@ class TakesPreprocess(Protocol):
 @runtime_checkable
 class TakesBoxSubsteps(Protocol):
     def configure_box_substeps(self, box_substeps: int) -> None: ...
+
+
+@runtime_checkable
+class TakesObjectStage(Protocol):
+    def configure_object_stage(self, objects: ObjectTracker | None) -> None: ...
 
 
 @runtime_checkable
@@ -45,8 +51,8 @@ class Collates(Protocol):
 
 
 def configure_datamodule(module: L.LightningModule) -> None:
-    """Give the datamodule the vision encoder's input size and normalisation and the fusion's box rows per frame
-    (kept out of the YAML: the model owns them), and check that its
+    """Give the datamodule the vision encoder's input size and normalisation, the fusion's box rows per frame and
+    the model's object stage (kept out of the YAML: the model owns them), and check that its
     collator's video placeholder is the LLM's and that a feature cache it reads was built with this vision encoder."""
     dm = module.trainer.datamodule  # called from setup(), when the trainer is attached
     if isinstance(dm, Collates):
@@ -63,6 +69,8 @@ def configure_datamodule(module: L.LightningModule) -> None:
             f"{type(dm).__name__} has no configure_box_substeps to supply them; use one of data_modules.datamodules "
             "or set the fusion's box_substeps to 1"
         )
+    if isinstance(dm, TakesObjectStage):
+        dm.configure_object_stage(module.model.objects)
     store = dm.features() if isinstance(dm, ReadsFeatures) else None
     if store is not None:
         from vrp.training.cache import vision_meta

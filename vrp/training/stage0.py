@@ -204,6 +204,100 @@ def pretrain_vit(
     return report
 
 
+def detection_frames(
+    data_root: str | Path, frames_per_video: int, max_videos: int | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(frames (M, 3, H, W) uint8, boxes: one (N, 4) xyxy tensor per frame) from the train split's videos and their
+    boxes file: the detector's labelled training set."""
+    from data_modules.sources.boxes import BoxTable
+    from data_modules.video import read_video
+
+    root = Path(data_root) / "train"
+    table = BoxTable(str(root / "boxes.json"))
+    frames, boxes = [], []
+    for key in sorted(table.table)[:max_videos]:
+        clip = read_video(root / "videos" / f"{key}.mp4", frames_per_video, sampling="uniform")
+        rows, present = table.lookup(key, clip.timestamps, clip.fps)  # (T, K, 4), (T, K)
+        for t in range(len(rows)):
+            if clip.frame_mask[t]:
+                frames.append(clip.frames[t])
+                boxes.append(rows[t][present[t]])
+    return torch.stack(frames), boxes
+
+
+def pretrain_detector(
+    out_dir: str | Path,
+    data_root: str | Path,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    frames_per_video: int = 4,
+    seed: int = 0,
+    max_videos: int | None = None,
+    held_out_videos: int = 100,
+    log_every: int = 100,
+) -> dict:
+    """Train the embedded detector (`vrp.models.detection.CenterNet`) on TRAIN frames with their boxes as labels
+    (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos are kept out of
+    training and give the report's precision and recall (IoU >= 0.5). Returns the report, also written to
+    ``out_dir/stage0.json``."""
+    from vrp.evaluation.detection import TrackScore, match
+    from vrp.models.detection import CenterNet
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    start = time.time()
+    frames, boxes = detection_frames(data_root, frames_per_video, max_videos)
+    held = held_out_videos * frames_per_video
+    train_frames, train_boxes = frames[:-held], boxes[:-held]
+    net = CenterNet()
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        flip = torch.rand(len(idx)) < 0.5
+        images = train_frames[idx].float() / 255
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        targets = [
+            torch.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], dim=-1) if f else b
+            for b, f in zip((train_boxes[i] for i in idx), flip.tolist())
+        ]
+        return net.loss(images, targets)
+
+    net.train()
+    losses = _train(
+        "detector",
+        list(net.parameters()),
+        loss_of,
+        len(train_frames),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        log_every=log_every,
+        start=start,
+    )
+    net.eval()
+    score = TrackScore()
+    for chunk in range(0, held, 64):
+        images = frames[-held:][chunk : chunk + 64].float() / 255
+        for det, truth in zip(net.detect(images), boxes[-held:][chunk : chunk + 64]):
+            pairs = len(match(det.boxes, truth, 0.5))
+            score.add(TrackScore(pairs, len(det.boxes) - pairs, len(truth) - pairs))
+    net.save_pretrained(out_dir)
+    summary = score.summary()
+    report = {
+        "steps": steps,
+        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        "held_out_precision": summary["precision"],
+        "held_out_recall": summary["recall"],
+        "frames": len(train_frames),
+        "seconds": round(time.time() - start, 1),
+    }
+    (Path(out_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def text_corpus(data_root: str | Path) -> list[str]:
     """Documents about the TRAIN clips: per clip, its captions (every form the WebDataset shards hold), and the same
     captions followed by one of its questions, "Question: ... Answer: ..." with the free-text answer sentence."""

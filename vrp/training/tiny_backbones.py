@@ -8,7 +8,10 @@ checkpoint. Deterministic from `seed`; re-running with existing output is a no-o
 `--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`vrp.training.stage0`): per-patch
 colour and shape supervision on TRAIN frames, saved over <out>/vit with a <out>/vit/stage0.json report; skipped when
 that report exists. `--llm-steps N` does the same for the LLM: next-token training on text written from the TRAIN
-clips' captions and questions, saved over <out>/llm with <out>/llm/stage0.json.
+clips' captions and questions, saved over <out>/llm with <out>/llm/stage0.json. `--detector-steps N` trains the
+object stage's detector (`vrp.models.detection.CenterNet`) on TRAIN frames with their boxes as labels and saves it
+to <out>/detector (config.json, model.safetensors, stage0.json); the simulator's boxes are read here and in no later
+stage.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def prepare(
     out = Path(out)
     if (out / "vit" / "config.json").is_file() and (out / "llm" / "config.json").is_file() and not overwrite:
         return out
-    for sub in ("vit", "llm"):  # random weights again: a stage-0 report of the old ones would skip stage 0
+    for sub in ("vit", "llm", "detector"):  # random weights again: a stage-0 report of the old ones would skip stage 0
         (out / sub / "stage0.json").unlink(missing_ok=True)
     if not (Path(tokenizer) / "tokenizer_config.json").is_file() and not (Path(tokenizer) / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {tokenizer}; generate the synthetic data first (make data)")
@@ -102,10 +105,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="stage-0 LLM text pretraining steps (0: keep it random, recorded; default: leave it alone)",
     )
+    p.add_argument(
+        "--detector-steps",
+        type=int,
+        default=None,
+        help="stage-0 detector training steps on train frames (default: leave it alone)",
+    )
     a = p.parse_args(argv)
     out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    from vrp.training.stage0 import pretrain_llm, pretrain_vit
+    from vrp.training.stage0 import pretrain_detector, pretrain_llm, pretrain_vit
 
     if _stage0_due(out / "vit", "ViT", "--vit-steps", a.vit_steps):
         report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
@@ -119,6 +128,15 @@ def main(argv: list[str] | None = None) -> None:
             f"stage 0: LLM pretrained on {report['documents']} train documents in {report['seconds']} s; loss "
             f"{report['loss_start']} -> {report['loss_end']}, held-out loss {report['held_out_loss_start']} -> "
             f"{report['held_out_loss']}"
+        )
+    if a.detector_steps is not None and a.detector_steps < 1:
+        raise SystemExit("vrp prepare: --detector-steps must be >= 1 (an untrained detector finds nothing)")
+    if _stage0_due(out / "detector", "detector", "--detector-steps", a.detector_steps):
+        report = pretrain_detector(out / "detector", a.data, steps=a.detector_steps, seed=a.seed)
+        print(
+            f"stage 0: detector trained on {report['frames']} train frames in {report['seconds']} s; loss "
+            f"{report['loss_start']} -> {report['loss_end']}, held-out train frames: precision "
+            f"{report['held_out_precision']}, recall {report['held_out_recall']} (IoU >= 0.5)"
         )
 
 
