@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +27,14 @@ def trainable_names(module: nn.Module) -> set[str]:
     return {name for name, p in module.named_parameters() if p.requires_grad}
 
 
-def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
-    """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`)."""
-    keep = trainable_names(module)
+def drop_frozen(checkpoint: dict[str, Any], module: nn.Module, keep: Iterable[str] = ()) -> None:
+    """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`), except
+    those named in ``keep`` (weights no config rebuilds, e.g. stage-1 weights that stage 2 keeps frozen)."""
+    trainable = trainable_names(module)
+    keep = trainable | set(keep)
     state = checkpoint.get("state_dict", {})
     checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-    checkpoint["trainable_keys"] = sorted(keep)
+    checkpoint["trainable_keys"] = sorted(trainable)
 
 
 def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
