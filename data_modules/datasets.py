@@ -99,9 +99,10 @@ class ClipLoader:
     def __call__(self, rec: Record) -> dict:
         if self.features is not None and rec.modality == "video":
             try:
-                cached = self.features.read(rec.video_key)  # visual, frame_mask, timestamps, fps
+                # visual, frame_mask, timestamps, fps; computed from this very file (else FeatureCacheMismatch)
+                cached = self.features.read(rec.video_key, source=rec.video if isinstance(rec.video, str) else None)
             except KeyError as e:
-                raise BadSample(rec.where, "not_cached", str(e)) from e
+                raise BadSample(rec.where, "missing_file", str(e)) from e
             boxes, box_mask, attributes = self._boxes(
                 rec, cached["timestamps"], float(cached["fps"]), cached["frame_mask"]
             )

@@ -22,6 +22,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from data_modules.features import FeatureCacheMismatch
 from vrp import runs
 from vrp.evaluation.callbacks import TestResults
 from vrp.models.io import CheckpointError, check_finite, read_checkpoint
@@ -33,7 +34,7 @@ from vrp.training.strategies import close_process_group
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
 # `error: ...` with exit status 2 instead of a traceback.
-USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy)
+USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy, FeatureCacheMismatch)
 
 TOOLS = {
     "prepare": "vrp.training.tiny_backbones",
