@@ -92,4 +92,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{split}: cached {n} new videos ({time.time() - start:.0f} s)", flush=True)
     store.finish(vision=vision_meta(module.hparams.get("model")), num_frames=dm.num_frames, sampling=dm.eval_sampling)
     print(f"feature cache {a.out}: {store.meta['videos']} videos")
-
