@@ -121,7 +121,7 @@ class ClipLoader:
         if rec.boxes is None or rec.modality != "video":
             return None, None, None
         if rec.video_key not in rec.boxes:
-            raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+            raise BadSample(rec.where, "bad_boxes", rec.boxes.why_missing(rec.video_key))
         boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps, self.box_substeps)
         attributes = (
             rec.boxes.attributes(rec.video_key, self.box_attributes) if self.box_attributes is not None else None
