@@ -247,7 +247,10 @@ class _ClipDataModule(L.LightningDataModule):
                 world_size=world,
             )
             return StatefulDataLoader(ds, **common)
-        ds = MapDataset(records, self.clip_loader(train), self.skips, replace_bad=train)
+        loader = self.clip_loader(train)
+        if loader.features is not None:  # entries computed from other files than these: one line, before any worker
+            loader.features.verify((r.video_key, r.video) for r in records if r.modality == "video")
+        ds = MapDataset(records, loader, self.skips, replace_bad=train)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)

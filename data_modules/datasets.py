@@ -106,9 +106,10 @@ class ClipLoader:
     def __call__(self, rec: Record) -> dict:
         if self.features is not None and rec.modality == "video":
             try:
-                cached = self.features.read(rec.video_key)  # visual, frame_mask, timestamps, fps
+                # visual, frame_mask, timestamps, fps; computed from this very file (else FeatureCacheMismatch)
+                cached = self.features.read(rec.video_key, source=rec.video if isinstance(rec.video, str) else None)
             except KeyError as e:
-                raise BadSample(rec.where, "not_cached", str(e)) from e
+                raise BadSample(rec.where, "missing_file", str(e)) from e
             boxes, box_mask, attributes = self._boxes(
                 rec, cached["timestamps"], float(cached["fps"]), cached["frame_mask"]
             )
@@ -130,7 +131,7 @@ class ClipLoader:
             boxes, box_mask = self.track(rec, timestamps, fps)
             return boxes, box_mask & frame_mask.repeat_interleave(self.box_substeps)[:, None], None
         if rec.video_key not in rec.boxes:
-            raise BadSample(rec.where, "bad_boxes", f"no entry {rec.video_key!r} in {rec.boxes.path}")
+            raise BadSample(rec.where, "bad_boxes", rec.boxes.why_missing(rec.video_key))
         boxes, box_mask = rec.boxes.lookup(rec.video_key, timestamps, fps, self.box_substeps)
         attributes = (
             rec.boxes.attributes(rec.video_key, self.box_attributes) if self.box_attributes is not None else None

@@ -22,17 +22,19 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from data_modules.features import FeatureCacheMismatch
 from vrp import runs
 from vrp.evaluation.callbacks import TestResults
 from vrp.models.io import CheckpointError, check_finite, read_checkpoint
 from vrp.models.paths import ModelPathError
 from vrp.training.callbacks import JsonlPredictions, NonFiniteError, NonFiniteGuard, RNGState
 from vrp.training.checkpoint import remove_stale_temp_files
+from vrp.training.preemption import StopOnSignal
 from vrp.training.strategies import close_process_group
 
 # Problems with what the user gave (a file, a folder, a setting), each already one clear line: printed as
 # `error: ...` with exit status 2 instead of a traceback.
-USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy)
+USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy, FeatureCacheMismatch)
 
 TOOLS = {
     "prepare": "vrp.training.tiny_backbones",
@@ -85,12 +87,13 @@ class VRPArgumentParser(LightningArgumentParser):
 
 class VRPCLI(LightningCLI):
     """LightningCLI with the project's always-on pieces: RNG state in checkpoints, atomic checkpoint writes, the
-    non-finite guard, run folders that never overlap (`vrp.runs`), and the user's model config winning over
+    non-finite guard, a checkpoint and a non-zero exit on SIGTERM / SIGINT (`vrp.training.preemption`), run folders that never overlap (`vrp.runs`), and the user's model config winning over
     a checkpoint's."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # --nonfinite.policy=skip
+        parser.add_lightning_class_args(StopOnSignal, "signals")  # --signals.early_warning=SIGUSR1
         parser.add_lightning_class_args(JsonlPredictions, "predictions")  # vrp predict: --predictions.path=FILE
         parser.add_lightning_class_args(
             TestResults, "results"

@@ -5,10 +5,13 @@ of the frame, one entry per decoded frame of the source video."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class BoxTable:
@@ -25,20 +28,30 @@ class BoxTable:
         self.path = str(path_)
         self.table: dict[str, torch.Tensor] = {}  # key -> (F, K, 4) float, NaN where an object is absent
         self.objects: dict[str, list[str]] = {}
+        self.refused: dict[str, str] = {}  # key -> why its entry was refused (its samples are skipped, counted)
         for key, entry in raw.items():
             try:
-                objects, frames = entry["objects"], entry["boxes"]
-                t = torch.full((len(frames), len(objects), 4), float("nan"))
-                for f, row in enumerate(frames):
-                    for k, box in enumerate(row):
-                        if box is not None:
-                            t[f, k] = torch.tensor(box, dtype=torch.float32)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-                raise ValueError(
-                    f"{path_}: entry {key!r} is malformed ({type(e).__name__}: {e}); expected "
-                    '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}'
-                ) from e
-            self.table[str(key)], self.objects[str(key)] = t, list(objects)
+                t, objects = _parse_entry(entry)
+            except ValueError as e:
+                self.refused[str(key)] = str(e)
+                continue
+            self.table[str(key)], self.objects[str(key)] = t, objects
+        if self.refused:
+            shown = "; ".join(f"{k!r}: {why}" for k, why in list(self.refused.items())[:3])
+            log.warning(
+                "%s: refused %d of %d entries (%s%s); their samples are skipped as bad_boxes",
+                self.path,
+                len(self.refused),
+                len(raw),
+                shown,
+                "; ..." if len(self.refused) > 3 else "",
+            )
+
+    def why_missing(self, key: str) -> str:
+        """Why ``key`` has no boxes: its refused entry's fault, or no entry at all (one line, naming the file)."""
+        if key in self.refused:
+            return f"entry {key!r} of {self.path} was refused: {self.refused[key]}"
+        return f"no entry {key!r} in {self.path}"
 
     def __contains__(self, key: str) -> bool:
         return key in self.table
@@ -66,6 +79,34 @@ class BoxTable:
         between = torch.arange(len(pos)) % substeps != 0  # the rows after a sampled frame
         mask = ~boxes.isnan().any(-1) & ~(between & (pos >= t.shape[0]))[:, None]
         return boxes.nan_to_num(0.0), mask
+
+
+EXPECTED = '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}, coordinates in [0, 1]'
+TOLERANCE = 1e-3  # rounding at the frame's edge
+
+
+def _parse_entry(entry) -> tuple[torch.Tensor, list[str]]:
+    """(F, K, 4) boxes (NaN where an object is absent) and the object names of one entry; ValueError saying what is
+    wrong (malformed, a box that is not 4 numbers, non-finite or out-of-range coordinates, with frame and object)."""
+    try:
+        objects, frames = entry["objects"], entry["boxes"]
+        t = torch.full((len(frames), len(objects), 4), float("nan"))
+        given = torch.zeros(t.shape[:2], dtype=torch.bool)
+        for f, row in enumerate(frames):
+            for k, box in enumerate(row):
+                if box is not None:
+                    t[f, k], given[f, k] = torch.tensor(box, dtype=torch.float32), True
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise ValueError(f"malformed ({type(e).__name__}: {e}); expected {EXPECTED}") from None
+    bad = given[..., None] & ~t.isfinite()
+    if bad.any():
+        f, k, _ = bad.nonzero()[0].tolist()
+        raise ValueError(f"non-finite coordinates {t[f, k].tolist()} at frame {f}, object {k}")
+    outside = given[..., None] & ((t < -TOLERANCE) | (t > 1 + TOLERANCE))
+    if outside.any():
+        f, k, _ = outside.nonzero()[0].tolist()
+        raise ValueError(f"coordinates {t[f, k].tolist()} outside [0, 1] at frame {f}, object {k}")
+    return t, list(objects)
 
 
 def substep_times(timestamps: torch.Tensor, substeps: int) -> torch.Tensor:

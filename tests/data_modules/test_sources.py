@@ -100,9 +100,10 @@ def test_boxes_lookup_by_timestamp(tmp_path):
     # 2 rows per sampled frame: the frame, then halfway to the next (frames 0, 0, 1, 2: frame 2 is past the end)
     boxes, mask = BoxTable(str(p)).lookup("v", torch.tensor([0.0, 0.1]), fps=10, substeps=2)
     assert boxes.shape == (4, 2, 4) and mask[:, 0].tolist() == [True, True, True, False]
-    p.write_text(json.dumps({"v": {"objects": ["a"]}}))
-    with pytest.raises(ValueError, match="entry 'v' is malformed"):
-        BoxTable(str(p))
+    p.write_text(json.dumps({"v": {"objects": ["a"]}, "w": {"objects": ["a"], "boxes": [[[0, 0, 1, 1]]]}}))
+    table = BoxTable(str(p))  # a bad entry is refused, the rest load
+    assert "w" in table and "v" not in table
+    assert table.why_missing("v").startswith(f"entry 'v' of {p} was refused: malformed (KeyError: 'boxes')")
 
 
 def test_substep_times():

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -140,3 +142,30 @@ def test_open_clip_round_trip_by_checkpoint_path(tmp_path):
         _, patch_tokens = ref.visual(video[0])  # (T, gh*gw, D) after the final norm
     torch.testing.assert_close(tokens[0, :, 1:], patch_tokens)
     assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_loading_says_nothing_of_unused_weights_and_names_used_missing_ones(tmp_path, capfd, caplog):
+    """A saved ViT without its pooler (which the encoder drops) loads silently: no Hugging Face load report, no
+    weight-loading bar. A weight the model uses that the file lacks is named in one warning line."""
+    from safetensors.torch import load_file, save_file
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(**{k: v for k, v in tiny_vit_config().items() if k != "model_type"}))
+    vit.save_pretrained(tmp_path / "vit")
+    weights = load_file(tmp_path / "vit" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, tmp_path / "vit" / "model.safetensors")
+    capfd.readouterr()
+    HFVisionEncoder(model_name_or_path=str(tmp_path / "vit"))
+    out, err = capfd.readouterr()
+    assert out + err == "" and not caplog.records
+
+    used = "encoder.layer.0.attention.attention.query.weight"
+    save_file({k: v for k, v in weights.items() if k != used}, tmp_path / "vit" / "model.safetensors")
+    HFVisionEncoder(model_name_or_path=str(tmp_path / "vit"))
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(
+        f"vision model {re.escape(str(tmp_path / 'vit'))}: 1 weights the model uses are not in the checkpoint and "
+        r"start random: \S+\.0\.\S+\.weight; train them, or check that the checkpoint matches the model type",
+        message,
+    ), message

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import TINY_LLM, TINY_VIT
+from tiny import TINY_LLM, TINY_VIT, run_main
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,70 @@ def test_store_errors(tmp_path):
         again.read("v2")
     with pytest.raises(ValueError, match="cannot name a file"):
         again.read("../x")
+
+
+def test_an_entry_serves_only_the_file_it_was_computed_from(setup, tmp_path, capsys):
+    """Another generated set whose clips share the names (`vrp test --data.init_args.synthetic_root=OTHER` with the
+    same feature_cache) is refused in one line, never scored on the first set's features; `vrp cache` with the same
+    overrides re-encodes exactly those entries, after which the first set is the one refused."""
+    from data_modules.synthetic import generate
+    from vrp.training.cache import main as cache_main
+
+    root, config = setup
+    out = tmp_path / "features"
+    cache_main(["--config", str(config), "--out", str(out), "--splits", "train,val"])
+    other = tmp_path / "other"
+    generate(other, videos=12, seed=2, workers=1, size=64, min_frames=8, max_frames=10)
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(config.read_text().replace(str(root / "data"), str(other)))
+
+    def test_run(cfg) -> int:
+        return run_main(
+            ["test", "--config", str(cfg), f"--data.init_args.feature_cache={out}"]
+            + [f"--trainer.default_root_dir={tmp_path / 'runs'}", "--results.dir=null"]
+        )
+
+    assert test_run(config) == 0
+    capsys.readouterr()
+    assert test_run(other_config) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: feature cache {out}: entry 'train_0000") and "was computed from " in line
+    assert f"{root / 'data' / 'train' / 'videos'}/train_0000" in line
+    assert f"not from {other / 'train' / 'videos'}/train_0000" in line
+    assert "vrp cache --config STAGE.yaml --out DIR" in line and "feature_cache: null" in line
+
+    cache_main(["--config", str(other_config), "--out", str(out), "--splits", "train,val"])
+    assert "train: cached 0 new videos" not in capsys.readouterr().out  # re-encoded for OTHER's files
+    assert test_run(other_config) == 0
+    assert test_run(config) == 2
+
+
+def test_damaged_and_unrecorded_entries(tmp_path):
+    """A truncated or empty entry is a counted skip naming the file and the fix (never SafetensorError alone); an
+    entry that records no video file cannot serve a run that gives one; `vrp cache` re-encodes both."""
+    from data_modules.features import FeatureCacheMismatch, FeatureStore
+    from data_modules.skips import BadSample
+
+    video = tmp_path / "v1.mp4"
+    video.write_bytes(b"a video")
+    store = FeatureStore(tmp_path / "s", create=True)
+    args = (torch.zeros(2, 3, 4), torch.ones(2, dtype=torch.bool), torch.tensor([0.0, 0.5]), 8.0)
+    store.write("v1", *args, source=video)
+    assert store.read("v1", source=video)["visual"].shape == (2, 3, 4) and store.check("v1", video) is None
+    video.write_bytes(b"another video")
+    with pytest.raises(FeatureCacheMismatch, match="entry 'v1' was computed from .* not from"):
+        store.read("v1", source=video)
+    assert "was computed from" in store.check("v1", video)
+
+    store.write("v1", *args)  # no source recorded
+    with pytest.raises(FeatureCacheMismatch, match="records no video file"):
+        store.read("v1", source=video)
+    assert store.read("v1")["visual"].shape == (2, 3, 4)  # a reader that gives no file is not checked
+
+    for damage in (b"", b"\x08\x00"):
+        (tmp_path / "s" / "v1.safetensors").write_bytes(damage)
+        with pytest.raises(BadSample) as e:
+            store.read("v1", source=video)
+        assert e.value.reason == "decode_error" and e.value.key == str(tmp_path / "s" / "v1.safetensors")
+        assert "is damaged" in e.value.detail and f"--out {tmp_path / 's'}" in e.value.detail
+        assert "is damaged" in store.check("v1", video)

@@ -81,3 +81,25 @@ def test_ask_warns_about_a_stage1_export(tiny_root, tmp_path, capsys):
         )
         err = capsys.readouterr().err
         assert ("exported from a stage-1 (video-text alignment) checkpoint" in err) == (stage == 1), err
+
+
+def test_ask_prints_its_answer_without_loading_noise(tiny_root, tmp_path, capfd):
+    """`vrp ask` on an exported model (tiny ViT saved without the pooler it never uses): the answer on stdout, the
+    option scores on stderr, and no Hugging Face load report or weight-loading bar."""
+    import numpy as np
+
+    from data_modules.video import write_video
+    from vrp.evaluation import ask
+
+    write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
+    model = build_model(_config(tiny_root))
+    state = {f"model.{k}": v for k, v in model.state_dict_trainable().items()}
+    hparams = {"_class_path": "vrp.training.InstructionTuning", "model": _config(tiny_root)}
+    torch.save({"state_dict": state, "global_step": 7, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
+    out = export(tmp_path / "last.ckpt", tmp_path / "export")
+    capfd.readouterr()
+    clip, question = str(tmp_path / "clip.mp4"), "what colour is it ?"
+    ask.main([clip, question, "--options", "red|green", "--num-frames", "2", "--checkpoint", str(out)])
+    stdout, stderr = capfd.readouterr()
+    assert stdout.strip() in ("red", "green")
+    assert len(stderr.strip().splitlines()) == 2, stderr  # one score line per option, nothing else

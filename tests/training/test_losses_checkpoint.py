@@ -96,3 +96,39 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_full_disk_while_checkpointing_ends_in_one_line_and_keeps_the_previous(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
+    """`vrp fit` whose checkpoint write hits ENOSPC (the temporary file is /dev/full): exit status 2, one line naming
+    the file, the free space and what to do; the previous last.ckpt is intact and no temporary file is left."""
+    import os
+    import tempfile
+
+    from tiny import run_main, write_config
+
+    from vrp.training import checkpoint
+
+    config = write_config(tiny_root, tmp_path / "run")
+    assert run_main(["fit", "--config", str(config), "--trainer.max_steps=1"]) == 0
+    last = tmp_path / "run" / "ckpt" / "last.ckpt"
+    before = last.read_bytes()
+
+    mkstemp = tempfile.mkstemp
+
+    def full_disk(*args, **kwargs):
+        fd, name = mkstemp(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_disk)
+    capsys.readouterr()
+    assert run_main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps=2"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint {last} could not be written: No space left on device (")
+    assert line.endswith(
+        "the previous last.ckpt, if any, is intact. Free space there (or set the checkpoint dirpath to another "
+        "disk), then resume with --ckpt_path last"
+    )
+    assert last.read_bytes() == before and sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]

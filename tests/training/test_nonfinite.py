@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import write_config
+from tiny import run_main, write_config
 
-from vrp.cli import main
 from vrp.evaluation import ask
 from vrp.training import export
 
 NAN_BATCH = "--data.init_args.nan_samples=[5]"  # sample 5 is in the second batch of 4 (toy_0004 .. toy_0007)
-
-
-def run_main(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code)
-    return 0
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_keys(tiny_root, tmp_path, capsys):

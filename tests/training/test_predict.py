@@ -53,3 +53,33 @@ def test_predict_generates_for_open_questions(tiny_root, tmp_path):
     rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, data, "--model.init_args.max_new_tokens=3")
     assert [r["key"] for r in rows] == ["open0", "open1", "open2"]
     assert all(isinstance(r["generated"], str) and "choice" not in r for r in rows)
+
+
+def test_junk_box_entries_are_counted_skips_naming_the_fault(tiny_root, tmp_path, caplog):
+    """boxes.json with a string entry, an all-NaN one and one outside the frame: those clips' samples are skipped as
+    bad_boxes (logged with the file, key, frame and object), the others answered; the run does not stop."""
+    data = mc_data(tmp_path / "mc", missing="")
+    good = [[[0.1, 0.1, 0.5, 0.5]] for _ in range(4)]
+    entries = {
+        "clip0": {"objects": ["red circle"], "boxes": good},
+        "clip1": "junk",
+        "clip2": {"objects": ["red circle"], "boxes": [[[float("nan")] * 4] for _ in range(4)]},
+        "clip3": {"objects": ["red circle"], "boxes": [[[0.1, 0.1, 1.5, 0.5]]] + good[1:]},
+    }
+    boxes = tmp_path / "mc" / "boxes.json"
+    boxes.write_text(json.dumps(entries))  # NaN as JSON's NaN, as Python writes it
+    for split in ("train", "val", "test"):
+        data["init_args"][split]["init_args"]["boxes"] = str(boxes)
+    rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, data)
+    skipped = {r["key"]: r.get("skipped") for r in rows}
+    assert skipped == {"clip0_q0": None, "clip1_q1": "bad_boxes", "clip2_q2": "bad_boxes", "clip3_q3": "bad_boxes"}
+    assert f"{boxes}: refused 3 of 4 entries" in caplog.text
+    assert f"entry 'clip1' of {boxes} was refused: malformed" in caplog.text
+    assert (
+        "entry 'clip2' of" in caplog.text
+        and "non-finite coordinates [nan, nan, nan, nan] at frame 0, object 0" in caplog.text
+    )
+    assert (
+        "coordinates [0.10000000149011612, 0.10000000149011612, 1.5, 0.5] outside [0, 1] at frame 0, object 0"
+        in caplog.text
+    )

@@ -134,24 +134,44 @@ def _losses(path: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp_path):
-    full_run, cut_run = tmp_path / "full", tmp_path / "cut"
-    proc = subprocess.run(
-        _cmd(_config(synthetic_root, full_run)), env=_env(), capture_output=True, text=True, timeout=300
-    )
+@pytest.fixture(scope="module")
+def reference(synthetic_root, tmp_path_factory) -> dict[int, float]:
+    """The per-step losses of the uninterrupted run."""
+    run = tmp_path_factory.mktemp("full")
+    proc = subprocess.run(_cmd(_config(synthetic_root, run)), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reference = _losses(full_run / "losses.jsonl")
-    assert sorted(reference) == list(range(1, STEPS + 1))
+    losses = _losses(run / "losses.jsonl")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return losses
 
-    config = _config(synthetic_root, cut_run)
-    child = subprocess.Popen(_cmd(config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = cut_run / "losses.jsonl"
+
+def _start_and_wait(config: Path, log: Path, step: int, *extra: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """A `vrp fit` child, returned once its loss log holds ``step``."""
+    child = subprocess.Popen(_cmd(config, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and child.poll() is None:
-        if log.is_file() and max(_losses(log), default=0) >= KILL_AFTER:
+        if log.is_file() and max(_losses(log), default=0) >= step:
             break
         time.sleep(0.05)
-    assert child.poll() is None, "the run ended before it could be killed"
+    assert child.poll() is None, "the run ended before it could be stopped"
+    return child
+
+
+def _resume_matches(config: Path, log: Path, resumed_from: int, reference: dict[int, float]) -> None:
+    log.unlink()
+    proc = subprocess.run(_cmd(config, "--ckpt_path", "last"), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = _losses(log)
+    assert sorted(resumed) == list(range(resumed_from + 1, STEPS + 1))
+    for step, loss in resumed.items():
+        assert loss == reference[step], (step, loss, reference[step])  # bit-exact on CPU
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, reference, tmp_path):
+    cut_run = tmp_path / "cut"
+    config = _config(synthetic_root, cut_run)
+    log = cut_run / "losses.jsonl"
+    child = _start_and_wait(config, log, KILL_AFTER)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
@@ -160,11 +180,31 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp
     last = torch.load(cut_run / "ckpt" / "last.ckpt", weights_only=True)
     resumed_from = last["global_step"]
     assert 0 < resumed_from <= killed_at
-    log.unlink()
+    _resume_matches(config, log, resumed_from, reference)
 
-    proc = subprocess.run(_cmd(config, "--ckpt_path", "last"), env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = _losses(log)
-    assert sorted(resumed) == list(range(resumed_from + 1, STEPS + 1))
-    for step, loss in resumed.items():
-        assert loss == reference[step], (step, loss, reference[step])  # bit-exact on CPU
+
+@pytest.mark.parametrize(
+    ("signum", "extra"),
+    [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGUSR1, ("--signals.early_warning=SIGUSR1",))],
+    ids=["SIGTERM", "SIGINT", "SIGUSR1"],
+)
+def test_a_signal_saves_the_step_reached_exits_nonzero_and_resumes_exactly(
+    synthetic_root, reference, tmp_path, signum, extra
+):
+    """SIGTERM (a scheduler), SIGINT (Ctrl-C) or a configured early warning: the run saves the step it reached (not
+    the last periodic checkpoint), says so in one line and exits 128 + the signal's number; resuming is exact."""
+    cut_run = tmp_path / "cut"
+    config = _config(synthetic_root, cut_run)
+    log = cut_run / "losses.jsonl"
+    child = _start_and_wait(config, log, 2, *extra, stderr=subprocess.PIPE)
+    signalled_at = max(_losses(log))
+    os.kill(child.pid, signum)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 128 + signum, err[-3000:]
+    last = cut_run / "ckpt" / "last.ckpt"
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert signalled_at <= step < STEPS
+    assert err.strip().splitlines()[-1] == (
+        f"stopped by {signum.name} at step {step}; checkpoint {last}; resume with --ckpt_path last"
+    )
+    _resume_matches(config, log, step, reference)

@@ -98,7 +98,7 @@ def test_stage1_checkpoint_loads_into_stage2(tiny_root, tmp_path):
     assert any(k.startswith("heads.") for k in saved)
     model = _reasoner(tiny_root, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    InstructionTuning(model, init_from=str(tmp_path / "ckpt" / "last.ckpt"))
+    InstructionTuning(model, init_from=str(tmp_path / "ckpt" / "last.ckpt")).init_from_stage1()
     own = model.state_dict()
     weights = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
     assert weights and all(k.startswith(("fusion.", "projection.")) for k in weights)
@@ -107,7 +107,9 @@ def test_stage1_checkpoint_loads_into_stage2(tiny_root, tmp_path):
     changed = [n for n, v in weights.items() if not torch.equal(before[n], v)]  # not merely equal inits (LayerNorms)
     assert len(changed) > len(weights) // 2 and "fusion.frame_qformer.query_tokens" in changed
     with pytest.raises(ValueError, match="fusion configs differ"):
-        InstructionTuning(_reasoner(tiny_root, hidden_size=16), init_from=str(tmp_path / "ckpt" / "last.ckpt"))
+        InstructionTuning(
+            _reasoner(tiny_root, hidden_size=16), init_from=str(tmp_path / "ckpt" / "last.ckpt")
+        ).init_from_stage1()
 
 
 class FirstOption:

@@ -272,3 +272,14 @@ def mc_data(folder, missing: str) -> dict:
             "generate_if_missing": False,
         },
     }
+
+
+def run_main(argv: list[str]) -> int:
+    """`vrp.cli.main(argv)`'s exit status (0, or the code of the SystemExit it raised)."""
+    from vrp.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vrp.models.constants import VIDEO_TOKEN
+from vrp.models.hf_loading import quiet_from_pretrained, report_missing
 from vrp.models.paths import pretrained_source
 from vrp.models.vision import resolve_dtype
 
@@ -70,9 +71,13 @@ class CausalLM(nn.Module):
             cfg = AutoConfig.for_model(**{**defaults, **config})
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).to(torch_dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            model, missing = quiet_from_pretrained(
+                AutoModelForCausalLM.from_pretrained,
+                model_name_or_path,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
             )
+            report_missing(model, missing, f"LLM {model_name_or_path}")
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(self.tokenizer))
         if model.generation_config.pad_token_id is None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vrp.models.constants import CLIP_MEAN, CLIP_STD
+from vrp.models.hf_loading import quiet_from_pretrained, report_missing
 from vrp.models.paths import pretrained_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -150,9 +151,13 @@ class HFVisionEncoder(_FrozenBackbone):
             model_name_or_path = pretrained_source(model_name_or_path, "vision model_name_or_path")
             cfg = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
             cfg = getattr(cfg, "vision_config", None) or cfg  # CLIP / SigLIP: vision tower only
-            model = AutoModel.from_pretrained(model_name_or_path, config=cfg, trust_remote_code=trust_remote_code)
+            model, missing = quiet_from_pretrained(
+                AutoModel.from_pretrained, model_name_or_path, config=cfg, trust_remote_code=trust_remote_code
+            )
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # ViT-style pooler is unused; dropping it keeps every trainable weight in the graph
+        if model_name_or_path is not None:
+            report_missing(model, missing, f"vision model {model_name_or_path}")
         self.backbone = model
         native = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
         self.image_size = image_size or native

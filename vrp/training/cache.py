@@ -2,10 +2,13 @@
 (`data_modules.features.FeatureStore`), so training and evaluation read tokens instead of decoding clips.
 
     vrp cache --config experiments/embedded/finetune.yaml --out artifacts/cache/embedded [--splits train,val,test]
+              [--data.init_args.synthetic_root=OTHER ...]      # further arguments: config overrides, as for vrp fit
 
 Then set the datamodule's `feature_cache: <out>` (the embedded default does). The store holds one deterministic
 view per clip (the datamodule's eval sampling, no crop) and records the vision encoder's config; the stage module
-refuses a store built with another encoder. Re-running skips videos already stored.
+refuses a store built with another encoder. Each entry records the video file it was computed from, and a run that
+reads another file under the same name is refused (`FeatureCacheMismatch`). Re-running skips videos already stored
+from the same file and re-encodes the others.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ def vision_meta(config: dict | None) -> dict:
 
 def write_features(vision: nn.Module, loader, records: Iterable, store: FeatureStore, *, batch_size: int = 16) -> int:
     """Encode each record's video once (decoded and transformed by the eval ``loader``, a `ClipLoader`) into
-    ``store``; returns how many videos were written (videos already stored are skipped)."""
+    ``store``, each tied to its file; returns how many videos were written (entries computed from the same file are
+    kept; missing, damaged ones and ones computed from another file are encoded again)."""
     todo, seen = [], set()
     for rec in records:
-        if rec.modality == "video" and rec.video_key not in seen and rec.video_key not in store:
-            seen.add(rec.video_key)
+        if rec.modality != "video" or rec.video_key in seen:
+            continue
+        seen.add(rec.video_key)
+        stale = isinstance(rec.video, str) and rec.video_key in store and store.check(rec.video_key, rec.video)
+        if rec.video_key not in store or stale:  # missing, damaged, or computed from another file: (re-)encode
             todo.append(rec)
     device = next(vision.parameters()).device
     for i in range(0, len(todo), batch_size):
@@ -41,7 +48,8 @@ def write_features(vision: nn.Module, loader, records: Iterable, store: FeatureS
         with torch.no_grad():
             visual = vision(frames.to(device))  # (B, T, N, D)
         for rec, clip, v in zip(chunk, clips, visual):
-            store.write(rec.video_key, v, clip.frame_mask, clip.timestamps, clip.fps)
+            source = rec.video if isinstance(rec.video, str) else None
+            store.write(rec.video_key, v, clip.frame_mask, clip.timestamps, clip.fps, source=source)
     return len(todo)
 
 
@@ -51,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits of the datamodule to cache")
     p.add_argument("--batch-size", type=int, default=16)
-    a = p.parse_args(argv)
+    a, overrides = p.parse_known_args(argv)  # e.g. --data.init_args.synthetic_root=OTHER, as for `vrp fit`
     splits = [s for s in a.splits.split(",") if s]
-    module, dm = build(a.config, ["--data.init_args.feature_cache=null"], splits)  # no cache to read yet
+    module, dm = build(a.config, [*overrides, "--data.init_args.feature_cache=null"], splits)  # no cache to read yet
     vision = module.model.vision.eval()
     store = FeatureStore(a.out, create=True)
     loader = dm.clip_loader(train=False)
@@ -71,14 +79,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def build(configs: list[str], overrides: list[str], splits: list[str]) -> tuple:
     """The stage module and datamodule of stage YAML(s) ``configs`` (with ``overrides``), set up for ``splits``
-    (records loaded, the vision encoder's preprocessing handed over) without stage-1 weights or a logger: what the
+    (records loaded, the vision encoder's preprocessing handed over) without a logger: what the
     tools that run a frozen part of the model over the data (`vrp cache`, `vrp track`) need."""
     from vrp.cli import VRPCLI
 
     args = [x for c in configs for x in ("--config", c)] + ["--trainer.logger=false", *overrides]
-    if _has_init_from(args):
-        args.append("--model.init_args.init_from=null")
-    cli = VRPCLI(args=args, run=False)
+    cli = VRPCLI(args=args, run=False)  # stage 2 reads init_from only when it fits: not here
     module, dm = cli.model, cli.datamodule
     vision = module.model.vision
     dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
@@ -88,13 +94,3 @@ def build(configs: list[str], overrides: list[str], splits: list[str]) -> tuple:
         dm.setup("test")
     return module, dm
 
-
-def _has_init_from(args: list[str]) -> bool:
-    """Whether the configured stage module takes `init_from` (stage 2), read from the parsed config, not file names."""
-    from vrp.cli import VRPCLI
-
-    class _Parse(VRPCLI):
-        def instantiate_classes(self) -> None:
-            pass
-
-    return "init_from" in (_Parse(args=args, run=False).config.model.init_args or {})

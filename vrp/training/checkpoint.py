@@ -9,7 +9,9 @@ dataloader state. The stage modules call `drop_frozen` from `on_save_checkpoint`
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +28,14 @@ def trainable_names(module: nn.Module) -> set[str]:
     return {name for name, p in module.named_parameters() if p.requires_grad}
 
 
-def drop_frozen(checkpoint: dict[str, Any], module: nn.Module) -> None:
-    """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`)."""
-    keep = trainable_names(module)
+def drop_frozen(checkpoint: dict[str, Any], module: nn.Module, keep: Iterable[str] = ()) -> None:
+    """Remove frozen weights from a Lightning checkpoint dict in place (keys of `checkpoint["state_dict"]`), except
+    those named in ``keep`` (weights no config rebuilds, e.g. stage-1 weights that stage 2 keeps frozen)."""
+    trainable = trainable_names(module)
+    keep = trainable | set(keep)
     state = checkpoint.get("state_dict", {})
     checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-    checkpoint["trainable_keys"] = sorted(keep)
+    checkpoint["trainable_keys"] = sorted(trainable)
 
 
 def check_trainable_keys(checkpoint: dict[str, Any], module: nn.Module, path: str = "checkpoint") -> None:
@@ -60,6 +64,18 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError (a full disk, a lost mount, no permission) behind a failed write: torch.save reports it as a
+    RuntimeError from its zip writer, with the OSError as the cause or context."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temporary file in the target folder, fsync, then rename over the target.
 
@@ -83,9 +99,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
-            raise
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise CheckpointError(
+                f"checkpoint {path} could not be written: {cause.strerror or cause} ({free:.0f} MiB free in "
+                f"{path.parent}); the previous {path.name}, if any, is intact. Free space there (or set the "
+                "checkpoint dirpath to another disk), then resume with --ckpt_path last"
+            ) from e
 
     def load_checkpoint(
         self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None

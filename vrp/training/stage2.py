@@ -2,7 +2,9 @@
 With ``masked_box_weight`` > 0 a track fusion's masked box modelling (`TrackFusion.masked_box_loss`, self-supervised
 from the clip's own boxes) is added to it, on the same batch (Aloe's auxiliary objective).
 
-Initialised (weights only) from a stage-1 checkpoint via `init_from`; resumed runs use `--ckpt_path` instead.
+Initialised (weights only) from a stage-1 checkpoint via `init_from`, on a fresh `fit` only: a resumed run, `test`,
+`validate` and `predict` read their `--ckpt_path`, which holds every weight stage 1 gave (frozen ones included), and
+never open `init_from`.
 Validation logs the LM loss and, on batches with `options`, multiple-choice accuracy per question type
 (`val/acc_<type>`, `val/acc`): the answer loss flattens long before accuracy stops moving, so accuracy is the progress
 signal. Each test batch is scored by `scorer` and the `MCOutput` returned; the results callback
@@ -12,6 +14,7 @@ table, so test-time options are trainer options, never hyper-parameters frozen i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vrp.models.io import load_weights
+from vrp.models.io import CheckpointError, load_weights
 from vrp.scoring.metrics import PerTypeAccuracy
 from vrp.scoring.rows import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
@@ -89,15 +92,16 @@ class InstructionTuning(L.LightningModule):
         self.model = model
         self.scorer = LikelihoodScorer() if scorer is None else scorer
         self.strict_loading = False
-        if init_from:
-            loaded, fresh = load_stage1(model, init_from)
-            rank_zero_info(
-                f"stage 2: loaded {len(loaded)} weights from {init_from}; "
-                f"{len(fresh)} trainable tensors keep their own init (not in stage 1: LoRA adapters, an LLM "
-                "trained only in stage 2)"
-            )
+        self._stage1_keys: set[str] = set()  # weights init_from gave (or a loaded checkpoint held): always saved
+        self._init: tuple[list[str], list[str]] | Exception | None = None  # what setup("fit") read from init_from
         self.val_acc = PerTypeAccuracy(val_question_types)
         require_masked_boxes(model.fusion, masked_box_weight)
+
+    def init_from_stage1(self) -> tuple[list[str], list[str]]:
+        """Copy `init_from`'s stage-1 weights into the model (`load_stage1`); a fresh `fit` does it in `setup`."""
+        loaded, fresh = load_stage1(self.model, self.hparams.init_from)
+        self._stage1_keys = set(loaded)
+        return loaded, fresh
 
     def encode(self, batch: dict) -> torch.Tensor:
         """(B, Q, D_llm) video tokens (from cached encoder tokens when the datamodule reads a feature cache)."""
@@ -169,6 +173,31 @@ class InstructionTuning(L.LightningModule):
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         data_hooks.configure_datamodule(self)
+        if stage == "fit" and self.hparams.init_from:
+            # Before `configure_model` shards the model; whether a checkpoint then replaces these weights (resume) is
+            # known only in `on_fit_start`, so a missing or unusable file is reported there, and only for a fresh run.
+            try:
+                self._init = self.init_from_stage1()
+            except Exception as e:  # noqa: BLE001 -- re-raised in on_fit_start unless a checkpoint is restored
+                self._init = e
+
+    def on_fit_start(self) -> None:
+        init, self._init = self._init, None
+        if init is None or self.trainer.ckpt_path is not None:  # nothing to load, or resumed: the checkpoint won
+            return
+        path = self.hparams.init_from
+        if isinstance(init, CheckpointError) and not Path(path).exists():
+            raise CheckpointError(
+                f"init_from {path} does not exist: train stage 1 first (make pretrain), or set "
+                "model.init_args.init_from: null to start stage 2 from scratch"
+            ) from None
+        if isinstance(init, Exception):
+            raise init
+        loaded, fresh = init
+        rank_zero_info(
+            f"stage 2: loaded {len(loaded)} weights from {path}; {len(fresh)} trainable tensors keep their own "
+            "init (not in stage 1: LoRA adapters, an LLM trained only in stage 2)"
+        )
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [])
@@ -180,7 +209,9 @@ class InstructionTuning(L.LightningModule):
         return adamw_cosine_from_hparams(self)
 
     def on_save_checkpoint(self, ckpt: dict) -> None:
-        checkpoint.drop_frozen(ckpt, self)
+        checkpoint.drop_frozen(ckpt, self, keep={f"model.{k}" for k in self._stage1_keys})
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         checkpoint.check_trainable_keys(ckpt, self)
+        state = ckpt.get("state_dict", {})
+        self._stage1_keys |= {k[len("model.") :] for k in state if k.startswith("model.")}
