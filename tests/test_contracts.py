@@ -30,6 +30,8 @@ from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.protocol import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
 from vrp.models.contracts import Fusion, TextFusion, VisionEncoder
+from vrp.models.families.instructblip_video import InstructBlipVideoFusion
+from vrp.models.families.llava import LlavaVideoConnector
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
@@ -43,6 +45,28 @@ TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
 TINY_TRACKS = dict(
     max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_attributes=4
 )
+TINY_TEXT = dict(model_type="llama", hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+TINY_INSTRUCTBLIP_VIDEO = dict(
+    model_type="instructblipvideo",
+    vision_config=dict(hidden_size=D, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+    qformer_config=dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=20,
+        encoder_hidden_size=D,
+    ),
+    text_config=TINY_TEXT,
+    num_query_tokens=2,
+)
+TINY_LLAVA_NEXT_VIDEO = dict(
+    model_type="llava_next_video",
+    vision_config=dict(
+        model_type="clip_vision_model", hidden_size=D, num_attention_heads=2, image_size=16, patch_size=8
+    ),
+    text_config=TINY_TEXT,
+)
 FUSIONS = {
     "PoolingConnector": partial(PoolingConnector, temporal_bins=2, spatial_size=(1, 1)),
     "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
@@ -53,6 +77,8 @@ FUSIONS = {
     "TrackFusion-roi": partial(TrackFusion, **TINY_TRACKS),
     "TrackFusion-oracle": partial(TrackFusion, appearance="oracle", **TINY_TRACKS),
     "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
+    "InstructBlipVideoFusion": partial(InstructBlipVideoFusion, config=TINY_INSTRUCTBLIP_VIDEO, num_frames=T),
+    "LlavaVideoConnector": partial(LlavaVideoConnector, config=TINY_LLAVA_NEXT_VIDEO, num_frames=T),
     "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
     "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
     "MiddleFrame-QFormer": partial(

@@ -2,6 +2,8 @@
 
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
 from vrp.models.constants import VIDEO_TOKEN
+from vrp.models.families.instructblip_video import InstructBlipVideoFusion
+from vrp.models.families.llava import LlavaVideoConnector
 from vrp.models.llm import CausalLM, tiny_llama_config
 from vrp.models.qformer import QFormer
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
@@ -14,8 +16,10 @@ __all__ = [
     "CausalLM",
     "FrameQFormerFusion",
     "HFVisionEncoder",
+    "InstructBlipVideoFusion",
     "JointQFormerFusion",
     "LinearConnector",
+    "LlavaVideoConnector",
     "MLPConnector",
     "OpenClipVisionEncoder",
     "PerceiverResampler",

@@ -244,3 +244,49 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
             )
     qformer.load_state_dict(out, strict=False)
     return sorted(out)
+
+
+# Our per-layer name -> the InstructBLIP / BLIP-2 name, for the parts stored one to one (qkv and kv are stacked).
+_LAYER_NAMES = {
+    "self_attn.proj": "attention.output.dense",
+    "self_attn.norm": "attention.output.LayerNorm",
+    "cross_attn.q": "crossattention.attention.query",
+    "cross_attn.proj": "crossattention.output.dense",
+    "cross_attn.norm": "crossattention.output.LayerNorm",
+    "ffn.fc1": "intermediate_query.dense",
+    "ffn.fc2": "output_query.dense",
+    "ffn.norm": "output_query.LayerNorm",
+    "text_ffn.fc1": "intermediate.dense",
+    "text_ffn.fc2": "output.dense",
+    "text_ffn.norm": "output.LayerNorm",
+}
+_EMBED_NAMES = {
+    "embed_norm": "embeddings.layernorm",
+    "word_embeddings": "embeddings.word_embeddings",
+    "position_embeddings": "embeddings.position_embeddings",
+}
+
+
+def qformer_to_instructblip_state_dict(qformer: QFormer) -> dict[str, torch.Tensor]:
+    """The inverse of `blip2_to_qformer_state_dict` for InstructBLIP's layout: our Q-Former's weights under the keys
+    of `InstructBlip(Video)QFormerModel` (``encoder.layer.i.*``, ``embeddings.*``) plus ``query_tokens``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in qformer.state_dict().items():
+        if key == "query_tokens":
+            out[key] = value
+            continue
+        head, _, kind = key.rpartition(".")
+        if head in _EMBED_NAMES:
+            out[f"{_EMBED_NAMES[head]}.{kind}"] = value
+            continue
+        _, i, part = head.split(".", 2)  # layers.<i>.<part>
+        s = f"encoder.layer.{i}."
+        if part == "self_attn.qkv":
+            for name, chunk in zip(("query", "key", "value"), value.chunk(3)):
+                out[f"{s}attention.attention.{name}.{kind}"] = chunk
+        elif part == "cross_attn.kv":
+            for name, chunk in zip(("key", "value"), value.chunk(2)):
+                out[f"{s}crossattention.attention.{name}.{kind}"] = chunk
+        else:
+            out[f"{s}{_LAYER_NAMES[part]}.{kind}"] = value
+    return out

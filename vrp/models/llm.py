@@ -22,6 +22,7 @@ class SequenceTooLong(ValueError):
 class CausalLM(nn.Module):
     """Any HF causal LM by name/path, or a randomly initialised one from ``config`` (a dict with ``model_type``).
 
+    A released video-LLM folder (`vrp.models.families`) gives its language model and tokenizer.
     ``tokenizer`` defaults to ``model_name_or_path``; with ``config`` it is required, and the config's ``vocab_size``
     and special token ids default to the tokenizer's. Trainable mode is set by the owner: ``freeze()``,
     ``enable_lora()`` or ``unfreeze()``.
@@ -43,6 +44,8 @@ class CausalLM(nn.Module):
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from vrp.models import families
 
         if (model_name_or_path is None) == (config is None):
             raise ValueError("give exactly one of model_name_or_path or config")
@@ -70,6 +73,8 @@ class CausalLM(nn.Module):
             }
             cfg = AutoConfig.for_model(**{**defaults, **config})
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).to(torch_dtype)
+        elif families.family_type(model_name_or_path):  # a released video-LLM: its language model
+            model = families.language_model(model_name_or_path).to(torch_dtype)
         else:
             model, missing = quiet_from_pretrained(
                 AutoModelForCausalLM.from_pretrained,

@@ -1,12 +1,15 @@
 """VideoReasoner: vision encoder -> fusion -> projection -> LLM, with a per-component trainable policy.
 
 The fusion module is built here from a factory ``fusion(vision_width, grid, num_prefix_tokens)`` so no width is
-written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size. Each prompt holds exactly one
+written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size (``projection="none"``: the fusion
+ends in the LLM's width itself, as a released family's connector with its own projector does,
+`vrp.models.families`). Each prompt holds exactly one
 video placeholder token, which ``build_inputs`` replaces by the Q projected visual tokens.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -45,6 +48,7 @@ class VideoReasoner(nn.Module):
         projection_mode: Mode = "full",
         llm_mode: Literal["frozen", "lora", "full"] = "frozen",
         use_qformer_text: bool = False,
+        projection: Literal["linear", "none"] = "linear",
     ):
         super().__init__()
         if not isinstance(vision, VisionEncoder):
@@ -55,7 +59,17 @@ class VideoReasoner(nn.Module):
             raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm
         self.objects = objects if self.fusion.reads_boxes else None  # a fusion that reads no boxes needs no tracks
-        self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
+        if projection == "linear":
+            self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
+        elif projection == "none":
+            if self.fusion.output_dim != llm.hidden_size:
+                raise ValueError(
+                    f"projection='none' needs the fusion's output_dim ({self.fusion.output_dim}) to be the LLM's "
+                    f"hidden size ({llm.hidden_size})"
+                )
+            self.projection = nn.Identity()
+        else:
+            raise ValueError(f"projection must be 'linear' or 'none', got {projection!r}")
         if use_qformer_text and not self.fusion.supports_text:
             raise ValueError(f"use_qformer_text=True but {type(self.fusion).__name__} does not read text")
         self.use_qformer_text = use_qformer_text
@@ -95,7 +109,7 @@ class VideoReasoner(nn.Module):
         ``qformer_input_ids`` when ``with_text`` (default: ``use_qformer_text``); stage-1 contrastive queries pass
         False. Tensors are moved to the model's device.
         """
-        device = self.projection.weight.device
+        device = self.anchor().device
 
         def get(key: str) -> torch.Tensor | None:
             value = batch.get(key)
@@ -123,7 +137,7 @@ class VideoReasoner(nn.Module):
     def visual_tokens(self, batch: Mapping) -> torch.Tensor:
         """Vision-encoder tokens (B, T, N, D): ``batch["visual"]`` when cached, else the encoder on ``batch["video"]``
         (without autograd when it is frozen)."""
-        param = self.projection.weight
+        param = self.anchor()
         if batch.get("visual") is not None:
             return batch["visual"].to(param.device, param.dtype)
         if batch.get("video") is None:
@@ -131,6 +145,11 @@ class VideoReasoner(nn.Module):
         trains = any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
             return self.vision(batch["video"].to(param.device))
+
+    def anchor(self) -> torch.Tensor:
+        """The parameter whose device and dtype the visual tokens take: the projection's (the fusion's, else the
+        LLM's, with ``projection="none"``)."""
+        return next(itertools.chain(self.projection.parameters(), self.fusion.parameters(), self.llm.parameters()))
 
     def video_tokens(self, batch: Mapping) -> torch.Tensor:
         """Projected visual tokens (B, Q, D_llm), inserted at the video placeholder; see `fuse`."""

@@ -116,7 +116,10 @@ class HFVisionEncoder(_FrozenBackbone):
 
     Tokens are the model's ``last_hidden_state`` (prefix tokens first: CLS/registers; SigLIP has none).
     For a CLIP/SigLIP checkpoint or config only the vision tower is built. ``config`` is a dict for
-    ``AutoConfig.for_model`` (it must hold ``model_type``) and builds a randomly initialised model.
+    ``AutoConfig.for_model`` (it must hold ``model_type``) and builds a randomly initialised model. A released
+    video-LLM folder (`vrp.models.families`: InstructBLIP-Video, LLaVA-NeXT-Video, LLaVA-OneVision) gives its vision
+    tower. ``feature_layer`` reads that hidden state (``hidden_states[feature_layer]``, before any final norm)
+    instead of ``last_hidden_state``; None: the family's ``vision_feature_layer`` for a LLaVA folder, else the last.
     """
 
     def __init__(
@@ -133,9 +136,12 @@ class HFVisionEncoder(_FrozenBackbone):
         chunk_size: int = 64,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        feature_layer: int | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
+
+        from vrp.models import families
 
         if (model_name_or_path is None) == (config is None):
             raise ValueError("give exactly one of model_name_or_path or config")
@@ -147,6 +153,11 @@ class HFVisionEncoder(_FrozenBackbone):
             cfg = AutoConfig.for_model(**config)
             cfg = getattr(cfg, "vision_config", None) or cfg
             model = AutoModel.from_config(cfg, trust_remote_code=trust_remote_code)
+        elif families.family_type(pretrained_source(model_name_or_path, "vision model_name_or_path")):
+            model_name_or_path = str(families.local_folder(model_name_or_path))
+            model = families.vision_tower(model_name_or_path)
+            cfg = model.config
+            feature_layer = families.feature_layer(model_name_or_path) if feature_layer is None else feature_layer
         else:
             model_name_or_path = pretrained_source(model_name_or_path, "vision model_name_or_path")
             cfg = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
@@ -159,6 +170,7 @@ class HFVisionEncoder(_FrozenBackbone):
         if model_name_or_path is not None:
             report_missing(model, missing, f"vision model {model_name_or_path}")
         self.backbone = model
+        self.feature_layer = feature_layer
         native = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
         self.image_size = image_size or native
         self._interpolate = self.image_size != native
@@ -179,10 +191,19 @@ class HFVisionEncoder(_FrozenBackbone):
 
     @staticmethod
     def _processor_stats(path: str | None, model_type: str) -> tuple[tuple, tuple]:
-        if path is not None and (Path(path) / "preprocessor_config.json").is_file():
-            pre = json.loads((Path(path) / "preprocessor_config.json").read_text())
-            if "image_mean" in pre and "image_std" in pre:
-                return tuple(pre["image_mean"]), tuple(pre["image_std"])
+        """mean/std of the folder's video (else image) processor, else the model type's usual ones."""
+        folder = Path(path) if path is not None else None
+        for name, key in (
+            ("video_preprocessor_config.json", None),
+            ("processor_config.json", "video_processor"),
+            ("preprocessor_config.json", None),
+            ("processor_config.json", "image_processor"),
+        ):
+            if folder is not None and (folder / name).is_file():
+                pre = json.loads((folder / name).read_text())
+                pre = pre.get(key) or {} if key else pre
+                if "image_mean" in pre and "image_std" in pre:
+                    return tuple(pre["image_mean"]), tuple(pre["image_std"])
         if model_type.startswith("clip"):
             return CLIP_MEAN, CLIP_STD
         if model_type.startswith("siglip"):
@@ -191,7 +212,10 @@ class HFVisionEncoder(_FrozenBackbone):
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         extra = {"interpolate_pos_encoding": True} if self._interpolate else {}
-        return self.backbone(pixel_values=images, **extra).last_hidden_state  # (b, N, D)
+        if self.feature_layer is None:
+            return self.backbone(pixel_values=images, **extra).last_hidden_state  # (b, N, D)
+        out = self.backbone(pixel_values=images, output_hidden_states=True, **extra)
+        return out.hidden_states[self.feature_layer]  # (b, N, D)
 
 
 class OpenClipVisionEncoder(_FrozenBackbone):

@@ -1,12 +1,18 @@
 """Export a trained model to a folder that inference loads without Lightning state, and load it back.
 
     vrp export --ckpt runs/embedded/finetune/checkpoints/last.ckpt --out artifacts/model [--merge-lora]
+    vrp export --ckpt runs/llava/checkpoints/last.ckpt --out artifacts/llava-hf --format hf
+
+--format vrp (default):
 
 <out>/model.yaml            the VideoReasoner config (class_path/init_args; frozen backbones by name/path)
 <out>/trainable.safetensors  fusion + projection (+ LoRA adapters unless merged) weights
 <out>/export.json           which module trained it (stage 1 or 2), its step and checkpoint
 <out>/llm/                  with --merge-lora: the LLM with LoRA merged (save_pretrained + tokenizer);
                             model.yaml then points at it with llm_mode frozen
+--format hf: the family's own transformers folder (config, safetensors with LoRA merged, processor, tokenizer, chat
+template, generation config) for a model built from a released InstructBLIP-Video / LLaVA-NeXT-Video / OneVision
+folder (`vrp.models.families.export`); any other model is refused with one line naming the part.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from safetensors.torch import save_file
 from vrp.models.io import CheckpointError, build_model, check_finite, read_checkpoint
 
 
-def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Path:
+def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False, format: str = "vrp") -> Path:
+    if format not in ("vrp", "hf"):
+        raise ValueError(f"format must be 'vrp' or 'hf', got {format!r}")
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint.get("hyper_parameters", {}).get("model")
     if not isinstance(config, dict) or "class_path" not in config:
@@ -35,6 +43,10 @@ def export(ckpt: str | Path, out: str | Path, *, merge_lora: bool = False) -> Pa
     check_finite(checkpoint.get("state_dict", {}), f"checkpoint {ckpt}")
     weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_trainable(weights, strict=True)
+    if format == "hf":
+        from vrp.models.families.export import export_hf
+
+        return export_hf(model, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(config)
@@ -81,9 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--merge-lora", action="store_true")
+    p.add_argument("--format", choices=("vrp", "hf"), default="vrp", help="hf: the family's transformers folder")
     a = p.parse_args(argv)
     try:
-        out = export(a.ckpt, a.out, merge_lora=a.merge_lora)
+        out = export(a.ckpt, a.out, merge_lora=a.merge_lora, format=a.format)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
