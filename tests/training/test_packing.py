@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from test_stage1 import QFORMER
 
 from data_modules.collate import Collator
 from data_modules.packing import Packing
@@ -92,19 +93,7 @@ def test_stage2_loss_and_gradients_equal_unpacked(tiny_root, llm_mode, attn, sid
 
 
 def test_stage1_losses_equal_unpacked(tiny_root):
-    fusion = partial(
-        FrameQFormerFusion,
-        num_query_tokens=2,
-        video_num_query_tokens=2,
-        hidden_size=32,
-        num_layers=1,
-        video_num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        num_frames=T,
-        vocab_size=32,
-        dropout=0.0,
-    )
+    fusion = partial(FrameQFormerFusion, **(QFORMER | {"objects": False, "dropout": 0.0}))
     module = AlignmentPretraining(_reasoner(tiny_root, fusion, "frozen"), embed_dim=16).train()
     plain, packed = _batches(tiny_root, module.model.num_video_tokens, max_tokens=64)
     assert packed["pack_shape"][0] < len(packed["keys"]) / 2

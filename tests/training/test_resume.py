@@ -34,7 +34,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-def _config(root: Path, run: Path) -> Path:
+def _config(root: Path, run: Path, packing: bool = False) -> Path:
     cfg = {
         "seed_everything": 3,
         "trainer": {
@@ -115,6 +115,8 @@ def _config(root: Path, run: Path) -> Path:
             },
         },
     }
+    if packing:  # packed rows of at most 96 LLM tokens (data_modules.packing)
+        cfg["data"]["init_args"]["packing"] = {"max_tokens": 96}
     path = run / "config.yaml"
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
@@ -134,16 +136,17 @@ def _losses(path: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, tmp_path, packing):
     full_run, cut_run = tmp_path / "full", tmp_path / "cut"
     proc = subprocess.run(
-        _cmd(_config(synthetic_root, full_run)), env=_env(), capture_output=True, text=True, timeout=300
+        _cmd(_config(synthetic_root, full_run, packing)), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = _losses(full_run / "losses.jsonl")
     assert sorted(reference) == list(range(1, STEPS + 1))
 
-    config = _config(synthetic_root, cut_run)
+    config = _config(synthetic_root, cut_run, packing)
     child = subprocess.Popen(_cmd(config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = cut_run / "losses.jsonl"
     deadline = time.time() + 300
