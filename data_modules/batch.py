@@ -22,6 +22,11 @@ Shapes (B batch, T frames, C channels, H/W pixels, K boxes per frame, L text tok
 - ``options``          list[list[str]] (B, O)   optional; multiple-choice candidates.
 - ``answer_index``     int64   (B,)             optional; index of the correct option.
 - ``prompt``/``target`` list[str] (B,)          optional; the untokenised prompt and answer text.
+- ``seq_lengths``      int64   (B,)             optional; each sample's LLM tokens, its Q visual tokens included
+                                                (set once the model gave the collator Q: `configure_visual_tokens`).
+- ``pack_row``/``pack_offset`` int64 (B,)       optional, with ``packing``: the row and start column of each sample
+                                                in the packed LLM rows (`data_modules.packing`).
+- ``pack_shape``       tuple[int, int]          optional, with ``packing``: (rows, width) of the packed LLM rows.
 - ``skipped``          list[dict]               optional, evaluation only: ``{"key", "reason"}`` of the batch's
                                                 samples that could not be read; they are in no other field. A batch
                                                 of only such samples holds just ``keys`` (empty) and ``skipped``.
@@ -55,4 +60,8 @@ class Batch(TypedDict, total=False):
     answer_index: torch.Tensor
     prompt: list[str]
     target: list[str]
+    seq_lengths: torch.Tensor
+    pack_row: torch.Tensor
+    pack_offset: torch.Tensor
+    pack_shape: tuple[int, int]
     skipped: list[dict]

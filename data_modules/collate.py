@@ -8,6 +8,7 @@ end-of-turn text the chat template puts after them, so the model learns to stop)
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -15,8 +16,12 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_modules.batch import IGNORE_INDEX, VIDEO_TOKEN, Batch
+from data_modules.packing import Packing, TokenBudget, first_fit
+from data_modules.skips import SkipCounter
 from data_modules.sources.record import strip_placeholder
 from vrp.models.paths import pretrained_source
+
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -83,6 +88,10 @@ class Collator:
     """Samples (dicts from the datasets) -> :class:`~data_modules.batch.Batch`.
 
     ``max_length`` truncates the end of a sequence (never the placeholder: a prompt longer than that is an error).
+    ``packing`` adds each batch's packing plan (``pack_row``, ``pack_offset``, ``pack_shape``) and ``budget`` bounds
+    each sample's LLM tokens (`data_modules.packing`); both need the model's visual tokens per sample, which the
+    stage modules give through `configure_visual_tokens` (then every batch also carries ``seq_lengths``).
+    Samples over the budget are counted in ``skips`` (reason ``over_budget``) and listed under ``skipped``.
     """
 
     def __init__(
@@ -95,6 +104,9 @@ class Collator:
         qformer_max_length: int = 64,
         use_chat_template: bool = True,
         system_prompt: str | None = None,
+        packing: Packing | None = None,
+        budget: TokenBudget | None = None,
+        skips: SkipCounter | None = None,
     ) -> None:
         self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         if isinstance(qformer_tokenizer, str):
@@ -105,6 +117,14 @@ class Collator:
         self.padding_side, self.max_length, self.qformer_max_length = padding_side, max_length, qformer_max_length
         self.system_prompt = system_prompt
         self.video_token_id = self.tok.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.packing, self.budget, self.skips = packing, budget, skips
+        self.visual_tokens: int | None = None  # Q, the visual tokens the model puts at each placeholder
+
+    def configure_visual_tokens(self, num_video_tokens: int) -> None:
+        """The visual tokens (Q) the model splices in at each sample's placeholder; call before batches are made."""
+        if num_video_tokens < 1:
+            raise ValueError(f"num_video_tokens must be >= 1, got {num_video_tokens}")
+        self.visual_tokens = int(num_video_tokens)
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         L = max(len(r) for r in rows)
@@ -117,12 +137,39 @@ class Collator:
         if not samples:
             return {"keys": [], "skipped": skipped}
         batch = self._collate(samples)
+        skipped += batch.pop("skipped", [])
         if skipped:
             batch["skipped"] = skipped
         return batch
 
+    def _over_budget(self, key: str, ids: list[int], labels: list[int], extra: int):
+        """(ids, labels) within ``budget.max_tokens`` (``extra``: the sample's visual tokens beyond its placeholder),
+        cut at the end by the ``truncate`` policy; None (counted, logged with the key) for a sample that is skipped."""
+        limit = self.budget.max_tokens if self.budget is not None else None
+        if limit is None or len(ids) + extra <= limit:
+            return ids, labels
+        keep = limit - extra
+        detail = f"{len(ids) + extra} LLM tokens (text and visual) > token_budget.max_tokens={limit}"
+        prompt_ok = self.video_token_id not in ids or ids.index(self.video_token_id) < keep
+        if self.budget.overflow == "truncate" and keep > 0 and prompt_ok:
+            if any(t != IGNORE_INDEX for t in labels[:keep]):
+                log.warning("truncating sample %s to %d tokens: %s", key, limit, detail)
+                return ids[:keep], labels[:keep]
+            detail += " (truncated, no answer token would be left)"
+        if self.skips is not None:
+            self.skips.skip(key, "over_budget", detail)
+        else:
+            log.warning("skipping sample %s: over_budget: %s", key, detail)
+        return None
+
     def _collate(self, samples: list[dict]) -> Batch:
-        ids, labels = [], []
+        ids, labels, kept, over = [], [], [], []
+        Q = self.visual_tokens
+        if Q is None and (self.packing is not None or self.budget is not None):
+            raise RuntimeError(
+                "packing / token_budget need the model's visual tokens per sample: the stage modules give it "
+                "(Collator.configure_visual_tokens) from their setup()"
+            )
         for s in samples:
             visual = s.get("modality", "video") != "text"
             i, lab = encode_turns(
@@ -135,8 +182,18 @@ class Collator:
                     f"sample {s['key']}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
                     f"and max_length={self.max_length}, found {i.count(self.video_token_id)}"
                 )
+            if Q is not None:
+                fitted = self._over_budget(s["key"], i, lab, (Q - 1) * int(visual))
+                if fitted is None:
+                    over.append({"key": s["key"], "reason": "over_budget"})
+                    continue
+                i, lab = fitted
             ids.append(i)
             labels.append(lab)
+            kept.append(s)
+        samples = kept
+        if not samples:
+            return {"keys": [], "skipped": over}
         batch: Batch = {
             **_pixels_or_features(samples),  # video (B, T, C, H, W) or cached visual (B, T, N, D)
             "frame_mask": torch.stack([s["frame_mask"] for s in samples]),  # (B, T)
@@ -176,6 +233,15 @@ class Collator:
         if all(s.get("options") is not None for s in samples):
             batch["options"] = [s["options"] for s in samples]
             batch["answer_index"] = torch.tensor([s["answer_index"] for s in samples])
+        if Q is not None:
+            lengths = [len(i) + (Q - 1) * int(s.get("modality", "video") != "text") for i, s in zip(ids, samples)]
+            batch["seq_lengths"] = torch.tensor(lengths)  # (B,) LLM tokens per sample, visual ones included
+            if self.packing is not None:
+                plan = first_fit(lengths, self.packing.max_tokens)
+                batch["pack_row"], batch["pack_offset"] = torch.tensor(plan.row), torch.tensor(plan.offset)  # (B,)
+                batch["pack_shape"] = (plan.rows, plan.width)
+        if over:
+            batch["skipped"] = over
         return batch
 
 

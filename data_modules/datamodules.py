@@ -31,6 +31,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from data_modules.collate import Collator
 from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
+from data_modules.packing import Packing, TokenBudget
 from data_modules.skips import SkipCounter
 from data_modules.sources import CaptionManifest, LlavaInstructions, MapSource, MultipleChoice, WebDatasetSource
 from data_modules.sources.boxes import ObjectTracker
@@ -184,8 +185,37 @@ class _ClipDataModule(L.LightningDataModule):
                 qformer_tokenizer=self.qformer_tokenizer,
                 padding_side=self.padding_side,
                 max_length=self.max_length,
+                packing=self.packing,
+                budget=self.token_budget,
+                skips=self.skips,
             )
+            if self.visual_tokens is not None:
+                self._collator.configure_visual_tokens(self.visual_tokens)
         return self._collator
+
+    # --- packing and the token budget (data_modules.packing) ----------------------------------------------------
+    packing: Packing | None = None
+    token_budget: TokenBudget | None = None
+    visual_tokens: int | None = None
+
+    def configure_visual_tokens(self, num_video_tokens: int) -> None:
+        """The visual tokens (Q) the model gives each sample for ``num_frames`` frames (so Q / ``num_frames`` per
+        frame for the budget's frame cap); the stage modules call it from ``setup()``."""
+        self.visual_tokens = int(num_video_tokens)
+        if self.token_budget is not None and self._budget_frames() < 1:
+            raise ValueError(
+                f"token_budget.max_visual_tokens={self.token_budget.max_visual_tokens} is less than one frame's "
+                f"{num_video_tokens / self.num_frames:g} visual tokens (the model gives {num_video_tokens} for "
+                f"{self.num_frames} frames): no sample fits"
+            )
+        if self._collator is not None:
+            self._collator.configure_visual_tokens(self.visual_tokens)
+
+    def _budget_frames(self) -> int | None:
+        """The budget's cap on real frames per clip (None: no cap)."""
+        if self.token_budget is None or self.visual_tokens is None:
+            return None
+        return self.token_budget.max_frames(self.num_frames, self.visual_tokens / self.num_frames)
 
     def _dist(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -211,6 +241,7 @@ class _ClipDataModule(L.LightningDataModule):
             objects=self.objects,
             image_frames=self.image_frames,
             damaged=self.damaged_clips,
+            max_frames=self._budget_frames(),
         )
 
     def features(self) -> FeatureStore | None:
@@ -315,7 +346,12 @@ class VideoTextDataModule(_ClipDataModule):
         tracks: str | None = None,
         image_frames: int = 1,
         feature_cache: str | None = None,
+        packing: Packing | None = None,
+        token_budget: TokenBudget | None = None,
     ) -> None:
+        """``packing``: ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens
+        (padding-free, the same losses); ``token_budget``: per-sample bounds (`data_modules.packing`,
+        docs/packing.md). Both off by default."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer,
@@ -347,6 +383,7 @@ class VideoTextDataModule(_ClipDataModule):
         )
         self.train_source, self.val_source = train, val
         self.feature_cache = feature_cache  # a `vrp cache` folder: read encoder tokens per video, never decode
+        self.packing, self.token_budget = packing, token_budget
 
     def _uses_synthetic(self) -> bool:
         return self.train_source is None or self.val_source is None or self.tokenizer is None
@@ -420,11 +457,16 @@ class InstructionDataModule(_ClipDataModule):
         image_frames: int = 1,
         box_attributes: list[str] | None = None,
         feature_cache: str | None = None,
+        packing: Packing | None = None,
+        token_budget: TokenBudget | None = None,
     ) -> None:
         """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
         then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
         leave it null for a model, which sees pixels and unlabelled boxes only. ``feature_cache``: a `vrp cache`
-        folder; every split then reads the frozen encoder's tokens per video instead of decoding."""
+        folder; every split then reads the frozen encoder's tokens per video instead of decoding. ``packing``:
+        ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens (padding-free, the same
+        losses); ``token_budget``: per-sample bounds (`data_modules.packing`, docs/packing.md). Both off by
+        default."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer,
@@ -457,6 +499,7 @@ class InstructionDataModule(_ClipDataModule):
         self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
         self.box_attributes = list(box_attributes) if box_attributes else None
         self.feature_cache = feature_cache
+        self.packing, self.token_budget = packing, token_budget
 
     def _uses_synthetic(self) -> bool:
         return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None

@@ -43,6 +43,7 @@ class ClipLoader:
         damaged: Literal["skip", "keep"] = "skip",
         objects: ObjectTracker | None = None,
         max_track_frames: int = 512,
+        max_frames: int | None = None,
     ) -> None:
         """``box_attributes``: an attribute vocabulary; when set, samples carry ``box_attributes`` (K, V), the
         multi-hot words of the boxes' object names (state oracle only: a model that must see pixels never gets them).
@@ -52,7 +53,10 @@ class ClipLoader:
         decoding it. ``damaged``: a clip some of whose packets fail to decode is skipped (``decode_error``) or kept,
         decoded from its readable packets. ``objects``: the object stage that gives a video without a boxes entry its
         tracks, run on its frames at the video's own rate (at most ``max_track_frames`` of them, evenly spread) up
-        to the last box row."""
+        to the last box row. ``max_frames``: the token budget's frame cap
+        (`data_modules.packing.TokenBudget.max_frames`): a clip keeps at most that many real frames, evenly spread
+        over its window (an fps clip that would need more gets a lower rate over the whole window, never a cut end;
+        cached tokens keep evenly spread frames), padded to ``num_frames``; 0 skips the sample (``over_budget``)."""
         if not 1 <= image_frames <= num_frames:
             raise ValueError(f"image_frames must be in [1, num_frames={num_frames}], got {image_frames}")
         self.transform, self.num_frames, self.sampling, self.fps = transform, num_frames, sampling, fps
@@ -62,25 +66,41 @@ class ClipLoader:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
         self.box_substeps = box_substeps
         self.objects, self.max_track_frames = objects, max_track_frames
+        self.max_frames = num_frames if max_frames is None else min(num_frames, max_frames)
 
     def read(self, rec: Record) -> DecodedClip:
+        """`read_clip`, within the ``max_frames`` cap (fewer real frames, padded back to ``num_frames``)."""
+        if self.max_frames >= self.num_frames or rec.modality == "text":
+            return self.read_clip(rec, self.num_frames)
+        if self.max_frames < 1:
+            raise BadSample(rec.where, "over_budget", "token_budget.max_visual_tokens leaves no frame")
+        clip = self.read_clip(rec, self.max_frames)
+        if self.sampling == "fps" and rec.modality == "video" and bool(clip.frame_mask.all()):
+            end = clip.duration if rec.end_sec is None else min(rec.end_sec, clip.duration)
+            if float(clip.timestamps[-1]) + 1.0 / self.fps < end:  # the window holds more: spread them over it all
+                clip = self.read_clip(rec, self.max_frames, sampling="uniform")
+        return _pad_clip(clip, self.num_frames)
+
+    def read_clip(self, rec: Record, num_frames: int, sampling: str | None = None) -> DecodedClip:
         """The record's frames: a clip (or its ``start_sec``/``end_sec`` window), an image, or a blank for text."""
         if rec.modality == "text":
             size = self.transform.image_size
             return DecodedClip(
-                frames=torch.zeros(self.num_frames, 3, size, size, dtype=torch.uint8),
-                timestamps=torch.zeros(self.num_frames),
-                frame_mask=torch.arange(self.num_frames) < 1,
+                frames=torch.zeros(num_frames, 3, size, size, dtype=torch.uint8),
+                timestamps=torch.zeros(num_frames),
+                frame_mask=torch.arange(num_frames) < 1,
                 fps=1.0,
                 duration=0.0,
             )
         if rec.modality == "image":
-            return read_image(rec.video, self.num_frames, real_frames=self.image_frames, short_side=self.short_side)
+            real = min(self.image_frames, num_frames)
+            return read_image(rec.video, num_frames, real_frames=real, short_side=self.short_side)
+        sampling = sampling or self.sampling
         return read_video(
             rec.video,
-            self.num_frames,
-            sampling=self.sampling,
-            fps=self.fps,
+            num_frames,
+            sampling=sampling,
+            fps=self.fps if sampling == self.sampling else None,
             start_sec=rec.start_sec,
             end_sec=rec.end_sec,
             short_side=self.short_side,
@@ -110,11 +130,25 @@ class ClipLoader:
                 cached = self.features.read(rec.video_key, source=rec.video if isinstance(rec.video, str) else None)
             except KeyError as e:
                 raise BadSample(rec.where, "missing_file", str(e)) from e
+                raise BadSample(rec.where, "not_cached", str(e)) from e
+            cached = self._cap_cached(rec, cached)
             boxes, box_mask, attributes = self._boxes(
                 rec, cached["timestamps"], float(cached["fps"]), cached["frame_mask"]
             )
             return self._sample(rec, {"visual": cached["visual"]}, cached["frame_mask"], boxes, box_mask, attributes)
         return self.sample(rec, self.decode(rec))
+
+    def _cap_cached(self, rec: Record, cached: dict) -> dict:
+        """Cached tokens within the ``max_frames`` cap: evenly spread real frames kept, the others masked."""
+        real = cached["frame_mask"].nonzero().flatten()
+        if len(real) <= self.max_frames:
+            return cached
+        if self.max_frames < 1:
+            raise BadSample(rec.where, "over_budget", "token_budget.max_visual_tokens leaves no frame")
+        keep = real[torch.linspace(0, len(real) - 1, self.max_frames).round().long()]
+        mask = torch.zeros_like(cached["frame_mask"])
+        mask[keep] = True
+        return {**cached, "frame_mask": mask}
 
     def sample(self, rec: Record, clip: DecodedClip) -> dict:
         """The sample dict of ``rec`` with its decoded ``clip``: boxes looked up, frames transformed."""
@@ -178,6 +212,22 @@ class ClipLoader:
             "modality": rec.modality,
             "system": rec.system,
         }
+
+
+def _pad_clip(clip: DecodedClip, num_frames: int) -> DecodedClip:
+    """``clip`` with padding frames (black, masked False, the last real time) up to ``num_frames``."""
+    extra = num_frames - clip.frames.shape[0]
+    if extra <= 0:
+        return clip
+    last = clip.timestamps[-1:].expand(extra)
+    return DecodedClip(
+        frames=torch.cat([clip.frames, clip.frames.new_zeros(extra, *clip.frames.shape[1:])]),
+        timestamps=torch.cat([clip.timestamps, last]),
+        frame_mask=torch.cat([clip.frame_mask, torch.zeros(extra, dtype=torch.bool)]),
+        fps=clip.fps,
+        duration=clip.duration,
+        failed_packets=clip.failed_packets,
+    )
 
 
 def sample_seed(*parts: object) -> int:

@@ -14,7 +14,7 @@ from torch.utils.data import get_worker_info
 
 log = logging.getLogger(__name__)
 
-REASONS = ("missing_file", "decode_error", "empty_text", "malformed", "bad_boxes", "other")
+REASONS = ("missing_file", "decode_error", "empty_text", "malformed", "bad_boxes", "other", "over_budget")
 
 
 class BadSample(Exception):
@@ -104,6 +104,8 @@ class SkipCounter:
 
     def load_state_dict(self, state: dict[str, list]) -> None:
         totals = torch.tensor(state["totals"], dtype=torch.int64)
+        if totals.shape[-1] < self.counts.shape[-1]:  # written before a reason was added (at the end): zeros
+            totals = torch.nn.functional.pad(totals, (0, self.counts.shape[-1] - totals.shape[-1]))
         self.counts.zero_()
         if totals.dim() == 1:  # written before rows and samples were counted apart: all samples
             self.counts[0, PHASES.index("samples")] = totals

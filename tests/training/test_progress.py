@@ -58,7 +58,7 @@ def _fit(root, tmp_path, progress: ProgressLog, *, max_steps: int = 6, accumulat
 
 LINE = re.compile(
     r"^\[train\] step (\d+)/6 \(([\d.]+)%\) epoch (\d+) \| loss ([\d.]+) \| ([\d.]+) samples/s \| "
-    r"([\d.]+) s/step \| elapsed (\S+) \| ETA (\S+)$"
+    r"([\d.]+) samples/step \| (\d+) tokens/s \| padding ([\d.]+)% \| ([\d.]+) s/step \| elapsed (\S+) \| ETA (\S+)$"
 )
 
 
@@ -68,8 +68,11 @@ def test_prints_step_loss_rate_and_eta_every_n_steps(tiny_root, tmp_path, capsys
     got = [LINE.match(line).groups() for line in lines]
     assert [g[0] for g in got] == ["2", "4", "6"] and [g[1] for g in got] == ["33.3", "66.7", "100.0"]
     assert [g[2] for g in got] == ["0", "0", "1"]  # 16 samples / batch 4 = 4 steps per epoch
-    assert {g[4] for g in got} == {"4.0"} and {g[5] for g in got} == {"1.00"}  # batch 4, one (fake) second a step
-    assert [g[6] for g in got] == ["0:00:02", "0:00:04", "0:00:06"] and [g[7] for g in got] == [
+    assert {g[4] for g in got} == {"4.0"} and {g[8] for g in got} == {"1.00"}  # batch 4, one (fake) second a step
+    assert {g[5] for g in got} == {"4.0"}  # samples per optimizer step
+    # toy batches: 4 unpadded rows of 7 text tokens, the placeholder becoming the connector's Q visual tokens
+    assert {g[7] for g in got} == {"0.0"} and len({g[6] for g in got}) == 1 and int(got[0][6]) > 4 * 7
+    assert [g[9] for g in got] == ["0:00:02", "0:00:04", "0:00:06"] and [g[10] for g in got] == [
         "0:00:04",
         "0:00:02",
         "0:00:00",
@@ -82,7 +85,8 @@ def test_prints_step_loss_rate_and_eta_every_n_steps(tiny_root, tmp_path, capsys
 def test_counts_optimizer_steps_under_gradient_accumulation(tiny_root, tmp_path, capsys):
     _fit(tiny_root, tmp_path, ProgressLog(every_n_steps=3), max_steps=6, accumulate=2)
     got = [LINE.match(line).groups() for line in capsys.readouterr().out.splitlines() if line.startswith("[train]")]
-    assert [g[0] for g in got] == ["3", "6"] and {g[4] for g in got} == {"4.0"} and {g[5] for g in got} == {"2.00"}
+    assert [g[0] for g in got] == ["3", "6"] and {g[4] for g in got} == {"4.0"} and {g[8] for g in got} == {"2.00"}
+    assert {g[5] for g in got} == {"8.0"}  # two batches of 4 per optimizer step
 
 
 def test_silent_on_a_terminal_unless_always(tiny_root, tmp_path, capsys, monkeypatch):

@@ -34,7 +34,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-def _config(root: Path, run: Path) -> Path:
+def _config(root: Path, run: Path, packing: bool = False) -> Path:
     cfg = {
         "seed_everything": 3,
         "trainer": {
@@ -115,6 +115,8 @@ def _config(root: Path, run: Path) -> Path:
             },
         },
     }
+    if packing:  # packed rows of at most 96 LLM tokens (data_modules.packing)
+        cfg["data"]["init_args"]["packing"] = {"max_tokens": 96}
     path = run / "config.yaml"
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
@@ -167,9 +169,20 @@ def _resume_matches(config: Path, log: Path, resumed_from: int, reference: dict[
         assert loss == reference[step], (step, loss, reference[step])  # bit-exact on CPU
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, reference, tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, reference, tmp_path, packing):
+    if packing:  # the packed run's own uninterrupted losses
+        proc = subprocess.run(
+            _cmd(_config(synthetic_root, tmp_path / "full", packing=True)),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reference = _losses(tmp_path / "full" / "losses.jsonl")
     cut_run = tmp_path / "cut"
-    config = _config(synthetic_root, cut_run)
+    config = _config(synthetic_root, cut_run, packing)
     log = cut_run / "losses.jsonl"
     child = _start_and_wait(config, log, KILL_AFTER)
     os.kill(child.pid, signal.SIGKILL)

@@ -25,7 +25,9 @@ class CausalLM(nn.Module):
     A released video-LLM folder (`vrp.models.families`) gives its language model and tokenizer.
     ``tokenizer`` defaults to ``model_name_or_path``; with ``config`` it is required, and the config's ``vocab_size``
     and special token ids default to the tokenizer's. Trainable mode is set by the owner: ``freeze()``,
-    ``enable_lora()`` or ``unfreeze()``.
+    ``enable_lora()`` or ``unfreeze()``. ``attn_implementation``: the HF attention kernel ("sdpa", "eager",
+    "flash_attention_2", ...; None: the library's default); packed batches (`forward_packed`) go to a flash kernel
+    as one padding-free row (its varlen path), to any other as rows with a block-diagonal causal mask.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class CausalLM(nn.Module):
         lora_target_modules: list[str] | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -61,6 +64,8 @@ class CausalLM(nn.Module):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         torch_dtype = resolve_dtype(dtype)
+        attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.attn_implementation = attn_implementation
         if config is not None:
             if "model_type" not in config:
                 raise ValueError(f"LLM config needs a 'model_type' key (e.g. 'llama'), got keys {sorted(config)}")
@@ -72,7 +77,7 @@ class CausalLM(nn.Module):
                 "eos_token_id": tok.eos_token_id,
             }
             cfg = AutoConfig.for_model(**{**defaults, **config})
-            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).to(torch_dtype)
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code, **attn).to(torch_dtype)
         elif families.family_type(model_name_or_path):  # a released video-LLM: its language model
             model = families.language_model(model_name_or_path).to(torch_dtype)
         else:
@@ -81,6 +86,7 @@ class CausalLM(nn.Module):
                 model_name_or_path,
                 dtype=torch_dtype,
                 trust_remote_code=trust_remote_code,
+                **attn,
             )
             report_missing(model, missing, f"LLM {model_name_or_path}")
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -140,6 +146,21 @@ class CausalLM(nn.Module):
         return self.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels
         )
+
+    def forward_packed(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None
+    ):
+        """Packed rows (`vrp.models.reasoner.pack_sequences`): inputs_embeds (R, W, D), position_ids (R, W)
+        restarting at 0 where each sample (and each row's padding) starts, labels (R, W) with -100 on every
+        sample's first token. No 2-D mask is passed, so the HF model reads the sample boundaries from the position
+        ids: SDPA / eager build a block-diagonal causal mask, a flash kernel its varlen path (the rows flattened
+        into one, which flash needs)."""
+        if "flash" in (self.attn_implementation or ""):
+            R, W, D = inputs_embeds.shape
+            inputs_embeds, position_ids = inputs_embeds.reshape(1, R * W, D), position_ids.reshape(1, R * W)
+            labels = None if labels is None else labels.reshape(1, R * W)
+        # use_cache=False: with a cache, HF does not read sample boundaries from the position ids
+        return self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, labels=labels, use_cache=False)
 
     @torch.no_grad()
     def generate(

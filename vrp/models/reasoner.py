@@ -24,6 +24,40 @@ from vrp.models.tracking import ObjectStage
 Mode = Literal["frozen", "full"]
 
 
+def pack_sequences(
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    row: torch.Tensor,
+    offset: torch.Tensor,
+    shape: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Move each sample's real tokens into packed rows, without a device sync.
+
+    embeds (B, S, D), mask (B, S) (each row's real tokens contiguous, as `VideoReasoner.build_inputs` makes them),
+    labels (B, S) or None; sample b goes to row ``row[b]`` from column ``offset[b]`` of an (R, W) = ``shape`` grid.
+    Returns embeds (R, W, D) (zeros in the padding), position ids (R, W) (0, 1, ... per sample, and again from 0
+    over a row's trailing padding, so the padding is a sequence of its own that no sample attends to) and labels
+    (R, W) (-100 on padding and on every sample's first token, which in a padded row no earlier token predicts).
+    """
+    B, S, D = embeds.shape
+    R, W = shape
+    real = mask.bool()
+    k = torch.arange(S, device=embeds.device)[None] - real.long().argmax(1, keepdim=True)  # (B, S) index in sample
+    dest = torch.where(real, row[:, None] * W + offset[:, None] + k, R * W)  # (B, S); R * W: a slot thrown away
+    src = torch.full((R * W + 1,), B * S, dtype=torch.long, device=embeds.device)  # B * S: the zero row
+    src = src.scatter(0, dest.flatten(), torch.arange(B * S, device=embeds.device))[: R * W]  # (R*W,)
+    filled = (src < B * S).view(R, W)
+    packed = torch.cat([embeds.reshape(B * S, D), embeds.new_zeros(1, D)])[src].view(R, W, D)
+    positions = torch.cat([k.flatten(), k.new_zeros(1)])[src].view(R, W)
+    column = torch.arange(W, device=embeds.device)[None]
+    positions = torch.where(filled, positions, column - filled.sum(1, keepdim=True))  # (R, W)
+    if labels is not None:
+        labels = torch.cat([labels.flatten(), labels.new_full((1,), IGNORE_INDEX)])[src].view(R, W)
+        labels = labels.masked_fill(positions == 0, IGNORE_INDEX)
+    return packed, positions, labels
+
+
 class VideoReasoner(nn.Module):
     """Composes the four parts and sets which of them train.
 
@@ -217,11 +251,25 @@ class VideoReasoner(nn.Module):
         return inputs_embeds, mask.to(attention_mask.dtype), labels
 
     def forward(self, batch: Mapping):
-        """LM loss on ``batch["labels"]`` (a transformers CausalLMOutput with ``loss`` and ``logits``)."""
+        """LM loss on ``batch["labels"]`` (a transformers CausalLMOutput with ``loss`` and ``logits``; the logits are
+        the packed rows' (R, W, V) when the batch carries a packing plan)."""
+        return self.language_model(self.video_tokens(batch), batch)
+
+    def language_model(self, video_tokens: torch.Tensor, batch: Mapping):
+        """The LLM on the batch's text with ``video_tokens`` (B, Q, D_llm) at the placeholders: padded rows, or the
+        packed rows of the batch's plan (``pack_row``/``pack_offset``/``pack_shape``, `data_modules.packing`), whose
+        loss equals the padded batch's (the same tokens, positions and attention)."""
         embeds, mask, labels = self.build_inputs(
-            self.video_tokens(batch), batch["input_ids"], batch["attention_mask"], batch.get("labels")
+            video_tokens, batch["input_ids"], batch["attention_mask"], batch.get("labels")
         )
-        return self.llm(embeds, mask, labels=labels)
+        if batch.get("pack_row") is None:
+            return self.llm(embeds, mask, labels=labels)
+        self.llm.check_length(mask)
+        device = embeds.device
+        embeds, positions, labels = pack_sequences(
+            embeds, mask, labels, batch["pack_row"].to(device), batch["pack_offset"].to(device), batch["pack_shape"]
+        )
+        return self.llm.forward_packed(embeds, positions, labels)
 
     @torch.no_grad()
     def generate(self, batch: Mapping, max_new_tokens: int = 32, **gen) -> list[str]:

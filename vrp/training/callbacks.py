@@ -177,10 +177,13 @@ class ProgressLog(L.Callback):
     """Prints one line every ``every_n_steps`` optimizer steps (rank 0) for runs whose output goes to a log file
     (``nohup``, SLURM, CI), where a progress bar shows nothing useful::
 
-        [train] step 120/1500 (8.0%) epoch 0 | loss 0.4821 | 14.2 samples/s | 0.89 s/step | elapsed 0:01:47 | ETA 0:20:31
+        [train] step 120/1500 (8.0%) epoch 0 | loss 0.4821 | 14.2 samples/s | 16.0 samples/step | 3105 tokens/s |
+        padding 4.1% | 0.89 s/step | elapsed 0:01:47 | ETA 0:20:31   (one line)
 
-    ``loss`` is the mean training loss of the steps since the previous line; samples/s (all ranks: this rank's
-    samples times the world size) and s/step are measured over the same steps, and the ETA extrapolates that pace to
+    ``loss`` is the mean training loss of the steps since the previous line; samples/s, samples per optimizer step
+    and tokens/s (the LLM's real tokens, visual ones included; all ranks: this rank's counts times the world size),
+    the padding fraction (of the LLM token slots computed: padded rows, or packed rows with ``packing`` on;
+    `vrp.training.data_hooks.token_counts`) and s/step are measured over the same steps, and the ETA extrapolates that pace to
     the run's last step (``max_steps``, else what ``max_epochs`` amounts to). ``when``: ``"no_tty"`` (default) prints
     only when stdout is not a terminal, ``"always"`` prints anyway, ``"never"`` switches it off.
     """
@@ -200,6 +203,7 @@ class ProgressLog(L.Callback):
 
     def _reset(self, step: int, now: float) -> None:
         self._last_step, self._last_time, self._losses, self._samples = step, now, [], 0
+        self._tokens, self._slots = 0, 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = self.clock()
@@ -211,12 +215,15 @@ class ProgressLog(L.Callback):
     ) -> None:
         if not trainer.is_global_zero or not self.enabled():
             return
-        from vrp.training.data_hooks import batch_size
+        from vrp.training.data_hooks import batch_size, token_counts
 
         if outputs is not None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             self._losses.append(float(loss.detach()))
-        self._samples += batch_size(batch) if isinstance(batch, dict) else 0
+        if isinstance(batch, dict):
+            self._samples += batch_size(batch)
+            real, slots = token_counts(batch, pl_module.model.num_video_tokens)
+            self._tokens, self._slots = self._tokens + real, self._slots + slots
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return
@@ -236,8 +243,11 @@ class ProgressLog(L.Callback):
         per_step = seconds / steps
         eta = datetime.timedelta(seconds=round(max(total - step, 0) * per_step))
         elapsed = datetime.timedelta(seconds=round(now - self._start))
+        world = trainer.world_size
+        padding = 1 - self._tokens / self._slots if self._slots else 0.0
         return (
             f"[train] step {step}/{total} ({100 * step / max(total, 1):.1f}%) epoch {trainer.current_epoch} | "
-            f"loss {loss:.4f} | {self._samples * trainer.world_size / seconds:.1f} samples/s | "
-            f"{per_step:.2f} s/step | elapsed {elapsed} | ETA {eta}"
+            f"loss {loss:.4f} | {self._samples * world / seconds:.1f} samples/s | "
+            f"{self._samples * world / steps:.1f} samples/step | {self._tokens * world / seconds:.0f} tokens/s | "
+            f"padding {100 * padding:.1f}% | {per_step:.2f} s/step | elapsed {elapsed} | ETA {eta}"
         )

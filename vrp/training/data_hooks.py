@@ -36,6 +36,11 @@ class TakesObjectStage(Protocol):
 
 
 @runtime_checkable
+class TakesVisualTokens(Protocol):
+    def configure_visual_tokens(self, num_video_tokens: int) -> None: ...
+
+
+@runtime_checkable
 class ReadsFeatures(Protocol):
     def features(self) -> FeatureStore | None: ...
 
@@ -71,6 +76,8 @@ def configure_datamodule(module: L.LightningModule) -> None:
         )
     if isinstance(dm, TakesObjectStage):
         dm.configure_object_stage(module.model.objects)
+    if isinstance(dm, TakesVisualTokens):  # packing and the token budget count each sample's visual tokens
+        dm.configure_visual_tokens(module.model.num_video_tokens)
     store = dm.features() if isinstance(dm, ReadsFeatures) else None
     if store is not None:
         from vrp.training.cache import vision_meta
@@ -106,6 +113,23 @@ def log_skips(module: L.LightningModule) -> None:
 def has_samples(batch: dict) -> bool:
     """False for an evaluation batch whose every sample was skipped (it holds only ``keys`` and ``skipped``)."""
     return "input_ids" in batch
+
+
+def token_counts(batch: dict, num_video_tokens: int) -> tuple[int, int]:
+    """(real LLM tokens, LLM token slots computed) of a training batch: the slots are the packed rows' (R x W) with
+    a packing plan, else the padded rows' (B x (L + Q - 1)); the padding fraction is 1 - real / slots. Real tokens
+    come from ``seq_lengths`` when the collator gives them, else from the attention mask plus Q - 1 per sample."""
+    if "input_ids" not in batch:
+        return 0, 0
+    B, L = batch["input_ids"].shape
+    if batch.get("seq_lengths") is not None:
+        real = int(batch["seq_lengths"].sum())
+    else:
+        real = int(batch["attention_mask"].sum()) + B * (num_video_tokens - 1)
+    if batch.get("pack_shape") is not None:
+        rows, width = batch["pack_shape"]
+        return real, rows * width
+    return real, B * (L + num_video_tokens - 1)
 
 
 def batch_size(batch: dict) -> int:

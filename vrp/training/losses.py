@@ -70,11 +70,11 @@ def matching_loss(logits: torch.Tensor, num_positive: int) -> torch.Tensor:
 
 
 def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder."""
-    embeds, mask, labels = model.build_inputs(
-        video_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"]
-    )
-    return model.llm(embeds, mask, labels=labels).loss
+    """Causal-LM loss on `batch["labels"]` with the visual tokens (B, Q, D_llm) spliced in at the placeholder; on
+    the batch's packed rows when it carries a packing plan (`VideoReasoner.language_model`), the same loss."""
+    if "labels" not in batch:
+        raise KeyError("the LM loss needs the batch's 'labels'")
+    return model.language_model(video_tokens, batch).loss
 
 
 def require_masked_boxes(fusion: nn.Module, weight: float) -> None:
