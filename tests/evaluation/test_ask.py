@@ -127,3 +127,17 @@ def test_ask_when_the_detector_finds_nothing_answers_with_a_note(reasoner, clip,
     out = capsys.readouterr()
     assert out.out.strip() in ("red", "blue")
     assert f"note: the object stage found no object in {clip}" in out.err
+
+
+@pytest.mark.parametrize("shape", [(1, 18, 34), (3, 18, 34), (2, 40, 24)], ids=["one_frame", "34x18", "portrait"])
+def test_ask_without_boxes_on_odd_videos(reasoner, tmp_path, capsys, shape):
+    frames, h, w = shape
+    path = tmp_path / "odd.mp4"
+    write_video(path, np.random.default_rng(1).integers(0, 255, (frames, h, w, 3), dtype=np.uint8), fps=5)
+    model = _track_reasoner(reasoner, tmp_path, score_threshold=0.5)
+    batch = ask.make_batch(model, str(path), "what colour is the ball ?", None, num_frames=2)
+    assert batch["box_mask"].any()  # objects found even in a single frame
+    ask.main(
+        [str(path), "what colour is the ball ?", "--options", "red|blue", "--num-frames", "2"], loader=lambda _: model
+    )
+    assert capsys.readouterr().out.strip() in ("red", "blue")

@@ -1,5 +1,6 @@
-"""A `fast_dev_run` of every shipped embedded config (one train + one validation batch), with tiny backbones and a
-tiny synthetic set swapped in by the same CLI overrides a user would type; stage 2 logs accuracy per question type."""
+"""A `fast_dev_run` of every shipped embedded config (one train + one validation batch), with tiny backbones, a tiny
+detector from stage 0, its tracks (`vrp track`) and a tiny synthetic set swapped in by the same CLI overrides a user
+would type; stage 2 logs accuracy per question type, and the report's clip examples run on every trained model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from tiny import TINY_LLM, TINY_VIT
 
 from vrp.cli import cli
+from vrp.evaluation.report import clip_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
@@ -18,7 +20,9 @@ CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
+    from vrp.training.stage0 import pretrain_detector
     from vrp.training.tiny_backbones import prepare
+    from vrp.training.track import main as track
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
@@ -29,21 +33,31 @@ def tiny_synthetic(tmp_path_factory) -> Path:
         vit={**TINY_VIT, "image_size": 64},
         llm={**TINY_LLM, "max_position_embeddings": 512},
     )  # captions + 40 track tokens
+    pretrain_detector(root / "backbones" / "detector", root / "data", steps=2, frames_per_video=2)
+    track(["--config", str(CONFIGS[0]), "--out", str(root / "tracks"), "--workers", "0", *_model_paths(root)])
     return root
+
+
+def _model_paths(root: Path) -> list[str]:
+    model = "--model.init_args.model.init_args"
+    return [
+        f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
+        f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
+        f"{model}.objects.init_args.detector.init_args.path={root / 'backbones' / 'detector'}",
+        f"--data.init_args.synthetic_root={root / 'data'}",
+        "--data.init_args.generate_if_missing=false",
+        "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
+    ]
 
 
 def _overrides(root: Path, config: Path) -> list[str]:
     data = root / "data"
-    model = "--model.init_args.model.init_args"
     args = [
-        f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
-        f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
-        f"--data.init_args.synthetic_root={data}",
-        "--data.init_args.generate_if_missing=false",
+        *_model_paths(root),
+        f"--data.init_args.tracks={root / 'tracks'}",
         "--data.init_args.batch_size=2",
         "--data.init_args.num_workers=0",
         "--trainer.fast_dev_run=true",
-        "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
         f"--trainer.default_root_dir={root / 'runs' / config.stem}",
     ]
     if "InstructionTuning" in config.read_text():  # a 30-video set leaves val with few balanced items: use train's
@@ -59,7 +73,7 @@ def _overrides(root: Path, config: Path) -> list[str]:
                         "path": str(data / "train" / "mc.csv"),
                         "template": "<video>\n{question}",
                         "target": "text",
-                        "boxes": str(data / "train" / "boxes.json"),
+                        "boxes": str(root / "tracks" / "train.json"),
                     },
                 }
             ),
@@ -89,3 +103,23 @@ def test_fast_dev_run_of_each_embedded_config(tiny_synthetic, config, monkeypatc
         assert "val/loss" in metrics and "val/acc" in metrics
         assert any(k.startswith("val/acc_") for k in metrics)  # per question type
         assert 0.0 <= float(metrics["val/acc"]) <= 100.0
+    # the report's clip examples read clips as `vrp ask` does: the fusion's box rows, tracks from the object stage
+    blocks = clip_examples(run.model.model.eval(), str(tiny_synthetic / "data" / "test" / "mc.csv"), 1, cwd)
+    assert len(blocks) == 1 and (cwd / "clip_0.png").is_file()
+
+
+def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypatch):
+    """With every split's boxes.json deleted, the stage-2 default still tests: its tracks come from the object stage."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synthetic / "data", data)
+    for boxes in data.glob("*/boxes.json"):
+        boxes.unlink()
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "embedded" / "finetune.yaml"
+    args = [*_overrides(tiny_synthetic, config), f"--data.init_args.synthetic_root={data}", "--trainer.logger=false"]
+    args = [a for a in args if not a.startswith(("--trainer.fast_dev_run", "--data.init_args.val="))]
+    run = cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2"])
+    assert "test/acc" in run.trainer.callback_metrics
+    assert not list(data.glob("*/boxes.json"))

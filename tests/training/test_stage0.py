@@ -120,3 +120,32 @@ def test_vrp_prepare_pretrains_the_llm_on_text_and_saves_by_path(tmp_path, monke
         tiny_backbones.main([*args, "--llm-steps", "7"])
     tiny_backbones.main([*args, "--overwrite"])  # fresh random backbones drop the old report
     assert not (out / "llm" / "stage0.json").exists()
+
+
+def test_vrp_prepare_trains_the_detector_on_train_frames_and_it_loads_by_path(tmp_path, monkeypatch):
+    from data_modules.synthetic import generate
+    from vrp.models.detection import CenterDetector
+    from vrp.models.tracking import ObjectStage
+    from vrp.training import stage0, tiny_backbones
+
+    generate(tmp_path / "data", videos=10, seed=3, workers=1, size=64, min_frames=6, max_frames=8)
+    monkeypatch.setattr(tiny_backbones, "VIT", {**TINY_VIT, "image_size": 64})
+    monkeypatch.setattr(tiny_backbones, "LLM", TINY_LLM)
+    read = []
+    real = stage0.detection_frames
+    monkeypatch.setattr(stage0, "detection_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
+    out = tmp_path / "emb"
+    args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
+    tiny_backbones.main([*args, "--detector-steps", "3"])
+    report = json.loads((out / "detector" / "stage0.json").read_text())
+    assert report["steps"] == 3 and report["frames"] > 0 and read == [str(tmp_path / "data")]
+    assert 0 <= report["held_out_precision"] <= 1 and 0 <= report["held_out_recall"] <= 1
+    stage = ObjectStage(CenterDetector(str(out / "detector")), short_side=64)  # loads by path, frozen
+    assert not any(p.requires_grad for p in stage.parameters())
+    tracks = stage(torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8))
+    assert tracks.shape[0] == 3 and tracks.shape[2] == 4
+    mtime = (out / "detector" / "stage0.json").stat().st_mtime
+    tiny_backbones.main([*args, "--detector-steps", "3"])  # cached: not trained again
+    assert (out / "detector" / "stage0.json").stat().st_mtime == mtime
+    with pytest.raises(SystemExit, match="--overwrite"):
+        tiny_backbones.main([*args, "--detector-steps", "5"])

@@ -21,6 +21,7 @@ class TrackScore:
     false_negatives: int = 0
     id_switches: int = 0
     objects: int = 0  # ground-truth objects (tracks) seen
+    iou_sum: float = 0.0  # over the true positives
 
     def add(self, other: TrackScore) -> TrackScore:
         for name in self.__dataclass_fields__:
@@ -32,6 +33,7 @@ class TrackScore:
         return {
             "precision": round(tp / max(tp + fp, 1), 4),
             "recall": round(tp / max(tp + fn, 1), 4),
+            "mean_iou": round(self.iou_sum / max(tp, 1), 4),
             "id_switches": self.id_switches,
             "id_switches_per_track": round(self.id_switches / max(self.objects, 1), 4),
             "objects": self.objects,
@@ -39,13 +41,13 @@ class TrackScore:
         }
 
 
-def match(pred: torch.Tensor, truth: torch.Tensor, iou: float) -> list[tuple[int, int]]:
-    """(P, 4), (G, 4) -> the (pred, truth) index pairs of the max-IoU one-to-one matching with IoU >= ``iou``."""
+def match(pred: torch.Tensor, truth: torch.Tensor, iou: float) -> list[tuple[int, int, float]]:
+    """(P, 4), (G, 4) -> (pred, truth, IoU) of the max-IoU one-to-one matching, pairs with IoU >= ``iou``."""
     if not len(pred) or not len(truth):
         return []
     overlap = box_iou(pred, truth)
     rows, cols = linear_sum_assignment(-overlap.numpy())
-    return [(i, j) for i, j in zip(rows.tolist(), cols.tolist()) if overlap[i, j] >= iou]
+    return [(i, j, float(overlap[i, j])) for i, j in zip(rows.tolist(), cols.tolist()) if overlap[i, j] >= iou]
 
 
 def score_tracks(tracks: torch.Tensor, truth: torch.Tensor, *, iou: float = 0.5) -> TrackScore:
@@ -59,7 +61,8 @@ def score_tracks(tracks: torch.Tensor, truth: torch.Tensor, *, iou: float = 0.5)
         score.true_positives += len(pairs)
         score.false_positives += len(p_idx) - len(pairs)
         score.false_negatives += len(g_idx) - len(pairs)
-        for i, j in pairs:
+        score.iou_sum += sum(overlap for _, _, overlap in pairs)
+        for i, j, _ in pairs:
             k, g = p_idx[i], g_idx[j]
             if g in last and last[g] != k:
                 score.id_switches += 1

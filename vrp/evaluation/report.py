@@ -143,29 +143,20 @@ def plot_clip(frames: torch.Tensor, attention: torch.Tensor | None, title: str, 
 
 
 def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_frames: int = 8) -> list[str]:
-    """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention
-    (boxes from a ``boxes.json`` beside the CSV, when there is one)."""
+    """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention.
+    Each clip is read as `vrp ask` reads it (`vrp.evaluation.ask.clip_loader`): the fusion's box rows, and the
+    model's object stage for a model that reads tracks."""
     from data_modules.collate import Collator
-    from data_modules.datasets import ClipLoader
     from data_modules.skips import SkipCounter
     from data_modules.sources import MultipleChoice
     from data_modules.sources.record import strip_placeholder
-    from data_modules.transforms import VideoTransform
     from data_modules.video import read_video
+    from vrp.evaluation.ask import clip_loader
     from vrp.evaluation.attention import cross_attention_maps
     from vrp.scoring.scorers import LikelihoodScorer
 
-    boxes = Path(mc_csv).parent / "boxes.json"  # the split's per-frame boxes, for models that read object tracks
-    source = MultipleChoice(
-        mc_csv, template="<video>\n{question}", target="text", boxes=str(boxes) if boxes.is_file() else None
-    )
-    records = source.load(SkipCounter(1.0))[:n]
-    vision = model.vision
-    loader = ClipLoader(
-        VideoTransform(vision.image_size, tuple(vision.mean), tuple(vision.std), train=False),
-        num_frames=num_frames,
-        sampling="uniform",
-    )
+    records = MultipleChoice(mc_csv, template="<video>\n{question}", target="text").load(SkipCounter(1.0))[:n]
+    loader = clip_loader(model, num_frames=num_frames)
     collate = Collator(model.llm.tokenizer)
     blocks = []
     for i, rec in enumerate(records):

@@ -50,7 +50,7 @@ class Track:
 
 class SortTracker:
     """Detections per frame (and their colours) -> tracks; see the module docstring. ``min_length``: a track seen in
-    fewer frames is dropped (a one-frame false positive)."""
+    fewer frames is dropped (a one-frame false positive), unless the video has fewer frames."""
 
     def __init__(
         self,
@@ -92,7 +92,8 @@ class SortTracker:
             for j in range(len(det.boxes)):
                 if j not in matched_dets:
                     active.append(Track({f: det.boxes[j]}, colour[j].clone(), last=f))
-        return [t for t in done + active if len(t.boxes) >= self.min_length]
+        shortest = min(self.min_length, len(detections))  # a one-frame video's objects are seen once
+        return [t for t in done + active if len(t.boxes) >= shortest]
 
 
 class ObjectStage(nn.Module):

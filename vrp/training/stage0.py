@@ -239,8 +239,8 @@ def pretrain_detector(
     log_every: int = 100,
 ) -> dict:
     """Train the embedded detector (`vrp.models.detection.CenterNet`) on TRAIN frames with their boxes as labels
-    (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos are kept out of
-    training and give the report's precision and recall (IoU >= 0.5). Returns the report, also written to
+    (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos (at most half
+    of them) are kept out of training and give the report's precision, recall (IoU >= 0.5) and mean IoU. Returns the report, also written to
     ``out_dir/stage0.json``."""
     from vrp.evaluation.detection import TrackScore, match
     from vrp.models.detection import CenterNet
@@ -249,7 +249,9 @@ def pretrain_detector(
     rng = random.Random(seed)
     start = time.time()
     frames, boxes = detection_frames(data_root, frames_per_video, max_videos)
-    held = held_out_videos * frames_per_video
+    held = min(held_out_videos, len(frames) // frames_per_video // 2) * frames_per_video
+    if not held:
+        raise ValueError(f"{data_root}: too few train videos for the detector's stage 0 (need at least 2)")
     train_frames, train_boxes = frames[:-held], boxes[:-held]
     net = CenterNet()
 
@@ -281,8 +283,15 @@ def pretrain_detector(
     for chunk in range(0, held, 64):
         images = frames[-held:][chunk : chunk + 64].float() / 255
         for det, truth in zip(net.detect(images), boxes[-held:][chunk : chunk + 64]):
-            pairs = len(match(det.boxes, truth, 0.5))
-            score.add(TrackScore(pairs, len(det.boxes) - pairs, len(truth) - pairs))
+            pairs = match(det.boxes, truth, 0.5)
+            score.add(
+                TrackScore(
+                    len(pairs),
+                    len(det.boxes) - len(pairs),
+                    len(truth) - len(pairs),
+                    iou_sum=sum(overlap for _, _, overlap in pairs),
+                )
+            )
     net.save_pretrained(out_dir)
     summary = score.summary()
     report = {
@@ -291,6 +300,7 @@ def pretrain_detector(
         "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
         "held_out_precision": summary["precision"],
         "held_out_recall": summary["recall"],
+        "held_out_mean_iou": summary["mean_iou"],
         "frames": len(train_frames),
         "seconds": round(time.time() - start, 1),
     }

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"stage 0: detector trained on {report['frames']} train frames in {report['seconds']} s; loss "
             f"{report['loss_start']} -> {report['loss_end']}, held-out train frames: precision "
-            f"{report['held_out_precision']}, recall {report['held_out_recall']} (IoU >= 0.5)"
+            f"{report['held_out_precision']}, recall {report['held_out_recall']} (IoU >= 0.5), mean IoU "
+            f"{report['held_out_mean_iou']}"
         )
 
 

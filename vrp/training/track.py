@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         if truth is not None:
             s = score.summary()
             line += (
-                f"; precision {s['precision']:.3f}, recall {s['recall']:.3f} (IoU >= 0.5), "
+                f"; precision {s['precision']:.3f}, recall {s['recall']:.3f} (IoU >= 0.5, mean IoU {s['mean_iou']:.3f}), "
                 f"{s['id_switches']} id switches over {s['objects']} objects ({s['id_switches_per_track']} per track)"
             )
         print(line + (f"; {len(failed)} unreadable (listed in meta.json)" if failed else ""), flush=True)
