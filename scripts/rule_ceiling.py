@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     args = [x for c in a.config for x in ("--config", c)] + [
         "--trainer.logger=false",
         "--model.init_args.init_from=null",
+        "--data.init_args.tracks=null",  # the rules name objects by the simulator's boxes file: ground-truth tracks
+        "--data.init_args.synthetic_boxes=true",
     ]
     sys.argv = sys.argv[:1]
     cli = VRPCLI(args=args, run=False)

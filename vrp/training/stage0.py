@@ -66,6 +66,14 @@ def _train(
     return losses
 
 
+def loss_ends(losses: list[float]) -> dict:
+    """The stage-0 report's mean loss over the first and the last 20 steps."""
+    return {
+        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+    }
+
+
 def patch_labels(
     boxes: torch.Tensor, names: list[str], grid: tuple[int, int], colours: list[str], shapes: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +202,7 @@ def pretrain_vit(
     encoder.backbone.save_pretrained(str(vit_dir))  # over the random ViT: configs keep loading it by path
     report = {
         "steps": steps,
-        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
-        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        **loss_ends(losses),
         "patch_accuracy": round(acc, 3),
         "frames": len(images),
         "seconds": round(time.time() - start, 1),
@@ -242,7 +249,7 @@ def pretrain_detector(
     (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos (at most half
     of them) are kept out of training and give the report's precision, recall (IoU >= 0.5) and mean IoU. Returns the report, also written to
     ``out_dir/stage0.json``."""
-    from vrp.evaluation.detection import TrackScore, match
+    from vrp.evaluation.detection import TrackScore, score_tracks
     from vrp.models.detection import CenterNet
 
     torch.manual_seed(seed)
@@ -283,21 +290,12 @@ def pretrain_detector(
     for chunk in range(0, held, 64):
         images = frames[-held:][chunk : chunk + 64].float() / 255
         for det, truth in zip(net.detect(images), boxes[-held:][chunk : chunk + 64]):
-            pairs = match(det.boxes, truth, 0.5)
-            score.add(
-                TrackScore(
-                    len(pairs),
-                    len(det.boxes) - len(pairs),
-                    len(truth) - len(pairs),
-                    iou_sum=sum(overlap for _, _, overlap in pairs),
-                )
-            )
+            score.add(score_tracks(det.boxes[None], truth[None]))  # one frame: precision, recall, IoU
     net.save_pretrained(out_dir)
     summary = score.summary()
     report = {
         "steps": steps,
-        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
-        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        **loss_ends(losses),
         "held_out_precision": summary["precision"],
         "held_out_recall": summary["recall"],
         "held_out_mean_iou": summary["mean_iou"],
@@ -397,8 +395,7 @@ def pretrain_llm(
     model.save_pretrained(str(llm_dir))  # over the random LLM: configs keep loading it by path
     report = {
         "steps": steps,
-        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
-        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+        **loss_ends(losses),
         "held_out_loss_start": before,
         "held_out_loss": after,
         "documents": len(train_docs),
