@@ -38,6 +38,8 @@ class TrackScore:
             "id_switches_per_track": round(self.id_switches / max(self.objects, 1), 4),
             "objects": self.objects,
             "boxes": tp + fn,
+            "missed": fn,
+            "false_positives": fp,
         }
 
 
