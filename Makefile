@@ -40,7 +40,7 @@ FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
 EXPORTED := artifacts/embedded/finetune
 
 # Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random) and, with LLM_STEPS > 0, the LLM on
-# text written from the train clips' captions and questions (the default 0 keeps it random; README has both
+# text written from the train clips' captions and questions (the default 0 keeps it random; docs/results.md has both
 # measured), and trains the object stage's detector on train frames with their boxes as labels (DETECTOR_STEPS);
 # each runs once (a different value on existing artifacts is refused: remove artifacts/embedded first).
 VIT_STEPS ?= 600

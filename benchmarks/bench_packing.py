@@ -97,7 +97,7 @@ def time_steps(
 
 def counts(batch: dict, Q: int) -> tuple[int, int, int]:
     """(samples, real LLM tokens, LLM token slots computed) of a batch."""
-    from vrp.training.data_hooks import token_counts
+    from vrp.training.batches import token_counts
 
     real, slots = token_counts(batch, Q)
     return len(batch["keys"]), real, slots
@@ -138,7 +138,7 @@ def embedded_case(args, device, dtype) -> None:
     from data_modules.packing import Packing
     from data_modules.skips import SkipCounter
     from data_modules.sources import LlavaInstructions
-    from vrp.cli import VRPCLI
+    from vrp.tools.lightning_cli import VRPCLI
 
     cfg = ROOT / "experiments" / "embedded" / "finetune.yaml"
     cli = VRPCLI(args=["--config", str(cfg), "--trainer.logger=false", "--model.init_args.init_from=null"], run=False)

@@ -40,7 +40,7 @@ def _sync(device: torch.device) -> None:
 
 
 def build(stage: str):
-    from vrp.cli import VRPCLI
+    from vrp.tools.lightning_cli import VRPCLI
 
     cfg = ROOT / "experiments" / "embedded" / f"{stage}.yaml"
     args = ["--config", str(cfg), "--trainer.logger=false"]

@@ -5,7 +5,7 @@ instead of decoding, so a step costs fusion + LLM only (many questions share one
     <root>/<video key>.safetensors    visual (T, N, D) float16, frame_mask (T,), timestamps (T,) seconds, fps ();
                                       metadata: the video file it was computed from (path, size, mtime_ns)
 
-Written by `vrp cache` (`vrp.training.cache`); read by the datamodules' `feature_cache: <root>` through
+Written by `vrp cache` (`vrp.tools.cache`); read by the datamodules' `feature_cache: <root>` through
 `ClipLoader(features=...)`. One deterministic view per clip (the eval sampling, no crop): the usual trade-off.
 
 Entries are keyed by file name, so each is tied to the file it was computed from: a reader that gives the video's

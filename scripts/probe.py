@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from vrp.cli import VRPCLI
     from vrp.evaluation.results import accuracy_table
-    from vrp.scoring.rows import rows_from_batch
+    from vrp.scoring.per_question import rows_from_batch
+    from vrp.tools.lightning_cli import VRPCLI
     from vrp.training.optim import adamw_cosine
 
     args = [x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"]

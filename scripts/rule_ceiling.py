@@ -65,19 +65,19 @@ def turns(centre: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
 
 def nearest(boxes: torch.Tensor, mask: torch.Tensor, k: int, row: int) -> int | str:
     """The wall ("wall") or object index nearest to object ``k`` over rows ``row - 1 .. row + 1`` (box gaps)."""
-    best, who = float("inf"), None
+    best, partner = float("inf"), None
     for r in range(max(row - 1, 0), min(row + 2, boxes.shape[0])):
         b = boxes[r, k]
         wall = float(torch.cat([b[:2], 1 - b[2:]]).min())
         if wall < best:
-            best, who = wall, "wall"
+            best, partner = wall, "wall"
         for j in range(boxes.shape[1]):
             if j != k and bool(mask[r, j]):
                 o = boxes[r, j]
                 gap = float(torch.maximum(o[:2] - b[2:], b[:2] - o[2:]).max())
                 if gap < best:
-                    best, who = gap, j
-    return who
+                    best, partner = gap, j
+    return partner
 
 
 def subject(question: str, names: list[str]) -> int | None:
@@ -105,8 +105,8 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
         times = contact_times(boxes[None], mask[None])[0, int(seen[-1]), x]  # (K + 1,)
         if not bool(times.isfinite().any()):
             return None
-        who = int(times.argmin())
-        return "a wall" if who == len(names) else names[who]
+        partner = int(times.argmin())
+        return "a wall" if partner == len(names) else names[partner]
     if template == "next_wall":
         soonest = None
         for k in range(len(names)):
@@ -124,10 +124,10 @@ def answer(template: str, question: str, names: list[str], boxes: torch.Tensor, 
         x = subject(question, names)
         if x is None or not ev[x]:
             return None
-        who = nearest(boxes, mask, x, ev[x][-1] if template == "last_hit" else ev[x][0])
+        partner = nearest(boxes, mask, x, ev[x][-1] if template == "last_hit" else ev[x][0])
         if template == "why_turn":
-            return "it hit a wall" if who == "wall" else f"it hit the {names[who]}"
-        return "a wall" if who == "wall" else names[who]
+            return "it hit a wall" if partner == "wall" else f"it hit the {names[partner]}"
+        return "a wall" if partner == "wall" else names[partner]
     return None
 
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     a = p.parse_args(argv)
 
-    from vrp.cli import VRPCLI
+    from vrp.tools.lightning_cli import VRPCLI
 
     args = [x for c in a.config for x in ("--config", c)] + [
         "--trainer.logger=false",

@@ -27,7 +27,7 @@ from data_modules.sources import (
     VideoChat2Instructions,
 )
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
-from vrp.evaluation.protocol import HoldOutTypes
+from vrp.evaluation.holdout import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
 from vrp.models.contracts import Fusion, TextFusion, VisionEncoder
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
@@ -99,9 +99,9 @@ ENCODERS = {
 
 
 def _classes(package, keep) -> set[type]:
-    """The classes defined in ``package``'s modules (and vrp.evaluation.baselines / .protocol) that ``keep`` selects."""
+    """The classes defined in ``package``'s modules (and vrp.evaluation.baselines / .holdout) that ``keep`` selects."""
     modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
-    modules += [importlib.import_module("vrp.evaluation.baselines"), importlib.import_module("vrp.evaluation.protocol")]
+    modules += [importlib.import_module("vrp.evaluation.baselines"), importlib.import_module("vrp.evaluation.holdout")]
     return {
         c
         for m in modules

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vrp.cli import VRPCLI
+from vrp.tools.lightning_cli import VRPCLI
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 STAGES = sorted(EXP.glob("embedded/*.yaml")) + sorted(EXP.glob("scale/*.yaml"))
@@ -105,7 +105,7 @@ def test_zero_shot_overlay_builds_its_sources():
     from jsonargparse import ArgumentParser, Namespace
 
     from data_modules.sources import LlavaInstructions
-    from vrp.evaluation.protocol import HoldOutTypes
+    from vrp.evaluation.holdout import HoldOutTypes
 
     cfg = _parse(EXP / "embedded" / "finetune.yaml", EXP / "zeroshot" / "holdout_predictive.yaml")
     parser = ArgumentParser()

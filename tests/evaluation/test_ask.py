@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from data_modules.video import write_video
-from vrp.evaluation import ask
+from vrp.evaluation import inference
+from vrp.tools import ask
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,9 @@ def _boxes_file(path, key, frames=6):
 
 
 def test_ask_reads_boxes_for_the_clip(reasoner, clip, tmp_path):
-    batch = ask.make_batch(reasoner, clip, "q ?", None, num_frames=2, boxes=_boxes_file(tmp_path / "b.json", "clip"))
+    batch = inference.make_batch(
+        reasoner, clip, "q ?", None, num_frames=2, boxes=_boxes_file(tmp_path / "b.json", "clip")
+    )
     assert batch["boxes"].shape == (1, 2, 1, 4) and batch["box_mask"].all()
     assert batch["boxes"][0, 0, 0].tolist() == pytest.approx([0.1, 0.2, 0.5, 0.6], abs=1e-6)
 
@@ -113,7 +116,7 @@ def _track_reasoner(reasoner, tmp_path, score_threshold: float):
 
 def test_ask_without_boxes_runs_the_object_stage(reasoner, clip, tmp_path, capsys):
     model = _track_reasoner(reasoner, tmp_path, score_threshold=0.5)
-    batch = ask.make_batch(model, clip, "what colour is the ball ?", None, num_frames=2)
+    batch = inference.make_batch(model, clip, "what colour is the ball ?", None, num_frames=2)
     assert batch["boxes"].shape[:2] == (1, 4) and batch["boxes"].shape[2] in (1, 2)  # T * box_substeps rows
     assert batch["box_mask"].all()  # the same boxes in every frame: one track each, seen in every row
     ask.main([clip, "what colour is the ball ?", "--options", "red|blue", "--num-frames", "2"], loader=lambda _: model)
@@ -135,7 +138,7 @@ def test_ask_without_boxes_on_odd_videos(reasoner, tmp_path, capsys, shape):
     path = tmp_path / "odd.mp4"
     write_video(path, np.random.default_rng(1).integers(0, 255, (frames, h, w, 3), dtype=np.uint8), fps=5)
     model = _track_reasoner(reasoner, tmp_path, score_threshold=0.5)
-    batch = ask.make_batch(model, str(path), "what colour is the ball ?", None, num_frames=2)
+    batch = inference.make_batch(model, str(path), "what colour is the ball ?", None, num_frames=2)
     assert batch["box_mask"].any()  # objects found even in a single frame
     ask.main(
         [str(path), "what colour is the ball ?", "--options", "red|blue", "--num-frames", "2"], loader=lambda _: model

@@ -116,12 +116,12 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
 def trained(tmp_path_factory):
     """Synthetic data, the tiny embedded backbones (vrp prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
     from data_modules.synthetic import generate
-    from vrp.training.tiny_backbones import prepare
+    from vrp.tools.prepare import save_random_backbones
 
     tmp = tmp_path_factory.mktemp("lmms")
     synthetic = tmp / "synthetic"
     generate(synthetic, videos=100, seed=0, size=64, min_frames=8, max_frames=12)  # 32 test questions
-    root = prepare(str(synthetic / "tokenizer"), tmp / "embedded", vit=TINY_VIT, llm=TINY_LLM)
+    root = save_random_backbones(str(synthetic / "tokenizer"), tmp / "embedded", vit=TINY_VIT, llm=TINY_LLM)
     config = tmp / "stage2.yaml"
     config.write_text(yaml.safe_dump(_config(root, synthetic, tmp / "run")))
     main(["fit", "--config", str(config)])
@@ -200,7 +200,7 @@ def test_generate_until_answers_as_vrp_ask_does_and_reads_pil_images(trained):
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
-    from vrp.evaluation.ask import answer, make_batch
+    from vrp.evaluation.inference import answer, make_batch
     from vrp.evaluation.lmms import VRP, cut_at
     from vrp.models.io import load_exported
 

@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from vrp.evaluation.detection import score_tracks
 from vrp.models.detection import Detections
 from vrp.models.tracking import ObjectStage, SortTracker, box_colours
+from vrp.scoring.detection import score_tracks
 
 SIZE = 64
 RED, BLUE = (230, 40, 40), (40, 60, 230)

@@ -43,14 +43,14 @@ def test_kinematic_features_by_hand():
     torch.testing.assert_close(f[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0, 1.0]))  # speed in (x10), none at frame 0
     torch.testing.assert_close(f[0, :, 0, 1], torch.tensor([1.0, 1.0, 1.0, 0.0]))  # speed out
     torch.testing.assert_close(f[0, :, 0, 2], torch.tensor([0.0, 0.0, 2.0, 0.0]))  # velocity change: the bounce only
-    torch.testing.assert_close(f[0, 0, 1, 3], torch.tensor(0.1))  # object 1: 0.05 from the right edge, / FAR
-    torch.testing.assert_close(f[0, 2, 0, 4], torch.tensor(0.7))  # gap 0.85 - 0.5 = 0.35 to object 1, / FAR
+    torch.testing.assert_close(f[0, 0, 1, 3], torch.tensor(0.1))  # object 1: 0.05 from the right edge, / GAP_CLIP
+    torch.testing.assert_close(f[0, 2, 0, 4], torch.tensor(0.7))  # gap 0.85 - 0.5 = 0.35 to object 1, / GAP_CLIP
     assert f[0, :, 1, :3].abs().sum() == 0  # a still object: no speed, no turn
     mask[0, 3, 0] = False  # object 0 lost at the last frame: no turn measured at frame 2, nothing at frame 3
     f = kinematic_features(boxes, mask)
     assert f[0, 2, 0, 2] == 0 and f[0, 3, 0].abs().sum() == 0
     torch.testing.assert_close(f[0, 2, 1, 4], torch.tensor(0.7))
-    torch.testing.assert_close(f[0, 3, 1, 4], torch.tensor(1.0))  # alone in the frame: nearest box is FAR
+    torch.testing.assert_close(f[0, 3, 1, 4], torch.tensor(1.0))  # alone in the frame: nearest box is GAP_CLIP
 
 
 def test_kinematics_switch_feeds_the_box_embedding():
@@ -176,17 +176,19 @@ def test_inference_matches_training_mode(relation_bias):
 
 
 def test_contact_features_by_hand():
-    from vrp.models.tracks import FAR, contact_features
+    from vrp.models.tracks import GAP_CLIP, contact_features
 
     boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.35, 0.1, 0.55, 0.3], [0.0, 0.0, 0.0, 0.0]])[None, None]  # (1,1,3,4)
     mask = torch.tensor([[[True, True, False]]])
     c = contact_features(boxes, mask, slots=4)
     assert c.shape == (1, 1, 3, 8)
     torch.testing.assert_close(
-        c[0, 0, 0, :4], torch.tensor([FAR, 0.05, FAR, FAR]) / FAR
+        c[0, 0, 0, :4], torch.tensor([GAP_CLIP, 0.05, GAP_CLIP, GAP_CLIP]) / GAP_CLIP
     )  # itself, 0.05 apart, absent, none
-    torch.testing.assert_close(c[0, 0, 1, 0], torch.tensor(0.05 / FAR))  # symmetric
-    torch.testing.assert_close(c[0, 0, 0, 4:], torch.tensor([0.1, 0.1, 0.5, 0.7]).clamp(max=FAR) / FAR)  # l, t, r, b
+    torch.testing.assert_close(c[0, 0, 1, 0], torch.tensor(0.05 / GAP_CLIP))  # symmetric
+    torch.testing.assert_close(
+        c[0, 0, 0, 4:], torch.tensor([0.1, 0.1, 0.5, 0.7]).clamp(max=GAP_CLIP) / GAP_CLIP
+    )  # l, t, r, b
     assert c[0, 0, 2].abs().sum() == 0  # an absent box has no features
     overlap = contact_features(torch.tensor([[[[0.1, 0.1, 0.3, 0.3], [0.2, 0.1, 0.4, 0.3]]]]), mask[..., :2], slots=2)
     assert overlap[0, 0, 0, 1] < 0  # overlapping boxes: negative gap

@@ -14,11 +14,13 @@ from tiny import TINY_LLM, TINY_VIT, run_main
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     from data_modules.synthetic import generate
-    from vrp.training.tiny_backbones import prepare
+    from vrp.tools.prepare import save_random_backbones
 
     root = tmp_path_factory.mktemp("cache")
     generate(root / "data", videos=12, seed=1, workers=1, size=64, min_frames=8, max_frames=10)
-    prepare(str(root / "data" / "tokenizer"), root / "bb", seed=0, vit={**TINY_VIT, "image_size": 64}, llm=TINY_LLM)
+    save_random_backbones(
+        str(root / "data" / "tokenizer"), root / "bb", seed=0, vit={**TINY_VIT, "image_size": 64}, llm=TINY_LLM
+    )
     mc = {
         "class_path": "data_modules.sources.MultipleChoice",
         "init_args": {
@@ -81,8 +83,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
     from data_modules.features import FeatureStore
-    from vrp.cli import VRPCLI
-    from vrp.training.cache import main as cache_main
+    from vrp.tools.cache import main as cache_main
+    from vrp.tools.lightning_cli import VRPCLI
 
     root, config = setup
     out = tmp_path / "features"
@@ -143,7 +145,7 @@ def test_an_entry_serves_only_the_file_it_was_computed_from(setup, tmp_path, cap
     same feature_cache) is refused in one line, never scored on the first set's features; `vrp cache` with the same
     overrides re-encodes exactly those entries, after which the first set is the one refused."""
     from data_modules.synthetic import generate
-    from vrp.training.cache import main as cache_main
+    from vrp.tools.cache import main as cache_main
 
     root, config = setup
     out = tmp_path / "features"

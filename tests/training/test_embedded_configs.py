@@ -20,13 +20,13 @@ CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
+    from vrp.tools.prepare import save_random_backbones
+    from vrp.tools.track import main as track
     from vrp.training.stage0 import pretrain_detector
-    from vrp.training.tiny_backbones import prepare
-    from vrp.training.track import main as track
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
-    prepare(
+    save_random_backbones(
         str(root / "data" / "tokenizer"),
         root / "backbones",
         seed=0,

@@ -52,7 +52,7 @@ def test_ask_warns_about_a_stage1_export(tiny_root, tmp_path, capsys):
     import numpy as np
 
     from data_modules.video import write_video
-    from vrp.evaluation import ask
+    from vrp.tools import ask
 
     write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
     model = build_model(_config(tiny_root))
@@ -89,7 +89,7 @@ def test_ask_prints_its_answer_without_loading_noise(tiny_root, tmp_path, capfd)
     import numpy as np
 
     from data_modules.video import write_video
-    from vrp.evaluation import ask
+    from vrp.tools import ask
 
     write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
     model = build_model(_config(tiny_root))

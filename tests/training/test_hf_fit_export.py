@@ -12,7 +12,7 @@ from tiny import ToyData, write_config
 from transformers import AutoProcessor
 
 from vrp.cli import cli
-from vrp.training import export
+from vrp.tools import export
 
 FRAMES = {"instructblip_video": 4, "llava_next_video": 2, "llava_onevision": 2}
 LLM_MODE = {"instructblip_video": "lora", "llava_next_video": "full", "llava_onevision": "frozen"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import run_main, write_config
 
-from vrp.evaluation import ask
+from vrp.evaluation import inference
 from vrp.training import export
 
 NAN_BATCH = "--data.init_args.nan_samples=[5]"  # sample 5 is in the second batch of 4 (toy_0004 .. toy_0007)
@@ -55,5 +55,5 @@ def test_test_export_and_ask_refuse_non_finite_weights(tiny_root, tmp_path, caps
     weights = load_file(exported / "trainable.safetensors")
     weights[next(iter(weights))].fill_(float("nan"))
     save_file(weights, exported / "trainable.safetensors")
-    with pytest.raises(ask.AskError, match="weight tensors hold NaN or Inf"):
-        ask.load_model(str(exported))
+    with pytest.raises(inference.AskError, match="weight tensors hold NaN or Inf"):
+        inference.load_model(str(exported))

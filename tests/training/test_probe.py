@@ -18,11 +18,11 @@ def probe(load_script):
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     from data_modules.synthetic import generate
-    from vrp.training.tiny_backbones import prepare
+    from vrp.tools.prepare import save_random_backbones
 
     root = tmp_path_factory.mktemp("probe")
     generate(root / "data", videos=30, seed=0, workers=1)
-    prepare(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
+    save_random_backbones(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
     cfg = {
         "seed_everything": 0,
         "trainer": {"max_steps": 6, "logger": False},

@@ -28,9 +28,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, videos=40, seed=0, workers=1)
-    from vrp.training.tiny_backbones import prepare
+    from vrp.tools.prepare import save_random_backbones
 
-    prepare(str(root / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
+    save_random_backbones(str(root / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
     return root
 
 

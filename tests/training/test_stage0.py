@@ -31,24 +31,23 @@ def test_patch_labels_mark_covered_patches_nearest_object_wins():
 def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, monkeypatch):
     from data_modules.synthetic import generate
     from vrp.models import HFVisionEncoder
-    from vrp.training import stage0, tiny_backbones
+    from vrp.tools import prepare
+    from vrp.training import stage0
 
     generate(tmp_path / "data", videos=10, seed=2, workers=1, size=64, min_frames=6, max_frames=8)
-    monkeypatch.setattr(tiny_backbones, "VIT", {**TINY_VIT, "image_size": 64})
-    monkeypatch.setattr(tiny_backbones, "LLM", TINY_LLM)
+    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 64})
+    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
     read = []
     real = stage0.training_frames
     monkeypatch.setattr(stage0, "training_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
     out = tmp_path / "emb"
-    tiny_backbones.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "0"])
+    prepare.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "0"])
     assert json.loads((out / "vit" / "stage0.json").read_text()) == {"steps": 0}  # random ViT, recorded
     with pytest.raises(SystemExit, match="--overwrite"):  # never trained on top of a kept random ViT silently
-        tiny_backbones.main(
-            ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "4"]
-        )
+        prepare.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "4"])
     (out / "vit" / "stage0.json").unlink()
     before = HFVisionEncoder(str(out / "vit")).backbone.state_dict()
-    tiny_backbones.main(
+    prepare.main(
         [
             "--tokenizer",
             str(tmp_path / "data" / "tokenizer"),
@@ -67,7 +66,7 @@ def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, mon
     changed = [k for k, v in after.backbone.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the weights moved
     mtime = (out / "vit" / "stage0.json").stat().st_mtime
-    tiny_backbones.main(
+    prepare.main(
         [
             "--tokenizer",
             str(tmp_path / "data" / "tokenizer"),
@@ -101,24 +100,24 @@ def test_text_corpus_reads_train_captions_and_questions_only(tmp_path):
 def test_vrp_prepare_pretrains_the_llm_on_text_and_saves_by_path(tmp_path, monkeypatch):
     from data_modules.synthetic import generate
     from vrp.models import CausalLM
-    from vrp.training import tiny_backbones
+    from vrp.tools import prepare
 
     generate(tmp_path / "data", videos=10, seed=2, workers=1, size=32, min_frames=6, max_frames=8)
-    monkeypatch.setattr(tiny_backbones, "VIT", {**TINY_VIT, "image_size": 32})
-    monkeypatch.setattr(tiny_backbones, "LLM", TINY_LLM)
+    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 32})
+    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
     out = tmp_path / "emb"
     args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
-    tiny_backbones.main(args)
+    prepare.main(args)
     before = CausalLM(str(out / "llm")).model.state_dict()
-    tiny_backbones.main([*args, "--llm-steps", "6"])
+    prepare.main([*args, "--llm-steps", "6"])
     report = json.loads((out / "llm" / "stage0.json").read_text())
     assert report["steps"] == 6 and report["documents"] > 0 and report["held_out_loss"] < report["held_out_loss_start"]
     assert not (out / "vit" / "stage0.json").exists()  # the ViT was not asked for
     after = CausalLM(str(out / "llm"))  # loads by path like any HF causal LM
     assert [k for k, v in after.model.state_dict().items() if not torch.equal(v, before[k])]  # the weights moved
     with pytest.raises(SystemExit, match="--overwrite"):
-        tiny_backbones.main([*args, "--llm-steps", "7"])
-    tiny_backbones.main([*args, "--overwrite"])  # fresh random backbones drop the old report
+        prepare.main([*args, "--llm-steps", "7"])
+    prepare.main([*args, "--overwrite"])  # fresh random backbones drop the old report
     assert not (out / "llm" / "stage0.json").exists()
 
 
@@ -126,17 +125,18 @@ def test_vrp_prepare_trains_the_detector_on_train_frames_and_it_loads_by_path(tm
     from data_modules.synthetic import generate
     from vrp.models.detection import CenterDetector
     from vrp.models.tracking import ObjectStage
-    from vrp.training import stage0, tiny_backbones
+    from vrp.tools import prepare
+    from vrp.training import stage0
 
     generate(tmp_path / "data", videos=10, seed=3, workers=1, size=64, min_frames=6, max_frames=8)
-    monkeypatch.setattr(tiny_backbones, "VIT", {**TINY_VIT, "image_size": 64})
-    monkeypatch.setattr(tiny_backbones, "LLM", TINY_LLM)
+    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 64})
+    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
     read = []
     real = stage0.detection_frames
     monkeypatch.setattr(stage0, "detection_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
     out = tmp_path / "emb"
     args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
-    tiny_backbones.main([*args, "--detector-steps", "3"])
+    prepare.main([*args, "--detector-steps", "3"])
     report = json.loads((out / "detector" / "stage0.json").read_text())
     assert report["steps"] == 3 and report["frames"] > 0 and read == [str(tmp_path / "data")]
     assert 0 <= report["held_out_precision"] <= 1 and 0 <= report["held_out_recall"] <= 1
@@ -145,7 +145,7 @@ def test_vrp_prepare_trains_the_detector_on_train_frames_and_it_loads_by_path(tm
     tracks = stage(torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8))
     assert tracks.shape[0] == 3 and tracks.shape[2] == 4
     mtime = (out / "detector" / "stage0.json").stat().st_mtime
-    tiny_backbones.main([*args, "--detector-steps", "3"])  # cached: not trained again
+    prepare.main([*args, "--detector-steps", "3"])  # cached: not trained again
     assert (out / "detector" / "stage0.json").stat().st_mtime == mtime
     with pytest.raises(SystemExit, match="--overwrite"):
-        tiny_backbones.main([*args, "--detector-steps", "5"])
+        prepare.main([*args, "--detector-steps", "5"])

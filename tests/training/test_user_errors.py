@@ -14,7 +14,7 @@ from data_modules.collate import Collator
 from vrp.cli import main
 from vrp.models.io import CheckpointError, load_weights, read_checkpoint
 from vrp.models.paths import ModelPathError, pretrained_source
-from vrp.training import export
+from vrp.tools import export
 
 
 class NotAllowed:

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data_modules.datamodules import InstructionDataModule
 from vrp.models import CausalLM
-from vrp.training import data_hooks
+from vrp.training import datamodule_handoff
 
 
 def _module(dm, llm):
@@ -26,7 +26,7 @@ def _module(dm, llm):
 def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_path):
     llm = CausalLM(str(tiny_root / "llm"))
     same = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
-    data_hooks.configure_datamodule(_module(same, llm))  # the LLM's own tokenizer: fine
+    datamodule_handoff.configure_datamodule(_module(same, llm))  # the LLM's own tokenizer: fine
     assert same.collator().video_token_id == llm.video_token_id and same.image_size == 32
     # a tokenizer without <video>: the collator appends it, at another id than the LLM's
     tok = Tokenizer(
@@ -44,14 +44,14 @@ def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_pa
         match=rf"<video> the id {other.collator().video_token_id}, the LLM's tokenizer "
         rf"{llm.video_token_id}",
     ):
-        data_hooks.configure_datamodule(_module(other, llm))
+        datamodule_handoff.configure_datamodule(_module(other, llm))
 
 
 def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(tiny_root):
     dm = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
     module = _module(dm, CausalLM(str(tiny_root / "llm")))
     module.model.fusion.box_substeps = 4
-    data_hooks.configure_datamodule(module)
+    datamodule_handoff.configure_datamodule(module)
     assert dm.box_substeps == 4
 
     class Plain:  # a datamodule with none of the optional capabilities
@@ -59,6 +59,6 @@ def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(
 
     module.trainer.datamodule = Plain()
     with pytest.raises(ValueError, match="configure_box_substeps"):
-        data_hooks.configure_datamodule(module)
+        datamodule_handoff.configure_datamodule(module)
     module.model.fusion.box_substeps = 1
-    data_hooks.configure_datamodule(module)  # one row per frame needs nothing of it
+    datamodule_handoff.configure_datamodule(module)  # one row per frame needs nothing of it

@@ -56,11 +56,11 @@ def build_tokenizer(path: Path) -> Path:
 
 def build_backbones(root: Path) -> Path:
     """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
-    from vrp.training.tiny_backbones import prepare
+    from vrp.tools.prepare import save_random_backbones
 
     if not (root / "llm" / "config.json").is_file():
         build_tokenizer(root / "tokenizer")
-        prepare(str(root / "tokenizer"), root, seed=0, vit=TINY_VIT, llm=TINY_LLM)
+        save_random_backbones(str(root / "tokenizer"), root, seed=0, vit=TINY_VIT, llm=TINY_LLM)
     return root
 
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from vrp.evaluation.results import check_groups, load_blind_baseline, write_results
-from vrp.scoring.rows import rows_from_batch
+from vrp.scoring.per_question import rows_from_batch
 
 
 class TestResults(L.Callback):

@@ -5,7 +5,7 @@
 
 lmms-eval finds the class through vrp's entry point (group ``lmms_eval.models``, see pyproject.toml), so nothing
 has to be imported first. This module needs the optional ``lmms`` extra (lmms-eval), which pins ``av<16``:
-install it in its own venv (``make lmms-env``), see README.
+install it in its own venv (``make lmms-env``), see docs/evaluation.md.
 
 Requests are answered as `vrp test` answers them, through the same code:
 - ``loglikelihood`` (lmms-eval's ``multiple_choice`` tasks): each continuation is scored as the assistant's answer
@@ -32,7 +32,7 @@ from data_modules.collate import Collator
 from data_modules.datasets import BadSample
 from data_modules.sources.record import Record, strip_placeholder
 from data_modules.video import frames_clip, image_clip
-from vrp.evaluation.ask import DEFAULT_CHECKPOINT, clip_loader
+from vrp.evaluation.inference import DEFAULT_CHECKPOINT, clip_loader
 from vrp.models.io import load_exported
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer
 

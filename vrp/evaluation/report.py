@@ -144,15 +144,15 @@ def plot_clip(frames: torch.Tensor, attention: torch.Tensor | None, title: str, 
 
 def clip_examples(model: torch.nn.Module, mc_csv: str, n: int, out: Path, num_frames: int = 8) -> list[str]:
     """Markdown blocks for the first ``n`` questions of a NExT-QA-layout CSV: frames, Q, options, answer, attention.
-    Each clip is read as `vrp ask` reads it (`vrp.evaluation.ask.clip_loader`): the fusion's box rows, and the
+    Each clip is read as `vrp ask` reads it (`vrp.evaluation.inference.clip_loader`): the fusion's box rows, and the
     model's object stage for a model that reads tracks."""
     from data_modules.collate import Collator
     from data_modules.skips import SkipCounter
     from data_modules.sources import MultipleChoice
     from data_modules.sources.record import strip_placeholder
     from data_modules.video import read_video
-    from vrp.evaluation.ask import clip_loader
     from vrp.evaluation.attention import cross_attention_maps
+    from vrp.evaluation.inference import clip_loader
     from vrp.scoring.scorers import LikelihoodScorer
 
     records = MultipleChoice(mc_csv, template="<video>\n{question}", target="text").load(SkipCounter(1.0))[:n]
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     model = None
     if args.checkpoint:
-        from vrp.evaluation.ask import AskError, load_model
+        from vrp.evaluation.inference import AskError, load_model
 
         try:
             model = load_model(args.checkpoint).eval()

@@ -1,7 +1,7 @@
 """Multiple-choice results: per-question rows -> per-type accuracy tables, written as JSON and Markdown.
 
 A row is ``{"key", "type", "prediction", "answer", "num_options"}`` (+ optional ``scores``, ``text``), as
-`vrp.scoring.rows.rows_from_batch` makes it from a scored batch. Accuracy uses
+`vrp.scoring.per_question.rows_from_batch` makes it from a scored batch. Accuracy uses
 `PerTypeAccuracy`; chance is the mean of 1/num_options over a type's questions. Everything in percent.
 """
 

@@ -21,6 +21,18 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and says what is wrong with it."""
 
 
+def error_in_chain(error: BaseException | None, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first instance of ``kinds`` in an exception's chain (its causes and contexts: jsonargparse wraps errors
+    raised while it instantiates a config's classes), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _unreadable(path: Path, error: Exception) -> str:
     """What is wrong with a file `torch.load(weights_only=True)` refused, in our words (never torch's advice)."""
     detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")

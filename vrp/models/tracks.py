@@ -46,9 +46,10 @@ from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
 BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next frame
+POSITION_FEATURES = 8  # the first 8 of them, xyxy, centre and size: the box features without its motion
 KINEMATIC_FEATURES = 5  # speed in and out, velocity change, nearest-edge gap, nearest-box gap
 PAIR_FEATURES = 7  # centre offset (2), distance, box gap, time offset, same object, same frame
-FAR = 0.5  # contact gaps are clipped here: beyond it nothing is close
+GAP_CLIP = 0.5  # gaps between boxes (frame units) are clipped to [-GAP_CLIP, GAP_CLIP]: beyond it nothing is close
 
 
 def centre_motion(boxes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,21 +86,21 @@ def kinematic_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     has_prev = has_previous(mask)
     has_next = torch.cat([has_prev[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     turn = (nxt - prev).norm(dim=-1) * (has_prev & has_next)  # no turn is measured at a track's ends
-    wall = wall_gaps(boxes).amin(-1).clamp(-FAR, FAR) / FAR
-    near = box_gaps(boxes, mask).amin(-1).clamp(-FAR, FAR) / FAR
+    wall = wall_gaps(boxes).amin(-1).clamp(-GAP_CLIP, GAP_CLIP) / GAP_CLIP
+    near = box_gaps(boxes, mask).amin(-1).clamp(-GAP_CLIP, GAP_CLIP) / GAP_CLIP
     feats = torch.stack([prev.norm(dim=-1) * 10, nxt.norm(dim=-1) * 10, turn * 10, wall, near], dim=-1)
     return feats * mask[..., None]
 
 
 def box_gaps(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, K): the gap between every two boxes of a frame (Chebyshev:
-    < 0 when they overlap), ``FAR`` between a box and itself or an absent box."""
+    < 0 when they overlap), ``GAP_CLIP`` between a box and itself or an absent box."""
     K = boxes.shape[2]
     centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2  # (B, T, K, 2)
     offset = (centre[:, :, None] - centre[:, :, :, None]).abs()  # (B, T, K, K, 2)
     gap = (offset - half[:, :, None] - half[:, :, :, None]).amax(-1)  # (B, T, K, K)
     valid = mask[:, :, :, None] & mask[:, :, None] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)
-    return gap.masked_fill(~valid, FAR)
+    return gap.masked_fill(~valid, GAP_CLIP)
 
 
 def wall_gaps(boxes: torch.Tensor) -> torch.Tensor:
@@ -109,11 +110,11 @@ def wall_gaps(boxes: torch.Tensor) -> torch.Tensor:
 
 def contact_features(boxes: torch.Tensor, mask: torch.Tensor, slots: int) -> torch.Tensor:
     """(B, T, K, 4) xyxy, (B, T, K) mask -> (B, T, K, slots + 4): the gap from each box to the box of every slot
-    (< 0: overlapping; ``FAR`` for itself, absent boxes and slots past K) and to the left, top, right and bottom frame
-    edges, each clipped to [-FAR, FAR] and scaled by 1 / FAR; 0 where the box is absent."""
+    (< 0: overlapping; ``GAP_CLIP`` for itself, absent boxes and slots past K) and to the left, top, right and bottom frame
+    edges, each clipped to [-GAP_CLIP, GAP_CLIP] and scaled by 1 / GAP_CLIP; 0 where the box is absent."""
     B, T, K, _ = boxes.shape
-    gap = torch.cat([box_gaps(boxes, mask), boxes.new_full((B, T, K, slots - K), FAR)], dim=-1)  # (B, T, K, slots)
-    feats = torch.cat([gap, wall_gaps(boxes)], dim=-1).clamp(-FAR, FAR) / FAR
+    gap = torch.cat([box_gaps(boxes, mask), boxes.new_full((B, T, K, slots - K), GAP_CLIP)], dim=-1)  # (B, T, K, slots)
+    feats = torch.cat([gap, wall_gaps(boxes)], dim=-1).clamp(-GAP_CLIP, GAP_CLIP) / GAP_CLIP
     return feats * mask[..., None]
 
 
@@ -150,16 +151,16 @@ class PartnerMessages(nn.Module):
         S = self.box_substeps
         T = TS // S
         gaps = torch.cat([box_gaps(boxes, mask), wall_gaps(boxes).amin(-1, keepdim=True)], dim=-1)  # (B, TS, K, K+1)
-        gaps = gaps.clamp(-FAR, FAR) / FAR
+        gaps = gaps.clamp(-GAP_CLIP, GAP_CLIP) / GAP_CLIP
         frame_mask = mask.view(B, T, S, K).any(2)  # (B, T, K)
         partner = frame_mask[:, :, None, :] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)  # (B, T, K, K)
         valid = torch.cat([partner, torch.ones_like(partner[..., :1])], dim=-1)  # every box may touch a wall
         if self.contact_gap is not None:  # the rule: the nearest thing within contact_gap at any of the S rows
-            rows = gaps.masked_fill(~mask[..., None], FAR).view(B, T, S, K, K + 1).amin(2)  # (B, T, K, K+1)
+            rows = gaps.masked_fill(~mask[..., None], GAP_CLIP).view(B, T, S, K, K + 1).amin(2)  # (B, T, K, K+1)
             rows = rows.masked_fill(~valid, float("inf"))
-            best, who = rows.min(-1)  # (B, T, K)
-            who = torch.where(best * FAR < self.contact_gap, who, K + 1)  # K + 1: nobody
-            w = F.one_hot(who, K + 2).to(appearance.dtype)
+            nearest_gap, partner = rows.min(-1)  # (B, T, K)
+            partner = torch.where(nearest_gap * GAP_CLIP < self.contact_gap, partner, K + 1)  # K + 1: nobody
+            w = F.one_hot(partner, K + 2).to(appearance.dtype)
         else:
             rate = torch.cat([torch.zeros_like(gaps[:, :1]), gaps.diff(dim=1)], dim=1) * 10  # closing in: < 0
             feats = torch.stack([gaps, rate], dim=-1).view(B, T, S, K, K + 1, 2)
@@ -208,7 +209,11 @@ class ForecastMessages(nn.Module):
     With ``order=True`` each token also says whether its object comes *first* among the frame's objects: the soonest
     to reach a frame edge, and the soonest to touch anything (box or edge), over all forecast times (no horizon).
     "Which object will hit a wall next" is an argmin across tracks; without the flags the layers must learn to
-    compare real-valued times between tokens from a few hundred such questions."""
+    compare real-valued times between tokens from a few hundred such questions.
+
+    Layers: ``out`` projects the partner's appearance; ``soon`` embeds how soon the two forecast events come (the time
+    to the first contact and to the nearest frame edge, in horizons, 1 = not within the horizon); ``order``, with
+    ``order=True``, embeds the two which-comes-first flags. Their names are the keys of trained checkpoints."""
 
     def __init__(self, hidden_size: int, box_substeps: int, horizon: float, order: bool = False):
         super().__init__()
@@ -217,8 +222,8 @@ class ForecastMessages(nn.Module):
         self.box_substeps, self.horizon = box_substeps, horizon
         self.wall = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.out = nn.Linear(hidden_size, hidden_size)
-        self.soon = nn.Linear(2, hidden_size)  # (time to the partner, time to an edge) / horizon, 1 = not within it
-        self.order = nn.Linear(2, hidden_size) if order else None  # (first to an edge, first to touch anything)
+        self.soon = nn.Linear(2, hidden_size)
+        self.order = nn.Linear(2, hidden_size) if order else None
 
     def forward(self, boxes: torch.Tensor, mask: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
         """boxes (B, T*S, K, 4), mask (B, T*S, K), per-object appearance (B, K, H) -> messages (B, T, K, H)."""
@@ -230,16 +235,17 @@ class ForecastMessages(nn.Module):
         last = S - 1 - known.flip(2).int().argmax(2)  # (B, T, K): the frame's last row with a known motion
         times = times.gather(2, last[:, :, None, :, None].expand(B, T, 1, K, K + 1))[:, :, 0]  # (B, T, K, K+1)
         times = times / (self.horizon * S)  # in horizons; inf where the frame has no row with a known motion
-        first, who = times.min(-1)  # (B, T, K)
-        who = torch.where(first < 1, who, K + 1)  # K + 1: nothing within the horizon
-        w = F.one_hot(who, K + 2).to(appearance.dtype)[..., : K + 1]
+        first_contact, partner = times.min(-1)  # (B, T, K): the time to the first contact and what it touches
+        partner = torch.where(first_contact < 1, partner, K + 1)  # K + 1: nothing within the horizon
+        w = F.one_hot(partner, K + 2).to(appearance.dtype)[..., : K + 1]
         message = self.out(mix_partners(w, appearance, self.wall))
-        soon = torch.stack([first, times[..., K]], dim=-1).clamp(max=1).to(appearance.dtype)  # (B, T, K, 2)
-        message = message + self.soon(soon)
+        to_edge = times[..., K]  # (B, T, K): the time to the nearest frame edge
+        times_within = torch.stack([first_contact, to_edge], dim=-1).clamp(max=1).to(appearance.dtype)
+        message = message + self.soon(times_within)
         if self.order is not None:
-            ahead = torch.stack([times[..., K], first], dim=-1)  # (B, T, K, 2): to an edge, to anything
-            soonest = (ahead == ahead.amin(2, keepdim=True)) & ahead.isfinite()  # ties: every object that ties
-            message = message + self.order(soonest.to(appearance.dtype))
+            forecast = torch.stack([to_edge, first_contact], dim=-1)  # (B, T, K, 2): to an edge, to anything
+            comes_first = (forecast == forecast.amin(2, keepdim=True)) & forecast.isfinite()  # every object that ties
+            message = message + self.order(comes_first.to(appearance.dtype))
         return message
 
 
@@ -297,7 +303,8 @@ class TrackFusion(nn.Module):
     ``forecast_horizon`` (`ForecastMessages`; None: off) and ``forecast_order`` (its which-comes-first flags). The
     embedded default turns on ``box_substeps: 4``, ``partner_messages`` and ``contact_gap: 0.02`` (the contact
     messages), ``forecast_horizon: 4.0`` (the forecast messages) and ``forecast_order`` (their flags), and leaves
-    ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (measured no better; README).
+    ``contacts``, ``relation_bias``, ``masked_boxes`` and ``kinematics`` off (no better on the probe rows of
+    docs/results.md).
     """
 
     supports_text = False
@@ -423,7 +430,9 @@ class TrackFusion(nn.Module):
             mask = mask & ~hide.bool().repeat_interleave(S, dim=1)  # what the features may read
         feats = box_features(boxes, mask)  # (B, T*S, K, 12): motion at the box rows' rate
         if not self.motion:
-            feats = torch.cat([feats[..., :8], torch.zeros_like(feats[..., 8:])], dim=-1)
+            feats = torch.cat(
+                [feats[..., :POSITION_FEATURES], torch.zeros_like(feats[..., POSITION_FEATURES:])], dim=-1
+            )
         if self.contacts:
             feats = torch.cat([feats, contact_features(boxes, mask, self.max_objects)], dim=-1)
         if self.kinematics:

@@ -183,7 +183,7 @@ class ProgressLog(L.Callback):
     ``loss`` is the mean training loss of the steps since the previous line; samples/s, samples per optimizer step
     and tokens/s (the LLM's real tokens, visual ones included; all ranks: this rank's counts times the world size),
     the padding fraction (of the LLM token slots computed: padded rows, or packed rows with ``packing`` on;
-    `vrp.training.data_hooks.token_counts`) and s/step are measured over the same steps, and the ETA extrapolates that pace to
+    `vrp.training.batches.token_counts`) and s/step are measured over the same steps, and the ETA extrapolates that pace to
     the run's last step (``max_steps``, else what ``max_epochs`` amounts to). ``when``: ``"no_tty"`` (default) prints
     only when stdout is not a terminal, ``"always"`` prints anyway, ``"never"`` switches it off.
     """
@@ -215,7 +215,7 @@ class ProgressLog(L.Callback):
     ) -> None:
         if not trainer.is_global_zero or not self.enabled():
             return
-        from vrp.training.data_hooks import batch_size, token_counts
+        from vrp.training.batches import batch_size, token_counts
 
         if outputs is not None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs

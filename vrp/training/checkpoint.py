@@ -20,7 +20,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from vrp.models.io import CheckpointError, check_finite, read_checkpoint
+from vrp.models.io import CheckpointError, check_finite, error_in_chain, read_checkpoint
 
 
 def trainable_names(module: nn.Module) -> set[str]:
@@ -64,18 +64,6 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def _os_error(error: BaseException) -> OSError | None:
-    """The OSError (a full disk, a lost mount, no permission) behind a failed write: torch.save reports it as a
-    RuntimeError from its zip writer, with the OSError as the cause or context."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temporary file in the target folder, fsync, then rename over the target.
 
@@ -101,7 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
-            cause = _os_error(e)
+            cause = error_in_chain(e, (OSError,))  # torch.save's zip writer wraps it in a RuntimeError
             if cause is None:
                 raise
             free = shutil.disk_usage(path.parent).free / 2**20

@@ -1,27 +1,23 @@
-"""Export a trained model to a folder that inference loads without Lightning state, and load it back.
+"""Export a trained model to a folder that inference loads without Lightning state (`vrp export`, `vrp.tools.export`;
+read back by `vrp.models.io.load_exported`).
 
-    vrp export --ckpt runs/embedded/finetune/checkpoints/last.ckpt --out artifacts/model [--merge-lora]
-    vrp export --ckpt runs/llava/checkpoints/last.ckpt --out artifacts/llava-hf --format hf
-
---format vrp (default):
+format "vrp" (the default):
 
 <out>/model.yaml            the VideoReasoner config (class_path/init_args; frozen backbones by name/path)
 <out>/trainable.safetensors  fusion + projection (+ LoRA adapters unless merged) weights
 <out>/export.json           which module trained it (stage 1 or 2), its step and checkpoint
-<out>/llm/                  with --merge-lora: the LLM with LoRA merged (save_pretrained + tokenizer);
+<out>/llm/                  with merge_lora: the LLM with LoRA merged (save_pretrained + tokenizer);
                             model.yaml then points at it with llm_mode frozen
---format hf: the family's own transformers folder (config, safetensors with LoRA merged, processor, tokenizer, chat
+format "hf": the family's own transformers folder (config, safetensors with LoRA merged, processor, tokenizer, chat
 template, generation config) for a model built from a released InstructBLIP-Video / LLaVA-NeXT-Video / OneVision
 folder (`vrp.models.families.export`); any other model is refused with one line naming the part.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import yaml
@@ -86,18 +82,3 @@ def training_stage(class_path: str | None) -> int | None:
     except (ImportError, AttributeError):
         return None
     return 1 if issubclass(cls, AlignmentPretraining) else 2 if issubclass(cls, InstructionTuning) else None
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vrp export", description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--merge-lora", action="store_true")
-    p.add_argument("--format", choices=("vrp", "hf"), default="vrp", help="hf: the family's transformers folder")
-    a = p.parse_args(argv)
-    try:
-        out = export(a.ckpt, a.out, merge_lora=a.merge_lora, format=a.format)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"exported to {out}")

@@ -249,8 +249,8 @@ def pretrain_detector(
     (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos (at most half
     of them) are kept out of training and give the report's precision, recall (IoU >= 0.5) and mean IoU. Returns the report, also written to
     ``out_dir/stage0.json``."""
-    from vrp.evaluation.detection import TrackScore, score_tracks
     from vrp.models.detection import CenterNet
+    from vrp.scoring.detection import TrackScore, score_tracks
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

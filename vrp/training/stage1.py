@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vrp.models.contracts import TextFusion
-from vrp.training import checkpoint, data_hooks
+from vrp.training import batches, checkpoint, datamodule_handoff
 from vrp.training.losses import (
     contrastive_loss,
     lm_loss,
@@ -135,7 +135,7 @@ class AlignmentPretraining(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         parts = self.losses(batch)
         loss = self._total(parts)
-        bs = data_hooks.batch_size(batch)
+        bs = batches.batch_size(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"train/{k}", v, prog_bar=True, batch_size=bs)
@@ -144,23 +144,23 @@ class AlignmentPretraining(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if not data_hooks.has_samples(batch):
+        if not batches.has_samples(batch):
             return
         parts = self.losses(batch)
-        bs = data_hooks.batch_size(batch)
+        bs = batches.batch_size(batch)
         self.log("val/loss", self._total(parts), prog_bar=True, sync_dist=True, batch_size=bs)
         for k, v in parts.items():
             self.log(f"val/{k}", v, sync_dist=True, batch_size=bs)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        data_hooks.configure_datamodule(self)
+        datamodule_handoff.configure_datamodule(self)
 
     def configure_model(self) -> None:
         configure_fsdp2(self, [self.heads] if self.heads is not None else [])
 
     def on_train_epoch_end(self) -> None:
-        data_hooks.log_skips(self)
+        datamodule_handoff.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)

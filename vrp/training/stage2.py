@@ -24,9 +24,9 @@ from torch import nn
 
 from vrp.models.io import CheckpointError, load_weights
 from vrp.scoring.metrics import PerTypeAccuracy
-from vrp.scoring.rows import prediction_rows
+from vrp.scoring.per_question import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
-from vrp.training import checkpoint, data_hooks
+from vrp.training import batches, checkpoint, datamodule_handoff
 from vrp.training.losses import lm_loss, masked_box_loss, require_masked_boxes
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2
@@ -119,7 +119,7 @@ class InstructionTuning(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         parts = self.losses(batch)
-        n = data_hooks.batch_size(batch)
+        n = batches.batch_size(batch)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
         if "masked_boxes" in parts:
             self.log("train/answer_loss", parts["answer"], batch_size=n)
@@ -129,7 +129,7 @@ class InstructionTuning(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "labels" in batch:
             loss = lm_loss(self.model, self.encode(batch), batch)
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=data_hooks.batch_size(batch))
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batches.batch_size(batch))
         if self.hparams.val_accuracy and "options" in batch:
             out = self.scorer(self.model, batch)
             types = batch.get("question_type") or ["all"] * len(batch["options"])
@@ -155,16 +155,16 @@ class InstructionTuning(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> MCOutput | None:
         """The scored batch (None when every sample was skipped); the results callback turns it into rows."""
-        if not data_hooks.has_samples(batch):
+        if not batches.has_samples(batch):
             return None
         if "options" not in batch:
             raise KeyError("test batches need 'options'/'answer_index' (a multiple-choice split such as mc.csv)")
         return self.scorer(self.model, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Rows for `vrp predict` (`vrp.scoring.rows.prediction_rows`): the scorer's choice and per-option
+        """Rows for `vrp predict` (`vrp.scoring.per_question.prediction_rows`): the scorer's choice and per-option
         scores for multiple-choice batches, generated text otherwise; `JsonlPredictions` writes them."""
-        if not data_hooks.has_samples(batch):
+        if not batches.has_samples(batch):
             return prediction_rows(batch, None, [])
         if "options" in batch:
             return prediction_rows(batch, self.scorer(self.model, batch))
@@ -172,7 +172,7 @@ class InstructionTuning(L.LightningModule):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        data_hooks.configure_datamodule(self)
+        datamodule_handoff.configure_datamodule(self)
         if stage == "fit" and self.hparams.init_from:
             # Before `configure_model` shards the model; whether a checkpoint then replaces these weights (resume) is
             # known only in `on_fit_start`, so a missing or unusable file is reported there, and only for a fresh run.
@@ -203,7 +203,7 @@ class InstructionTuning(L.LightningModule):
         configure_fsdp2(self, [])
 
     def on_train_epoch_end(self) -> None:
-        data_hooks.log_skips(self)
+        datamodule_handoff.log_skips(self)
 
     def configure_optimizers(self) -> dict:
         return adamw_cosine_from_hparams(self)

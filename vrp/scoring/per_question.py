@@ -1,4 +1,4 @@
-"""Rows from scored batches: one dict per question (`rows_from_batch`, what the results tables count) and what
+"""Per-question rows of scored batches: one dict per question (`rows_from_batch`, what the results tables count) and what
 `vrp predict` writes per sample (`prediction_rows`)."""
 
 from __future__ import annotations

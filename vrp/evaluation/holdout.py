@@ -7,7 +7,7 @@ rows (`vrp.evaluation.results.accuracy_table(rows, held_out=...)`):
     data:
       init_args:
         train:
-          class_path: vrp.evaluation.protocol.HoldOutTypes
+          class_path: vrp.evaluation.holdout.HoldOutTypes
           init_args:
             held_out: [predictive, counterfactual]
             source: {class_path: data_modules.sources.LlavaInstructions,

@@ -9,7 +9,7 @@ import torch
 from data_modules.skips import SkipCounter
 from data_modules.sources.record import Record
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
-from vrp.evaluation.protocol import HoldOutTypes
+from vrp.evaluation.holdout import HoldOutTypes
 from vrp.evaluation.results import accuracy_table, comparison_table, load_blind_baseline, markdown_table, write_results
 from vrp.models.connectors import MLPConnector
 

@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--score-against", help="a root with <split>/boxes.json ground truth (the synthetic data)")
     a, rest = p.parse_known_args(argv)
     from data_modules.sources.boxes import BoxTable
-    from vrp.evaluation.detection import TrackScore, score_tracks
-    from vrp.training.cache import build
+    from vrp.scoring.detection import TrackScore, score_tracks
+    from vrp.tools.lightning_cli import module_and_datamodule
 
     splits = [s for s in a.splits.split(",") if s]
-    module, dm = build(a.config, rest + ["--data.init_args.tracks=null"], splits)
+    module, dm = module_and_datamodule(a.config, rest + ["--data.init_args.tracks=null"], splits)
     objects = module.model.objects
     if objects is None:
         raise SystemExit(

@@ -1,4 +1,5 @@
-"""The embedded default's tiny backbones, randomly initialised ONCE and saved to a folder that configs load by path.
+"""`vrp prepare`: the embedded default's tiny backbones, randomly initialised ONCE and saved to a folder that configs
+load by path, then trained by stage 0.
 
 `vrp prepare --tokenizer data/synthetic/tokenizer --out artifacts/embedded` writes
   <out>/vit/   a tiny HF ViT (save_pretrained + preprocessor_config.json)
@@ -45,7 +46,7 @@ LLM = {
 }
 
 
-def prepare(
+def save_random_backbones(
     tokenizer: str,
     out: str | Path,
     *,
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         help="stage-0 detector training steps on train frames (default: leave it alone)",
     )
     a = p.parse_args(argv)
-    out = prepare(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
+    out = save_random_backbones(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
     from vrp.training.stage0 import pretrain_detector, pretrain_llm, pretrain_vit
 

@@ -21,11 +21,8 @@ import torch
 from torch import nn
 
 from data_modules.features import FeatureStore
-
-
-def vision_meta(config: dict | None) -> dict:
-    """The part of a VideoReasoner config that identifies the frozen features (vision encoder class + args)."""
-    return dict((config or {}).get("init_args", {}).get("vision") or {})
+from vrp.tools.lightning_cli import module_and_datamodule
+from vrp.training.datamodule_handoff import vision_meta
 
 
 def write_features(vision: nn.Module, loader, records: Iterable, store: FeatureStore, *, batch_size: int = 16) -> int:
@@ -61,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     a, overrides = p.parse_known_args(argv)  # e.g. --data.init_args.synthetic_root=OTHER, as for `vrp fit`
     splits = [s for s in a.splits.split(",") if s]
-    module, dm = build(a.config, [*overrides, "--data.init_args.feature_cache=null"], splits)  # no cache to read yet
+    module, dm = module_and_datamodule(
+        a.config, [*overrides, "--data.init_args.feature_cache=null"], splits
+    )  # no cache to read yet
     vision = module.model.vision.eval()
     store = FeatureStore(a.out, create=True)
     loader = dm.clip_loader(train=False)
@@ -75,22 +74,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{split}: cached {n} new videos ({time.time() - start:.0f} s)", flush=True)
     store.finish(vision=vision_meta(module.hparams.get("model")), num_frames=dm.num_frames, sampling=dm.eval_sampling)
     print(f"feature cache {a.out}: {store.meta['videos']} videos")
-
-
-def build(configs: list[str], overrides: list[str], splits: list[str]) -> tuple:
-    """The stage module and datamodule of stage YAML(s) ``configs`` (with ``overrides``), set up for ``splits``
-    (records loaded, the vision encoder's preprocessing handed over) without a logger: what the
-    tools that run a frozen part of the model over the data (`vrp cache`, `vrp track`) need."""
-    from vrp.cli import VRPCLI
-
-    args = [x for c in configs for x in ("--config", c)] + ["--trainer.logger=false", *overrides]
-    cli = VRPCLI(args=args, run=False)  # stage 2 reads init_from only when it fits: not here
-    module, dm = cli.model, cli.datamodule
-    vision = module.model.vision
-    dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    dm.prepare_data()
-    dm.setup("fit")
-    if "test" in splits:
-        dm.setup("test")
-    return module, dm
-

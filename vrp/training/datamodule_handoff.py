@@ -1,7 +1,7 @@
-"""The stage modules' hooks into the datamodule and its batches: the hand-off of preprocessing from the vision encoder
-to the datamodule, the video-token and feature-cache checks, skip logging, and what a batch says about itself
-(`has_samples`, `batch_size`). Video -> tokens is the model's own path (`VideoReasoner.fuse` / `video_tokens`); the LM
-loss is `vrp.training.losses.lm_loss`."""
+"""What the stage modules hand the datamodule and check of it when they are set up: the vision encoder's preprocessing,
+the fusion's box rows and the model's object stage, the video-token and feature-cache checks (`vision_meta`), and
+the logging of its skipped samples. What a batch says about itself is `vrp.training.batches`; video -> tokens is the
+model's own path (`VideoReasoner.fuse` / `video_tokens`)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ class Collates(Protocol):
     def collator(self) -> Collator: ...
 
 
+def vision_meta(config: dict | None) -> dict:
+    """The part of a VideoReasoner config that identifies the frozen features (vision encoder class + args), which a
+    feature cache records (`vrp cache`) and a run reading it must match."""
+    return dict((config or {}).get("init_args", {}).get("vision") or {})
+
+
 def configure_datamodule(module: L.LightningModule) -> None:
     """Give the datamodule the vision encoder's input size and normalisation, the fusion's box rows per frame and
     the model's object stage (kept out of the YAML: the model owns them), and check that its
@@ -80,8 +86,6 @@ def configure_datamodule(module: L.LightningModule) -> None:
         dm.configure_visual_tokens(module.model.num_video_tokens)
     store = dm.features() if isinstance(dm, ReadsFeatures) else None
     if store is not None:
-        from vrp.training.cache import vision_meta
-
         ours, theirs = vision_meta(module.hparams.get("model")), store.meta.get("vision")
         if ours and theirs and ours != theirs:
             raise ValueError(
@@ -108,32 +112,3 @@ def log_skips(module: L.LightningModule) -> None:
     if counts:
         for reason, n in counts.items():
             module.log(f"data/skipped_{reason}", float(n), rank_zero_only=True)
-
-
-def has_samples(batch: dict) -> bool:
-    """False for an evaluation batch whose every sample was skipped (it holds only ``keys`` and ``skipped``)."""
-    return "input_ids" in batch
-
-
-def token_counts(batch: dict, num_video_tokens: int) -> tuple[int, int]:
-    """(real LLM tokens, LLM token slots computed) of a training batch: the slots are the packed rows' (R x W) with
-    a packing plan, else the padded rows' (B x (L + Q - 1)); the padding fraction is 1 - real / slots. Real tokens
-    come from ``seq_lengths`` when the collator gives them, else from the attention mask plus Q - 1 per sample."""
-    if "input_ids" not in batch:
-        return 0, 0
-    B, L = batch["input_ids"].shape
-    if batch.get("seq_lengths") is not None:
-        real = int(batch["seq_lengths"].sum())
-    else:
-        real = int(batch["attention_mask"].sum()) + B * (num_video_tokens - 1)
-    if batch.get("pack_shape") is not None:
-        rows, width = batch["pack_shape"]
-        return real, rows * width
-    return real, B * (L + num_video_tokens - 1)
-
-
-def batch_size(batch: dict) -> int:
-    for key in ("input_ids", "video", "visual"):
-        if key in batch:
-            return int(batch[key].shape[0])
-    return 1
