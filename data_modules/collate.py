@@ -214,7 +214,7 @@ class Collator:
         batch["qformer_input_ids"], batch["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
         if any(s.get("boxes") is not None for s in samples):
             T = next(s["boxes"].shape[0] for s in samples if s.get("boxes") is not None)  # frames x box substeps
-            K = max(s["boxes"].shape[1] for s in samples if s.get("boxes") is not None)
+            K = max([1] + [s["boxes"].shape[1] for s in samples if s.get("boxes") is not None])  # >= 1: masked if none
             boxes, mask = torch.zeros(len(samples), T, K, 4), torch.zeros(len(samples), T, K, dtype=torch.bool)
             for b, s in enumerate(samples):
                 if s.get("boxes") is not None:

@@ -34,7 +34,24 @@ def tiny_synthetic(tmp_path_factory) -> Path:
         llm={**TINY_LLM, "max_position_embeddings": 512},
     )  # captions + 40 track tokens
     pretrain_detector(root / "backbones" / "detector", root / "data", steps=2, frames_per_video=2)
-    track(["--config", str(CONFIGS[0]), "--out", str(root / "tracks"), "--workers", "0", *_model_paths(root)])
+    captions = {  # every split's videos (a 30-video set leaves val / test without balanced MC items)
+        f"--data.init_args.{split}": json.dumps(
+            {
+                "class_path": "data_modules.sources.CaptionManifest",
+                "init_args": {
+                    "path": str(root / "data" / split / "captions.csv"),
+                    "video_column": "contentUrl",
+                    "caption_column": "name",
+                    "key_column": "videoid",
+                },
+            }
+        )
+        for split in ("val", "test")
+    }
+    overrides = [f"{k}={v}" for k, v in captions.items()]
+    track(
+        ["--config", str(CONFIGS[0]), "--out", str(root / "tracks"), "--workers", "0", *_model_paths(root), *overrides]
+    )
     return root
 
 
@@ -104,7 +121,7 @@ def test_fast_dev_run_of_each_embedded_config(tiny_synthetic, config, monkeypatc
         assert any(k.startswith("val/acc_") for k in metrics)  # per question type
         assert 0.0 <= float(metrics["val/acc"]) <= 100.0
     # the report's clip examples read clips as `vrp ask` does: the fusion's box rows, tracks from the object stage
-    blocks = clip_examples(run.model.model.eval(), str(tiny_synthetic / "data" / "test" / "mc.csv"), 1, cwd)
+    blocks = clip_examples(run.model.model.eval(), str(tiny_synthetic / "data" / "train" / "mc.csv"), 1, cwd)
     assert len(blocks) == 1 and (cwd / "clip_0.png").is_file()
 
 
@@ -120,6 +137,16 @@ def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypa
     config = ROOT / "experiments" / "embedded" / "finetune.yaml"
     args = [*_overrides(tiny_synthetic, config), f"--data.init_args.synthetic_root={data}", "--trainer.logger=false"]
     args = [a for a in args if not a.startswith(("--trainer.fast_dev_run", "--data.init_args.val="))]
+    test = {  # the train split's questions (a 30-video set leaves test without balanced items), on its tracks
+        "class_path": "data_modules.sources.MultipleChoice",
+        "init_args": {
+            "path": str(data / "train" / "mc.csv"),
+            "template": "<video>\n{question}",
+            "target": "text",
+            "boxes": str(tiny_synthetic / "tracks" / "train.json"),
+        },
+    }
+    args.append("--data.init_args.test=" + json.dumps(test))
     run = cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2"])
-    assert "test/acc" in run.trainer.callback_metrics
+    assert "test/acc_overall" in run.trainer.callback_metrics
     assert not list(data.glob("*/boxes.json"))

@@ -18,7 +18,9 @@ def _module(dm, llm):
     vision = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     return SimpleNamespace(
         trainer=SimpleNamespace(datamodule=dm),
-        model=SimpleNamespace(vision=vision, llm=llm, fusion=SimpleNamespace(box_substeps=1)),
+        model=SimpleNamespace(
+            vision=vision, llm=llm, fusion=SimpleNamespace(box_substeps=1), objects=None, num_video_tokens=4
+        ),
         hparams={},
     )
 
@@ -51,8 +53,9 @@ def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(
     dm = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
     module = _module(dm, CausalLM(str(tiny_root / "llm")))
     module.model.fusion.box_substeps = 4
+    module.model.objects = stage = SimpleNamespace(short_side=64)  # the model's object stage goes along
     datamodule_handoff.configure_datamodule(module)
-    assert dm.box_substeps == 4
+    assert dm.box_substeps == 4 and dm.objects is stage and dm.clip_loader(train=False).objects is stage
 
     class Plain:  # a datamodule with none of the optional capabilities
         pass

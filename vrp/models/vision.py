@@ -155,7 +155,7 @@ class HFVisionEncoder(_FrozenBackbone):
             model = AutoModel.from_config(cfg, trust_remote_code=trust_remote_code)
         elif families.family_type(pretrained_source(model_name_or_path, "vision model_name_or_path")):
             model_name_or_path = str(families.local_folder(model_name_or_path))
-            model = families.vision_tower(model_name_or_path)
+            model, missing = families.vision_tower(model_name_or_path), []  # loaded exactly: nothing missing
             cfg = model.config
             feature_layer = families.feature_layer(model_name_or_path) if feature_layer is None else feature_layer
         else:
