@@ -1,10 +1,11 @@
 """Object detectors: frames -> per-frame boxes and scores, the first half of the object stage (`vrp.models.tracking`).
 
 Two implementations of `ObjectDetector`:
-- `CenterDetector`: a small class-agnostic CenterNet (`CenterNet` (Zhou et al., 2019: objects as points; a centre heatmap plus
-  size and sub-cell offset regressed at each centre) built from a config and trained by `vrp prepare
-  --detector-steps N` on TRAIN frames with their boxes as labels, as a detector pretrained on a labelled dataset would
-  be) loaded by path (``config.json`` + ``model.safetensors``), like the other embedded backbones.
+- `CenterDetector`: the embedded detector, a `CenterNet` loaded by path (``config.json`` + ``model.safetensors``) like
+  the other embedded backbones. `CenterNet` is a small class-agnostic CenterNet (Zhou et al., 2019: objects as points;
+  a centre heatmap plus size and sub-cell offset regressed at each centre) built from a config and trained by `vrp
+  prepare --detector-steps N` on TRAIN frames with their boxes as labels, as a detector pretrained on a labelled
+  dataset would be.
 - `TorchvisionDetector`: any torchvision detection architecture (Faster R-CNN, RetinaNet, FCOS, SSD, ...) built by
   name and loaded from a local weights file, for real video.
 
