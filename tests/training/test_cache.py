@@ -88,7 +88,9 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
 
     root, config = setup
     out = tmp_path / "features"
-    cache_main(["--config", str(config), "--out", str(out), "--splits", "train,val"])
+    not_yet = ["--data.init_args.synthetic_boxes=false", f"--data.init_args.tracks={tmp_path / 'tracks'}"]
+    # the tracks are not written yet (make runs cache before tracks): the cache reads no boxes
+    cache_main(["--config", str(config), "--out", str(out), "--splits", "train,val", *not_yet])
     store = FeatureStore(out)
     import json
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     a, overrides = p.parse_known_args(argv)  # e.g. --data.init_args.synthetic_root=OTHER, as for `vrp fit`
     splits = [s for s in a.splits.split(",") if s]
     module, dm = module_and_datamodule(
-        a.config, [*overrides, "--data.init_args.feature_cache=null"], splits
+        a.config, [*overrides, "--data.init_args.feature_cache=null", "--data.init_args.tracks=null"], splits
     )  # no cache to read yet
     vision = module.model.vision.eval()
     store = FeatureStore(a.out, create=True)
