@@ -16,9 +16,9 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_modules.batch import IGNORE_INDEX, VIDEO_TOKEN, Batch
-from data_modules.packing import Packing, TokenBudget, first_fit
+from data_modules.packing import Packing, TokenBudget, first_fit, next_fit
 from data_modules.skips import SkipCounter
-from data_modules.sources.record import strip_placeholder
+from data_modules.sources.record import Record, strip_placeholder
 from vrp.models.paths import pretrained_source
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,35 @@ class Collator:
             batch["skipped"] = skipped
         return batch
 
+    def _encode(
+        self, key: str, turns: list[tuple[str, str]], system: str | None, visual: bool
+    ) -> tuple[list[int], list[int]]:
+        """A sample's token ids and labels, cut to ``max_length``, holding its one placeholder if ``visual``."""
+        i, lab = encode_turns(self.tok, turns, system_prompt=system or self.system_prompt, visual=visual)
+        if self.max_length is not None:
+            i, lab = i[: self.max_length], lab[: self.max_length]
+        if i.count(self.video_token_id) != int(visual):
+            raise ValueError(
+                f"sample {key}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
+                f"and max_length={self.max_length}, found {i.count(self.video_token_id)}"
+            )
+        return i, lab
+
+    def llm_length(self, record: Record) -> int:
+        """The LLM tokens (text + Q visual) ``record`` will have in a batch, from its text alone (no video read):
+        what token-budget batches plan with. A sample that ``token_budget`` truncates counts at its limit."""
+        if self.visual_tokens is None:
+            raise RuntimeError(
+                "token-budget batches (packing.rows) need the model's visual tokens per sample: the stage modules "
+                "give it (configure_visual_tokens) from their setup(), before the train loader is built"
+            )
+        visual = record.modality != "text"
+        ids, _ = self._encode(record.key, record.turns, record.system, visual)
+        n = len(ids) + (self.visual_tokens - 1) * int(visual)
+        limit = self.budget.max_tokens if self.budget is not None else None
+        truncated = limit is not None and self.budget.overflow == "truncate"
+        return min(n, limit) if truncated else n
+
     def _over_budget(self, key: str, ids: list[int], labels: list[int], extra: int):
         """(ids, labels) within ``budget.max_tokens`` (``extra``: the sample's visual tokens beyond its placeholder),
         cut at the end by the ``truncate`` policy; None (counted, logged with the key) for a sample that is skipped."""
@@ -172,16 +201,7 @@ class Collator:
             )
         for s in samples:
             visual = s.get("modality", "video") != "text"
-            i, lab = encode_turns(
-                self.tok, s["turns"], system_prompt=s.get("system") or self.system_prompt, visual=visual
-            )
-            if self.max_length is not None:
-                i, lab = i[: self.max_length], lab[: self.max_length]
-            if i.count(self.video_token_id) != int(visual):
-                raise ValueError(
-                    f"sample {s['key']}: expected {int(visual)} {VIDEO_TOKEN} token after tokenisation "
-                    f"and max_length={self.max_length}, found {i.count(self.video_token_id)}"
-                )
+            i, lab = self._encode(s["key"], s["turns"], s.get("system"), visual)
             if Q is not None:
                 fitted = self._over_budget(s["key"], i, lab, (Q - 1) * int(visual))
                 if fitted is None:
@@ -237,7 +257,8 @@ class Collator:
             lengths = [len(i) + (Q - 1) * int(s.get("modality", "video") != "text") for i, s in zip(ids, samples)]
             batch["seq_lengths"] = torch.tensor(lengths)  # (B,) LLM tokens per sample, visual ones included
             if self.packing is not None:
-                plan = first_fit(lengths, self.packing.max_tokens)
+                lay_out = first_fit if self.packing.rows is None else next_fit  # next_fit: the sampler's rows
+                plan = lay_out(lengths, self.packing.max_tokens)
                 batch["pack_row"], batch["pack_offset"] = torch.tensor(plan.row), torch.tensor(plan.offset)  # (B,)
                 batch["pack_shape"] = (plan.rows, plan.width)
         if over:

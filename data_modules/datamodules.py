@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from data_modules.batching import BatchedDataset, TokenBudgetSampler
 from data_modules.collate import Collator
 from data_modules.datasets import ClipLoader, MapDataset, StreamingDataset
 from data_modules.features import FeatureStore
@@ -111,6 +112,7 @@ class _ClipDataModule(L.LightningDataModule):
         self.box_substeps = 1
         self.feature_cache: str | None = None
         self._features: FeatureStore | None = None
+        self._lengths: tuple[list, list[int]] | None = None  # (train records, their LLM lengths): packing.rows
 
     # --- configuration from the model -------------------------------------------------------------------------
     def configure_preprocess(
@@ -258,14 +260,35 @@ class _ClipDataModule(L.LightningDataModule):
             self._features = store
         return self._features
 
+    def _budget_sampler(self, records: list, rank: int, world: int) -> TokenBudgetSampler:
+        """Token-budget batches over the training records (``packing.rows``, `data_modules.batching`); their LLM
+        lengths are counted from the text (no video read), once per records list."""
+        if self._lengths is None or self._lengths[0] is not records:
+            collator = self.collator()
+            self._lengths = (records, [collator.llm_length(r) for r in records])
+        return TokenBudgetSampler(
+            self._lengths[1],
+            max_tokens=self.packing.max_tokens,
+            rows=self.packing.rows,
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
+        )
+
+    def _fills_budget(self, train: bool) -> bool:
+        """Whether this loader makes token-budget batches (training, with ``packing.rows``)."""
+        return train and self.packing is not None and self.packing.rows is not None
+
     def _loader(self, source, records: list | None, train: bool) -> StatefulDataLoader:
         rank, world = self._dist()
-        common = dict(
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            num_workers=self.num_workers,
-            collate_fn=self.collator(),
-            persistent_workers=False,
-        )
+        common = dict(num_workers=self.num_workers, collate_fn=self.collator(), persistent_workers=False)
+        if self._fills_budget(train) and isinstance(source, WebDatasetSource):
+            raise ValueError(
+                "packing.rows (token-budget batches) plans each epoch from every sample's length, which a streamed "
+                "WebDatasetSource does not know before reading its shards: give a map-style train source (e.g. "
+                "CaptionManifest) or set packing.rows: null (each batch of batch_size samples is still packed)"
+            )
+        common["batch_size"] = self.batch_size if train else self.eval_batch_size
         if isinstance(source, WebDatasetSource):
             ds = StreamingDataset(
                 source,
@@ -282,10 +305,14 @@ class _ClipDataModule(L.LightningDataModule):
         if loader.features is not None:  # entries computed from other files than these: one line, before any worker
             loader.features.verify((r.video_key, r.video) for r in records if r.modality == "video")
         ds = MapDataset(records, loader, self.skips, replace_bad=train)
+        generator = torch.Generator().manual_seed(self.seed)
+        if self._fills_budget(train):  # the sampler yields whole batches: batch_size=None
+            sampler = self._budget_sampler(records, rank, world)
+            common["batch_size"] = None
+            return StatefulDataLoader(BatchedDataset(ds), sampler=sampler, generator=generator, **common)
         if world > 1:
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
             return StatefulDataLoader(ds, sampler=sampler, drop_last=train, **common)
-        generator = torch.Generator().manual_seed(self.seed)
         return StatefulDataLoader(ds, shuffle=train, generator=generator, drop_last=False, **common)
 
     def _load_records(self, name: str, source) -> None:
@@ -350,8 +377,9 @@ class VideoTextDataModule(_ClipDataModule):
         token_budget: TokenBudget | None = None,
     ) -> None:
         """``packing``: ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens
-        (padding-free, the same losses); ``token_budget``: per-sample bounds (`data_modules.packing`,
-        docs/packing.md). Both off by default."""
+        (padding-free, the same losses); ``{max_tokens: N, rows: R}`` also fills each training batch to R rows of N
+        tokens instead of ``batch_size`` samples (a map-style train source: `data_modules.batching`);
+        ``token_budget``: per-sample bounds (`data_modules.packing`, docs/packing.md). All off by default."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer,
@@ -465,8 +493,9 @@ class InstructionDataModule(_ClipDataModule):
         leave it null for a model, which sees pixels and unlabelled boxes only. ``feature_cache``: a `vrp cache`
         folder; every split then reads the frozen encoder's tokens per video instead of decoding. ``packing``:
         ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens (padding-free, the same
-        losses); ``token_budget``: per-sample bounds (`data_modules.packing`, docs/packing.md). Both off by
-        default."""
+        losses); ``{max_tokens: N, rows: R}`` also fills each training batch to R rows of N tokens instead of
+        ``batch_size`` samples (`data_modules.batching`); ``token_budget``: per-sample bounds (`data_modules.packing`,
+        docs/packing.md). All off by default."""
         super().__init__()
         self._init_common(
             tokenizer=tokenizer,

@@ -1,5 +1,7 @@
 """The packing plan (first-fit into rows of at most N tokens) and the per-sample token budget: the frame cap spreads
-a clip's frames over its window, a sample over ``max_tokens`` is skipped (counted, with its key) or truncated."""
+a clip's frames over its window, a sample over ``max_tokens`` is skipped (counted, with its key) or truncated.
+Token-budget batches (``packing.rows``): within their rows, every sample once per epoch, deterministic from the seed,
+resumed exactly, as many batches on every rank."""
 
 from __future__ import annotations
 
@@ -7,12 +9,15 @@ import logging
 
 import pytest
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from data_modules.batching import BatchedDataset, TokenBudgetSampler
 from data_modules.collate import Collator
-from data_modules.datamodules import InstructionDataModule
+from data_modules.datamodules import InstructionDataModule, VideoTextDataModule
 from data_modules.datasets import ClipLoader
-from data_modules.packing import Packing, TokenBudget, first_fit
+from data_modules.packing import Packing, TokenBudget, first_fit, next_fit
 from data_modules.skips import SkipCounter
+from data_modules.sources import WebDatasetSource
 from data_modules.sources.record import Record
 from data_modules.transforms import VideoTransform
 
@@ -97,3 +102,161 @@ def test_datamodule_hands_the_budget_and_packing_to_loader_and_collator(assets):
     assert batch["pack_shape"] == (1, int(batch["seq_lengths"].sum())) and batch["pack_row"].tolist() == [0, 0]
     with pytest.raises(ValueError, match="no sample fits"):
         dm.configure_visual_tokens(200)
+
+
+# --- token-budget batches (packing.rows) ---------------------------------------------------------------------------
+def _mix_lengths(n: int = 300, seed: int = 0) -> list[int]:
+    """LLM lengths like an instruction mix (Q = 16): short answers, captions, chats, and a few over one row."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([20, 60, 150])[torch.randint(0, 3, (n,), generator=g)]
+    lengths = (16 + base + torch.randint(0, 40, (n,), generator=g)).tolist()
+    return [240 if i % 97 == 5 else n for i, n in enumerate(lengths)]  # 240 > max_tokens: a row of its own
+
+
+def _sampler(lengths, **kw) -> TokenBudgetSampler:
+    return TokenBudgetSampler(lengths, **({"max_tokens": 200, "rows": 3, "seed": 7} | kw))
+
+
+def test_budget_batches_fit_their_rows_and_cover_every_sample_once():
+    lengths = _mix_lengths()
+    sampler = _sampler(lengths)
+    counts = set()
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        counts.add(len(batches))
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each sample once
+        for b in batches:
+            plan = next_fit([lengths[i] for i in b], 200)  # how the collator lays the batch out
+            assert plan.rows <= 3
+            assert plan.width <= 200 or len(b) == 1 or max(lengths[i] for i in b) > 200  # only an oversize one over
+        fill = sum(lengths) / (len(batches) * 3 * 200)
+        assert fill > 0.9 and len(batches) < len(lengths) / 4  # more samples than rows per batch, rows nearly full
+    assert len(counts) == 1  # as many batches every epoch (Lightning counts them once)
+
+
+def test_budget_batches_are_deterministic_from_the_seed():
+    lengths = _mix_lengths()
+    a, b, c = _sampler(lengths), _sampler(lengths), _sampler(lengths, seed=8)
+    assert list(a) == list(b) and list(a) != list(c)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) and list(a) != list(c)  # a new shuffle each epoch, the same on every run
+    unshuffled = _sampler(lengths, shuffle=False)
+    assert list(unshuffled) == list(_sampler(lengths, shuffle=False, seed=99))
+
+
+def test_budget_sampler_resumes_where_it_stopped():
+    lengths = _mix_lengths()
+    first = _sampler(lengths)
+    first.set_epoch(2)
+    it = iter(first)
+    seen = [next(it) for _ in range(5)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "yielded": 5}
+    resumed = _sampler(lengths)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # Lightning sets the epoch before iterating
+    assert seen + list(resumed) == list(first.batches())
+    resumed.load_state_dict({"epoch": 1, "yielded": 5})  # saved in a finished epoch: the next one starts whole
+    assert list(resumed) == first.batches()
+
+
+def test_budget_batches_give_every_rank_as_many_batches():
+    lengths = _mix_lengths(301)
+    every = _sampler(lengths).all_batches()
+    ranks = [_sampler(lengths, num_replicas=4, rank=r) for r in range(4)]
+    per_rank = [r.batches() for r in ranks]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(every) // 4
+    dealt = [b for rank in per_rank for b in rank]
+    assert sorted(map(tuple, dealt)) == sorted(map(tuple, every[: 4 * len(per_rank[0])]))  # the tail is dropped
+    assert len(every) % 4 == len(every) - len(dealt) < 4
+
+
+def _cheap(batch: list[int]) -> list[int]:
+    return batch
+
+
+def test_budget_loader_resumes_exactly_with_workers():
+    """The stateful loader with 2 workers saves the sampler's position: a new loader continues with the same batches."""
+    lengths = _mix_lengths()
+
+    def loader() -> StatefulDataLoader:
+        data = BatchedDataset(list(range(len(lengths))))
+        return StatefulDataLoader(data, sampler=_sampler(lengths), batch_size=None, num_workers=2, collate_fn=_cheap)
+
+    full = list(loader())
+    cut = loader()
+    it = iter(cut)
+    head = [next(it) for _ in range(4)]
+    state = cut.state_dict()
+    del it
+    again = loader()
+    again.load_state_dict(state)
+    assert head + list(again) == full
+
+
+def _records(assets, n: int = 12) -> list[Record]:
+    words = "red blue green a square moves right".split()
+    return [
+        Record(
+            key=f"r{i}",
+            video=str(assets / "videos" / f"clip{i % 12:02d}.mp4"),
+            turns=[
+                ("What colour is it?" if i == 3 else "<video>\nWhat colour is it?", " ".join(words[: 1 + 5 * i % 7]))
+            ],
+            modality="text" if i == 3 else "video",  # a text-only one: no visual tokens
+        )
+        for i in range(n)
+    ]
+
+
+def test_llm_length_counts_what_the_collator_makes(assets):
+    collator = Collator(str(assets / "tokenizer"), budget=TokenBudget(max_tokens=30, overflow="truncate"))
+    with pytest.raises(RuntimeError, match="configure_visual_tokens"):
+        collator.llm_length(_records(assets)[0])
+    collator.configure_visual_tokens(6)
+    records = _records(assets)
+    samples = [_sample(r.key, "x") | {"turns": r.turns, "modality": r.modality} for r in records]
+    batch = collator(samples)
+    assert "skipped" not in batch and max(batch["seq_lengths"]) == 30  # some cut to the budget
+    assert [collator.llm_length(r) for r in records] == batch["seq_lengths"].tolist()
+
+
+class _Records:
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def load(self, skips: SkipCounter) -> list[Record]:
+        return self.records
+
+
+def test_datamodule_builds_budget_batches_and_refuses_streams(assets):
+    dm = InstructionDataModule(
+        train=_Records(_records(assets)),
+        val=_Records(_records(assets)),
+        test=_Records(_records(assets)),
+        tokenizer=str(assets / "tokenizer"),
+        num_frames=2,
+        num_workers=0,
+        packing=Packing(48, rows=2),
+    )
+    dm.configure_visual_tokens(6)
+    dm.configure_preprocess(16, (0.5,) * 3, (0.5,) * 3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, TokenBudgetSampler)
+    batches = list(loader)
+    assert sorted(k for b in batches for k in b["keys"]) == sorted(r.key for r in _records(assets))
+    assert all(b["pack_shape"][0] <= 2 and b["pack_shape"][1] <= 48 for b in batches)
+    assert max(len(b["keys"]) for b in batches) > 2  # more samples than rows: short ones share
+    assert next(iter(dm.val_dataloader()))["keys"] == [f"r{i}" for i in range(8)]  # evaluation: batch_size
+    with pytest.raises(ValueError, match="packing.rows must be >= 1"):
+        Packing(48, rows=0)
+    stage1 = VideoTextDataModule(
+        train=WebDatasetSource(sorted(str(p) for p in (assets / "shards").glob("*.tar"))),
+        tokenizer=str(assets / "tokenizer"),
+        packing=Packing(48, rows=2),
+    )
+    with pytest.raises(ValueError, match="packing.rows .* set packing.rows: null"):
+        stage1.train_dataloader()

@@ -1,5 +1,7 @@
 """Packed batches (`data_modules.packing`): the stage-1 losses (contrastive, matching, captioning) and the stage-2
-loss, and their gradients, equal the unpacked batch's within 1e-5 in fp32; rows never mix samples."""
+loss, and their gradients, equal the unpacked batch's within 1e-5 in fp32; rows never mix samples. Token-budget
+batches (`packing.rows`) give the loss of the same samples padded; the contrastive all-gather takes ranks holding
+different numbers of samples."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ from functools import partial
 
 import pytest
 import torch
+import torch.distributed as dist
 from test_stage1 import QFORMER
 
+from data_modules.batching import TokenBudgetSampler
 from data_modules.collate import Collator
 from data_modules.packing import Packing
 from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, VideoReasoner
 from vrp.models.reasoner import pack_sequences
-from vrp.training.losses import lm_loss
+from vrp.training.losses import gather_with_grad, lm_loss
 from vrp.training.stage1 import AlignmentPretraining
 
 T = 2
@@ -116,3 +120,63 @@ def test_pack_sequences_keeps_samples_apart():
     assert packed[..., 0].tolist() == [[0, 1, 2, 5, 6, 0], [11, 12, 13, 14, 0, 0]]
     assert pos.tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
     assert lab.tolist() == [[-100, 101, 102, -100, 106, -100], [-100, 112, 113, 114, -100, -100]]
+
+
+def test_token_budget_batches_give_the_unpacked_loss(tiny_root):
+    """Each batch the token-budget sampler makes (`packing.rows`), laid out in its rows, gives the loss and gradients
+    of the same samples padded: the budget changes which samples share a step, not what a step computes."""
+    fusion = partial(MLPConnector, output_dim=32, temporal_bins=2, spatial_size=(2, 1))
+    model = _reasoner(tiny_root, fusion, "lora", "sdpa").train()
+    Q = model.num_video_tokens
+    plain = Collator(str(tiny_root / "tokenizer"))
+    budget = Collator(str(tiny_root / "tokenizer"), packing=Packing(64, rows=2))
+    for c in (plain, budget):
+        c.configure_visual_tokens(Q)
+    samples = _samples(12)
+    lengths = plain(samples)["seq_lengths"].tolist()
+    batches = list(TokenBudgetSampler(lengths, max_tokens=64, rows=2, seed=0))
+    assert sorted(i for b in batches for i in b) == list(range(12)) and max(len(b) for b in batches) > 2
+    for indices in batches:
+        chosen = [samples[i] for i in indices]
+        results = []
+        for batch in (plain(chosen), budget(chosen)):
+            model.zero_grad()
+            loss = lm_loss(model, model.video_tokens(batch), batch)
+            loss.backward()
+            results.append((loss.detach(), _grads(model)))
+        assert budget(chosen)["pack_shape"][0] <= 2
+        (a, ga), (b, gb) = results
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (indices, a, b)
+        for name in ga:
+            assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        sizes = [2, 3]  # token-budget batches: the ranks hold different numbers of samples
+        full, weight = torch.arange(20.0).view(5, 4), torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+        start = sum(sizes[:rank])
+        local = full[start : start + sizes[rank]].clone().requires_grad_()
+        gathered, offset = gather_with_grad(local)
+        (gathered * weight).sum().backward()
+        torch.save({"gathered": gathered.detach(), "offset": offset, "grad": local.grad, "start": start}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawned(rank: int, world: int, init: str, folder: str) -> None:
+    _gather_worker(rank, world, init, f"{folder}/rank{rank}.pt")
+
+
+def test_contrastive_gather_takes_ranks_with_different_batch_sizes(tmp_path):
+    """Stage 1's all-gather (ITC) over 2 gloo processes holding 2 and 3 samples: every row once, this rank's offset,
+    and each rank's gradient the sum of both ranks' (the same as equal batches)."""
+    world = 2
+    torch.multiprocessing.spawn(_spawned, args=(world, f"file://{tmp_path}/store", str(tmp_path)), nprocs=world)
+    weight = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["gathered"], torch.arange(20.0).view(5, 4)) and got["offset"] == got["start"]
+        rows = slice(got["start"], got["start"] + got["grad"].shape[0])
+        assert torch.allclose(got["grad"], world * weight[rows])

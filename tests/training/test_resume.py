@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,10 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-def _config(root: Path, run: Path, packing: bool = False) -> Path:
+PACKING = {"packed": {"max_tokens": 96}, "budget": {"max_tokens": 96, "rows": 2}}  # data_modules.packing
+
+
+def _config(root: Path, run: Path, packing: str | None = None) -> Path:
     cfg = {
         "seed_everything": 3,
         "trainer": {
@@ -115,8 +119,10 @@ def _config(root: Path, run: Path, packing: bool = False) -> Path:
             },
         },
     }
-    if packing:  # packed rows of at most 96 LLM tokens (data_modules.packing)
-        cfg["data"]["init_args"]["packing"] = {"max_tokens": 96}
+    if packing:  # packed rows of at most 96 LLM tokens; "budget": batches of 2 such rows, not of batch_size
+        cfg["data"]["init_args"]["packing"] = PACKING[packing]
+        progress = {"class_path": "vrp.training.ProgressLog", "init_args": {"every_n_steps": STEPS, "when": "always"}}
+        cfg["trainer"]["callbacks"].append(progress)  # prints the run's mean samples per step
     path = run / "config.yaml"
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
@@ -169,11 +175,11 @@ def _resume_matches(config: Path, log: Path, resumed_from: int, reference: dict[
         assert loss == reference[step], (step, loss, reference[step])  # bit-exact on CPU
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packing", [None, "packed", "budget"], ids=["padded", "packed", "budget"])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, reference, tmp_path, packing):
     if packing:  # the packed run's own uninterrupted losses
         proc = subprocess.run(
-            _cmd(_config(synthetic_root, tmp_path / "full", packing=True)),
+            _cmd(_config(synthetic_root, tmp_path / "full", packing=packing)),
             env=_env(),
             capture_output=True,
             text=True,
@@ -181,6 +187,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(synthetic_root, ref
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         reference = _losses(tmp_path / "full" / "losses.jsonl")
+        assert sorted(reference) == list(range(1, STEPS + 1))
+        mean = float(re.search(r"\[train-summary\] 10 optimizer steps, mean ([\d.]+) samples/step", proc.stdout)[1])
+        assert mean > 4 if packing == "budget" else mean == 4  # the budget fits more than batch_size short samples
     cut_run = tmp_path / "cut"
     config = _config(synthetic_root, cut_run, packing)
     log = cut_run / "losses.jsonl"

@@ -181,7 +181,10 @@ class ProgressLog(L.Callback):
         padding 4.1% | 0.89 s/step | elapsed 0:01:47 | ETA 0:20:31   (one line)
 
     ``loss`` is the mean training loss of the steps since the previous line; samples/s, samples per optimizer step
-    and tokens/s (the LLM's real tokens, visual ones included; all ranks: this rank's counts times the world size),
+    (their mean over those steps: with token-budget batches, ``packing.rows``, it varies from step to step; the run's
+    mean is printed at the end as ``[train-summary] N optimizer steps, mean X samples/step``)
+    and tokens/s (the LLM's real tokens, visual ones included; all ranks: this rank's counts times the world size, an
+    estimate with token-budget batches, whose ranks' counts differ),
     the padding fraction (of the LLM token slots computed: padded rows, or packed rows with ``packing`` on;
     `vrp.training.batches.token_counts`) and s/step are measured over the same steps, and the ETA extrapolates that pace to
     the run's last step (``max_steps``, else what ``max_epochs`` amounts to). ``when``: ``"no_tty"`` (default) prints
@@ -197,6 +200,7 @@ class ProgressLog(L.Callback):
         self.clock = time.monotonic  # seconds; tests give it a fake clock
         self._reset(step=0, now=0.0)
         self._start = 0.0
+        self._run = (0, 0)
 
     def enabled(self) -> bool:
         return self.when == "always" or (self.when == "no_tty" and not sys.stdout.isatty())
@@ -209,6 +213,13 @@ class ProgressLog(L.Callback):
         now = self.clock()
         self._start = now
         self._reset(trainer.global_step, now)  # a resumed run measures from where it resumed
+        self._run = (trainer.global_step, 0)  # (first step, samples since): the run's mean samples per step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.enabled() and trainer.global_step > self._run[0]:
+            steps = trainer.global_step - self._run[0]
+            mean = self._run[1] * trainer.world_size / steps
+            print(f"[train-summary] {steps} optimizer steps, mean {mean:.1f} samples/step", flush=True)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -222,6 +233,7 @@ class ProgressLog(L.Callback):
             self._losses.append(float(loss.detach()))
         if isinstance(batch, dict):
             self._samples += batch_size(batch)
+            self._run = (self._run[0], self._run[1] + batch_size(batch))
             real, slots = token_counts(batch, pl_module.model.num_video_tokens)
             self._tokens, self._slots = self._tokens + real, self._slots + slots
         step = trainer.global_step

@@ -14,15 +14,21 @@ from vrp.models.contracts import MaskedBoxModel
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All-gather `x` (B, ...) from every rank along dim 0, keeping gradients to the local slice.
 
-    Returns the gathered tensor (world*B, ...) and the offset of this rank's rows in it. Single process: (x, 0).
-    Every rank must hold the same B.
+    Returns the gathered tensor (sum of the ranks' B, ...) and the offset of this rank's rows in it. Single process:
+    (x, 0). Ranks may hold different B (token-budget batches, `data_modules.batching`): each sends its rows padded to
+    the largest B, and the padding is cut out of what comes back.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    parts = all_gather(x.contiguous())
-    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(n) for n in sizes]  # (world,) rows per rank
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, max(sizes) - x.shape[0]))  # (max B, ...)
+    parts = all_gather(padded.contiguous())
+    rank = dist.get_rank()
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0), sum(sizes[:rank])
 
 
 def video_text_similarity(video_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
