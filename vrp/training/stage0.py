@@ -403,3 +403,100 @@ def pretrain_llm(
     }
     (Path(llm_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def track_windows(
+    tracks: str | Path, *, rows: int = 32, spacing: tuple[float, float] = (0.5, 1.0), per_video: int = 4, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Windows of ``rows`` box rows from every video of a tracks file (the object stage's output, the boxes layout;
+    no label): per video ``per_video`` windows, each at a random spacing in ``spacing`` frames per row (a clip's
+    sampled frames and their box rows fall at about that spacing, and rates vary between videos) from a random
+    start, interpolated between frames. -> boxes (N, rows, K, 4), mask (N, rows, K) (K: the most objects in a
+    video; rows past a video's end masked) and each window's video key."""
+    from data_modules.sources.boxes import BoxTable, interpolate_frames
+
+    table = BoxTable(str(tracks)).table
+    if not table:
+        raise FileNotFoundError(f"no tracks in {tracks}; run the object stage first (make tracks / vrp track)")
+    g = torch.Generator().manual_seed(seed)
+    K = max(t.shape[1] for t in table.values())
+    boxes, masks, keys = [], [], []
+    for key in sorted(table):
+        t = table[key]  # (F, Kv, 4), NaN where absent
+        t = torch.cat([t, t.new_full((t.shape[0], K - t.shape[1], 4), float("nan"))], dim=1)
+        for _ in range(per_video):
+            step = spacing[0] + (spacing[1] - spacing[0]) * torch.rand((), generator=g).item()
+            room = max(t.shape[0] - 1 - step * (rows - 1), 0.0)
+            pos = room * torch.rand((), generator=g).item() + step * torch.arange(rows, dtype=torch.float64)
+            b = interpolate_frames(t, pos)
+            m = ~b.isnan().any(-1) & (pos <= t.shape[0] - 1)[:, None]
+            boxes.append(b.nan_to_num(0.0))
+            masks.append(m)
+            keys.append(key)
+    return torch.stack(boxes).float(), torch.stack(masks), keys
+
+
+def pretrain_dynamics(
+    out_dir: str | Path,
+    tracks: str | Path,
+    *,
+    steps: int,
+    hidden_size: int = 64,
+    gate_penalty: float = 0.01,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    held_out: float = 0.05,
+    log_every: int = 250,
+) -> dict:
+    """Train an `InteractionDynamics` on `track_windows` of the TRAIN split's tracks (``tracks``: the object stage's
+    ``train.json``), self-supervised (predict each change of motion; no label), and save it to ``out_dir``. The
+    report gives the held-out videos' relative motion error (1 = predicting constant motion) before and after, and
+    the mean gate sum per row."""
+    from vrp.models.dynamics import InteractionDynamics
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    start = time.time()
+    boxes, mask, keys = track_windows(tracks, seed=seed)
+    videos = sorted(set(keys))
+    held = set(random.Random(seed).sample(videos, max(1, int(len(videos) * held_out))))
+    is_held = torch.tensor([k in held for k in keys])
+    train_idx = (~is_held).nonzero().flatten().tolist()
+    model = InteractionDynamics(hidden_size, gate_penalty)
+
+    def held_out_error() -> dict:
+        model.eval()
+        with torch.no_grad():
+            _, parts = model.loss(boxes[is_held], mask[is_held])
+        model.train()
+        return {k: round(v, 4) for k, v in parts.items()}
+
+    before = held_out_error()
+    losses = _train(
+        "dynamics",
+        list(model.parameters()),
+        lambda idx: model.loss(boxes[[train_idx[i] for i in idx]], mask[[train_idx[i] for i in idx]])[0],
+        len(train_idx),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        log_every=log_every,
+        start=start,
+    )
+    after = held_out_error()
+    model.save_pretrained(out_dir)
+    report = {
+        "steps": steps,
+        **loss_ends(losses),
+        "held_out_motion_error_start": before["motion"],
+        "held_out_motion_error": after["motion"],
+        "held_out_gates_per_row": after["gates"],
+        "windows": len(train_idx),
+        "videos": len(videos) - len(held),
+        "tracks": str(tracks),
+        "seconds": round(time.time() - start, 1),
+    }
+    (Path(out_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
+    return report
