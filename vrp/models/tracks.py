@@ -8,14 +8,7 @@ the object's attributes (``appearance="oracle"``: multi-hot ``box_attributes`` f
 nothing (``appearance="none"``: boxes only). A pre-norm transformer attends over all K x T tokens at once, so an
 object's token at frame t can read every other object at every frame.
 
-With ``dynamics`` (the folder of a stage-0 `vrp.models.dynamics.InteractionDynamics`, trained without labels on
-tracks to predict how motions change) each token also gets what acts on its object at its frame, read from the
-dynamics model's gates (`InteractionMessages`), and with ``rollout_frames=F`` the dynamics model rolls every object
-on for F frames after the clip and the reasoner reads those rolled-out tokens too (SlotFormer's roll-outs): what
-happens next is in tokens of their own instead of something the layers must extrapolate.
-
-Output: the ``max_objects x (T + F)`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the
-LLM.
+Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
 """
 
 from __future__ import annotations
@@ -25,12 +18,20 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vrp.models.dynamics import InteractionDynamics, InteractionMessages, centre_motion, frozen
 from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
 BOX_FEATURES = 12  # xyxy, centre, size, centre motion from the previous and to the next row
 POSITION_FEATURES = 8  # the first 8 of them, xyxy, centre and size: the box features without its motion
+
+
+def centre_motion(boxes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, R, K, 4) xyxy, (B, R, K) mask -> centres (B, R, K, 2) and the centre motion into and out of each row
+    (B, R, K, 2) each, 0 where the row or its neighbour is absent (and into the first / out of the last row)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    step = (centre[:, 1:] - centre[:, :-1]) * (mask[:, 1:] & mask[:, :-1])[..., None]  # (B, R-1, K, 2)
+    zero = torch.zeros_like(centre[:, :1])
+    return centre, torch.cat([zero, step], dim=1), torch.cat([step, zero], dim=1)
 
 
 def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,11 +47,10 @@ class TrackFusion(nn.Module):
     """Fusion over object tracks; built by the reasoner as ``TrackFusion(vision_width, grid, num_prefix_tokens, ...)``.
 
     Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T * S, K, 4), box_mask (B, T * S, K),
-    box_attributes (B, K, V) = None) -> (B, max_objects * (T + rollout_frames), hidden_size)``, S = ``box_substeps``
-    (row ``t * S`` is frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with
-    ``appearance="oracle"`` (V = ``num_attributes``). Options: ``appearance``, ``identity_embed``, ``time_embed``,
-    ``motion`` (the motion part of the box features), ``box_substeps``, ``dynamics`` (`InteractionMessages` from a
-    stage-0 dynamics model; None: off) and ``rollout_frames`` (its roll-outs after the clip; 0: off).
+    box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``, S = ``box_substeps`` (row ``t * S`` is
+    frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with ``appearance="oracle"``
+    (V = ``num_attributes``). Options: ``appearance``, ``identity_embed``, ``time_embed``, ``motion`` (the motion
+    part of the box features) and ``box_substeps``.
     """
 
     supports_text = False
@@ -75,8 +75,6 @@ class TrackFusion(nn.Module):
         time_embed: bool = True,
         motion: bool = True,
         box_substeps: int = 1,
-        dynamics: str | None = None,
-        rollout_frames: int = 0,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -84,16 +82,11 @@ class TrackFusion(nn.Module):
             raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
         if box_substeps < 1:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
-        if rollout_frames < 0 or (rollout_frames and dynamics is None):
-            raise ValueError(
-                f"rollout_frames={rollout_frames} needs a dynamics model (set dynamics to its folder: vrp prepare "
-                "--dynamics-steps) and must be >= 0"
-            )
         self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
         self.appearance, self.max_objects, self.motion = appearance, max_objects, motion
-        self.num_frames, self.box_substeps, self.rollout_frames = num_frames, box_substeps, rollout_frames
+        self.num_frames, self.box_substeps = num_frames, box_substeps
         self.hidden_size = self.output_dim = hidden_size
-        self.num_output_tokens = max_objects * (num_frames + rollout_frames)
+        self.num_output_tokens = max_objects * num_frames
         if appearance == "roi":
             self.visual_norm = nn.LayerNorm(vision_width)
             self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
@@ -102,11 +95,8 @@ class TrackFusion(nn.Module):
         self.box_embed = nn.Sequential(
             nn.Linear(box_substeps * BOX_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
-        # the stage-0 dynamics model is read, never trained here: its weights are buffers
-        self.dynamics = None if dynamics is None else frozen(InteractionDynamics.from_pretrained(dynamics))
-        self.interactions = None if dynamics is None else InteractionMessages(hidden_size, box_substeps)
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
-        self.time = nn.Parameter(torch.randn(num_frames + rollout_frames, hidden_size) * 0.02) if time_embed else None
+        self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         layer = nn.TransformerEncoderLayer(
             hidden_size,
             num_heads,
@@ -120,14 +110,14 @@ class TrackFusion(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
 
     def embed_boxes(self, rows: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
-        """Box rows (B, F * S, K, 4), mask (B, F * S, K) -> one embedding per (frame, object) (B, F, K, H) of the
+        """Box rows (B, T * S, K, 4), mask (B, T * S, K) -> one embedding per (frame, object) (B, T, K, H) of the
         frame's S rows' box features."""
-        B, FS, K, _ = rows.shape
+        B, TS, K, _ = rows.shape
         S = self.box_substeps
         feats = box_features(rows, row_mask)
         if not self.motion:
             feats = torch.cat([feats[..., :POSITION_FEATURES], torch.zeros_like(feats[..., POSITION_FEATURES:])], -1)
-        return self.box_embed(feats.view(B, FS // S, S, K, -1).transpose(2, 3).reshape(B, FS // S, K, -1))
+        return self.box_embed(feats.view(B, TS // S, S, K, -1).transpose(2, 3).reshape(B, TS // S, K, -1))
 
     def tokens(
         self,
@@ -137,7 +127,7 @@ class TrackFusion(nn.Module):
         box_mask: torch.Tensor | None,
         box_attributes: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input tokens (B, T + F, K, H) before attention and their keep-mask (B, T + F, K), K = ``max_objects``."""
+        """Input tokens (B, T, K, H) before attention and their keep-mask (B, T, K), K = ``max_objects``."""
         B, T, N, D = visual.shape
         if boxes is None:
             raise ValueError(
@@ -175,13 +165,6 @@ class TrackFusion(nn.Module):
                 )
             app = self.attribute_embed(box_attributes.to(x.dtype))[:, None].expand_as(x)  # the same in every frame
         x = x + app
-        m = mask[..., None].to(x.dtype)
-        per_object = (app * m).sum(1) / m.sum(1).clamp(min=1)  # (B, K, H): each object's mean appearance
-        if self.dynamics is not None:
-            x = x + self.interactions(self.dynamics(boxes, rows)[1], per_object)
-        if self.rollout_frames:
-            future, future_mask = self.rolled_out(boxes, rows, per_object)
-            x, mask = torch.cat([x, future], dim=1), torch.cat([mask, future_mask], dim=1)
         pad = self.max_objects - K
         if pad:
             x = torch.cat([x, x.new_zeros(*x.shape[:2], pad, x.shape[-1])], dim=2)
@@ -189,25 +172,8 @@ class TrackFusion(nn.Module):
         if self.identity is not None:
             x = x + self.identity[None, None]
         if self.time is not None:
-            time = interpolate_embeddings(self.time[: self.num_frames], T)  # clips of other lengths: interpolated
-            x = x + torch.cat([time, self.time[self.num_frames :]])[None, :, None]
+            x = x + interpolate_embeddings(self.time, T)[None, :, None]  # clips of other lengths: interpolated
         return x, mask
-
-    def rolled_out(
-        self, rows: torch.Tensor, row_mask: torch.Tensor, appearance: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of the ``rollout_frames`` frames after the clip: the dynamics model rolls each object present at
-        the clip's end on for F * S box rows; each future (object, frame) token embeds those rows' box features
-        (motion continuing from the clip's last rows), the object's appearance and the rolled-out interactions.
-        rows (B, T * S, K, 4), row_mask (B, T * S, K), appearance (B, K, H) -> tokens (B, F, K, H), mask (B, F, K)."""
-        B, TS, K, _ = rows.shape
-        S, F = self.box_substeps, self.rollout_frames
-        future, gates, alive = self.dynamics.rollout(rows, row_mask, F * S, recent=S)  # (B, F*S, K, 4), ..., (B, K)
-        both = torch.cat([row_mask, alive[:, None].expand(B, F * S, K)], dim=1)
-        x = self.embed_boxes(torch.cat([rows, future], dim=1), both)[:, TS // S :]  # (B, F, K, H)
-        x = x + appearance[:, None] + self.interactions(gates, appearance)
-        mask = alive[:, None].expand(B, F, K)
-        return x * mask[..., None], mask
 
     def forward(
         self,
@@ -220,12 +186,12 @@ class TrackFusion(nn.Module):
         text_ids: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """-> (B, max_objects * (T + F), H) frame-major track tokens; absent objects' tokens are zero."""
+        """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
         if text_ids is not None:
             raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
-        x, mask = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T + F, K, H)
-        B, L, K, H = x.shape
-        flat, mask = x.reshape(B, L * K, H), mask.reshape(B, L * K)
+        x, mask = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H)
+        B, T, K, H = x.shape
+        flat, mask = x.reshape(B, T * K, H), mask.reshape(B, T * K)
         keep = mask | ~mask.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN
-        out = self.norm(self.encoder(flat, src_key_padding_mask=~keep))  # (B, (T + F) * K, H)
+        out = self.norm(self.encoder(flat, src_key_padding_mask=~keep))  # (B, T * K, H)
         return out * mask[..., None]

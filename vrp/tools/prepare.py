@@ -117,19 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="stage-0 detector training steps on train frames (default: leave it alone)",
     )
-    p.add_argument(
-        "--dynamics-steps",
-        type=int,
-        default=None,
-        help="stage-0 training steps of the object dynamics model on the train split's tracks (needs --tracks)",
-    )
-    p.add_argument(
-        "--tracks", default=None, help="the object stage's tracks folder (its train.json), for --dynamics-steps"
-    )
     a = p.parse_args(argv)
     out = save_random_backbones(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    from vrp.training.stage0 import pretrain_detector, pretrain_dynamics, pretrain_llm, pretrain_vit
+    from vrp.training.stage0 import pretrain_detector, pretrain_llm, pretrain_vit
 
     if _stage0_due(out / "vit", "ViT", "--vit-steps", a.vit_steps):
         report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
@@ -153,17 +144,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{report['loss_start']} -> {report['loss_end']}, held-out train frames: precision "
             f"{report['held_out_precision']}, recall {report['held_out_recall']} (IoU >= 0.5), mean IoU "
             f"{report['held_out_mean_iou']}"
-        )
-    if a.dynamics_steps is not None and (a.dynamics_steps < 1 or a.tracks is None):
-        raise SystemExit(
-            "vrp prepare: --dynamics-steps needs steps >= 1 and --tracks (the object stage's tracks folder)"
-        )
-    if _stage0_due(out / "dynamics", "dynamics model", "--dynamics-steps", a.dynamics_steps):
-        report = pretrain_dynamics(out / "dynamics", Path(a.tracks) / "train.json", steps=a.dynamics_steps, seed=a.seed)
-        print(
-            f"stage 0: dynamics trained on {report['windows']} windows of {report['videos']} train videos' tracks in "
-            f"{report['seconds']} s; held-out motion error {report['held_out_motion_error_start']} -> "
-            f"{report['held_out_motion_error']} (1: constant motion), gates per row {report['held_out_gates_per_row']}"
         )
 
 
