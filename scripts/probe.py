@@ -185,7 +185,6 @@ def main(argv: list[str] | None = None) -> None:
 
     order: list[int] = []
     losses: list[float] = []
-    aux: list[float] = []  # the masked box loss, when the module has one
     t0 = time.time()
     for step in range(1, total + 1):
         if len(order) < dm.batch_size:
@@ -199,12 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        aux.append(parts["masked_boxes"].item() if "masked_boxes" in parts else 0.0)
         if step % a.eval_every == 0 or step == total:
             recent = losses[-a.eval_every :]
-            boxes = aux[-a.eval_every :]
-            extra = f"  masked boxes {sum(boxes) / len(boxes):.3f}" if any(boxes) else ""
-            print(f"step {step}  loss {sum(recent) / len(recent):.3f}{extra}  {time.time() - t0:.0f} s", flush=True)
+            print(f"step {step}  loss {sum(recent) / len(recent):.3f}  {time.time() - t0:.0f} s", flush=True)
             for split in ("train", "test"):
                 print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
 

@@ -71,14 +71,31 @@ class BoxTable:
         self, key: str, timestamps: torch.Tensor, fps: float, substeps: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (T * S, K, 4) and mask (T * S, K) of the frames at ``timestamps`` (seconds), S = ``substeps``:
-        row ``t * S + s`` is the box at `substep_times` (s = 0: the sampled frame itself); rows between frames that
-        fall past the video's last frame are masked."""
+        row ``t * S + s`` is the box at `substep_times` (s = 0: the sampled frame itself), interpolated between the
+        two frames around its time (`interpolate_frames`); rows between frames that fall past the video's last
+        frame are masked."""
         t = self.table[key]  # (F, K, 4)
-        pos = (substep_times(timestamps, substeps) * fps).round().long()  # (T * S,) frame indices
-        boxes = t[pos.clamp(0, t.shape[0] - 1)]
+        pos = substep_times(timestamps, substeps).double() * fps  # (T * S,) fractional frame positions
+        boxes = interpolate_frames(t, pos)
+        last = pos.round().long()
         between = torch.arange(len(pos)) % substeps != 0  # the rows after a sampled frame
-        mask = ~boxes.isnan().any(-1) & ~(between & (pos >= t.shape[0]))[:, None]
+        mask = ~boxes.isnan().any(-1) & ~(between & (last >= t.shape[0]))[:, None]
         return boxes.nan_to_num(0.0), mask
+
+
+def interpolate_frames(tracks: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tracks (F, K, 4), NaN where an object is absent, at fractional frame positions ``pos`` (R,) -> (R, K, 4):
+    linear between the two frames around each position where the object is in both, else the nearer frame's box
+    (NaN if absent there). Rows between frames then move as the object does, instead of repeating a frame and
+    jumping (which reads as a stop and a start)."""
+    F = tracks.shape[0]
+    pos = pos.clamp(0, F - 1)
+    i0 = pos.floor().long()
+    i1 = (i0 + 1).clamp(max=F - 1)
+    w = (pos - i0).to(tracks.dtype)[:, None, None]  # (R, 1, 1)
+    a, b = tracks[i0], tracks[i1]
+    both = ~(a.isnan().any(-1) | b.isnan().any(-1))[..., None]
+    return torch.where(both, a + (b - a) * w, torch.where(w >= 0.5, b, a))
 
 
 EXPECTED = '{"objects": [...], "boxes": [[[x1,y1,x2,y2] or null per object] per frame]}, coordinates in [0, 1]'
@@ -136,13 +153,17 @@ class ObjectTracker(Protocol):
 
 
 def rows_at(tracks: torch.Tensor, frame_times: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tracks (F, K, 4) at ``frame_times`` (F,) seconds -> boxes (R, K, 4) and mask (R, K) at ``times`` (R,): the
-    frame on screen at each time (the first one before it starts); rows past the last frame's time plus one frame
+    """tracks (F, K, 4) at ``frame_times`` (F,) seconds -> boxes (R, K, 4) and mask (R, K) at ``times`` (R,):
+    interpolated between the frames around each time (`interpolate_frames`; the first frame before it starts); rows past the last frame's time plus one frame
     interval are masked. With no track at all, one masked box per row, so that every clip has K >= 1."""
     if tracks.shape[1] == 0:
         return torch.zeros(len(times), 1, 4), torch.zeros(len(times), 1, dtype=torch.bool)
-    idx = (torch.searchsorted(frame_times.double(), times.double() + 1e-6, right=True) - 1).clamp(min=0)
+    ft = frame_times.double()
+    i0 = (torch.searchsorted(ft, times.double() + 1e-6, right=True) - 1).clamp(min=0)
+    i1 = (i0 + 1).clamp(max=len(ft) - 1)
+    span = (ft[i1] - ft[i0]).clamp(min=1e-9)
+    pos = i0 + ((times.double() - ft[i0]) / span).clamp(0, 1) * (i1 > i0)  # (R,) fractional frame positions
     step = frame_times.diff().median() if len(frame_times) > 1 else frame_times.new_tensor(float("inf"))
-    boxes = tracks[idx]
+    boxes = interpolate_frames(tracks, pos)
     mask = ~boxes.isnan().any(-1) & (times <= frame_times[-1] + step)[:, None]
     return boxes.nan_to_num(0.0), mask

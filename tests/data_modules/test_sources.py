@@ -192,3 +192,26 @@ def test_bad_sample_budget_waits_for_the_minimum_count():
     skips.check("samples")  # 20 of 400 = 5%: within budget
     with pytest.raises(TooManyBadSamples, match="21 of 401 samples read were bad"):
         skips.skip("k20", "decode_error")
+
+
+def test_box_rows_between_frames_are_interpolated(tmp_path):
+    """Rows between two frames move with the object instead of repeating a frame and jumping; where the object is
+    missing in one of the two frames, the nearer frame's box (or none) is used."""
+    import torch
+
+    from data_modules.sources.boxes import BoxTable, interpolate_frames, rows_at
+
+    nan = float("nan")
+    tracks = torch.tensor([[[0.0, 0.0, 0.2, 0.2]], [[0.2, 0.0, 0.4, 0.2]], [[nan, nan, nan, nan]]])  # (F=3, K=1, 4)
+    rows = interpolate_frames(tracks, torch.tensor([0.0, 0.25, 1.0, 1.4, 1.6, 2.0]))
+    torch.testing.assert_close(rows[:2, 0], torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.05, 0.0, 0.25, 0.2]]))
+    torch.testing.assert_close(rows[2:4, 0], tracks[1, 0].expand(2, 4))  # frame 2 absent: frame 1's box, the nearer
+    assert rows[4:].isnan().all()  # nearer to the absent frame
+    boxes, mask = rows_at(tracks, torch.tensor([0.0, 0.1, 0.2]), torch.tensor([0.05, 0.1]))
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([0.1, 0.0, 0.3, 0.2]))
+    assert mask.tolist() == [[True], [True]]
+    p = tmp_path / "boxes.json"
+    p.write_text(json.dumps({"v": {"objects": ["a"], "boxes": [[[0.0, 0.0, 0.2, 0.2]], [[0.2, 0.0, 0.4, 0.2]]]}}))
+    boxes, mask = BoxTable(str(p)).lookup("v", torch.tensor([0.0, 0.1]), fps=10, substeps=2)  # frames 0, .5, 1, 1.5
+    assert mask[:, 0].tolist() == [True, True, True, False]  # the row past the last frame is masked
+    torch.testing.assert_close(boxes[:3, 0, 0], torch.tensor([0.0, 0.1, 0.2]))  # halfway between frames 0 and 1

@@ -150,3 +150,15 @@ def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypa
     run = cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2"])
     assert "test/acc_overall" in run.trainer.callback_metrics
     assert not list(data.glob("*/boxes.json"))
+
+
+def test_no_recipe_but_the_oracles_reads_simulator_boxes():
+    """The simulator's boxes (`boxes.json`, `synthetic_boxes`) are inputs of oracle rows only: every other shipped
+    config (the stages, ablations, baselines, zero-shot) reads the object stage's tracks."""
+    oracles = {"tracks_ground_truth.yaml", "state_oracle.yaml", "tracker_oracle.yaml"}
+    readers = [
+        p.relative_to(ROOT)
+        for p in sorted((ROOT / "experiments").rglob("*.yaml"))
+        if p.name not in oracles and ("boxes.json" in p.read_text() or "synthetic_boxes: true" in p.read_text())
+    ]
+    assert readers == []

@@ -11,9 +11,6 @@ code, in `data_modules.sources.record.MapSource`: the models never import data c
   reasoner as ``fusion(vision_width, grid, num_prefix_tokens)``. ``supports_text``: reads ``text_ids``;
   ``needs_boxes``: fails without ``boxes``; ``reads_boxes``: uses ``boxes`` when given; ``box_substeps``: the box
   rows per frame it reads (``boxes`` (B, T * S, K, 4); 1 for every fusion but a track fusion that asks for more).
-- `MaskedBoxModel`: a fusion with a self-supervised box objective (`TrackFusion(masked_boxes=True)`), which stage
-  2's ``masked_box_weight`` adds to the answer loss: ``masked_box_loss(visual, frame_mask, *, boxes, box_mask,
-  box_attributes)`` -> a scalar loss.
 - `TextFusion`: a fusion with a text encoder (a Q-Former), which stage 1's contrastive and matching losses need:
   ``encode_text`` (B, L) -> (B, L, ``hidden_size``) and ``forward_with_text`` (queries and text jointly).
 """
@@ -78,19 +75,4 @@ class TextFusion(Fusion, Protocol):
         boxes: torch.Tensor | None = None,
         box_mask: torch.Tensor | None = None,
         text_causal: bool = False,
-    ) -> torch.Tensor: ...
-
-
-@runtime_checkable
-class MaskedBoxModel(Protocol):
-    masked_boxes: bool  # built with the objective's parameters (a hidden-token vector and the box head)
-
-    def masked_box_loss(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None,
-        *,
-        boxes: torch.Tensor,
-        box_mask: torch.Tensor | None = None,
-        box_attributes: torch.Tensor | None = None,
     ) -> torch.Tensor: ...

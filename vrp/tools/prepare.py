@@ -61,7 +61,12 @@ def save_random_backbones(
     out = Path(out)
     if (out / "vit" / "config.json").is_file() and (out / "llm" / "config.json").is_file() and not overwrite:
         return out
-    for sub in ("vit", "llm", "detector"):  # random weights again: a stage-0 report of the old ones would skip stage 0
+    for sub in (
+        "vit",
+        "llm",
+        "detector",
+        "dynamics",
+    ):  # random weights again: a stage-0 report of the old ones would skip stage 0
         (out / sub / "stage0.json").unlink(missing_ok=True)
     if not (Path(tokenizer) / "tokenizer_config.json").is_file() and not (Path(tokenizer) / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {tokenizer}; generate the synthetic data first (make data)")

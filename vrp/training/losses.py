@@ -1,5 +1,5 @@
 """The losses: stage-1 video-text contrastive (ITC) and video-text matching with hard negatives (ITM), and the LM
-loss (`lm_loss`) and masked box modelling (`masked_box_loss`) both stages share."""
+loss (`lm_loss`) both stages share."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-from vrp.models.contracts import MaskedBoxModel
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -81,31 +79,3 @@ def lm_loss(model: nn.Module, video_tokens: torch.Tensor, batch: dict) -> torch.
     if "labels" not in batch:
         raise KeyError("the LM loss needs the batch's 'labels'")
     return model.language_model(video_tokens, batch).loss
-
-
-def require_masked_boxes(fusion: nn.Module, weight: float) -> None:
-    """A stage's ``masked_box_weight`` > 0 needs a fusion built with the objective (a `MaskedBoxModel`)."""
-    if weight and not (isinstance(fusion, MaskedBoxModel) and fusion.masked_boxes):
-        raise ValueError(
-            f"masked_box_weight={weight} needs a fusion with a masked box objective "
-            f"(vrp.models.TrackFusion with masked_boxes: true); got {type(fusion).__name__}"
-        )
-
-
-def masked_box_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The fusion's self-supervised masked box loss (`vrp.models.contracts.MaskedBoxModel`) on the batch's encoder
-    tokens (``batch["visual"]``: run the encoder once, `VideoReasoner.visual_tokens`) and boxes."""
-    visual = batch["visual"]
-    if batch.get("boxes") is None:
-        raise KeyError("masked box modelling needs the batch's 'boxes' (a datamodule with a boxes file)")
-
-    def get(key: str) -> torch.Tensor | None:
-        return None if batch.get(key) is None else batch[key].to(visual.device)
-
-    return model.fusion.masked_box_loss(
-        visual,
-        get("frame_mask"),
-        boxes=get("boxes"),
-        box_mask=get("box_mask"),
-        box_attributes=get("box_attributes"),
-    )

@@ -5,9 +5,7 @@ Losses, each weighted and switched off by a zero weight:
   across ranks, learnable temperature;
 - ITM: binary matching on the joint query+text pass, with one hard negative text per video and one hard negative
   video per text drawn from the contrastive similarities;
-- LM: captioning loss through the (frozen) LLM with the projected queries at the video placeholder;
-- masked boxes (``masked_box_weight``, off by default): a track fusion's self-supervised masked box modelling
-  (`vrp.models.TrackFusion.masked_box_loss`): hidden spans of each object's boxes predicted from the rest.
+- LM: captioning loss through the (frozen) LLM with the projected queries at the video placeholder.
 The vision encoder runs once per batch; all losses reuse its tokens.
 """
 
@@ -25,9 +23,7 @@ from vrp.training import batches, checkpoint, datamodule_handoff
 from vrp.training.losses import (
     contrastive_loss,
     lm_loss,
-    masked_box_loss,
     matching_loss,
-    require_masked_boxes,
     sample_hard_negatives,
 )
 from vrp.training.optim import adamw_cosine_from_hparams
@@ -55,7 +51,6 @@ class AlignmentPretraining(L.LightningModule):
         itc_weight: float = 1.0,
         itm_weight: float = 1.0,
         lm_weight: float = 1.0,
-        masked_box_weight: float = 0.0,
         embed_dim: int = 256,
         temperature: float = 0.07,
         max_logit_scale: float = 4.6052,  # log(100), as CLIP
@@ -69,11 +64,10 @@ class AlignmentPretraining(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])  # its config: the CLI records it (vrp.cli.VRPCLI)
         self.model = model
-        weights = (itc_weight, itm_weight, lm_weight, masked_box_weight)
+        weights = (itc_weight, itm_weight, lm_weight)
         if min(weights) < 0 or sum(weights) == 0:
-            raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm/masked_box_weight > 0")
+            raise ValueError("loss weights must be >= 0 and at least one of itc/itm/lm_weight > 0")
         fusion = model.fusion
-        require_masked_boxes(model.fusion, masked_box_weight)
         if (itc_weight > 0 or itm_weight > 0) and not (isinstance(fusion, TextFusion) and fusion.supports_text):
             raise ValueError(
                 f"itc_weight/itm_weight > 0 need a fusion with a text encoder (a Q-Former); "
@@ -93,8 +87,6 @@ class AlignmentPretraining(L.LightningModule):
         out: dict[str, torch.Tensor] = {}
         if hp.lm_weight > 0:
             out["lm"] = lm_loss(model, model.projection(queries), batch)
-        if hp.masked_box_weight > 0:
-            out["masked_boxes"] = masked_box_loss(model, {**batch, "visual": visual})
         if self.heads is None:
             return out
         if "qformer_input_ids" not in batch:
@@ -129,7 +121,7 @@ class AlignmentPretraining(L.LightningModule):
 
     def _total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         hp = self.hparams
-        weights = {"itc": hp.itc_weight, "itm": hp.itm_weight, "lm": hp.lm_weight, "masked_boxes": hp.masked_box_weight}
+        weights = {"itc": hp.itc_weight, "itm": hp.itm_weight, "lm": hp.lm_weight}
         return sum(weights[k] * v for k, v in parts.items())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

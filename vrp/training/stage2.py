@@ -1,6 +1,4 @@
 """Stage 2: instruction fine-tuning. LM loss on answer tokens; by default fusion + projection + LoRA adapters train.
-With ``masked_box_weight`` > 0 a track fusion's masked box modelling (`TrackFusion.masked_box_loss`, self-supervised
-from the clip's own boxes) is added to it, on the same batch (Aloe's auxiliary objective).
 
 Initialised (weights only) from a stage-1 checkpoint via `init_from`, on a fresh `fit` only: a resumed run, `test`,
 `validate` and `predict` read their `--ckpt_path`, which holds every weight stage 1 gave (frozen ones included), and
@@ -27,7 +25,7 @@ from vrp.scoring.metrics import PerTypeAccuracy
 from vrp.scoring.per_question import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
 from vrp.training import batches, checkpoint, datamodule_handoff
-from vrp.training.losses import lm_loss, masked_box_loss, require_masked_boxes
+from vrp.training.losses import lm_loss
 from vrp.training.optim import adamw_cosine_from_hparams
 from vrp.training.strategies import configure_fsdp2
 
@@ -80,13 +78,11 @@ class InstructionTuning(L.LightningModule):
         val_accuracy: bool = True,
         val_question_types: list[str] | None = None,
         max_new_tokens: int = 32,
-        masked_box_weight: float = 0.0,
     ) -> None:
         """`scorer(model, batch) -> MCOutput` scores multiple-choice test batches (default: length-normalised
         likelihood, `vrp.scoring.scorers.LikelihoodScorer`); `val_accuracy` scores validation batches that carry options (per type; `val_question_types` fixes the type
         list, which multi-GPU runs need for per-type figures, else only the overall accuracy is synced);
-        `max_new_tokens` bounds the answers `vrp predict` generates for open questions; `masked_box_weight` weighs the
-        fusion's masked box loss against the answer loss (0: off; needs a `MaskedBoxModel` fusion)."""
+        `max_new_tokens` bounds the answers `vrp predict` generates for open questions."""
         super().__init__()
         self.save_hyperparameters(ignore=["model", "scorer"])  # the model's config: the CLI records it (vrp.cli)
         self.model = model
@@ -95,7 +91,6 @@ class InstructionTuning(L.LightningModule):
         self._stage1_keys: set[str] = set()  # weights init_from gave (or a loaded checkpoint held): always saved
         self._init: tuple[list[str], list[str]] | Exception | None = None  # what setup("fit") read from init_from
         self.val_acc = PerTypeAccuracy(val_question_types)
-        require_masked_boxes(model.fusion, masked_box_weight)
 
     def init_from_stage1(self) -> tuple[list[str], list[str]]:
         """Copy `init_from`'s stage-1 weights into the model (`load_stage1`); a fresh `fit` does it in `setup`."""
@@ -108,22 +103,14 @@ class InstructionTuning(L.LightningModule):
         return self.model.video_tokens(batch)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The training objective: {"loss": total, "answer": LM loss[, "masked_boxes": the fusion's box loss]}."""
-        if not self.hparams.masked_box_weight:
-            answer = lm_loss(self.model, self.encode(batch), batch)
-            return {"loss": answer, "answer": answer}
-        batch = {**batch, "visual": self.model.visual_tokens(batch)}  # the encoder runs once for both losses
+        """The training objective: {"loss": the answer tokens' LM loss, "answer": the same}."""
         answer = lm_loss(self.model, self.encode(batch), batch)
-        boxes = masked_box_loss(self.model, batch)
-        return {"loss": answer + self.hparams.masked_box_weight * boxes, "answer": answer, "masked_boxes": boxes}
+        return {"loss": answer, "answer": answer}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         parts = self.losses(batch)
         n = batches.batch_size(batch)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
-        if "masked_boxes" in parts:
-            self.log("train/answer_loss", parts["answer"], batch_size=n)
-            self.log("train/masked_box_loss", parts["masked_boxes"], batch_size=n)
         return parts["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
