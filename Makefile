@@ -40,17 +40,20 @@ FINETUNE_CKPT := runs/embedded/finetune/checkpoints/last.ckpt
 EXPORTED := artifacts/embedded/finetune
 
 # Stage 0 then pretrains the ViT on train frames (VIT_STEPS=0 keeps it random) and, with LLM_STEPS > 0, the LLM on
-# text written from the train clips' captions and questions (the default 0 keeps it random; docs/results.md has both
-# measured), and trains the object stage's detector on train frames with their boxes as labels (DETECTOR_STEPS);
-# each runs once (a different value on existing artifacts is refused: remove artifacts/embedded first).
+# knowledge documents of LLM_SCENES scenes of its own seed stream, never a benchmark clip (LLM_CORPUS=knowledge), or
+# on their control, the same sentences shuffled across scenes (LLM_CORPUS=control); the default 0 keeps it random.
+# It trains the object stage's detector on train frames with their boxes as labels (DETECTOR_STEPS); each runs once
+# (a different value on existing artifacts is refused: remove artifacts/embedded first).
 VIT_STEPS ?= 600
 LLM_STEPS ?= 0
+LLM_CORPUS ?= knowledge
+LLM_SCENES ?= 4000
 DETECTOR_STEPS ?= 800
 prepare: $(EMBEDDED)/vit/stage0.json
 
 $(EMBEDDED)/vit/stage0.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS) \
-		--llm-steps $(LLM_STEPS) --detector-steps $(DETECTOR_STEPS)
+		--llm-steps $(LLM_STEPS) --llm-corpus $(LLM_CORPUS) --llm-scenes $(LLM_SCENES) --detector-steps $(DETECTOR_STEPS)
 
 # The object stage (stage-0 detector + tracker) over every video of every split, once: the tracks the embedded
 # configs read (`tracks: artifacts/tracks/embedded`); the simulator's boxes are no input from here on.
@@ -113,11 +116,13 @@ evidence: $(FINETUNE_CKPT)
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
 # stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
 # Narrow them with e.g. ARGS="--only baseline,identity_off --steps 500"; ARGS="--jobs 2" runs two rows at once.
-# The backbone rows need their own backbones, built once: a random ViT with its feature cache (vfm_random) and a
-# text-pretrained LLM (llm_pretrained, ABLATE_LLM_STEPS of stage 0).
+# The backbone rows need their own backbones, built once: a random ViT with its feature cache (vfm_random), an LLM
+# pretrained on knowledge documents (llm_pretrained, ABLATE_LLM_STEPS of stage 0 on LLM_SCENES scenes) and its
+# control, pretrained for the same steps on the same sentences shuffled across scenes (llm_control).
 ABLATE_ART := artifacts/ablate
 ABLATE_LLM_STEPS ?= 600
-ablate: $(CACHE)/meta.json $(TRACKS)/meta.json artifacts/cache/ablate-random-vit/meta.json $(ABLATE_ART)/text-llm/llm/stage0.json
+ablate: $(CACHE)/meta.json $(TRACKS)/meta.json artifacts/cache/ablate-random-vit/meta.json \
+		$(ABLATE_ART)/text-llm/llm/stage0.json $(ABLATE_ART)/control-llm/llm/stage0.json
 	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
 
 $(ABLATE_ART)/random/vit/stage0.json: $(DATA)/meta.json
@@ -129,7 +134,11 @@ artifacts/cache/ablate-random-vit/meta.json: $(ABLATE_ART)/random/vit/stage0.jso
 
 $(ABLATE_ART)/text-llm/llm/stage0.json: $(DATA)/meta.json
 	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/text-llm --data $(DATA) --vit-steps 0 \
-		--llm-steps $(ABLATE_LLM_STEPS)
+		--llm-steps $(ABLATE_LLM_STEPS) --llm-corpus knowledge --llm-scenes $(LLM_SCENES)
+
+$(ABLATE_ART)/control-llm/llm/stage0.json: $(DATA)/meta.json
+	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/control-llm --data $(DATA) --vit-steps 0 \
+		--llm-steps $(ABLATE_LLM_STEPS) --llm-corpus control --llm-scenes $(LLM_SCENES)
 
 baselines: $(CACHE)/meta.json $(TRACKS)/meta.json
 	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --stage2-reference model --steps 1500 --out runs/baselines $(ARGS)

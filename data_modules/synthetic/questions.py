@@ -88,6 +88,16 @@ def captions(scene: Scene, traj: Trajectory, observed: int, rng: np.random.Gener
     return [forms[i] for i in sorted(order)]
 
 
+def speed_change(speed: np.ndarray, frame: int, i: int) -> int:
+    """+1 if object ``i`` sped up clearly from ``frame - 1`` to ``frame`` (by 30% and at least 0.5 pixel per frame),
+    -1 if it slowed down as clearly, else 0; ``speed`` (F, K) per frame and object."""
+    before, after = speed[frame - 1, i], speed[frame, i]
+    for sign in (1, -1):
+        if sign * (after - before) >= max(0.3 * before, 0.5):
+            return sign
+    return 0
+
+
 def _first_events(events: list[Event], i: int, start: int, stop: int) -> list[Event]:
     return [e for e in events if e.involves(i) and start <= e.frame < stop]
 
@@ -288,8 +298,7 @@ def _explanatory(v: _Video) -> list[Candidate]:
             if e.is_wall or e.frame >= v.observed:
                 continue
             for me, other in ((e.a, e.other), (e.other, e.a)):
-                before, after = vel[e.frame - 1, me], vel[e.frame, me]
-                if sign * (after - before) >= max(0.3 * before, 0.5):
+                if speed_change(vel, e.frame, me) == sign:
                     changes.setdefault(me, []).append((other, e))
         if (x := v.pick([x for x, c in changes.items() if len(c) == 1])) is not None:
             y = changes[x][0][0]

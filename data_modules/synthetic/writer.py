@@ -56,11 +56,21 @@ class VideoRecord:
 
 
 def draw_scene(job: VideoJob) -> tuple[np.random.Generator, Scene, int]:
-    """The video's random stream, its scene and its number of observed frames (tests re-simulate from this)."""
+    """The video's random stream, drawn from SeedSequence([seed, split index, index]), its scene and its number of
+    observed frames (tests re-simulate from this)."""
     rng = np.random.default_rng(np.random.SeedSequence([job.seed, SPLITS.index(job.split), job.index]))
-    num_frames = int(rng.integers(job.min_frames, job.max_frames + 1))
-    scene = random_scene(rng, size=job.size, num_objects=int(rng.integers(job.min_objects, job.max_objects + 1)))
+    scene, num_frames = draw(rng, job.size, job.min_frames, job.max_frames, job.min_objects, job.max_objects)
     return rng, scene, num_frames
+
+
+def draw(
+    rng: np.random.Generator, size: int, min_frames: int, max_frames: int, min_objects: int, max_objects: int
+) -> tuple[Scene, int]:
+    """A scene and its number of observed frames by the benchmark's rules, from ``rng`` (the knowledge corpus of
+    `data_modules.synthetic.knowledge` draws its own scenes with it too)."""
+    num_frames = int(rng.integers(min_frames, max_frames + 1))
+    scene = random_scene(rng, size=size, num_objects=int(rng.integers(min_objects, max_objects + 1)))
+    return scene, num_frames
 
 
 def make_video(job: VideoJob) -> VideoRecord:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -81,23 +80,7 @@ def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, mon
     assert (out / "vit" / "stage0.json").stat().st_mtime == mtime
 
 
-def test_text_corpus_reads_train_captions_and_questions_only(tmp_path):
-    from data_modules.synthetic import generate
-    from vrp.training.stage0 import text_corpus
-
-    generate(tmp_path / "data", videos=10, seed=3, workers=1, size=32, min_frames=6, max_frames=8)
-    docs = text_corpus(tmp_path / "data")
-    train = json.loads((tmp_path / "data" / "train" / "instructions.json").read_text())
-    assert len(docs) == 8 + len(train)  # per train clip: its captions, then captions + each question
-    assert sum("Question:" in d for d in docs) == len(train)
-    assert all("<video>" not in d for d in docs)
-    assert any(train[0]["answer_sentence"] in d and d.count("Question:") == 1 for d in docs)
-    for split in ("val", "test"):  # validation and test text is never read
-        shutil.rmtree(tmp_path / "data" / split)
-    assert text_corpus(tmp_path / "data") == docs
-
-
-def test_vrp_prepare_pretrains_the_llm_on_text_and_saves_by_path(tmp_path, monkeypatch):
+def test_vrp_prepare_pretrains_the_llm_on_knowledge_or_control_and_saves_by_path(tmp_path, monkeypatch):
     from data_modules.synthetic import generate
     from vrp.models import CausalLM
     from vrp.tools import prepare
@@ -109,14 +92,30 @@ def test_vrp_prepare_pretrains_the_llm_on_text_and_saves_by_path(tmp_path, monke
     args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
     prepare.main(args)
     before = CausalLM(str(out / "llm")).model.state_dict()
-    prepare.main([*args, "--llm-steps", "6"])
+    knowledge = [*args, "--llm-corpus", "knowledge", "--llm-steps", "3", "--llm-scenes", "20"]
+    prepare.main(knowledge)
     report = json.loads((out / "llm" / "stage0.json").read_text())
-    assert report["steps"] == 6 and report["documents"] > 0 and report["held_out_loss"] < report["held_out_loss_start"]
+    assert report["steps"] == 3 and report["corpus"] == "knowledge" and report["scenes"] == 20
+    assert report["documents"] > 20 and report["truncated"] == 0 and report["held_out_documents"] > 0
+    assert report["world"]["max_frames"] == 8 and "0x6b6e6f77" in report["seed_stream"]
+    assert set(report["probe"]) <= {"cause", "next", "without"} and report["probe"]
+    assert report["held_out_loss"] < report["held_out_loss_start"]
     assert not (out / "vit" / "stage0.json").exists()  # the ViT was not asked for
     after = CausalLM(str(out / "llm"))  # loads by path like any HF causal LM
     assert [k for k, v in after.model.state_dict().items() if not torch.equal(v, before[k])]  # the weights moved
+    mtime = (out / "llm" / "stage0.json").stat().st_mtime
+    prepare.main(knowledge)  # cached: not trained again
+    assert (out / "llm" / "stage0.json").stat().st_mtime == mtime
     with pytest.raises(SystemExit, match="--overwrite"):
         prepare.main([*args, "--llm-steps", "7"])
+    with pytest.raises(SystemExit, match="corpus knowledge"):  # never a control trained on top of knowledge
+        prepare.main([*args, "--llm-corpus", "control", "--llm-steps", "3", "--llm-scenes", "20"])
+    prepare.main([*args, "--overwrite", "--llm-corpus", "control", "--llm-steps", "3", "--llm-scenes", "20"])
+    control = json.loads((out / "llm" / "stage0.json").read_text())
+    assert control["corpus"] == "control" and control["documents"] == report["documents"]
+    assert control["truncated"] == 0 and control["max_length"] >= report["max_length"] == 160  # every token trained
+    assert control["sentences"] == report["sentences"] and control["held_out_documents"] == report["held_out_documents"]
+    assert control["held_out_loss_start"] == report["held_out_loss_start"]  # the same random LLM on the same text
     prepare.main([*args, "--overwrite"])  # fresh random backbones drop the old report
     assert not (out / "llm" / "stage0.json").exists()
 

@@ -8,8 +8,10 @@ so stage 1, stage 2, export and inference rebuild identical frozen weights by pa
 checkpoint. Deterministic from `seed`; re-running with existing output is a no-op unless `overwrite`.
 `--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`vrp.training.stage0`): per-patch
 colour and shape supervision on TRAIN frames, saved over <out>/vit with a <out>/vit/stage0.json report; skipped when
-that report exists. `--llm-steps N` does the same for the LLM: next-token training on text written from the TRAIN
-clips' captions and questions, saved over <out>/llm with <out>/llm/stage0.json. `--detector-steps N` trains the
+that report exists. `--llm-steps N` does the same for the LLM: next-token training on `--llm-scenes` scenes of
+knowledge documents (`--llm-corpus knowledge`: scenes of a seed stream of their own, never a benchmark clip, told in
+statements) or their control (`--llm-corpus control`: the same sentences shuffled across scenes), saved over
+<out>/llm with <out>/llm/stage0.json. `--detector-steps N` trains the
 object stage's detector (`vrp.models.detection.CenterNet`) on TRAIN frames with their boxes as labels and saves it
 to <out>/detector (config.json, model.safetensors, stage0.json); the simulator's boxes are read here and in no later
 stage.
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vrp.models.constants import VIDEO_TOKEN
+from vrp.training.stage0 import CORPORA
 
 VIT = {
     "model_type": "vit",
@@ -112,6 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         help="stage-0 LLM text pretraining steps (0: keep it random, recorded; default: leave it alone)",
     )
     p.add_argument(
+        "--llm-corpus",
+        choices=CORPORA,
+        default="knowledge",
+        help="what stage 0 of the LLM reads: knowledge documents of its own scenes, or the control (the same "
+        "sentences shuffled across scenes)",
+    )
+    p.add_argument("--llm-scenes", type=int, default=4000, help="scenes of the LLM's stage-0 corpus")
+    p.add_argument(
         "--detector-steps",
         type=int,
         default=None,
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     out = save_random_backbones(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    from vrp.training.stage0 import pretrain_detector, pretrain_llm, pretrain_vit
+    from vrp.training.stage0 import llm_stage0, pretrain_detector, pretrain_vit
 
     if _stage0_due(out / "vit", "ViT", "--vit-steps", a.vit_steps):
         report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
@@ -128,12 +139,16 @@ def main(argv: list[str] | None = None) -> None:
             f"stage 0: ViT pretrained on {report['frames']} train frames in {report['seconds']} s; loss "
             f"{report['loss_start']} -> {report['loss_end']}, patch colour+shape accuracy {report['patch_accuracy']}"
         )
-    if _stage0_due(out / "llm", "LLM", "--llm-steps", a.llm_steps):
-        report = pretrain_llm(out / "llm", a.data, steps=a.llm_steps, seed=a.seed)
+    llm = {"corpus": a.llm_corpus, "scenes": a.llm_scenes}
+    if _stage0_due(out / "llm", "LLM", "--llm-steps", a.llm_steps, llm):
+        report = llm_stage0(
+            out / "llm", a.data, corpus=a.llm_corpus, scenes=a.llm_scenes, steps=a.llm_steps, seed=a.seed
+        )
+        probe = ", ".join(f"{k} {v['prefers_true']}" for k, v in report["probe"].items())
         print(
-            f"stage 0: LLM pretrained on {report['documents']} train documents in {report['seconds']} s; loss "
-            f"{report['loss_start']} -> {report['loss_end']}, held-out loss {report['held_out_loss_start']} -> "
-            f"{report['held_out_loss']}"
+            f"stage 0: LLM pretrained on {report['documents']} {a.llm_corpus} documents of {a.llm_scenes} scenes in "
+            f"{report['seconds']} s; loss {report['loss_start']} -> {report['loss_end']}, held-out loss "
+            f"{report['held_out_loss_start']} -> {report['held_out_loss']}; probe (true preferred): {probe}"
         )
     if a.detector_steps is not None and a.detector_steps < 1:
         raise SystemExit("vrp prepare: --detector-steps must be >= 1 (an untrained detector finds nothing)")
@@ -147,19 +162,22 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def _stage0_due(folder: Path, name: str, flag: str, steps: int | None) -> bool:
+def _stage0_due(folder: Path, name: str, flag: str, steps: int | None, settings: dict | None = None) -> bool:
     """Whether stage 0 should train the model in ``folder`` for ``steps`` now: not when no steps are asked for or
-    its report says it already ran them; a report of other steps is an error (the weights would be trained twice).
+    its report says it already ran them; a report of other steps, or of a trained model with other ``settings``
+    (report keys, e.g. the LLM's corpus), is an error (the weights would be trained twice).
     Zero steps records the random model, so that a later run does not train on top of it."""
     report_path = folder / "stage0.json"
     if steps is None:
         return False
     if report_path.is_file():
-        done = json.loads(report_path.read_text()).get("steps")
-        if done != steps:
+        report = json.loads(report_path.read_text())
+        done = report.get("steps")
+        other = {k: report.get(k) for k, v in (settings or {}).items() if done and report.get(k) != v}
+        if done != steps or other:
+            held = ", ".join(f"{k} {v}" for k, v in other.items()) or f"{done} steps, not {flag} {steps}"
             raise SystemExit(
-                f"vrp prepare: {folder} holds a {name} from stage 0 with {done} steps, not {flag} {steps}; "
-                "add --overwrite to rebuild the backbones"
+                f"vrp prepare: {folder} holds a {name} from stage 0 with {held}; add --overwrite to rebuild the backbones"
             )
         return False
     if steps == 0:

@@ -1,20 +1,25 @@
 """Stage 0 of the embedded default: make the tiny backbones (small) foundation models before stages 1-2.
 
-Offline, no pretrained VFM or LLM can be downloaded, so `vrp prepare` pretrains the randomly initialised ones on the
-TRAIN scenes only; validation and test scenes are never read. Each result is saved in Hugging Face format over the
-random model (`<out>/vit`, `<out>/llm`) with a `stage0.json` report, then loaded by path like any real checkpoint.
+Offline, no pretrained VFM or LLM can be downloaded, so `vrp prepare` pretrains the randomly initialised ones: the
+ViT and the detector on the TRAIN scenes only, the LLM on scenes of its own; validation and test scenes are never
+read. Each result is saved in Hugging Face format over the random model (`<out>/vit`, `<out>/llm`) with a
+`stage0.json` report, then loaded by path like any real checkpoint.
 
 - ViT (`--vit-steps N`): supervised per patch with what the simulator drew there, the colour and the shape of the
   object covering the patch centre (or background), from the training split's `boxes.json` object names; it stays
   frozen afterwards. Stages 1-2 never see a label.
-- LLM (`--llm-steps N`): next-token prediction on text about the simulated world, written from the training
-  scenes' annotations (`text_corpus`): every caption of a clip (its objects and the events in order), then each of
-  its questions with the answer sentence. It learns the world's vocabulary and how events are told and asked
-  about; which events happen in a clip it can only learn from the video in stages 1-2.
+- LLM (`--llm-steps N`): next-token prediction on knowledge of the simulated world (`llm_stage0`): documents
+  written by `data_modules.synthetic.knowledge` about scenes of a seed stream of their own (never a train,
+  validation or test clip) that tell objects, motions, collisions and wall hits in order, their causes, what follows
+  the state at the cut and what would have happened without an object, and ask no question; or, as a control, the
+  same sentences shuffled across scenes. Held-out scenes of the stream give the held-out loss and a probe (does the
+  LM prefer a true cause / next hit / counterfactual to a wrong one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import random
 import time
@@ -306,57 +311,103 @@ def pretrain_detector(
     return report
 
 
-def text_corpus(data_root: str | Path) -> list[str]:
-    """Documents about the TRAIN clips: per clip, its captions (every form the WebDataset shards hold), and the same
-    captions followed by one of its questions, "Question: ... Answer: ..." with the free-text answer sentence."""
-    import tarfile
+CORPORA = ("knowledge", "control")
 
-    from data_modules.sources.record import strip_placeholder
 
-    root = Path(data_root) / "train"
-    captions: dict[str, list[str]] = {}
-    for shard in sorted((root / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    captions[meta["key"]] = list(meta.get("captions") or [meta["caption"]])
-    if not captions:
-        raise FileNotFoundError(f"no WebDataset shards with captions under {root / 'shards'}; run `make data`")
-    qa: dict[str, list[str]] = {}
-    for item in json.loads((root / "instructions.json").read_text()):
-        key = Path(item["video"]).stem
-        question = strip_placeholder(item["conversations"][0]["value"])
-        qa.setdefault(key, []).append(f"Question: {question} Answer: {item['answer_sentence']}")
-    return [" ".join(captions[k] + extra) for k in sorted(captions) for extra in [[], *([q] for q in qa.get(k, []))]]
+def llm_stage0(
+    llm_dir: str | Path,
+    data_root: str | Path,
+    *,
+    corpus: str,
+    scenes: int,
+    steps: int,
+    seed: int = 0,
+    max_length: int = 160,
+    log_every: int = 100,
+) -> dict:
+    """Stage 0 of the LLM: `pretrain_llm` on the knowledge documents of ``scenes`` scenes of the knowledge stream of
+    ``seed`` (`data_modules.synthetic.knowledge`, drawn by the rules of ``data_root``'s meta.json when there is one),
+    or on their control (the same sentences shuffled across scenes). Documents of further scenes of the stream,
+    never trained on, give the held-out loss and the probe (`prefers_true`) whatever the corpus, so a knowledge and
+    a control LLM are measured on the same text. Writes ``llm_dir/stage0.json`` and returns it."""
+    from transformers import AutoTokenizer
+
+    from data_modules.synthetic import knowledge as kn
+
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown LLM corpus {corpus!r}; choose from {CORPORA}")
+    if scenes < 2:
+        raise ValueError(f"the LLM corpus needs at least 2 scenes, got {scenes}")
+    start = time.time()
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    tokens = functools.lru_cache(maxsize=None)(lambda t: len(tok(t, add_special_tokens=False).input_ids))
+    budget = kn.Budget(max_length - 2, tokens)  # room for bos and eos
+    meta = Path(data_root) / "meta.json"
+    world = kn.World.of(json.loads(meta.read_text())["config"]) if meta.is_file() else kn.World()
+    held = max(4, min(100, scenes // 10))
+    docs = kn.knowledge_corpus(seed, range(scenes), world, budget)
+    train = docs if corpus == "knowledge" else kn.control_corpus(docs, seed)
+    held_docs = kn.knowledge_corpus(seed, range(scenes, scenes + held), world, budget)
+    corpus_seconds = round(time.time() - start, 1)
+    print(f"stage 0 (LLM): {len(train)} {corpus} documents of {scenes} scenes in {corpus_seconds} s", flush=True)
+    # a control document holds as many sentences as its knowledge document, not as many tokens: no cut, so that
+    # both corpora train on every token
+    longest = max(budget.size(d.sentences) for d in train)
+    report = pretrain_llm(
+        llm_dir,
+        [d.text for d in train],
+        [d.text for d in held_docs],
+        steps=steps,
+        max_length=max(max_length, longest + 2),
+        seed=seed,
+        log_every=log_every,
+    )
+    report = {
+        "steps": steps,
+        "corpus": corpus,
+        "scenes": scenes,
+        "held_out_scenes": held,
+        "seed_stream": f"SeedSequence([{seed}, {kn.KNOWLEDGE_STREAM:#x}, i]): scenes i < {scenes} trained on, "
+        f"{scenes} <= i < {scenes + held} held out",
+        "world": dataclasses.asdict(world),
+        "sentences": sum(len(d.sentences) for d in train),
+        "held_out_documents": len(held_docs),
+        **{k: v for k, v in report.items() if k != "steps"},
+        "probe": prefers_true(llm_dir, kn.probe_items(held_docs, seed)),
+        "corpus_seconds": corpus_seconds,
+        "seconds": round(time.time() - start, 1),
+    }
+    (Path(llm_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def pretrain_llm(
     llm_dir: str | Path,
-    data_root: str | Path,
+    documents: list[str],
+    held_out: list[str],
     *,
     steps: int,
     batch_size: int = 16,
     lr: float = 1e-3,
     max_length: int = 160,
     seed: int = 0,
-    held_out: float = 0.05,
     log_every: int = 100,
 ) -> dict:
-    """Train the causal LM saved at ``llm_dir`` on `text_corpus` (next-token loss) and save it back in place;
-    returns {"steps", "loss_start", "loss_end", "held_out_loss_start", "held_out_loss", "documents", "seconds"}. ``held_out``: the share of
-    training documents kept out of training to report the loss on."""
+    """Train the causal LM saved at ``llm_dir`` on ``documents`` (next-token loss, each document between bos and
+    eos, cut at ``max_length`` tokens) and save it back in place; ``held_out`` documents, never trained on, give the
+    loss before and after. Returns {"steps", "loss_start", "loss_end", "held_out_loss_start", "held_out_loss",
+    "documents", "max_length", "truncated" (documents longer than ``max_length``), "seconds"}."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not documents or not held_out:
+        raise ValueError(
+            f"stage 0 of the LLM needs documents and held-out documents, got {len(documents)} and {len(held_out)}"
+        )
     torch.manual_seed(seed)
     rng = random.Random(seed)
     start = time.time()
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
-    docs = text_corpus(data_root)
-    rng.shuffle(docs)
-    n_eval = max(1, int(len(docs) * held_out))
-    eval_docs, train_docs = docs[:n_eval], docs[n_eval:]
 
     def batch(texts: list[str]) -> dict:
         enc = tok(
@@ -367,13 +418,15 @@ def pretrain_llm(
             return_tensors="pt",
             add_special_tokens=False,
         )
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # (B, L)
         return {**enc, "labels": labels}
 
     def held_out_loss() -> float:
         model.eval()
         with torch.no_grad():
-            held = [model(**batch(eval_docs[i : i + batch_size])).loss.item() for i in range(0, n_eval, batch_size)]
+            held = [
+                model(**batch(held_out[i : i + batch_size])).loss.item() for i in range(0, len(held_out), batch_size)
+            ]
         model.train()
         return round(sum(held) / len(held), 3)
 
@@ -382,8 +435,8 @@ def pretrain_llm(
     losses = _train(
         "LLM",
         list(model.parameters()),
-        lambda idx: model(**batch([train_docs[i] for i in idx])).loss,
-        len(train_docs),
+        lambda idx: model(**batch([documents[i] for i in idx])).loss,
+        len(documents),
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -393,13 +446,43 @@ def pretrain_llm(
     )
     after = held_out_loss()
     model.save_pretrained(str(llm_dir))  # over the random LLM: configs keep loading it by path
-    report = {
+    lengths = [len(ids) + 2 for ids in tok(documents, add_special_tokens=False)["input_ids"]]
+    return {
         "steps": steps,
         **loss_ends(losses),
         "held_out_loss_start": before,
         "held_out_loss": after,
-        "documents": len(train_docs),
+        "documents": len(documents),
+        "max_length": max_length,
+        "truncated": sum(n > max_length for n in lengths),
         "seconds": round(time.time() - start, 1),
     }
-    (Path(llm_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
-    return report
+
+
+def prefers_true(llm_dir: str | Path, items: list, batch_size: int = 16) -> dict:
+    """The knowledge probe: per kind of item (`data_modules.synthetic.knowledge.ProbeItem`), the share of items whose
+    true sentence the LM at ``llm_dir`` finds likelier after the context than the wrong one, and the item count."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).eval()
+    texts = [f"{it.context} {s}" for it in items for s in (it.true, it.wrong)]
+    scores = torch.cat(
+        [sequence_logprob(model, tok, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    )
+    right = (scores[0::2] > scores[1::2]).tolist()  # (N,) true beats wrong
+    out = {}
+    for kind in dict.fromkeys(it.kind for it in items):
+        mine = [r for r, it in zip(right, items) if it.kind == kind]
+        out[kind] = {"prefers_true": round(sum(mine) / len(mine), 3), "items": len(mine)}
+    return out
+
+
+def sequence_logprob(model, tok, texts: list[str]) -> torch.Tensor:
+    """(N,) log-likelihood of each text after bos under the causal LM (right padding)."""
+    enc = tok([tok.bos_token + t for t in texts], padding=True, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(**enc).logits[:, :-1]  # (N, L-1, V)
+    target = enc["input_ids"][:, 1:]  # (N, L-1)
+    logp = logits.log_softmax(-1).gather(-1, target[..., None])[..., 0]  # (N, L-1)
+    return (logp * enc["attention_mask"][:, 1:]).sum(-1)
