@@ -1,9 +1,12 @@
 """The Q-Former fusions (FrameQFormerFusion = temporal "per_frame", JointQFormerFusion = "joint"): shapes for every
 option, gradients, frame-count changes, padding frames, text joined or not."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from vrp.models.contracts import FusionInput, Text, Tracks
 from vrp.models.qformer import QFormer
@@ -289,24 +292,17 @@ def test_folded_path_matches_transformers_blip2():
 
 @pytest.mark.parametrize("temporal", ["per_frame", "joint"])
 def test_small_random_fusion_tells_videos_apart(temporal):
-    """The embedded default's tiny Q-Former (init_std 0.1) must give different videos different outputs at init;
-    with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning never started."""
+    """The embedded Q-Former's sizes (the fusion_qformer ablation, init_std 0.1) must give different videos different
+    outputs at init; with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning
+    never started."""
+    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/fusion_qformer.yaml").read_text())
+    options = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
+    assert options["init_std"] == 0.1
     torch.manual_seed(0)
-    sizes = dict(
-        num_query_tokens=8,
-        hidden_size=128,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=256,
-        cross_attention_freq=1,
-        num_frames=8,
-        init_std=0.1,
-    )
-    fusion = (
-        FrameQFormerFusion(192, (8, 8), 1, video_num_query_tokens=16, video_num_layers=1, **sizes)
-        if temporal == "per_frame"
-        else JointQFormerFusion(192, (8, 8), 1, **sizes)
-    )
+    if temporal == "per_frame":
+        fusion = FrameQFormerFusion(192, (8, 8), 1, **options)
+    else:
+        fusion = JointQFormerFusion(192, (8, 8), 1, **{k: v for k, v in options.items() if not k.startswith("video_")})
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(FusionInput(visual))
