@@ -12,6 +12,7 @@ from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
 from vrp.models import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.contracts import FusionInput
 
 
 class Model(nn.Module):
@@ -34,7 +35,7 @@ class Model(nn.Module):
         )
 
     def encode_video(self, video, frame_mask, **unused):
-        return self.fusion(self.vision(video), frame_mask)
+        return self.fusion(FusionInput(self.vision(video), frame_mask))
 
 
 @pytest.mark.parametrize("temporal,objects", [("per_frame", False), ("joint", True)])

@@ -62,13 +62,19 @@ def _masks():
     return mem_mask, text_mask
 
 
-def test_blip2_qformer_parity_without_text():
-    torch.manual_seed(0)
-    hf = Blip2QFormerModel(Blip2QFormerConfig(**TINY)).eval()
+def _pair(model_cls, config_cls, *, seed: int, text: bool):
+    """A randomised transformers Q-Former of the TINY sizes, our Q-Former loaded from it, and the query tokens."""
+    torch.manual_seed(seed)
+    hf = model_cls(config_cls(**TINY)).eval()
     _randomise(hf)
     query_tokens = torch.randn(1, 8, 32)
-    ours = _ours(text=False)
+    ours = _ours(text=text)
     load_blip2_qformer(ours, {"query_tokens": query_tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    return hf, ours, query_tokens
+
+
+def test_blip2_qformer_parity_without_text():
+    hf, ours, query_tokens = _pair(Blip2QFormerModel, Blip2QFormerConfig, seed=0, text=False)
     memory = torch.randn(2, 10, 24)
     mem_mask, _ = _masks()
     with torch.no_grad():
@@ -114,12 +120,7 @@ def test_blip2_qformer_parity_with_text():
 
 
 def test_instructblip_qformer_parity_with_masks():
-    torch.manual_seed(2)
-    hf = InstructBlipQFormerModel(InstructBlipQFormerConfig(**TINY)).eval()
-    _randomise(hf)
-    query_tokens = torch.randn(1, 8, 32)
-    ours = _ours(text=True)
-    load_blip2_qformer(ours, {"query_tokens": query_tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    hf, ours, query_tokens = _pair(InstructBlipQFormerModel, InstructBlipQFormerConfig, seed=2, text=True)
     memory, ids = torch.randn(2, 10, 24), torch.randint(1, 50, (2, 5))
     mem_mask, text_mask = _masks()
     with torch.no_grad():
@@ -234,17 +235,7 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
 
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):
     torch.manual_seed(4)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=16,
-        ),
-        add_pooling_layer=False,
-    ).eval()
+    bert = BertModel(BertConfig(**TINY), add_pooling_layer=False).eval()  # the Q-Former's sizes (BERT ignores the rest)
     _randomise(bert)
     with torch.no_grad():
         bert.embeddings.token_type_embeddings.weight.zero_()  # the Q-Former has no token types

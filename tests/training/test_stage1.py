@@ -76,9 +76,10 @@ def test_all_three_losses_with_hard_negatives_and_boxes(tiny_root, monkeypatch):
     parts = module.losses(batch)
     assert set(parts) == {"itc", "itm", "lm"} and all(torch.isfinite(v) for v in parts.values())
     assert len(picks) == 2 and all((p != torch.arange(4)).all() for p in picks)  # a negative is never the positive
-    ((args, kw),) = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
-    assert args[0].shape[0] == 12 and kw["boxes"].shape == (12, 2, 2, 4) and kw["box_mask"].shape == (12, 2, 2)
-    torch.testing.assert_close(kw["boxes"][8:], batch["boxes"][picks[1]])
+    (((inputs,), _),) = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
+    tracks = inputs.tracks
+    assert inputs.visual.shape[0] == 12 and tracks.boxes.shape == (12, 2, 2, 4) and tracks.mask.shape == (12, 2, 2)
+    torch.testing.assert_close(tracks.boxes[8:], batch["boxes"][picks[1]])
     module._total(parts).backward()
     heads = dict(module.heads.named_parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.values()), sorted(heads)
