@@ -29,7 +29,7 @@ from data_modules.sources import (
 )
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
-from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
 from vrp.models.contracts import (
     Fusion,
     FusionInput,
@@ -42,13 +42,13 @@ from vrp.models.contracts import (
 )
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
-TINY_QFORMER = dict(
+TINY_QFORMER = QFormerOptions(
     num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T, init_std=0.1
 )
 TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
@@ -78,21 +78,30 @@ TINY_LLAVA_NEXT_VIDEO = dict(
     text_config=TINY_TEXT,
 )
 FUSIONS = {
-    "PoolingConnector": partial(PoolingConnector, temporal_bins=2, spatial_size=(1, 1)),
-    "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
-    "MLPConnector": partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2), hidden_dim=8, output_dim=8),
+    "PoolingConnector": partial(PoolingConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1))),
+    "LinearConnector": partial(LinearConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), output_dim=8),
+    "MLPConnector": partial(
+        MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 2)), hidden_dim=8, output_dim=8
+    ),
     "PerceiverResampler": partial(PerceiverResampler, num_latents=3, depth=1, num_heads=2, output_dim=8),
-    "FrameQFormerFusion": partial(FrameQFormerFusion, **TINY_QFORMER, **TINY_VIDEO_QFORMER),
-    "JointQFormerFusion-text-objects": partial(JointQFormerFusion, vocab_size=20, objects=True, **TINY_QFORMER),
+    "FrameQFormerFusion": partial(FrameQFormerFusion, qformer=TINY_QFORMER, **TINY_VIDEO_QFORMER),
+    "JointQFormerFusion-text-objects": partial(
+        JointQFormerFusion, qformer=dataclasses.replace(TINY_QFORMER, vocab_size=20, objects=True)
+    ),
     "TrackFusion-roi": partial(TrackFusion, **TINY_TRACKS),
     "TrackFusion-oracle": partial(TrackFusion, appearance="oracle", **TINY_TRACKS),
     "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
     "InstructBlipVideoFusion": partial(InstructBlipVideoFusion, config=TINY_INSTRUCTBLIP_VIDEO, num_frames=T),
     "LlavaVideoConnector": partial(LlavaVideoConnector, config=TINY_LLAVA_NEXT_VIDEO, num_frames=T),
     "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
-    "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
+    "MiddleFrame-MLP": partial(
+        MiddleFrame, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
+    ),
     "MiddleFrame-QFormer": partial(
-        MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER, **TINY_VIDEO_QFORMER)
+        MiddleFrame,
+        fusion=partial(
+            FrameQFormerFusion, qformer=dataclasses.replace(TINY_QFORMER, vocab_size=20), **TINY_VIDEO_QFORMER
+        ),
     ),
 }
 TINY_CLIP = {

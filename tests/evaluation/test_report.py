@@ -11,7 +11,7 @@ from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models import FrameQFormerFusion, JointQFormerFusion
+from vrp.models import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.contracts import FusionInput
 
 
@@ -24,14 +24,16 @@ class Model(nn.Module):
             vision.width,
             vision.grid,
             vision.num_prefix_tokens,
-            num_query_tokens=3,
-            hidden_size=16,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=32,
-            num_frames=3,
-            objects=objects,
-            num_slots=2,
+            qformer=QFormerOptions(
+                num_query_tokens=3,
+                hidden_size=16,
+                num_layers=2,
+                num_heads=2,
+                intermediate_size=32,
+                num_frames=3,
+                objects=objects,
+                num_slots=2,
+            ),
         )
 
     def encode_video(self, video, frame_mask, **unused):

@@ -11,7 +11,7 @@ from data_modules.sources.record import Record
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.evaluation.results import accuracy_table, comparison_table, load_blind_baseline, markdown_table, write_results
-from vrp.models.connectors import MLPConnector
+from vrp.models.connectors import MLPConnector, PoolOptions
 from vrp.models.contracts import FusionInput
 
 ROWS = [
@@ -69,7 +69,9 @@ def test_baseline_fusions():
     assert torch.equal(
         blind(FusionInput(visual, frame_mask))[0], blind(FusionInput(torch.zeros_like(visual), frame_mask))[1]
     )
-    mid = MiddleFrame(8, (2, 2), 1, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1)))
+    mid = MiddleFrame(
+        8, (2, 2), 1, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
+    )
     assert MiddleFrame.middle_index(frame_mask).tolist() == [2, 1]
     out = mid(FusionInput(visual, frame_mask))
     changed = visual.clone()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
 from vrp.models.contracts import FusionInput
 
 D, GRID, PREFIX = 32, (4, 4), 1
@@ -10,9 +10,11 @@ N = PREFIX + GRID[0] * GRID[1]
 
 def _connectors():
     return [
-        PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2)),
-        LinearConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2), output_dim=24),
-        MLPConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1), hidden_dim=48, output_dim=24),
+        PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2))),
+        LinearConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2)), output_dim=24),
+        MLPConnector(
+            D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), hidden_dim=48, output_dim=24
+        ),
         PerceiverResampler(D, GRID, PREFIX, num_latents=6, depth=1, num_heads=4, output_dim=24),
     ]
 
@@ -38,12 +40,14 @@ def test_padding_frames_are_ignored(conn):
 
 
 def test_pooling_averages_real_frames_into_ordered_bins():
-    conn = PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1))
+    conn = PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
     visual = torch.randn(1, 5, N, D)
     out = conn(FusionInput(visual, torch.tensor([[True] * 4 + [False]])))
     torch.testing.assert_close(out[0, 0], visual[0, :2, PREFIX:].mean((0, 1)))
     torch.testing.assert_close(out[0, 1], visual[0, 2:4, PREFIX:].mean((0, 1)))
-    temporal = PoolingConnector(D, GRID, PREFIX, temporal_bins=1, spatial_size=GRID)  # temporal pooling only
+    temporal = PoolingConnector(
+        D, GRID, PREFIX, pool=PoolOptions(temporal_bins=1, spatial_size=GRID)
+    )  # temporal pooling only
     assert temporal(FusionInput(visual)).shape == (1, 16, D)
 
 

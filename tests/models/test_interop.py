@@ -1,5 +1,7 @@
 """Weight interop: our Q-Former reproduces Hugging Face BLIP-2 / InstructBLIP / BERT outputs after loading."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import (
@@ -20,7 +22,7 @@ from vrp.models.interop import (
     qformer_from_blip2,
 )
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 TINY = dict(
     hidden_size=32,
@@ -189,11 +191,7 @@ def test_blip2_loads_into_per_frame_fusion(tmp_path):
         24,
         (2, 2),
         1,
-        num_query_tokens=8,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
+        qformer=QFormerOptions(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
         video_num_query_tokens=4,
         video_num_layers=1,
     ).eval()
@@ -217,9 +215,16 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
     """`init_from_pretrained: <folder>` (as a YAML gives it) loads the BLIP-2 Q-Former into the Q-Former that reads
     the vision tokens, and BLIP-2's ln_vision into visual_norm."""
     model, path = _tiny_blip2(tmp_path)
-    sizes = dict(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    options = QFormerOptions(
+        num_query_tokens=8,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        init_from_pretrained=str(path),
+    )
     extra = dict(video_num_query_tokens=4, video_num_layers=1) if cls is FrameQFormerFusion else {}
-    fusion = cls(24, (2, 2), 1, **sizes, **extra, init_from_pretrained=str(path)).eval()
+    fusion = cls(24, (2, 2), 1, qformer=options, **extra).eval()
     assert fusion.vision_qformer is (fusion.frame_qformer if cls is FrameQFormerFusion else fusion.qformer)
     torch.testing.assert_close(fusion.vision_qformer.query_tokens, model.query_tokens)
     torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
@@ -227,10 +232,10 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
     with torch.no_grad():
         ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
         torch.testing.assert_close(fusion.vision_qformer(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
-    fresh = cls(24, (2, 2), 1, **sizes, **extra)
+    fresh = cls(24, (2, 2), 1, qformer=replace(options, init_from_pretrained=None), **extra)
     assert not torch.equal(fresh.vision_qformer.query_tokens, fusion.vision_qformer.query_tokens)
     with pytest.raises(KeyError, match="num_layers=2"):  # sizes that are not the checkpoint's fail by name
-        cls(24, (2, 2), 1, **{**sizes, "num_layers": 1}, **extra, init_from_pretrained=str(path))
+        cls(24, (2, 2), 1, qformer=replace(options, num_layers=1), **extra)
 
 
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):

@@ -1,6 +1,7 @@
 """The Q-Former fusions (FrameQFormerFusion = temporal "per_frame", JointQFormerFusion = "joint"): shapes for every
 option, gradients, frame-count changes, padding frames, text joined or not."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,29 +11,32 @@ import yaml
 
 from vrp.models.contracts import FusionInput, Text, Tracks
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
 
 
-def fusion(temporal: str = "per_frame", **kw) -> FrameQFormerFusion | JointQFormerFusion:
+TINY = QFormerOptions(
+    num_query_tokens=4,
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=32,
+    num_frames=T,
+    num_slots=2,
+    slot_iters=2,
+)
+
+
+def fusion(temporal: str = "per_frame", **options) -> FrameQFormerFusion | JointQFormerFusion:
+    """A tiny fusion of either architecture, ``options`` replacing some of TINY's."""
     torch.manual_seed(0)
-    args = dict(
-        num_query_tokens=4,
-        hidden_size=16,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=32,
-        num_frames=T,
-        num_slots=2,
-        slot_iters=2,
-    )
     if temporal == "per_frame":
         return FrameQFormerFusion(
-            D, GRID, PREFIX, **(args | dict(video_num_query_tokens=3, video_num_layers=1) | kw)
+            D, GRID, PREFIX, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
         ).eval()
-    return JointQFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
+    return JointQFormerFusion(D, GRID, PREFIX, qformer=replace(TINY, **options)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -166,11 +170,7 @@ def test_factory_call_matches_reasoner_contract():
 
     make = partial(
         FrameQFormerFusion,
-        num_query_tokens=4,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=32,
+        qformer=QFormerOptions(num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
         video_num_query_tokens=2,
         video_num_layers=1,
     )
@@ -296,13 +296,15 @@ def test_small_random_fusion_tells_videos_apart(temporal):
     outputs at init; with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning
     never started."""
     config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/fusion_qformer.yaml").read_text())
-    options = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
-    assert options["init_std"] == 0.1
+    args = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
+    options = QFormerOptions(**args["qformer"])
+    assert options.init_std == 0.1
     torch.manual_seed(0)
     if temporal == "per_frame":
-        fusion = FrameQFormerFusion(192, (8, 8), 1, **options)
+        video = {k: v for k, v in args.items() if k.startswith("video_")}
+        fusion = FrameQFormerFusion(192, (8, 8), 1, qformer=options, **video)
     else:
-        fusion = JointQFormerFusion(192, (8, 8), 1, **{k: v for k, v in options.items() if not k.startswith("video_")})
+        fusion = JointQFormerFusion(192, (8, 8), 1, qformer=options)
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(FusionInput(visual))

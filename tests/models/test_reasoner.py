@@ -3,13 +3,23 @@ from functools import partial
 import pytest
 import torch
 
-from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner, tiny_llama_config, tiny_vit_config
+from vrp.models import (
+    CausalLM,
+    HFVisionEncoder,
+    MLPConnector,
+    PoolOptions,
+    VideoReasoner,
+    tiny_llama_config,
+    tiny_vit_config,
+)
 from vrp.models.tracks import TrackFusion
 
 T, SIZE = 2, 32
 
 
-def build(tokenizer_dir, seed=0, fusion=partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2)), **modes):
+def build(
+    tokenizer_dir, seed=0, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 2))), **modes
+):
     torch.manual_seed(seed)
     vision = HFVisionEncoder(
         config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1, num_heads=2)

@@ -3,8 +3,9 @@
 Each takes ``(vision_width, grid, num_prefix_tokens)`` first (the reasoner's fusion factory supplies them) and maps
 visual tokens (B, T, N, D) with ``frame_mask`` (B, T) to (B, Q, output_dim) behind the `vrp.models.contracts.Fusion`
 contract; none reads text or tracks (`vrp.models.contracts.check_input` refuses them). The pooling connectors
-compose one `TokenPool` each (none subclasses another), whose options (``temporal_bins``, ``spatial_size``) they
-take as their own. ``Q`` never depends on the number of frames: the pooling connectors average real frames into
+compose one `TokenPool` each (none subclasses another), configured by their one typed argument ``pool: PoolOptions``
+(``temporal_bins``, ``spatial_size``; a nested mapping in YAML: ``init_args: {pool: {temporal_bins: 4, spatial_size:
+[2, 2]}}``). ``Q`` never depends on the number of frames: the pooling connectors average real frames into
 ``temporal_bins`` ordered bins and patches into a ``spatial_size`` grid.
 
 - ``PoolingConnector``: parameter-free spatial/temporal average pooling (spatial: ``spatial_size=(1, 1)``;
@@ -15,6 +16,8 @@ take as their own. ``Q`` never depends on the number of frames: the pooling conn
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,20 +59,23 @@ def pool_tokens(
     return pooled.flatten(1, 2)
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """How the pooling connectors pool (their ``pool`` argument): real frames averaged into ``temporal_bins``
+    ordered bins, patches into a ``spatial_size`` grid; ``temporal_bins * prod(spatial_size)`` tokens."""
+
+    temporal_bins: int = 4
+    spatial_size: tuple[int, int] = (2, 2)
+
+
 class TokenPool(nn.Module):
     """The pooling step the pooling connectors compose (no parameters): `pool_tokens` with fixed grid and bins."""
 
-    def __init__(
-        self,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        temporal_bins: int = 4,
-        spatial_size: tuple[int, int] = (2, 2),
-    ):
+    def __init__(self, grid: tuple[int, int], num_prefix_tokens: int, options: PoolOptions):
         super().__init__()
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.temporal_bins, self.spatial_size = temporal_bins, tuple(spatial_size)
-        self.num_tokens = temporal_bins * self.spatial_size[0] * self.spatial_size[1]
+        self.temporal_bins, self.spatial_size = options.temporal_bins, tuple(options.spatial_size)
+        self.num_tokens = self.temporal_bins * self.spatial_size[0] * self.spatial_size[1]
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         return pool_tokens(
@@ -82,9 +88,11 @@ class PoolingConnector(nn.Module):
 
     supports_text = False
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, **pool):
+    def __init__(
+        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, pool: PoolOptions = PoolOptions()
+    ):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, **pool)
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
         self.num_output_tokens, self.output_dim, self.hidden_size = self.pool.num_tokens, vision_width, vision_width
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
@@ -98,10 +106,16 @@ class LinearConnector(nn.Module):
     supports_text = False
 
     def __init__(
-        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, output_dim: int | None = None, **pool
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        pool: PoolOptions = PoolOptions(),
+        output_dim: int | None = None,
     ):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, **pool)
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
         self.num_output_tokens, self.output_dim = self.pool.num_tokens, output_dim or vision_width
         self.hidden_size = self.output_dim
         self.proj = nn.Linear(vision_width, self.output_dim)
@@ -122,12 +136,12 @@ class MLPConnector(nn.Module):
         grid: tuple[int, int],
         num_prefix_tokens: int,
         *,
+        pool: PoolOptions = PoolOptions(),
         hidden_dim: int | None = None,
         output_dim: int | None = None,
-        **pool,
     ):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, **pool)
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
         hidden_dim, self.output_dim = hidden_dim or vision_width, output_dim or vision_width
         self.num_output_tokens, self.hidden_size = self.pool.num_tokens, self.output_dim
         self.mlp = nn.Sequential(nn.Linear(vision_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, self.output_dim))

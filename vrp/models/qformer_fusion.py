@@ -6,8 +6,9 @@
 - `JointQFormerFusion`: one Q-Former (`qformer`) reads all frames' tokens with factorised spatial + temporal
   embeddings.
 
-Both are built by the reasoner as ``fusion(vision_width, grid, num_prefix_tokens, **options)``, the options those of
-`QFormerOptions` (the frame Q-Former's also ``video_num_query_tokens`` and ``video_num_layers``), and share their parts
+Both are built by the reasoner as ``fusion(vision_width, grid, num_prefix_tokens)`` and configured by one typed
+argument, ``qformer: QFormerOptions`` (a nested mapping in YAML: ``init_args: {qformer: {num_query_tokens: 8, ...}}``;
+the frame Q-Former's also ``video_num_query_tokens`` and ``video_num_layers`` beside it), and share their parts
 as components: the BLIP-2 Q-Former core (`vrp.models.qformer.QFormer`), the vision LayerNorm and per-frame object tokens
 (`frame_parts`; `vrp.models.objects.ObjectTokens`, ``objects=True``: RoIAlign of given boxes, else slot attention),
 the frame checks of `frame_inputs`; neither subclasses the other, and the three methods that only read the memory a
@@ -37,7 +38,8 @@ from vrp.models.qformer import QFormer
 
 @dataclass(frozen=True)
 class QFormerOptions:
-    """The options both Q-Former fusions take (YAML ``init_args``); the sizes are BLIP-2's by default."""
+    """The options both Q-Former fusions take as their ``qformer`` argument (a nested mapping under ``init_args`` in
+    YAML); the sizes are BLIP-2's by default."""
 
     num_query_tokens: int = 32
     hidden_size: int = 768
@@ -148,12 +150,12 @@ class FrameQFormerFusion(nn.Module):
         grid: tuple[int, int],
         num_prefix_tokens: int,
         *,
+        qformer: QFormerOptions = QFormerOptions(),
         video_num_query_tokens: int = 32,
         video_num_layers: int = 2,
-        **options,
     ):
         super().__init__()
-        o = QFormerOptions(**options)
+        o = qformer
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
         self.hidden_size = self.output_dim = o.hidden_size
         self.supports_text = o.vocab_size > 0
@@ -190,9 +192,16 @@ class FrameQFormerFusion(nn.Module):
 class JointQFormerFusion(nn.Module):
     """One Q-Former over all frames' tokens with factorised space + time embeddings; -> (B, num_query_tokens, hidden)."""
 
-    def __init__(self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, **options):
+    def __init__(
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        qformer: QFormerOptions = QFormerOptions(),
+    ):
         super().__init__()
-        o = QFormerOptions(**options)
+        o = qformer
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
         self.visual_norm, self.objects = o.frame_parts(vision_width, grid, num_prefix_tokens)
         self.spatial_embed = nn.Parameter(torch.randn(num_prefix_tokens + grid[0] * grid[1], vision_width) * o.init_std)
