@@ -290,7 +290,7 @@ def real_shape_module(
     layers: int, llm_mode: str, image_size: int, vocab: int, attn: str | None = None, vision_layers: int = 2
 ):
     """SigLIP-shaped vision tower + Qwen2-0.5B-shaped LLM (random weights) in `InstructionTuning`."""
-    from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
+    from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, PoolOptions, VideoReasoner
     from vrp.training.stage2 import InstructionTuning
 
     vision = HFVisionEncoder(
@@ -324,7 +324,7 @@ def real_shape_module(
         lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         attn_implementation=attn,
     )
-    connector = partial(MLPConnector, temporal_bins=4, spatial_size=(4, 4))
+    connector = partial(MLPConnector, pool=PoolOptions(temporal_bins=4, spatial_size=(4, 4)))
     model = VideoReasoner(vision, connector, llm, llm_mode=llm_mode)
     return InstructionTuning(model, warmup_steps=0)
 

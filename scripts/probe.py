@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     from vrp.evaluation.results import accuracy_table
+    from vrp.models.contracts import TrackReader, box_substeps
     from vrp.scoring.per_question import rows_from_batch
     from vrp.tools.lightning_cli import VRPCLI
     from vrp.training.optim import adamw_cosine
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     cli = VRPCLI(args=args, run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model
-    if a.blind and model.fusion.needs_boxes:
+    if a.blind and isinstance(model.fusion, TrackReader) and model.fusion.requires_tracks:
         raise SystemExit(
             f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
             "--config experiments/baselines/blind.yaml instead"
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(a.seed)
     vision = model.vision.eval()
     dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    dm.configure_box_substeps(model.fusion.box_substeps)
+    dm.configure_box_substeps(box_substeps(model.fusion))
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")

@@ -4,6 +4,7 @@ classes the packages define, so a new part cannot skip its row."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
@@ -28,17 +29,26 @@ from data_modules.sources import (
 )
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
-from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
-from vrp.models.contracts import Fusion, TextFusion, VisionEncoder
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
+from vrp.models.contracts import (
+    Fusion,
+    FusionInput,
+    Text,
+    TextFusion,
+    TrackReader,
+    Tracks,
+    VisionEncoder,
+    box_substeps,
+)
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
-TINY_QFORMER = dict(
+TINY_QFORMER = QFormerOptions(
     num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T, init_std=0.1
 )
 TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
@@ -68,21 +78,30 @@ TINY_LLAVA_NEXT_VIDEO = dict(
     text_config=TINY_TEXT,
 )
 FUSIONS = {
-    "PoolingConnector": partial(PoolingConnector, temporal_bins=2, spatial_size=(1, 1)),
-    "LinearConnector": partial(LinearConnector, temporal_bins=2, spatial_size=(1, 1), output_dim=8),
-    "MLPConnector": partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2), hidden_dim=8, output_dim=8),
+    "PoolingConnector": partial(PoolingConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1))),
+    "LinearConnector": partial(LinearConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), output_dim=8),
+    "MLPConnector": partial(
+        MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 2)), hidden_dim=8, output_dim=8
+    ),
     "PerceiverResampler": partial(PerceiverResampler, num_latents=3, depth=1, num_heads=2, output_dim=8),
-    "FrameQFormerFusion": partial(FrameQFormerFusion, **TINY_QFORMER, **TINY_VIDEO_QFORMER),
-    "JointQFormerFusion-text-objects": partial(JointQFormerFusion, vocab_size=20, objects=True, **TINY_QFORMER),
+    "FrameQFormerFusion": partial(FrameQFormerFusion, qformer=TINY_QFORMER, **TINY_VIDEO_QFORMER),
+    "JointQFormerFusion-text-objects": partial(
+        JointQFormerFusion, qformer=dataclasses.replace(TINY_QFORMER, vocab_size=20, objects=True)
+    ),
     "TrackFusion-roi": partial(TrackFusion, **TINY_TRACKS),
     "TrackFusion-oracle": partial(TrackFusion, appearance="oracle", **TINY_TRACKS),
     "TrackFusion-none": partial(TrackFusion, appearance="none", **TINY_TRACKS),
     "InstructBlipVideoFusion": partial(InstructBlipVideoFusion, config=TINY_INSTRUCTBLIP_VIDEO, num_frames=T),
     "LlavaVideoConnector": partial(LlavaVideoConnector, config=TINY_LLAVA_NEXT_VIDEO, num_frames=T),
     "BlindFusion": partial(BlindFusion, num_output_tokens=2, output_dim=8),
-    "MiddleFrame-MLP": partial(MiddleFrame, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1))),
+    "MiddleFrame-MLP": partial(
+        MiddleFrame, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
+    ),
     "MiddleFrame-QFormer": partial(
-        MiddleFrame, fusion=partial(FrameQFormerFusion, vocab_size=20, **TINY_QFORMER, **TINY_VIDEO_QFORMER)
+        MiddleFrame,
+        fusion=partial(
+            FrameQFormerFusion, qformer=dataclasses.replace(TINY_QFORMER, vocab_size=20), **TINY_VIDEO_QFORMER
+        ),
     ),
 }
 TINY_CLIP = {
@@ -126,44 +145,52 @@ def test_every_fusion_and_encoder_class_has_a_row():
     assert {c.__name__ for c in encoders} == set(ENCODERS)
 
 
-def _inputs(B: int = 2):
-    visual = torch.randn(B, T, N, D)
+def _inputs(B: int = 2) -> FusionInput:
+    """Visual tokens with a padding frame, tracks (one box row per frame, attributes for the state oracle), text."""
     frame_mask = torch.ones(B, T, dtype=torch.bool)
     frame_mask[1, -1] = False
-    boxes = torch.tensor([0.1, 0.1, 0.6, 0.6]).expand(B, T, K, 4).clone()
-    box_mask = torch.ones(B, T, K, dtype=torch.bool)
     attributes = torch.zeros(B, K, 4)
     attributes[:, :, 0] = 1
-    return visual, frame_mask, boxes, box_mask, attributes
+    tracks = Tracks(
+        torch.tensor([0.1, 0.1, 0.6, 0.6]).expand(B, T, K, 4).clone(), torch.ones(B, T, K, dtype=torch.bool), attributes
+    )
+    text = Text(torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    return FusionInput(torch.randn(B, T, N, D), frame_mask, tracks, text)
 
 
 @pytest.mark.parametrize("name", FUSIONS)
 def test_fusion_contract(name):
+    """Each fusion gets what it declares it reads (tracks only as a TrackReader, text only with supports_text) and
+    refuses anything else; a TrackReader that requires tracks refuses to run without them."""
     torch.manual_seed(0)
     fusion = FUSIONS[name](D, GRID, PREFIX)
-    assert isinstance(fusion, Fusion)
-    for attr in ("supports_text", "needs_boxes", "reads_boxes"):
-        assert isinstance(getattr(fusion, attr), bool), attr
-    assert not fusion.needs_boxes or fusion.reads_boxes
-    visual, frame_mask, boxes, box_mask, attributes = _inputs()
-    text = {"text_ids": torch.tensor([[1, 2, 3], [4, 5, 0]]), "text_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
-    out = fusion(
-        visual,
-        frame_mask,
-        boxes=boxes,
-        box_mask=box_mask,
-        box_attributes=attributes,
-        **(text if fusion.supports_text else {}),
+    assert isinstance(fusion, Fusion) and isinstance(fusion.supports_text, bool)
+    full = _inputs()
+    reads_tracks = isinstance(fusion, TrackReader)
+    assert reads_tracks == any(k in name for k in ("Track", "objects"))  # declared by those that read tracks only
+    inputs = FusionInput(
+        full.visual, full.frame_mask, full.tracks if reads_tracks else None, full.text if fusion.supports_text else None
     )
+    out = fusion(inputs)
     assert out.shape == (2, fusion.num_output_tokens, fusion.output_dim) and torch.isfinite(out).all()
-    if not fusion.needs_boxes:  # boxes are optional: the same shape without them
-        assert fusion(visual, frame_mask).shape == out.shape
+    assert box_substeps(fusion) == (fusion.box_substeps if reads_tracks else 1)
+    untracked = dataclasses.replace(inputs, tracks=None)
+    if reads_tracks and fusion.requires_tracks:
+        with pytest.raises(ValueError, match="no tracks"):
+            fusion(untracked)
+    else:  # tracks are optional or not read: the same shape without them
+        assert fusion(untracked).shape == out.shape
+    if not reads_tracks:
+        with pytest.raises(ValueError, match="reads no object tracks"):
+            fusion(dataclasses.replace(inputs, tracks=full.tracks))
+    if not fusion.supports_text:
+        with pytest.raises(ValueError, match="does not read text"):
+            fusion(dataclasses.replace(inputs, text=full.text))
     if "QFormerFusion" in name and not name.startswith("MiddleFrame"):
         assert isinstance(fusion, TextFusion)  # a text encoder for stage 1, whether or not the queries read text
     if isinstance(fusion, TextFusion) and fusion.supports_text:
-        text_features = fusion.encode_text(text["text_ids"], text["text_mask"])
-        assert text_features.shape == (2, 3, fusion.hidden_size)
-        joint = fusion.forward_with_text(visual, frame_mask, text["text_ids"], text["text_mask"])
+        assert fusion.encode_text(full.text).shape == (2, 3, fusion.hidden_size)
+        joint = fusion.forward_with_text(inputs)
         assert joint.shape[0] == 2 and joint.shape[2] == fusion.hidden_size
 
 

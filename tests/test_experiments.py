@@ -95,8 +95,9 @@ def test_overlay_parses(pair):
     if overlay.name in connectors:
         fusion = cfg.model.init_args.model.init_args.fusion
         assert fusion.class_path == connectors[overlay.name]
-        assert "num_query_tokens" not in (fusion.init_args or {}), "Q-Former init_args leaked into the connector"
+        assert "qformer" not in (fusion.init_args or {}), "Q-Former init_args leaked into the connector"
         assert "max_objects" not in (fusion.init_args or {}), "track fusion init_args leaked into the connector"
+        assert (fusion.init_args.pool.temporal_bins, tuple(fusion.init_args.pool.spatial_size)) == (4, (2, 2))
 
 
 def test_zero_shot_overlay_builds_its_sources():

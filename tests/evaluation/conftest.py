@@ -44,7 +44,7 @@ def tokenizer(tokenizer_dir):
 
 def make_reasoner(tokenizer_dir: str, seed: int = 0):
     """A tiny VideoReasoner (tiny ViT on 16x16 frames, MLP connector with 2 tokens, tiny Llama), eval mode."""
-    from vrp.models.connectors import MLPConnector
+    from vrp.models.connectors import MLPConnector, PoolOptions
     from vrp.models.llm import CausalLM
     from vrp.models.reasoner import VideoReasoner
     from vrp.models.vision import HFVisionEncoder, tiny_vit_config
@@ -63,7 +63,7 @@ def make_reasoner(tokenizer_dir: str, seed: int = 0):
         },
         tokenizer=tokenizer_dir,
     )
-    fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 1))
+    fusion = partial(MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
     return VideoReasoner(vision, fusion, llm).eval()
 
 

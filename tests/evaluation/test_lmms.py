@@ -43,18 +43,20 @@ TINY_LLM = {
 def _config(root: Path, synthetic: Path, run: Path) -> dict:
     """The embedded stage-2 recipe (Q-Former fusion, full LLM) at toy size, two steps."""
     fusion = {
-        "num_query_tokens": 4,
+        "qformer": {
+            "num_query_tokens": 4,
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "cross_attention_freq": 1,
+            "num_frames": 4,
+            "vocab_size": 1024,
+            "max_text_len": 64,
+            "init_std": 0.1,
+        },
         "video_num_query_tokens": 4,
-        "hidden_size": 32,
-        "num_layers": 1,
         "video_num_layers": 1,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "cross_attention_freq": 1,
-        "num_frames": 4,
-        "vocab_size": 1024,
-        "max_text_len": 64,
-        "init_std": 0.1,
     }
     return {
         "seed_everything": 0,

@@ -11,7 +11,8 @@ from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models import FrameQFormerFusion, JointQFormerFusion
+from vrp.models import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
+from vrp.models.contracts import FusionInput
 
 
 class Model(nn.Module):
@@ -23,18 +24,20 @@ class Model(nn.Module):
             vision.width,
             vision.grid,
             vision.num_prefix_tokens,
-            num_query_tokens=3,
-            hidden_size=16,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=32,
-            num_frames=3,
-            objects=objects,
-            num_slots=2,
+            qformer=QFormerOptions(
+                num_query_tokens=3,
+                hidden_size=16,
+                num_layers=2,
+                num_heads=2,
+                intermediate_size=32,
+                num_frames=3,
+                objects=objects,
+                num_slots=2,
+            ),
         )
 
     def encode_video(self, video, frame_mask, **unused):
-        return self.fusion(self.vision(video), frame_mask)
+        return self.fusion(FusionInput(self.vision(video), frame_mask))
 
 
 @pytest.mark.parametrize("temporal,objects", [("per_frame", False), ("joint", True)])

@@ -11,7 +11,8 @@ from data_modules.sources.record import Record
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.evaluation.results import accuracy_table, comparison_table, load_blind_baseline, markdown_table, write_results
-from vrp.models.connectors import MLPConnector
+from vrp.models.connectors import MLPConnector, PoolOptions
+from vrp.models.contracts import FusionInput
 
 ROWS = [
     {"key": "a", "type": "descriptive", "prediction": 0, "answer": 0, "num_options": 4},
@@ -65,17 +66,21 @@ def test_baseline_fusions():
     visual = torch.randn(2, 5, 5, 8)  # (B, T, N, D): 1 CLS + 2x2 grid
     frame_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
     blind = BlindFusion(8, (2, 2), 1, num_output_tokens=3, output_dim=6)
-    assert torch.equal(blind(visual, frame_mask)[0], blind(torch.zeros_like(visual), frame_mask)[1])
-    mid = MiddleFrame(8, (2, 2), 1, fusion=partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1)))
+    assert torch.equal(
+        blind(FusionInput(visual, frame_mask))[0], blind(FusionInput(torch.zeros_like(visual), frame_mask))[1]
+    )
+    mid = MiddleFrame(
+        8, (2, 2), 1, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
+    )
     assert MiddleFrame.middle_index(frame_mask).tolist() == [2, 1]
-    out = mid(visual, frame_mask)
+    out = mid(FusionInput(visual, frame_mask))
     changed = visual.clone()
     changed[0, [0, 1, 3, 4]] = 0  # only frame 2 of clip 0 matters
     changed[1, 0] = 5
     assert out.shape == (2, mid.num_output_tokens, mid.output_dim)
-    torch.testing.assert_close(mid(changed, frame_mask), out)
+    torch.testing.assert_close(mid(FusionInput(changed, frame_mask)), out)
     changed[1, 1] += 1  # the middle real frame of clip 1
-    assert not torch.allclose(mid(changed, frame_mask)[1], out[1])
+    assert not torch.allclose(mid(FusionInput(changed, frame_mask))[1], out[1])
 
 
 NEXTQA_GROUPS = {"causal": ["CW", "CH"], "temporal": ["TN", "TC", "TP"], "descriptive": ["DC", "DL", "DO"]}

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
+from vrp.models.contracts import FusionInput
 
 D, GRID, PREFIX = 32, (4, 4), 1
 N = PREFIX + GRID[0] * GRID[1]
@@ -9,9 +10,11 @@ N = PREFIX + GRID[0] * GRID[1]
 
 def _connectors():
     return [
-        PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2)),
-        LinearConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(2, 2), output_dim=24),
-        MLPConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1), hidden_dim=48, output_dim=24),
+        PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2))),
+        LinearConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2)), output_dim=24),
+        MLPConnector(
+            D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), hidden_dim=48, output_dim=24
+        ),
         PerceiverResampler(D, GRID, PREFIX, num_latents=6, depth=1, num_heads=4, output_dim=24),
     ]
 
@@ -22,7 +25,7 @@ def test_shapes_do_not_depend_on_frame_count(conn, frames):
     visual = torch.randn(2, frames, N, D)
     mask = torch.ones(2, frames, dtype=torch.bool)
     mask[1, -1] = False
-    out = conn(visual, mask, boxes=None, text_ids=None)
+    out = conn(FusionInput(visual, mask))
     assert out.shape == (2, conn.num_output_tokens, conn.output_dim)
     assert conn.supports_text is False and conn.hidden_size == conn.output_dim
 
@@ -33,31 +36,33 @@ def test_padding_frames_are_ignored(conn):
     mask = torch.tensor([[True, True, True, False]])
     changed = visual.clone()
     changed[:, 3] = 100.0
-    torch.testing.assert_close(conn(visual, mask), conn(changed, mask))
+    torch.testing.assert_close(conn(FusionInput(visual, mask)), conn(FusionInput(changed, mask)))
 
 
 def test_pooling_averages_real_frames_into_ordered_bins():
-    conn = PoolingConnector(D, GRID, PREFIX, temporal_bins=2, spatial_size=(1, 1))
+    conn = PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
     visual = torch.randn(1, 5, N, D)
-    out = conn(visual, torch.tensor([[True] * 4 + [False]]))
+    out = conn(FusionInput(visual, torch.tensor([[True] * 4 + [False]])))
     torch.testing.assert_close(out[0, 0], visual[0, :2, PREFIX:].mean((0, 1)))
     torch.testing.assert_close(out[0, 1], visual[0, 2:4, PREFIX:].mean((0, 1)))
-    temporal = PoolingConnector(D, GRID, PREFIX, temporal_bins=1, spatial_size=GRID)  # temporal pooling only
-    assert temporal(visual, torch.ones(1, 5, dtype=torch.bool)).shape == (1, 16, D)
+    temporal = PoolingConnector(
+        D, GRID, PREFIX, pool=PoolOptions(temporal_bins=1, spatial_size=GRID)
+    )  # temporal pooling only
+    assert temporal(FusionInput(visual)).shape == (1, 16, D)
 
 
 def test_token_count_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="grid"):
-        PoolingConnector(D, GRID, PREFIX)(torch.randn(1, 2, N + 1, D), torch.ones(1, 2, dtype=torch.bool))
+        PoolingConnector(D, GRID, PREFIX)(FusionInput(torch.randn(1, 2, N + 1, D)))
 
 
 @pytest.mark.parametrize("conn", _connectors()[1:], ids=lambda c: type(c).__name__)
 def test_every_parameter_gets_a_gradient(conn):
-    conn(torch.randn(2, 3, N, D), torch.ones(2, 3, dtype=torch.bool)).square().mean().backward()
+    conn(FusionInput(torch.randn(2, 3, N, D))).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conn.parameters())
 
 
 def test_perceiver_rejects_too_many_frames():
     conn = PerceiverResampler(D, GRID, PREFIX, num_heads=4, max_frames=2)
     with pytest.raises(ValueError, match="max_frames"):
-        conn(torch.randn(1, 3, N, D), torch.ones(1, 3, dtype=torch.bool))
+        conn(FusionInput(torch.randn(1, 3, N, D)))

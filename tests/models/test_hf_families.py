@@ -18,6 +18,7 @@ from vrp.models import (
     InstructBlipVideoFusion,
     LlavaVideoConnector,
     MLPConnector,
+    PoolOptions,
     VideoReasoner,
     tiny_vit_config,
 )
@@ -148,7 +149,7 @@ def test_export_refuses_a_model_without_twin(family, tmp_path):
     name, folder = family
     model = VideoReasoner(
         HFVisionEncoder(config=tiny_vit_config(image_size=32, patch_size=8, hidden_size=32, num_layers=1)),
-        partial(MLPConnector, temporal_bins=1, spatial_size=(1, 1), output_dim=32),
+        partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)), output_dim=32),
         CausalLM(str(folder)),
     )
     with pytest.raises(NoHFTwin, match="MLPConnector"):

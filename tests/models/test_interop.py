@@ -1,5 +1,7 @@
 """Weight interop: our Q-Former reproduces Hugging Face BLIP-2 / InstructBLIP / BERT outputs after loading."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import (
@@ -20,7 +22,7 @@ from vrp.models.interop import (
     qformer_from_blip2,
 )
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 TINY = dict(
     hidden_size=32,
@@ -62,13 +64,19 @@ def _masks():
     return mem_mask, text_mask
 
 
-def test_blip2_qformer_parity_without_text():
-    torch.manual_seed(0)
-    hf = Blip2QFormerModel(Blip2QFormerConfig(**TINY)).eval()
+def _pair(model_cls, config_cls, *, seed: int, text: bool):
+    """A randomised transformers Q-Former of the TINY sizes, our Q-Former loaded from it, and the query tokens."""
+    torch.manual_seed(seed)
+    hf = model_cls(config_cls(**TINY)).eval()
     _randomise(hf)
     query_tokens = torch.randn(1, 8, 32)
-    ours = _ours(text=False)
+    ours = _ours(text=text)
     load_blip2_qformer(ours, {"query_tokens": query_tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    return hf, ours, query_tokens
+
+
+def test_blip2_qformer_parity_without_text():
+    hf, ours, query_tokens = _pair(Blip2QFormerModel, Blip2QFormerConfig, seed=0, text=False)
     memory = torch.randn(2, 10, 24)
     mem_mask, _ = _masks()
     with torch.no_grad():
@@ -114,12 +122,7 @@ def test_blip2_qformer_parity_with_text():
 
 
 def test_instructblip_qformer_parity_with_masks():
-    torch.manual_seed(2)
-    hf = InstructBlipQFormerModel(InstructBlipQFormerConfig(**TINY)).eval()
-    _randomise(hf)
-    query_tokens = torch.randn(1, 8, 32)
-    ours = _ours(text=True)
-    load_blip2_qformer(ours, {"query_tokens": query_tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
+    hf, ours, query_tokens = _pair(InstructBlipQFormerModel, InstructBlipQFormerConfig, seed=2, text=True)
     memory, ids = torch.randn(2, 10, 24), torch.randint(1, 50, (2, 5))
     mem_mask, text_mask = _masks()
     with torch.no_grad():
@@ -188,11 +191,7 @@ def test_blip2_loads_into_per_frame_fusion(tmp_path):
         24,
         (2, 2),
         1,
-        num_query_tokens=8,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
+        qformer=QFormerOptions(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
         video_num_query_tokens=4,
         video_num_layers=1,
     ).eval()
@@ -216,9 +215,16 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
     """`init_from_pretrained: <folder>` (as a YAML gives it) loads the BLIP-2 Q-Former into the Q-Former that reads
     the vision tokens, and BLIP-2's ln_vision into visual_norm."""
     model, path = _tiny_blip2(tmp_path)
-    sizes = dict(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    options = QFormerOptions(
+        num_query_tokens=8,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        init_from_pretrained=str(path),
+    )
     extra = dict(video_num_query_tokens=4, video_num_layers=1) if cls is FrameQFormerFusion else {}
-    fusion = cls(24, (2, 2), 1, **sizes, **extra, init_from_pretrained=str(path)).eval()
+    fusion = cls(24, (2, 2), 1, qformer=options, **extra).eval()
     assert fusion.vision_qformer is (fusion.frame_qformer if cls is FrameQFormerFusion else fusion.qformer)
     torch.testing.assert_close(fusion.vision_qformer.query_tokens, model.query_tokens)
     torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
@@ -226,25 +232,15 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
     with torch.no_grad():
         ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
         torch.testing.assert_close(fusion.vision_qformer(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
-    fresh = cls(24, (2, 2), 1, **sizes, **extra)
+    fresh = cls(24, (2, 2), 1, qformer=replace(options, init_from_pretrained=None), **extra)
     assert not torch.equal(fresh.vision_qformer.query_tokens, fusion.vision_qformer.query_tokens)
     with pytest.raises(KeyError, match="num_layers=2"):  # sizes that are not the checkpoint's fail by name
-        cls(24, (2, 2), 1, **{**sizes, "num_layers": 1}, **extra, init_from_pretrained=str(path))
+        cls(24, (2, 2), 1, qformer=replace(options, num_layers=1), **extra)
 
 
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):
     torch.manual_seed(4)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=16,
-        ),
-        add_pooling_layer=False,
-    ).eval()
+    bert = BertModel(BertConfig(**TINY), add_pooling_layer=False).eval()  # the Q-Former's sizes (BERT ignores the rest)
     _randomise(bert)
     with torch.no_grad():
         bert.embeddings.token_type_embeddings.weight.zero_()  # the Q-Former has no token types

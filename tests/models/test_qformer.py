@@ -1,34 +1,42 @@
 """The Q-Former fusions (FrameQFormerFusion = temporal "per_frame", JointQFormerFusion = "joint"): shapes for every
 option, gradients, frame-count changes, padding frames, text joined or not."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+from vrp.models.contracts import FusionInput, Text, Tracks
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
 
 
-def fusion(temporal: str = "per_frame", **kw) -> FrameQFormerFusion | JointQFormerFusion:
+TINY = QFormerOptions(
+    num_query_tokens=4,
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=32,
+    num_frames=T,
+    num_slots=2,
+    slot_iters=2,
+)
+
+
+def fusion(temporal: str = "per_frame", **options) -> FrameQFormerFusion | JointQFormerFusion:
+    """A tiny fusion of either architecture, ``options`` replacing some of TINY's."""
     torch.manual_seed(0)
-    args = dict(
-        num_query_tokens=4,
-        hidden_size=16,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=32,
-        num_frames=T,
-        num_slots=2,
-        slot_iters=2,
-    )
     if temporal == "per_frame":
         return FrameQFormerFusion(
-            D, GRID, PREFIX, **(args | dict(video_num_query_tokens=3, video_num_layers=1) | kw)
+            D, GRID, PREFIX, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
         ).eval()
-    return JointQFormerFusion(D, GRID, PREFIX, **(args | kw)).eval()
+    return JointQFormerFusion(D, GRID, PREFIX, qformer=replace(TINY, **options)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -37,6 +45,10 @@ def inputs(B=2, frames=T, K=2):
     xy = torch.rand(B, frames, K, 2, generator=g) * 0.5
     boxes = torch.cat([xy, xy + 0.3], dim=-1)
     return visual, torch.ones(B, frames, dtype=torch.bool), boxes
+
+
+def tracks(boxes: torch.Tensor | None) -> Tracks | None:
+    return None if boxes is None else Tracks(boxes)
 
 
 OPTIONS = [
@@ -48,13 +60,9 @@ OPTIONS = [
 def test_shapes_and_gradients(kw):
     f = fusion(**kw).train()
     visual, mask, boxes = inputs()
-    text = (
-        dict(text_ids=torch.randint(1, 20, (2, 5)), text_mask=torch.ones(2, 5, dtype=torch.long))
-        if kw["vocab_size"]
-        else {}
-    )
+    text = Text(torch.randint(1, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long)) if kw["vocab_size"] else None
     for b in [None, boxes] if kw["objects"] else [None]:
-        out = f(visual.requires_grad_(), mask, boxes=b, **text)
+        out = f(FusionInput(visual.requires_grad_(), mask, tracks(b), text))
         assert out.shape == (2, f.num_output_tokens, f.output_dim)
         assert f.num_output_tokens == (3 if kw["temporal"] == "per_frame" else 4)
         f.zero_grad()
@@ -79,11 +87,11 @@ def test_text_joined_changes_queries_and_stage1_api():
     visual, mask, _ = inputs()
     ids, tmask = torch.randint(1, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long)
     with torch.no_grad():
-        plain = f(visual, mask)
-        joined = f(visual, mask, text_ids=ids, text_mask=tmask)
-        both = f.forward_with_text(visual, mask, ids, tmask)
-        causal = f.forward_with_text(visual, mask, ids, tmask, text_causal=True)
-        text = f.encode_text(ids, tmask)
+        plain = f(FusionInput(visual, mask))
+        joined = f(FusionInput(visual, mask, text=Text(ids, tmask)))
+        both = f.forward_with_text(FusionInput(visual, mask, text=Text(ids, tmask)))
+        causal = f.forward_with_text(FusionInput(visual, mask, text=Text(ids, tmask)), text_causal=True)
+        text = f.encode_text(Text(ids, tmask))
     assert not torch.allclose(plain, joined)
     torch.testing.assert_close(both[:, :3], joined)
     assert both.shape == (2, 3 + 5, 16) and text.shape == (2, 5, 16)
@@ -93,10 +101,10 @@ def test_text_joined_changes_queries_and_stage1_api():
     ids2 = ids.clone()
     ids2[:, -1] = (ids[:, -1] % 19) + 1
     with torch.no_grad():
-        causal2 = f.forward_with_text(visual, mask, ids2, tmask, text_causal=True)
+        causal2 = f.forward_with_text(FusionInput(visual, mask, text=Text(ids2, tmask)), text_causal=True)
     torch.testing.assert_close(causal2[:, :-1], causal[:, :-1])
-    with pytest.raises(ValueError, match="without text"):
-        fusion()(visual, mask, text_ids=ids)
+    with pytest.raises(ValueError, match="does not read text"):
+        fusion()(FusionInput(visual, mask, text=Text(ids)))
 
 
 @pytest.mark.parametrize("temporal", ["per_frame", "joint"])
@@ -105,7 +113,7 @@ def test_other_frame_count_at_inference(temporal):
     for frames in (1, 5):
         visual, mask, boxes = inputs(frames=frames)
         with torch.no_grad():
-            assert f(visual, mask, boxes=boxes).shape == (2, f.num_output_tokens, 16)
+            assert f(FusionInput(visual, mask, Tracks(boxes))).shape == (2, f.num_output_tokens, 16)
 
 
 @pytest.mark.parametrize(
@@ -128,11 +136,11 @@ def test_padding_frames_do_not_influence_output(kw):
     other_boxes[0, 2:] = torch.rand_like(other_boxes[0, 2:])
     for b, ob in [(None, None), (boxes, other_boxes)] if kw.get("objects") else [(None, None)]:
         with torch.no_grad():
-            a, c = f(visual, mask, boxes=b), f(other, mask, boxes=ob)
+            a, c = f(FusionInput(visual, mask, tracks(b))), f(FusionInput(other, mask, tracks(ob)))
         torch.testing.assert_close(a, c, atol=1e-6, rtol=0)
     with torch.no_grad():  # but a real frame does change it (not by a constant: visual_norm would remove that)
         other[0, 0] += torch.randn_like(other[0, 0])
-        assert not torch.allclose(f(visual, mask), f(other, mask))
+        assert not torch.allclose(f(FusionInput(visual, mask)), f(FusionInput(other, mask)))
 
 
 def test_masked_boxes_do_not_influence_output():
@@ -144,7 +152,7 @@ def test_masked_boxes_do_not_influence_output():
     junk[:, :, 1] = float("nan")
     with torch.no_grad():
         torch.testing.assert_close(
-            f(visual, mask, boxes=boxes, box_mask=box_mask), f(visual, mask, boxes=junk, box_mask=box_mask)
+            f(FusionInput(visual, mask, Tracks(boxes, box_mask))), f(FusionInput(visual, mask, Tracks(junk, box_mask)))
         )
 
 
@@ -152,9 +160,9 @@ def test_bad_inputs_are_clear_errors():
     f = fusion()
     visual, mask, _ = inputs()
     with pytest.raises(ValueError, match="tokens per frame"):
-        f(visual[:, :, :-1], mask)
+        f(FusionInput(visual[:, :, :-1], mask))
     with pytest.raises(ValueError, match="no real frame"):
-        f(visual, torch.zeros_like(mask))
+        f(FusionInput(visual, torch.zeros_like(mask)))
 
 
 def test_factory_call_matches_reasoner_contract():
@@ -162,11 +170,7 @@ def test_factory_call_matches_reasoner_contract():
 
     make = partial(
         FrameQFormerFusion,
-        num_query_tokens=4,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=32,
+        qformer=QFormerOptions(num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
         video_num_query_tokens=2,
         video_num_layers=1,
     )
@@ -288,25 +292,20 @@ def test_folded_path_matches_transformers_blip2():
 
 @pytest.mark.parametrize("temporal", ["per_frame", "joint"])
 def test_small_random_fusion_tells_videos_apart(temporal):
-    """The embedded default's tiny Q-Former (init_std 0.1) must give different videos different outputs at init;
-    with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning never started."""
+    """The embedded Q-Former's sizes (the fusion_qformer ablation, init_std 0.1) must give different videos different
+    outputs at init; with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning
+    never started."""
+    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/fusion_qformer.yaml").read_text())
+    args = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
+    options = QFormerOptions(**args["qformer"])
+    assert options.init_std == 0.1
     torch.manual_seed(0)
-    sizes = dict(
-        num_query_tokens=8,
-        hidden_size=128,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=256,
-        cross_attention_freq=1,
-        num_frames=8,
-        init_std=0.1,
-    )
-    fusion = (
-        FrameQFormerFusion(192, (8, 8), 1, video_num_query_tokens=16, video_num_layers=1, **sizes)
-        if temporal == "per_frame"
-        else JointQFormerFusion(192, (8, 8), 1, **sizes)
-    )
+    if temporal == "per_frame":
+        video = {k: v for k, v in args.items() if k.startswith("video_")}
+        fusion = FrameQFormerFusion(192, (8, 8), 1, qformer=options, **video)
+    else:
+        fusion = JointQFormerFusion(192, (8, 8), 1, qformer=options)
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
-        out = fusion(visual, torch.ones(4, 8, dtype=torch.bool))
+        out = fusion(FusionInput(visual))
     assert out.std(0).mean() > 0.02 * out.std()

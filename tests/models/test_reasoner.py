@@ -3,12 +3,23 @@ from functools import partial
 import pytest
 import torch
 
-from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner, tiny_llama_config, tiny_vit_config
+from vrp.models import (
+    CausalLM,
+    HFVisionEncoder,
+    MLPConnector,
+    PoolOptions,
+    VideoReasoner,
+    tiny_llama_config,
+    tiny_vit_config,
+)
+from vrp.models.tracks import TrackFusion
 
 T, SIZE = 2, 32
 
 
-def build(tokenizer_dir, seed=0, **modes):
+def build(
+    tokenizer_dir, seed=0, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 2))), **modes
+):
     torch.manual_seed(seed)
     vision = HFVisionEncoder(
         config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1, num_heads=2)
@@ -16,7 +27,6 @@ def build(tokenizer_dir, seed=0, **modes):
     llm = CausalLM(
         config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir), lora_rank=4
     )
-    fusion = partial(MLPConnector, temporal_bins=2, spatial_size=(1, 2))
     return VideoReasoner(vision, fusion, llm, **modes)
 
 
@@ -46,11 +56,32 @@ def stage1(tokenizer_dir):
 
 
 def test_fusion_is_built_from_the_vision_encoder(stage1):
-    assert stage1.fusion.grid == stage1.vision.grid and stage1.fusion.num_prefix_tokens == 1
+    assert stage1.fusion.pool.grid == stage1.vision.grid and stage1.fusion.pool.num_prefix_tokens == 1
     assert stage1.projection.in_features == stage1.fusion.output_dim == 32
     assert stage1.projection.out_features == stage1.llm.hidden_size == 64
     video = torch.randn(2, T, 3, SIZE, SIZE)
     assert stage1.encode_video(video, torch.ones(2, T, dtype=torch.bool)).shape == (2, 4, 64)
+
+
+def test_tracks_reach_a_track_reader_only(tokenizer_dir):
+    """The batch's boxes are never handed to a fusion that reads no tracks (nor is its object stage kept), and a
+    track fusion given no boxes is an error, not a silent run without them."""
+    stage = object()  # the object stage is only kept or dropped here
+    plain = build(tokenizer_dir, objects=stage)
+    boxes = torch.tensor([0.1, 0.1, 0.5, 0.5]).expand(2, T, 2, 4)
+    batch = {"video": torch.randn(2, T, 3, SIZE, SIZE), "frame_mask": torch.ones(2, T, dtype=torch.bool)}
+    seen = []
+    plain.fusion.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    plain.fuse(batch | {"boxes": boxes})
+    assert seen[0].tracks is None and plain.objects is None
+    tracks = partial(
+        TrackFusion, max_objects=2, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
+    )
+    reader = build(tokenizer_dir, fusion=tracks, objects=stage)
+    assert reader.objects is stage
+    assert reader.fuse(batch | {"boxes": boxes}).shape == (2, reader.num_video_tokens, 16)
+    with pytest.raises(ValueError, match="TrackFusion needs per-frame object boxes and got no tracks"):
+        reader.fuse(batch)
 
 
 def test_build_inputs_puts_visual_tokens_at_the_placeholder(stage1):

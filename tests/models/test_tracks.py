@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vrp.models.contracts import FusionInput, Text, Tracks
 from vrp.models.tracks import TrackFusion, box_features
 
 
@@ -37,7 +38,7 @@ def test_shapes_gradients_and_padding(appearance):
     visual.requires_grad_(True)
     fusion = _fusion(appearance=appearance)
     attrs = torch.eye(10)[torch.tensor([[0, 5], [3, 9]])] if appearance == "oracle" else None  # (2, 2, 10)
-    out = fusion(visual, torch.ones(2, 3, dtype=torch.bool), boxes=boxes, box_mask=mask, box_attributes=attrs)
+    out = fusion(FusionInput(visual, torch.ones(2, 3, dtype=torch.bool), Tracks(boxes, mask, attrs)))
     assert out.shape == (2, 3 * 3, 16) and fusion.num_output_tokens == 9 and fusion.output_dim == 16
     tokens = out.view(2, 3, 3, 16)
     assert tokens[:, :, 2].abs().sum() == 0  # the padding object (K=2 < max_objects=3) is zero
@@ -51,20 +52,20 @@ def test_oracle_reads_attributes_not_pixels():
     visual, boxes, mask = _inputs()
     fusion = _fusion(appearance="oracle", num_attributes=4).eval()
     attrs = torch.tensor([[[1.0, 0, 1, 0], [0, 1, 0, 1]], [[1, 0, 0, 1], [0, 1, 1, 0]]])  # colour + shape words
-    ref = fusion(visual, None, boxes=boxes, box_mask=mask, box_attributes=attrs)
-    torch.testing.assert_close(fusion(visual * 0 + 3, None, boxes=boxes, box_mask=mask, box_attributes=attrs), ref)
-    assert not torch.allclose(fusion(visual, None, boxes=boxes, box_mask=mask, box_attributes=attrs.flip(1)), ref)
+    ref = fusion(FusionInput(visual, None, Tracks(boxes, mask, attrs)))
+    torch.testing.assert_close(fusion(FusionInput(visual * 0 + 3, None, Tracks(boxes, mask, attrs))), ref)
+    assert not torch.allclose(fusion(FusionInput(visual, None, Tracks(boxes, mask, attrs.flip(1)))), ref)
     with pytest.raises(ValueError, match="box_attributes"):
-        fusion(visual, None, boxes=boxes, box_mask=mask)
+        fusion(FusionInput(visual, None, Tracks(boxes, mask)))
 
 
 def test_joint_attention_reads_other_objects_and_frames():
     visual, boxes, mask = _inputs()
     fusion = _fusion(appearance="none").eval()
-    ref = fusion(visual, None, boxes=boxes, box_mask=mask).view(2, 3, 3, 16)
+    ref = fusion(FusionInput(visual, None, Tracks(boxes, mask))).view(2, 3, 3, 16)
     moved = boxes.clone()
     moved[:, 2, 1] += 0.05  # object 1 at the last frame only
-    out = fusion(visual, None, boxes=moved, box_mask=mask).view(2, 3, 3, 16)
+    out = fusion(FusionInput(visual, None, Tracks(moved, mask))).view(2, 3, 3, 16)
     assert not torch.allclose(out[:, 0, 0], ref[:, 0, 0])  # object 0 at frame 0 sees it
 
 
@@ -72,25 +73,25 @@ def test_switches_and_errors():
     visual, boxes, mask = _inputs()
     off = _fusion(identity_embed=False, time_embed=False, motion=False)
     assert off.identity is None and off.time is None
-    assert off(visual, None, boxes=boxes, box_mask=mask).shape == (2, 9, 16)
+    assert off(FusionInput(visual, None, Tracks(boxes, mask))).shape == (2, 9, 16)
     # without motion features a static and a moving track look the same at the box level
     static = boxes[:, :1].expand_as(boxes)
-    f = off.tokens(visual, None, static, mask, None)[0]
+    f = off.tokens(FusionInput(visual, None, Tracks(static, mask)))[0]
     assert f.shape == (2, 3, 3, 16)
     fusion = _fusion()
     with pytest.raises(ValueError, match="boxes"):
-        fusion(visual, None)
+        fusion(FusionInput(visual))
     with pytest.raises(ValueError, match="K<=3"):
-        fusion(visual, None, boxes=torch.zeros(2, 3, 4, 4))
+        fusion(FusionInput(visual, None, Tracks(torch.zeros(2, 3, 4, 4))))
     with pytest.raises(ValueError, match="text"):
-        fusion(visual, None, boxes=boxes, text_ids=torch.zeros(2, 3, dtype=torch.long))
+        fusion(FusionInput(visual, None, Tracks(boxes), Text(torch.zeros(2, 3, dtype=torch.long))))
     with pytest.raises(ValueError, match="appearance"):
         _fusion(appearance="pixels")
     # more frames than the learned time table: interpolated
     visual5 = torch.randn(2, 5, 17, 8)
     boxes5 = torch.rand(2, 5, 2, 2) * 0.4
     boxes5 = torch.cat([boxes5, boxes5 + 0.2], dim=-1)
-    assert fusion(visual5, None, boxes=boxes5).shape == (2, 15, 16)
+    assert fusion(FusionInput(visual5, None, Tracks(boxes5))).shape == (2, 15, 16)
 
 
 def test_inference_matches_training_mode():
@@ -98,10 +99,10 @@ def test_inference_matches_training_mode():
     visual, boxes, mask = _inputs()
     mask[1, :, 1] = False
     fusion = _fusion(num_layers=2)
-    train = fusion(visual, None, boxes=boxes, box_mask=mask)
+    train = fusion(FusionInput(visual, None, Tracks(boxes, mask)))
     fusion.eval()
     with torch.no_grad():
-        infer = fusion(visual, None, boxes=boxes, box_mask=mask)
+        infer = fusion(FusionInput(visual, None, Tracks(boxes, mask)))
     torch.testing.assert_close(infer, train)
 
 
@@ -110,17 +111,17 @@ def test_box_substeps_read_the_track_between_frames():
     S = 4
     dense = boxes.repeat_interleave(S, dim=1).clone()  # (B, T*S, K, 4): still between frames ...
     fusion = _fusion(box_substeps=S).eval()
-    ref = fusion(visual, None, boxes=dense, box_mask=mask.repeat_interleave(S, dim=1))
+    ref = fusion(FusionInput(visual, None, Tracks(dense, mask.repeat_interleave(S, dim=1))))
     assert ref.shape == (2, 9, 16)
     moved = dense.clone()
     moved[:, 2] += 0.05  # ... a move between sampled frames 0 and 1 (sub-step 2 of frame 0) changes the tokens
-    out = fusion(visual, None, boxes=moved, box_mask=mask.repeat_interleave(S, dim=1))
+    out = fusion(FusionInput(visual, None, Tracks(moved, mask.repeat_interleave(S, dim=1))))
     assert not torch.allclose(out, ref)
-    x = fusion.tokens(visual, None, moved, mask.repeat_interleave(S, dim=1), None)[0]
-    x_ref = fusion.tokens(visual, None, dense, mask.repeat_interleave(S, dim=1), None)[0]
+    x = fusion.tokens(FusionInput(visual, None, Tracks(moved, mask.repeat_interleave(S, dim=1))))[0]
+    x_ref = fusion.tokens(FusionInput(visual, None, Tracks(dense, mask.repeat_interleave(S, dim=1))))[0]
     torch.testing.assert_close(x[:, 1:], x_ref[:, 1:])  # only frame 0's tokens read that row
     assert not torch.allclose(x[:, 0], x_ref[:, 0])
     with pytest.raises(ValueError, match="box_substeps"):
-        fusion(visual, None, boxes=boxes, box_mask=mask)  # one row per frame for a fusion that expects 4
+        fusion(FusionInput(visual, None, Tracks(boxes, mask)))  # one row per frame for a fusion that expects 4
     with pytest.raises(ValueError, match="box_substeps"):
         _fusion(box_substeps=0)

@@ -26,11 +26,10 @@ def build(root: Path, fusion: str):
     vision = HFVisionEncoder(str(root / "vit"))
     llm = CausalLM(str(root / "llm"), lora_rank=4, lora_dropout=0.0)
     if fusion == "qformer":
-        from vrp.models import FrameQFormerFusion
+        from vrp.models import FrameQFormerFusion, QFormerOptions
 
-        factory = partial(
-            FrameQFormerFusion, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, dropout=0.0
-        )
+        options = QFormerOptions(num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, dropout=0.0)
+        factory = partial(FrameQFormerFusion, qformer=options)
     else:
         factory = partial(MLPConnector, output_dim=32)
     model = VideoReasoner(vision, factory, llm, llm_mode="lora")

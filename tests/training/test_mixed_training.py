@@ -19,7 +19,7 @@ from vrp.training.callbacks import StepLossLog
 
 
 def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
-    from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, VideoReasoner
+    from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, QFormerOptions, VideoReasoner
     from vrp.training.stage2 import InstructionTuning
 
     frames = np.zeros((6, 32, 32, 3), np.uint8)
@@ -47,15 +47,17 @@ def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
     torch.manual_seed(0)
     fusion = partial(
         FrameQFormerFusion,
-        num_query_tokens=2,
+        qformer=QFormerOptions(
+            num_query_tokens=2,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            intermediate_size=64,
+            num_frames=2,
+            vocab_size=64,
+        ),
         video_num_query_tokens=2,
-        hidden_size=32,
-        num_layers=1,
         video_num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        num_frames=2,
-        vocab_size=64,
     )
     model = VideoReasoner(
         HFVisionEncoder(str(tiny_root / "vit")), fusion, CausalLM(str(tiny_root / "llm")), llm_mode="full"

@@ -5,17 +5,18 @@ different numbers of samples."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import pytest
 import torch
 import torch.distributed as dist
-from test_stage1 import QFORMER
+from test_stage1 import QFORMER, VIDEO_QFORMER
 
 from data_modules.batching import TokenBudgetSampler
 from data_modules.collate import Collator
 from data_modules.packing import Packing
-from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, VideoReasoner
+from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, PoolOptions, VideoReasoner
 from vrp.models.reasoner import pack_sequences
 from vrp.training.losses import gather_with_grad, lm_loss
 from vrp.training.stage1 import AlignmentPretraining
@@ -75,7 +76,7 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("llm_mode", "attn", "side"), [("lora", "sdpa", "right"), ("full", "eager", "left")])
 def test_stage2_loss_and_gradients_equal_unpacked(tiny_root, llm_mode, attn, side):
-    fusion = partial(MLPConnector, output_dim=32, temporal_bins=2, spatial_size=(2, 1))
+    fusion = partial(MLPConnector, output_dim=32, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 1)))
     model = _reasoner(tiny_root, fusion, llm_mode, attn).train()
     Q = model.num_video_tokens
     plain, packed = _batches(tiny_root, Q, max_tokens=64, side=side)
@@ -97,7 +98,7 @@ def test_stage2_loss_and_gradients_equal_unpacked(tiny_root, llm_mode, attn, sid
 
 
 def test_stage1_losses_equal_unpacked(tiny_root):
-    fusion = partial(FrameQFormerFusion, **(QFORMER | {"objects": False, "dropout": 0.0}))
+    fusion = partial(FrameQFormerFusion, qformer=replace(QFORMER, objects=False, dropout=0.0), **VIDEO_QFORMER)
     module = AlignmentPretraining(_reasoner(tiny_root, fusion, "frozen"), embed_dim=16).train()
     plain, packed = _batches(tiny_root, module.model.num_video_tokens, max_tokens=64)
     assert packed["pack_shape"][0] < len(packed["keys"]) / 2
@@ -125,7 +126,7 @@ def test_pack_sequences_keeps_samples_apart():
 def test_token_budget_batches_give_the_unpacked_loss(tiny_root):
     """Each batch the token-budget sampler makes (`packing.rows`), laid out in its rows, gives the loss and gradients
     of the same samples padded: the budget changes which samples share a step, not what a step computes."""
-    fusion = partial(MLPConnector, output_dim=32, temporal_bins=2, spatial_size=(2, 1))
+    fusion = partial(MLPConnector, output_dim=32, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 1)))
     model = _reasoner(tiny_root, fusion, "lora", "sdpa").train()
     Q = model.num_video_tokens
     plain = Collator(str(tiny_root / "tokenizer"))

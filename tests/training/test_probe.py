@@ -41,15 +41,17 @@ def config(tmp_path_factory) -> Path:
                         "fusion": {
                             "class_path": "vrp.models.FrameQFormerFusion",
                             "init_args": {
-                                "num_query_tokens": 2,
+                                "qformer": {
+                                    "num_query_tokens": 2,
+                                    "hidden_size": 32,
+                                    "num_layers": 1,
+                                    "num_heads": 2,
+                                    "intermediate_size": 64,
+                                    "num_frames": 2,
+                                    "objects": True,
+                                },
                                 "video_num_query_tokens": 4,
-                                "hidden_size": 32,
-                                "num_layers": 1,
                                 "video_num_layers": 1,
-                                "num_heads": 2,
-                                "intermediate_size": 64,
-                                "num_frames": 2,
-                                "objects": True,
                             },
                         },
                         "llm": {

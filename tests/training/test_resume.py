@@ -78,15 +78,17 @@ def _config(root: Path, run: Path, packing: str | None = None) -> Path:
                         "fusion": {
                             "class_path": "vrp.models.FrameQFormerFusion",
                             "init_args": {
-                                "num_query_tokens": 4,
+                                "qformer": {
+                                    "num_query_tokens": 4,
+                                    "hidden_size": 32,
+                                    "num_layers": 1,
+                                    "num_heads": 2,
+                                    "intermediate_size": 64,
+                                    "num_frames": 2,
+                                    "dropout": 0.1,
+                                },
                                 "video_num_query_tokens": 4,
-                                "hidden_size": 32,
-                                "num_layers": 1,
                                 "video_num_layers": 1,
-                                "num_heads": 2,
-                                "intermediate_size": 64,
-                                "num_frames": 2,
-                                "dropout": 0.1,
                             },
                         },
                         "llm": {

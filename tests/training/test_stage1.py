@@ -4,6 +4,7 @@ loaded into stage 2 (`load_stage1`), and the test loop's results against a hand 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import partial
 
 import lightning as L
@@ -12,18 +13,16 @@ import torch
 from tiny import ANSWERS, ToyData
 
 from vrp.evaluation.callbacks import TestResults
-from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, VideoReasoner
+from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, QFormerOptions, VideoReasoner
 from vrp.scoring.scorers import MCOutput
 from vrp.training import stage1
 from vrp.training.stage1 import AlignmentPretraining
 from vrp.training.stage2 import InstructionTuning
 
-QFORMER = dict(
+QFORMER = QFormerOptions(
     num_query_tokens=2,
-    video_num_query_tokens=2,
     hidden_size=32,
     num_layers=1,
-    video_num_layers=1,
     num_heads=2,
     intermediate_size=64,
     num_frames=2,
@@ -32,13 +31,15 @@ QFORMER = dict(
     num_slots=2,
     init_std=0.1,
 )
+VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
 
 
-def _reasoner(root, seed: int = 0, **fusion) -> VideoReasoner:
+def _reasoner(root, seed: int = 0, **options) -> VideoReasoner:
+    """The tiny reasoner with the frame Q-Former of QFORMER, ``options`` replacing some of its options."""
     torch.manual_seed(seed)
     return VideoReasoner(
         HFVisionEncoder(str(root / "vit")),
-        partial(FrameQFormerFusion, **(QFORMER | fusion)),
+        partial(FrameQFormerFusion, qformer=replace(QFORMER, **options), **VIDEO_QFORMER),
         CausalLM(str(root / "llm")),
     )
 
@@ -76,9 +77,10 @@ def test_all_three_losses_with_hard_negatives_and_boxes(tiny_root, monkeypatch):
     parts = module.losses(batch)
     assert set(parts) == {"itc", "itm", "lm"} and all(torch.isfinite(v) for v in parts.values())
     assert len(picks) == 2 and all((p != torch.arange(4)).all() for p in picks)  # a negative is never the positive
-    ((args, kw),) = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
-    assert args[0].shape[0] == 12 and kw["boxes"].shape == (12, 2, 2, 4) and kw["box_mask"].shape == (12, 2, 2)
-    torch.testing.assert_close(kw["boxes"][8:], batch["boxes"][picks[1]])
+    (((inputs,), _),) = joint_calls  # positives, video with a hard-negative text, text with a hard-negative video
+    tracks = inputs.tracks
+    assert inputs.visual.shape[0] == 12 and tracks.boxes.shape == (12, 2, 2, 4) and tracks.mask.shape == (12, 2, 2)
+    torch.testing.assert_close(tracks.boxes[8:], batch["boxes"][picks[1]])
     module._total(parts).backward()
     heads = dict(module.heads.named_parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.values()), sorted(heads)

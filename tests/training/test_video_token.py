@@ -18,9 +18,7 @@ def _module(dm, llm):
     vision = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     return SimpleNamespace(
         trainer=SimpleNamespace(datamodule=dm),
-        model=SimpleNamespace(
-            vision=vision, llm=llm, fusion=SimpleNamespace(box_substeps=1), objects=None, num_video_tokens=4
-        ),
+        model=SimpleNamespace(vision=vision, llm=llm, fusion=SimpleNamespace(), objects=None, num_video_tokens=4),
         hparams={},
     )
 
@@ -52,7 +50,7 @@ def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_pa
 def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(tiny_root):
     dm = InstructionDataModule(tokenizer=str(tiny_root / "tokenizer"))
     module = _module(dm, CausalLM(str(tiny_root / "llm")))
-    module.model.fusion.box_substeps = 4
+    module.model.fusion = SimpleNamespace(box_substeps=4, requires_tracks=True)  # a track reader (TrackReader)
     module.model.objects = stage = SimpleNamespace(short_side=64)  # the model's object stage goes along
     datamodule_handoff.configure_datamodule(module)
     assert dm.box_substeps == 4 and dm.objects is stage and dm.clip_loader(train=False).objects is stage
@@ -65,3 +63,5 @@ def test_box_rows_go_to_the_datamodule_and_one_that_cannot_take_them_is_refused(
         datamodule_handoff.configure_datamodule(module)
     module.model.fusion.box_substeps = 1
     datamodule_handoff.configure_datamodule(module)  # one row per frame needs nothing of it
+    module.model.fusion = SimpleNamespace()  # a fusion that reads no tracks: one row per frame
+    datamodule_handoff.configure_datamodule(module)

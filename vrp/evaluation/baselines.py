@@ -5,24 +5,26 @@
 - `MiddleFrame`: wraps any fusion and feeds it only the middle real frame of each clip (what motion adds).
 - The linear / MLP connectors of `vrp.models.connectors` are the third baseline (what the Q-Former adds).
 
-Each takes ``vision_width, grid, num_prefix_tokens`` first, like every fusion module (the reasoner builds it).
+Each takes ``vision_width, grid, num_prefix_tokens`` first, like every fusion module (the reasoner builds it), and
+meets the `vrp.models.contracts.Fusion` contract; `MiddleFrame` reads tracks (and text) exactly when the fusion it
+wraps does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from vrp.models.contracts import Fusion, TextFusion
+from vrp.models.contracts import Fusion, FusionInput, TextFusion, TrackReader, check_input
 
 
 class BlindFusion(nn.Module):
     """``num_output_tokens`` learned tokens of width ``output_dim``, independent of the input (a soft prompt)."""
 
-    supports_text = needs_boxes = reads_boxes = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
         self,
@@ -37,18 +39,9 @@ class BlindFusion(nn.Module):
         self.num_output_tokens, self.output_dim, self.hidden_size = num_output_tokens, output_dim, output_dim
         self.tokens = nn.Parameter(torch.randn(num_output_tokens, output_dim) * 0.02)
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-        *,
-        boxes=None,
-        box_mask=None,
-        box_attributes=None,
-        text_ids=None,
-        text_mask=None,
-    ) -> torch.Tensor:
-        return self.tokens.expand(visual.shape[0], -1, -1)  # (B, Q, output_dim)
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        return self.tokens.expand(inputs.visual.shape[0], -1, -1)  # (B, Q, output_dim)
 
 
 class MiddleFrame(nn.Module):
@@ -70,41 +63,23 @@ class MiddleFrame(nn.Module):
             )
         self.output_dim, self.num_output_tokens = self.inner.output_dim, self.inner.num_output_tokens
         self.hidden_size = self.inner.hidden_size if isinstance(self.inner, TextFusion) else self.output_dim
-        self.supports_text, self.needs_boxes, self.reads_boxes, self.box_substeps = (
-            self.inner.supports_text,
-            self.inner.needs_boxes,
-            self.inner.reads_boxes,
-            self.inner.box_substeps,
-        )
+        self.supports_text = self.inner.supports_text
+        if isinstance(self.inner, TrackReader):  # a track reader exactly when the wrapped fusion is one
+            self.box_substeps, self.requires_tracks = self.inner.box_substeps, self.inner.requires_tracks
 
     @staticmethod
     def middle_index(frame_mask: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the middle real frame of each clip (real frames come first; padding follows)."""
         return (frame_mask.long().sum(1) - 1).clamp_min(0) // 2
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor,
-        *,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        box_attributes: torch.Tensor | None = None,
-        text_ids: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B = visual.shape[0]
-        idx = self.middle_index(frame_mask)
-        rows = torch.arange(B, device=visual.device)
-        pick = lambda x: None if x is None else x[rows, idx].unsqueeze(1)  # noqa: E731  (B, 1, ...)
-        rows_of = lambda x: None if x is None else x.unflatten(1, (-1, self.box_substeps))[rows, idx]  # noqa: E731
-        mask = torch.ones(B, 1, dtype=torch.bool, device=visual.device)
-        return self.inner(
-            pick(visual),
-            mask,
-            boxes=rows_of(boxes),  # the middle frame's box rows (B, S, K, 4)
-            box_mask=rows_of(box_mask),
-            box_attributes=box_attributes,
-            text_ids=text_ids,
-            text_mask=text_mask,
-        )
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        B = inputs.visual.shape[0]
+        idx = self.middle_index(inputs.frames())
+        rows = torch.arange(B, device=inputs.visual.device)
+        tracks = inputs.tracks
+        if tracks is not None:  # the middle frame's box rows (B, S, K, 4)
+            rows_of = lambda x: None if x is None else x.unflatten(1, (-1, self.box_substeps))[rows, idx]  # noqa: E731
+            tracks = dataclasses.replace(tracks, boxes=rows_of(tracks.boxes), mask=rows_of(tracks.mask))
+        mask = torch.ones(B, 1, dtype=torch.bool, device=inputs.visual.device)
+        return self.inner(FusionInput(inputs.visual[rows, idx].unsqueeze(1), mask, tracks, inputs.text))

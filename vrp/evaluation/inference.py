@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
+from vrp.models.contracts import box_substeps
 from vrp.models.io import CheckpointError, error_in_chain, export_info, load_exported
 from vrp.models.paths import ModelPathError
 
@@ -54,7 +55,7 @@ def clip_loader(model: nn.Module, *, num_frames: int = 8, image_frames: int = 1)
         num_frames=num_frames,
         sampling="uniform",
         image_frames=image_frames,
-        box_substeps=model.fusion.box_substeps,
+        box_substeps=box_substeps(model.fusion),
         damaged="keep",
         objects=model.objects,
     )

@@ -1,12 +1,12 @@
 """Model components (plain torch): vision encoders, fusion connectors, the LLM wrapper and the reasoner."""
 
-from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector
+from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
 from vrp.models.constants import VIDEO_TOKEN
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
 from vrp.models.llm import CausalLM, tiny_llama_config
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.reasoner import VideoReasoner
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
@@ -23,8 +23,10 @@ __all__ = [
     "MLPConnector",
     "OpenClipVisionEncoder",
     "PerceiverResampler",
+    "PoolOptions",
     "PoolingConnector",
     "QFormer",
+    "QFormerOptions",
     "TrackFusion",
     "VideoReasoner",
     "tiny_llama_config",

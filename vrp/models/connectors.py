@@ -2,9 +2,11 @@
 
 Each takes ``(vision_width, grid, num_prefix_tokens)`` first (the reasoner's fusion factory supplies them) and maps
 visual tokens (B, T, N, D) with ``frame_mask`` (B, T) to (B, Q, output_dim) behind the `vrp.models.contracts.Fusion`
-contract; none reads text or boxes (``supports_text``/``reads_boxes`` are False): those arguments are accepted and
-ignored. The pooling connectors compose one `TokenPool` each (none subclasses another). ``Q`` never depends on the number of frames: the pooling
-connectors average real frames into ``temporal_bins`` ordered bins and patches into a ``spatial_size`` grid.
+contract; none reads text or tracks (`vrp.models.contracts.check_input` refuses them). The pooling connectors
+compose one `TokenPool` each (none subclasses another), configured by their one typed argument ``pool: PoolOptions``
+(``temporal_bins``, ``spatial_size``; a nested mapping in YAML: ``init_args: {pool: {temporal_bins: 4, spatial_size:
+[2, 2]}}``). ``Q`` never depends on the number of frames: the pooling connectors average real frames into
+``temporal_bins`` ordered bins and patches into a ``spatial_size`` grid.
 
 - ``PoolingConnector``: parameter-free spatial/temporal average pooling (spatial: ``spatial_size=(1, 1)``;
   temporal: ``temporal_bins=1``, ``spatial_size=grid``). With the reasoner's projection it is the LLaVA-1 linear one.
@@ -15,9 +17,13 @@ connectors average real frames into ``temporal_bins`` ordered bins and patches i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vrp.models.contracts import FusionInput, check_input
 
 
 def pool_tokens(
@@ -53,63 +59,51 @@ def pool_tokens(
     return pooled.flatten(1, 2)
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """How the pooling connectors pool (their ``pool`` argument): real frames averaged into ``temporal_bins``
+    ordered bins, patches into a ``spatial_size`` grid; ``temporal_bins * prod(spatial_size)`` tokens."""
+
+    temporal_bins: int = 4
+    spatial_size: tuple[int, int] = (2, 2)
+
+
 class TokenPool(nn.Module):
     """The pooling step the pooling connectors compose (no parameters): `pool_tokens` with fixed grid and bins."""
 
-    def __init__(
-        self, grid: tuple[int, int], num_prefix_tokens: int, temporal_bins: int, spatial_size: tuple[int, int]
-    ):
+    def __init__(self, grid: tuple[int, int], num_prefix_tokens: int, options: PoolOptions):
         super().__init__()
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.temporal_bins, self.spatial_size = temporal_bins, tuple(spatial_size)
-        self.num_tokens = temporal_bins * self.spatial_size[0] * self.spatial_size[1]
+        self.temporal_bins, self.spatial_size = options.temporal_bins, tuple(options.spatial_size)
+        self.num_tokens = self.temporal_bins * self.spatial_size[0] * self.spatial_size[1]
 
-    def forward(self, visual: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
         return pool_tokens(
-            visual, frame_mask, self.grid, self.num_prefix_tokens, self.temporal_bins, self.spatial_size
+            inputs.visual, inputs.frames(), self.grid, self.num_prefix_tokens, self.temporal_bins, self.spatial_size
         )  # (B, Q, D)
 
 
 class PoolingConnector(nn.Module):
     """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of width ``vision_width``; no parameters."""
 
-    supports_text = needs_boxes = reads_boxes = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        temporal_bins: int = 4,
-        spatial_size: tuple[int, int] = (2, 2),
+        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, pool: PoolOptions = PoolOptions()
     ):
         super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
-        self.num_output_tokens = self.pool.num_tokens
-        self.output_dim = self.hidden_size = vision_width
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
+        self.num_output_tokens, self.output_dim, self.hidden_size = self.pool.num_tokens, vision_width, vision_width
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor,
-        *,
-        boxes=None,
-        box_mask=None,
-        box_attributes=None,
-        text_ids=None,
-        text_mask=None,
-    ) -> torch.Tensor:
-        return self.pool(visual, frame_mask)
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        return self.pool(inputs)
 
 
 class LinearConnector(nn.Module):
     """Pooled tokens through one linear layer to ``output_dim`` (default: ``vision_width``)."""
 
-    supports_text = needs_boxes = reads_boxes = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
         self,
@@ -117,28 +111,24 @@ class LinearConnector(nn.Module):
         grid: tuple[int, int],
         num_prefix_tokens: int,
         *,
-        temporal_bins: int = 4,
-        spatial_size: tuple[int, int] = (2, 2),
+        pool: PoolOptions = PoolOptions(),
         output_dim: int | None = None,
     ):
         super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
-        self.num_output_tokens = self.pool.num_tokens
-        self.output_dim = self.hidden_size = output_dim or vision_width
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
+        self.num_output_tokens, self.output_dim = self.pool.num_tokens, output_dim or vision_width
+        self.hidden_size = self.output_dim
         self.proj = nn.Linear(vision_width, self.output_dim)
 
-    def forward(
-        self, visual, frame_mask, *, boxes=None, box_mask=None, box_attributes=None, text_ids=None, text_mask=None
-    ):
-        return self.proj(self.pool(visual, frame_mask))  # (B, Q, output_dim)
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        return self.proj(self.pool(inputs))  # (B, Q, output_dim)
 
 
 class MLPConnector(nn.Module):
     """Pooled tokens through Linear -> GELU -> Linear (LLaVA-1.5's projector); widths default to ``vision_width``."""
 
-    supports_text = needs_boxes = reads_boxes = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
         self,
@@ -146,23 +136,19 @@ class MLPConnector(nn.Module):
         grid: tuple[int, int],
         num_prefix_tokens: int,
         *,
-        temporal_bins: int = 4,
-        spatial_size: tuple[int, int] = (2, 2),
+        pool: PoolOptions = PoolOptions(),
         hidden_dim: int | None = None,
         output_dim: int | None = None,
     ):
         super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.pool = TokenPool(grid, num_prefix_tokens, temporal_bins, spatial_size)
-        self.num_output_tokens = self.pool.num_tokens
-        hidden_dim = hidden_dim or vision_width
-        self.output_dim = self.hidden_size = output_dim or vision_width
+        self.pool = TokenPool(grid, num_prefix_tokens, pool)
+        hidden_dim, self.output_dim = hidden_dim or vision_width, output_dim or vision_width
+        self.num_output_tokens, self.hidden_size = self.pool.num_tokens, self.output_dim
         self.mlp = nn.Sequential(nn.Linear(vision_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, self.output_dim))
 
-    def forward(
-        self, visual, frame_mask, *, boxes=None, box_mask=None, box_attributes=None, text_ids=None, text_mask=None
-    ):
-        return self.mlp(self.pool(visual, frame_mask))  # (B, Q, output_dim)
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        return self.mlp(self.pool(inputs))  # (B, Q, output_dim)
 
 
 class PerceiverLayer(nn.Module):
@@ -187,8 +173,7 @@ class PerceiverLayer(nn.Module):
 class PerceiverResampler(nn.Module):
     """``num_latents`` learned queries resample all tokens of all real frames (frame embeddings mark time)."""
 
-    supports_text = needs_boxes = reads_boxes = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
         self,
@@ -215,22 +200,14 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(vision_width)
         self.proj = nn.Linear(vision_width, self.output_dim) if self.output_dim != vision_width else nn.Identity()
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor,
-        *,
-        boxes=None,
-        box_mask=None,
-        box_attributes=None,
-        text_ids=None,
-        text_mask=None,
-    ) -> torch.Tensor:
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        check_input(self, inputs)
+        visual = inputs.visual
         B, T, N, D = visual.shape
         if T > self.max_frames:
             raise ValueError(f"{T} frames exceed max_frames={self.max_frames}; raise max_frames in the config")
         media = (visual + self.frame_embed[:T, None]).reshape(B, T * N, D)  # (B, T*N, D)
-        media_mask = frame_mask.to(torch.bool)[:, :, None].expand(B, T, N).reshape(B, T * N)
+        media_mask = inputs.frames()[:, :, None].expand(B, T, N).reshape(B, T * N)
         latents = self.latents.expand(B, -1, -1)  # (B, Q, D)
         for layer in self.layers:
             latents = layer(latents, media, media_mask)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vrp.models.constants import IGNORE_INDEX
-from vrp.models.contracts import Fusion, VisionEncoder
+from vrp.models.contracts import Fusion, FusionInput, Text, TrackReader, Tracks, VisionEncoder, tracks_for
 from vrp.models.llm import CausalLM
 from vrp.models.tracking import ObjectStage
 
@@ -67,7 +67,7 @@ class VideoReasoner(nn.Module):
     stage 2: also ``llm_mode="lora"``. ``use_qformer_text`` feeds ``qformer_input_ids`` to a text-aware fusion.
     ``objects``: the object stage (`vrp.models.tracking.ObjectStage`, frozen) that gives a fusion reading boxes the
     tracks of a video no boxes file covers; the data layer runs it as it reads the video. Dropped when the fusion
-    reads no boxes (so an overlay that swaps in such a fusion needs not remove it).
+    is no `vrp.models.contracts.TrackReader` (so an overlay that swaps in such a fusion needs not remove it).
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class VideoReasoner(nn.Module):
         if not isinstance(self.fusion, Fusion):
             raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm
-        self.objects = objects if self.fusion.reads_boxes else None  # a fusion that reads no boxes needs no tracks
+        self.objects = objects if isinstance(self.fusion, TrackReader) else None  # no track reader, no tracks
         if projection == "linear":
             self.projection = nn.Linear(self.fusion.output_dim, llm.hidden_size)
         elif projection == "none":
@@ -139,9 +139,10 @@ class VideoReasoner(nn.Module):
 
         Reads ``batch["visual"]`` (B, T, N, D) encoder tokens when present (feature cache, probe), else runs the vision
         encoder on ``batch["video"]`` (B, T, C, H, W) (without autograd when it is frozen). ``boxes``/``box_mask``
-        (and ``box_attributes``, read only by a state-oracle fusion) go to the fusion. The fusion reads
-        ``qformer_input_ids`` when ``with_text`` (default: ``use_qformer_text``); stage-1 contrastive queries pass
-        False. Tensors are moved to the model's device.
+        (and ``box_attributes``, read only by a state-oracle fusion) go to the fusion as its `Tracks` when it is a
+        `TrackReader` (any other fusion is handed none). The fusion reads ``qformer_input_ids`` as its `Text` when
+        ``with_text`` (default: ``use_qformer_text``); stage-1 contrastive queries pass False. Tensors are moved to
+        the model's device.
         """
         device = self.anchor().device
 
@@ -150,23 +151,17 @@ class VideoReasoner(nn.Module):
             return value.to(device) if isinstance(value, torch.Tensor) else None
 
         visual = self.visual_tokens(batch)  # (B, T, N, D)
-        text_ids = text_mask = None
+        text = None
         if self.use_qformer_text if with_text is None else with_text:
             if batch.get("qformer_input_ids") is None:
                 raise KeyError(
                     "the fusion reads the instruction (use_qformer_text) but the batch has no "
                     "'qformer_input_ids'; enable it in the datamodule"
                 )
-            text_ids, text_mask = get("qformer_input_ids"), get("qformer_attention_mask")
-        return self.fusion(
-            visual,
-            get("frame_mask"),
-            boxes=get("boxes"),
-            box_mask=get("box_mask"),
-            box_attributes=get("box_attributes"),
-            text_ids=text_ids,
-            text_mask=text_mask,
-        )  # (B, Q, Dq)
+            text = Text(get("qformer_input_ids"), get("qformer_attention_mask"))
+        boxes = get("boxes")
+        tracks = None if boxes is None else Tracks(boxes, get("box_mask"), get("box_attributes"))
+        return self.fusion(FusionInput(visual, get("frame_mask"), tracks_for(self.fusion, tracks), text))  # (B, Q, Dq)
 
     def visual_tokens(self, batch: Mapping) -> torch.Tensor:
         """Vision-encoder tokens (B, T, N, D): ``batch["visual"]`` when cached, else the encoder on ``batch["video"]``

@@ -4,7 +4,7 @@ The k-th box of every frame is the same object (the object stage's track ids), s
 it is (identity embedding), *when* (time embedding), *where and how it moves* (an embedding of its box and the
 box's motion at the frame's S box rows) and *what it looks like*: RoIAlign of the box over the frozen encoder's
 patch grid (``appearance="roi"``: pixels and unlabelled boxes only), or, for the **state oracle**, an embedding of
-the object's attributes (``appearance="oracle"``: multi-hot ``box_attributes`` from the simulator; no pixels), or
+the object's attributes (``appearance="oracle"``: the tracks' multi-hot ``attributes`` from the simulator; no pixels), or
 nothing (``appearance="none"``: boxes only). A pre-norm transformer attends over all K x T tokens at once, so an
 object's token at frame t can read every other object at every frame.
 
@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vrp.models.contracts import FusionInput, check_input
 from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
@@ -46,15 +47,16 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TrackFusion(nn.Module):
     """Fusion over object tracks; built by the reasoner as ``TrackFusion(vision_width, grid, num_prefix_tokens, ...)``.
 
-    Contract: ``forward(visual (B, T, N, D), frame_mask (B, T), *, boxes (B, T * S, K, 4), box_mask (B, T * S, K),
-    box_attributes (B, K, V) = None) -> (B, max_objects * T, hidden_size)``, S = ``box_substeps`` (row ``t * S`` is
-    frame t's box); boxes are required (K <= ``max_objects``), ``box_attributes`` only with ``appearance="oracle"``
-    (V = ``num_attributes``). Options: ``appearance``, ``identity_embed``, ``time_embed``, ``motion`` (the motion
-    part of the box features) and ``box_substeps``.
+    Contract: a `vrp.models.contracts.TrackReader` that requires tracks: ``forward(FusionInput(visual (B, T, N, D),
+    frame_mask (B, T), tracks=Tracks(boxes (B, T * S, K, 4), mask (B, T * S, K), attributes (B, K, V) = None)))
+    -> (B, max_objects * T, hidden_size)``, S = ``box_substeps`` (row ``t * S`` is frame t's box); K <=
+    ``max_objects``; ``attributes`` only with ``appearance="oracle"`` (V = ``num_attributes``). Options:
+    ``appearance``, ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features) and
+    ``box_substeps``.
     """
 
     supports_text = False
-    needs_boxes = reads_boxes = True  # no tracks, no tokens: there is no fallback for missing boxes
+    requires_tracks = True  # no tracks, no tokens: there is no fallback for missing boxes
 
     def __init__(
         self,
@@ -119,21 +121,12 @@ class TrackFusion(nn.Module):
             feats = torch.cat([feats[..., :POSITION_FEATURES], torch.zeros_like(feats[..., POSITION_FEATURES:])], -1)
         return self.box_embed(feats.view(B, TS // S, S, K, -1).transpose(2, 3).reshape(B, TS // S, K, -1))
 
-    def tokens(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None,
-        boxes: torch.Tensor | None,
-        box_mask: torch.Tensor | None,
-        box_attributes: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, inputs: FusionInput) -> tuple[torch.Tensor, torch.Tensor]:
         """Input tokens (B, T, K, H) before attention and their keep-mask (B, T, K), K = ``max_objects``."""
+        check_input(self, inputs)
+        visual, frame_mask, tracks = inputs.visual, inputs.frame_mask, inputs.tracks
         B, T, N, D = visual.shape
-        if boxes is None:
-            raise ValueError(
-                "TrackFusion needs per-frame object boxes (B, T, K, 4): give the datamodule tracks (the object "
-                "stage's, or a detector's boxes in the boxes.json layout; `vrp ask --boxes`)"
-            )
+        boxes, box_mask, box_attributes = tracks.boxes, tracks.mask, tracks.attributes
         K, S = boxes.shape[2], self.box_substeps
         if boxes.shape[:2] != (B, T * S) or boxes.shape[-1] != 4 or K > self.max_objects:
             raise ValueError(
@@ -175,21 +168,9 @@ class TrackFusion(nn.Module):
             x = x + interpolate_embeddings(self.time, T)[None, :, None]  # clips of other lengths: interpolated
         return x, mask
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-        *,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        box_attributes: torch.Tensor | None = None,
-        text_ids: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
         """-> (B, max_objects * T, H) frame-major track tokens; absent objects' tokens are zero."""
-        if text_ids is not None:
-            raise ValueError("TrackFusion does not read text; set use_qformer_text: false")
-        x, mask = self.tokens(visual, frame_mask, boxes, box_mask, box_attributes)  # (B, T, K, H)
+        x, mask = self.tokens(inputs)  # (B, T, K, H)
         B, T, K, H = x.shape
         flat, mask = x.reshape(B, T * K, H), mask.reshape(B, T * K)
         keep = mask | ~mask.any(1, keepdim=True)  # a clip without any box still attends (to zeros) instead of NaN

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vrp.evaluation.inference import DEFAULT_CHECKPOINT, AskError, answer, load_model, make_batch
+from vrp.models.contracts import TrackReader
 from vrp.models.llm import SequenceTooLong
 
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
                 raise AskError(f'--options needs at least two non-empty options separated by "|", got {args.options!r}')
         model = loader(args.checkpoint).eval()
         batch = make_batch(model, args.video, args.question, options, num_frames=args.num_frames, boxes=args.boxes)
-        if args.boxes is None and model.fusion.needs_boxes and model.objects is None:
+        reads_tracks = isinstance(model.fusion, TrackReader)
+        if args.boxes is None and reads_tracks and model.fusion.requires_tracks and model.objects is None:
             raise AskError(
                 f"this model ({type(model.fusion).__name__}) reads object tracks and has no object stage: give "
                 "per-frame boxes with --boxes FILE (boxes.json layout, e.g. a detector + tracker's output)"
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None, *, loader: Callable[[str], nn.Module] = 
                 f"note: the object stage found no object in {args.video}; the answer rests on the frames alone",
                 file=sys.stderr,
             )
-        elif args.boxes is None and model.fusion.reads_boxes and model.objects is None:
+        elif args.boxes is None and reads_tracks and model.objects is None:
             print(
                 "note: this model has object tokens but no --boxes were given; they come from slot attention",
                 file=sys.stderr,

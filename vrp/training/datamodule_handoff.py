@@ -14,6 +14,7 @@ from data_modules.collate import Collator
 from data_modules.features import FeatureStore
 from data_modules.sources.boxes import ObjectTracker
 from vrp.models.constants import VIDEO_TOKEN
+from vrp.models.contracts import box_substeps
 
 
 # What the stage modules ask of a datamodule, one capability each (both of `data_modules.datamodules` have all
@@ -71,7 +72,7 @@ def configure_datamodule(module: L.LightningModule) -> None:
     vision = module.model.vision
     if isinstance(dm, TakesPreprocess):
         dm.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-    substeps = module.model.fusion.box_substeps
+    substeps = box_substeps(module.model.fusion)
     if isinstance(dm, TakesBoxSubsteps):
         dm.configure_box_substeps(substeps)
     elif substeps != 1:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.models.contracts import TextFusion
+from vrp.models.contracts import FusionInput, Text, TextFusion, Tracks, tracks_for
 from vrp.training import batches, checkpoint, datamodule_handoff
 from vrp.training.losses import (
     contrastive_loss,
@@ -99,21 +99,23 @@ class AlignmentPretraining(L.LightningModule):
             self.heads.logit_scale.clamp_(0, hp.max_logit_scale)
         if hp.itc_weight > 0:
             v = F.normalize(self.heads.video_proj(queries), dim=-1)  # (B, Q, E)
-            t = F.normalize(self.heads.text_proj(model.fusion.encode_text(ids, tmask)[:, 0]), dim=-1)  # (B, E)
+            t = F.normalize(self.heads.text_proj(model.fusion.encode_text(Text(ids, tmask))[:, 0]), dim=-1)  # (B, E)
             out["itc"], sim = contrastive_loss(v, t, self.heads.logit_scale, gather=hp.gather_features)
         else:
             sim = torch.zeros(B, B, device=ids.device)  # uniform negatives
         if hp.itm_weight > 0:
             neg_text = sample_hard_negatives(sim)  # (B,) text index for each video
             neg_video = sample_hard_negatives(sim.t())  # (B,) video index for each text
-            vis = torch.cat([visual, visual, visual[neg_video]])  # (3B, T, N, D)
-            fm = batch["frame_mask"]
+            videos = lambda x: None if x is None else torch.cat([x, x, x[neg_video]])  # noqa: E731  (3B, ...)
+            boxes, box_mask = batch.get("boxes"), batch.get("box_mask")
+            tracks = None if boxes is None else Tracks(videos(boxes), videos(box_mask))
             joint = model.fusion.forward_with_text(
-                vis,
-                torch.cat([fm, fm, fm[neg_video]]),
-                torch.cat([ids, ids[neg_text], ids]),
-                torch.cat([tmask, tmask[neg_text], tmask]),
-                **_boxes(batch, neg_video),
+                FusionInput(
+                    videos(visual),  # (3B, T, N, D)
+                    videos(batch["frame_mask"]),
+                    tracks_for(model.fusion, tracks),
+                    Text(torch.cat([ids, ids[neg_text], ids]), torch.cat([tmask, tmask[neg_text], tmask])),
+                )
             )  # (3B, Q + L, H)
             logits = self.heads.itm(joint[:, : model.fusion.num_output_tokens].mean(1))  # (3B, 2)
             out["itm"] = matching_loss(logits, B)
@@ -162,13 +164,3 @@ class AlignmentPretraining(L.LightningModule):
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         checkpoint.check_trainable_keys(ckpt, self)
-
-
-def _boxes(batch: dict, neg_video: torch.Tensor) -> dict:
-    if batch.get("boxes") is None:
-        return {}
-    b, m = batch["boxes"], batch.get("box_mask")
-    out = {"boxes": torch.cat([b, b, b[neg_video]])}
-    if m is not None:
-        out["box_mask"] = torch.cat([m, m, m[neg_video]])
-    return out

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vrp.models.contracts import FusionInput
+from vrp.models.qformer_fusion import frame_inputs
 
 FAMILY_TYPES = ("instructblipvideo", "llava_next_video", "llava_onevision")
 LLAVA_TYPES = ("llava_next_video", "llava_onevision")
@@ -69,6 +73,18 @@ def family_config(name_or_path: str | os.PathLike | None = None, config: dict | 
     if cfg.model_type not in expect:
         raise ValueError(f"{name_or_path or 'config'} is a {cfg.model_type!r} model, not one of {list(expect)}")
     return cfg
+
+
+@dataclass(frozen=True)
+class FamilySource:
+    """Where a family connector comes from (its ``init_args``): a released ``model_name_or_path`` (folder or Hub
+    name; its weights load) or a ``config`` dict with ``model_type`` (random weights); exactly one."""
+
+    model_name_or_path: str | None = None
+    config: dict | None = None
+
+    def hf_config(self, expect: tuple[str, ...]):
+        return family_config(self.model_name_or_path, self.config, expect=expect)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -160,3 +176,13 @@ def feature_layer(name_or_path: str | os.PathLike) -> int | None:
             f"{name_or_path}: vision_feature_layer={cfg.vision_feature_layer} (several layers) is not supported"
         )
     return cfg.vision_feature_layer
+
+
+def frame_tokens(inputs: FusionInput, grid: tuple[int, int], num_prefix_tokens: int, num_frames: int) -> torch.Tensor:
+    """A family connector's visual tokens (B, T, N, D), after the frame checks (`frame_inputs`) and that T is the
+    ``num_frames`` it was built for (the token count the LLM sees)."""
+    frame_inputs(inputs, grid, num_prefix_tokens)
+    T = inputs.visual.shape[1]
+    if T != num_frames:
+        raise ValueError(f"{T} frames given; this fusion was built for num_frames={num_frames}")
+    return inputs.visual

@@ -12,38 +12,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vrp.models.families import family_config, read_part
+from vrp.models.contracts import FusionInput, check_input
+from vrp.models.families import FamilySource, frame_tokens, read_part
 from vrp.models.interop import load_blip2_qformer, qformer_kwargs_from_config, qformer_to_instructblip_state_dict
 from vrp.models.qformer import QFormer
-from vrp.models.qformer_fusion import frame_inputs
 
 
 class InstructBlipVideoFusion(nn.Module):
     """Per-frame Q-Former reading the instruction, then the language projection: (B, T, N, D) -> (B, T*Q, D_llm).
 
-    ``model_name_or_path``: an `InstructBlipVideoForConditionalGeneration` folder or Hub name (its Q-Former, query
-    tokens and language projection load); ``config``: its config as a dict (``model_type: instructblipvideo``),
-    random weights. ``num_frames`` fixes T (the token count the LLM sees). Padding frames are encoded like real
-    ones, as transformers does. Without ``text_ids`` the queries read the frames alone.
+    `vrp.models.families.FamilySource`: ``model_name_or_path``, an `InstructBlipVideoForConditionalGeneration` folder
+    or Hub name (its Q-Former, query tokens and language projection load), or ``config``, its config as a dict
+    (``model_type: instructblipvideo``), random weights. ``num_frames`` fixes T (the token count the LLM sees). Padding frames are encoded like real
+    ones, as transformers does. Without ``inputs.text`` the queries read the frames alone.
     """
 
-    needs_boxes = reads_boxes = False
     supports_text = True
-    box_substeps = 1
 
     def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        model_name_or_path: str | None = None,
-        config: dict | None = None,
-        num_frames: int = 4,
+        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_frames: int = 4, **source
     ):
         super().__init__()
-        self.hf_config = family_config(model_name_or_path, config, expect=("instructblipvideo",))
-        self.source = model_name_or_path
+        source = FamilySource(**source)
+        self.hf_config, self.source = source.hf_config(("instructblipvideo",)), source.model_name_or_path
         kwargs = qformer_kwargs_from_config(self.hf_config.to_dict())
         memory_width = kwargs.pop("memory_width")
         if memory_width != vision_width:
@@ -55,30 +46,19 @@ class InstructBlipVideoFusion(nn.Module):
         self.language_projection = nn.Linear(self.hidden_size, self.output_dim)
         self.num_query_tokens = self.qformer.num_query_tokens
         self.num_output_tokens = num_frames * self.num_query_tokens
-        if model_name_or_path is not None:
+        if self.source is not None:
             renames = [(p, p) for p in ("qformer.", "query_tokens", "language_projection.")]
-            load_blip2_qformer(
-                self.qformer, read_part(model_name_or_path, renames), projection=self.language_projection
-            )
+            load_blip2_qformer(self.qformer, read_part(self.source, renames), projection=self.language_projection)
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-        *,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        box_attributes: torch.Tensor | None = None,
-        text_ids: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """visual (B, T, N, D), instruction (B, L) -> (B, T*Q, D_llm); boxes are not read."""
-        frame_inputs(visual, frame_mask, self.grid, self.num_prefix_tokens)
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
+        """visual (B, T, N, D), instruction (B, L) -> (B, T*Q, D_llm)."""
+        check_input(self, inputs)
+        visual = frame_tokens(inputs, self.grid, self.num_prefix_tokens, self.num_frames)
         B, T = visual.shape[:2]
-        if T != self.num_frames:
-            raise ValueError(f"{T} frames given; this fusion was built for num_frames={self.num_frames}")
-        if text_ids is not None:
-            text_mask = torch.ones_like(text_ids) if text_mask is None else text_mask
+        text_ids = text_mask = None
+        if inputs.text is not None:
+            text_ids = inputs.text.ids
+            text_mask = torch.ones_like(text_ids) if inputs.text.mask is None else inputs.text.mask
             text_ids, text_mask = text_ids.repeat_interleave(T, 0), text_mask.repeat_interleave(T, 0)  # (B*T, L)
         queries = self.qformer(visual.flatten(0, 1), None, text_ids=text_ids, text_mask=text_mask)  # (B*T, Q+L, H)
         out = self.language_projection(queries[:, : self.num_query_tokens])  # (B*T, Q, D_llm)

@@ -18,34 +18,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.models.families import LLAVA_TYPES, family_config, read_part
-from vrp.models.qformer_fusion import frame_inputs
+from vrp.models.contracts import FusionInput, check_input
+from vrp.models.families import LLAVA_TYPES, FamilySource, frame_tokens, read_part
 
 
 class LlavaVideoConnector(nn.Module):
     """LLaVA-NeXT-Video / LLaVA-OneVision video connector: (B, T, N, D) -> (B, T*P (+1), D_llm).
 
-    ``model_name_or_path``: a `LlavaNextVideoForConditionalGeneration` / `LlavaOnevisionForConditionalGeneration`
-    folder or Hub name (projector and newline load); ``config``: such a config as a dict (random weights).
+    `vrp.models.families.FamilySource`: ``model_name_or_path``, a `LlavaNextVideoForConditionalGeneration` /
+    `LlavaOnevisionForConditionalGeneration` folder or Hub name (projector and newline load), or ``config``, such a
+    config as a dict (random weights).
     ``num_frames`` fixes T (the token count the LLM sees).
     """
 
-    needs_boxes = reads_boxes = supports_text = False
-    box_substeps = 1
+    supports_text = False
 
     def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        model_name_or_path: str | None = None,
-        config: dict | None = None,
-        num_frames: int = 8,
+        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_frames: int = 8, **source
     ):
         super().__init__()
-        cfg = self.hf_config = family_config(model_name_or_path, config, expect=LLAVA_TYPES)
-        self.source = model_name_or_path
+        source = FamilySource(**source)
+        cfg = self.hf_config = source.hf_config(LLAVA_TYPES)
+        self.source = source.model_name_or_path
         self.onevision = cfg.model_type == "llava_onevision"
         self.grid, self.num_prefix_tokens, self.num_frames = tuple(grid), num_prefix_tokens, num_frames
         self.drop_cls = cfg.vision_feature_select_strategy == "default"
@@ -79,9 +73,9 @@ class LlavaVideoConnector(nn.Module):
             self.register_buffer("image_newline", newline)
         self.output_dim = self.hidden_size = width
         self.num_output_tokens = num_frames * self.pooled[0] * self.pooled[1] + int(self.onevision)
-        if model_name_or_path is not None:
+        if self.source is not None:
             state = read_part(
-                model_name_or_path,
+                self.source,
                 [
                     ("model.multi_modal_projector.", ""),
                     ("multi_modal_projector.", ""),
@@ -94,22 +88,11 @@ class LlavaVideoConnector(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
 
-    def forward(
-        self,
-        visual: torch.Tensor,
-        frame_mask: torch.Tensor | None = None,
-        *,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        box_attributes: torch.Tensor | None = None,
-        text_ids: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, inputs: FusionInput) -> torch.Tensor:
         """visual (B, T, N, D) -> (B, T*P (+1), D_llm); padding frames are encoded like real ones (transformers)."""
-        frame_inputs(visual, frame_mask, self.grid, self.num_prefix_tokens)
+        check_input(self, inputs)
+        visual = frame_tokens(inputs, self.grid, self.num_prefix_tokens, self.num_frames)
         B, T = visual.shape[:2]
-        if T != self.num_frames:
-            raise ValueError(f"{T} frames given; this connector was built for num_frames={self.num_frames}")
         x = visual.flatten(0, 1)[:, self.num_prefix_tokens :]  # (B*T, gh*gw, D)
         x = x.unflatten(1, self.grid).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
         if self.onevision:
