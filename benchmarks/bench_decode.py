@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_modules.video import read_video, write_video  # noqa: E402
+from data_modules.video import read_video, write_video
 
 NUM_FRAMES = 8
 SECONDS, FPS, GOP = 10, 30, 60

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
+from vrp.evaluation.results import interval95, paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from vrp.evaluation.results import interval95, paired_difference  # noqa: E402
 
 PRETRAIN = ROOT / "experiments" / "embedded" / "pretrain.yaml"
 FINETUNE = ROOT / "experiments" / "embedded" / "finetune.yaml"

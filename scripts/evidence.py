@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vrp.evaluation.report import find_file  # noqa: E402
-from vrp.evaluation.results import interval95  # noqa: E402
+from vrp.evaluation.report import find_file
+from vrp.evaluation.results import interval95
 
 TYPES = ("descriptive", "temporal", "explanatory", "predictive", "counterfactual", "overall")
 

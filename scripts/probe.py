@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _videos(records, loader, vision) -> dict[str, dict]:
     """video_key -> {visual (T, N, D), frame_mask, boxes, box_mask}: each video read from the feature cache, or
