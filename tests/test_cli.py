@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ def test_fit_help_lists_the_components(capsys):
 
 
 def test_python_dash_m_vrp_and_prepare_tool(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent / "training"))
     from tiny import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok")

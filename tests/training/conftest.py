@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-
-from tiny import build_backbones  # noqa: E402
+from tiny import build_backbones
 
 
 @pytest.fixture(scope="session")

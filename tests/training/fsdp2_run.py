@@ -4,18 +4,15 @@ the full trainable state to --out. Launched by test_strategies.py; Lightning re-
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import lightning as L
+import torch
+from tiny import ToyData
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from tiny import ToyData  # noqa: E402
-
-from vrp.training.callbacks import StepLossLog  # noqa: E402
-from vrp.training.strategies import close_process_group  # noqa: E402
+from vrp.training.callbacks import StepLossLog
+from vrp.training.strategies import close_process_group
 
 
 def build(root: Path, fusion: str):
