@@ -79,7 +79,10 @@ class MiddleFrame(nn.Module):
         rows = torch.arange(B, device=inputs.visual.device)
         tracks = inputs.tracks
         if tracks is not None:  # the middle frame's box rows (B, S, K, 4)
-            rows_of = lambda x: None if x is None else x.unflatten(1, (-1, self.box_substeps))[rows, idx]  # noqa: E731
+
+            def rows_of(x: torch.Tensor | None) -> torch.Tensor | None:
+                return None if x is None else x.unflatten(1, (-1, self.box_substeps))[rows, idx]
+
             tracks = dataclasses.replace(tracks, boxes=rows_of(tracks.boxes), mask=rows_of(tracks.mask))
         mask = torch.ones(B, 1, dtype=torch.bool, device=inputs.visual.device)
         return self.inner(FusionInput(inputs.visual[rows, idx].unsqueeze(1), mask, tracks, inputs.text))

@@ -35,6 +35,23 @@ from vrp.models.interop import load_blip2_fusion
 from vrp.models.objects import ObjectTokens, interpolate_embeddings
 from vrp.models.qformer import QFormer
 
+# The options that are `QFormer`'s own constructor arguments (the rest build the fusion around it).
+QFORMER_ARGS = (
+    "num_query_tokens",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "cross_attention_freq",
+    "vocab_size",
+    "max_text_len",
+    "pad_token_id",
+    "dropout",
+    "attention_dropout",
+    "layer_norm_eps",
+    "init_std",
+)
+
 
 @dataclass(frozen=True)
 class QFormerOptions:
@@ -64,9 +81,7 @@ class QFormerOptions:
 
     def qformer(self, memory_width: int, **kw) -> QFormer:
         """A `QFormer` reading ``memory_width``-wide tokens with these sizes (``kw`` overrides them)."""
-        names = ("num_query_tokens", "hidden_size", "num_layers", "num_heads", "intermediate_size")
-        names += ("cross_attention_freq", "vocab_size", "max_text_len", "pad_token_id", "layer_norm_eps")
-        sizes = {k: v for k, v in asdict(self).items() if k in names + ("dropout", "attention_dropout", "init_std")}
+        sizes = {k: v for k, v in asdict(self).items() if k in QFORMER_ARGS}
         return QFormer(memory_width, **(sizes | kw))
 
     def frame_parts(

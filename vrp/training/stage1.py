@@ -106,7 +106,10 @@ class AlignmentPretraining(L.LightningModule):
         if hp.itm_weight > 0:
             neg_text = sample_hard_negatives(sim)  # (B,) text index for each video
             neg_video = sample_hard_negatives(sim.t())  # (B,) video index for each text
-            videos = lambda x: None if x is None else torch.cat([x, x, x[neg_video]])  # noqa: E731  (3B, ...)
+
+            def videos(x: torch.Tensor | None) -> torch.Tensor | None:  # (B, ...) -> (3B, ...)
+                return None if x is None else torch.cat([x, x, x[neg_video]])
+
             boxes, box_mask = batch.get("boxes"), batch.get("box_mask")
             tracks = None if boxes is None else Tracks(videos(boxes), videos(box_mask))
             joint = model.fusion.forward_with_text(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,18 +72,6 @@ def family_config(name_or_path: str | os.PathLike | None = None, config: dict | 
     if cfg.model_type not in expect:
         raise ValueError(f"{name_or_path or 'config'} is a {cfg.model_type!r} model, not one of {list(expect)}")
     return cfg
-
-
-@dataclass(frozen=True)
-class FamilySource:
-    """Where a family connector comes from (its ``init_args``): a released ``model_name_or_path`` (folder or Hub
-    name; its weights load) or a ``config`` dict with ``model_type`` (random weights); exactly one."""
-
-    model_name_or_path: str | None = None
-    config: dict | None = None
-
-    def hf_config(self, expect: tuple[str, ...]):
-        return family_config(self.model_name_or_path, self.config, expect=expect)
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vrp.models.contracts import FusionInput, check_input
-from vrp.models.families import FamilySource, frame_tokens, read_part
+from vrp.models.families import family_config, frame_tokens, read_part
 from vrp.models.interop import load_blip2_qformer, qformer_kwargs_from_config, qformer_to_instructblip_state_dict
 from vrp.models.qformer import QFormer
 
@@ -21,20 +21,27 @@ from vrp.models.qformer import QFormer
 class InstructBlipVideoFusion(nn.Module):
     """Per-frame Q-Former reading the instruction, then the language projection: (B, T, N, D) -> (B, T*Q, D_llm).
 
-    `vrp.models.families.FamilySource`: ``model_name_or_path``, an `InstructBlipVideoForConditionalGeneration` folder
-    or Hub name (its Q-Former, query tokens and language projection load), or ``config``, its config as a dict
-    (``model_type: instructblipvideo``), random weights. ``num_frames`` fixes T (the token count the LLM sees). Padding frames are encoded like real
-    ones, as transformers does. Without ``inputs.text`` the queries read the frames alone.
+    ``model_name_or_path``: an `InstructBlipVideoForConditionalGeneration` folder or Hub name (its Q-Former, query
+    tokens and language projection load); ``config``: its config as a dict (``model_type: instructblipvideo``),
+    random weights; exactly one. ``num_frames`` fixes T (the token count the LLM sees). Padding frames are encoded
+    like real ones, as transformers does. Without ``inputs.text`` the queries read the frames alone.
     """
 
     supports_text = True
 
     def __init__(
-        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_frames: int = 4, **source
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        model_name_or_path: str | None = None,
+        config: dict | None = None,
+        num_frames: int = 4,
     ):
         super().__init__()
-        source = FamilySource(**source)
-        self.hf_config, self.source = source.hf_config(("instructblipvideo",)), source.model_name_or_path
+        self.hf_config = family_config(model_name_or_path, config, expect=("instructblipvideo",))
+        self.source = model_name_or_path
         kwargs = qformer_kwargs_from_config(self.hf_config.to_dict())
         memory_width = kwargs.pop("memory_width")
         if memory_width != vision_width:

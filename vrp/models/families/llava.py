@@ -19,27 +19,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from vrp.models.contracts import FusionInput, check_input
-from vrp.models.families import LLAVA_TYPES, FamilySource, frame_tokens, read_part
+from vrp.models.families import LLAVA_TYPES, family_config, frame_tokens, read_part
 
 
 class LlavaVideoConnector(nn.Module):
     """LLaVA-NeXT-Video / LLaVA-OneVision video connector: (B, T, N, D) -> (B, T*P (+1), D_llm).
 
-    `vrp.models.families.FamilySource`: ``model_name_or_path``, a `LlavaNextVideoForConditionalGeneration` /
-    `LlavaOnevisionForConditionalGeneration` folder or Hub name (projector and newline load), or ``config``, such a
-    config as a dict (random weights).
+    ``model_name_or_path``: a `LlavaNextVideoForConditionalGeneration` / `LlavaOnevisionForConditionalGeneration`
+    folder or Hub name (projector and newline load); ``config``: such a config as a dict (random weights).
     ``num_frames`` fixes T (the token count the LLM sees).
     """
 
     supports_text = False
 
     def __init__(
-        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, num_frames: int = 8, **source
+        self,
+        vision_width: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int,
+        *,
+        model_name_or_path: str | None = None,
+        config: dict | None = None,
+        num_frames: int = 8,
     ):
         super().__init__()
-        source = FamilySource(**source)
-        cfg = self.hf_config = source.hf_config(LLAVA_TYPES)
-        self.source = source.model_name_or_path
+        cfg = self.hf_config = family_config(model_name_or_path, config, expect=LLAVA_TYPES)
+        self.source = model_name_or_path
         self.onevision = cfg.model_type == "llava_onevision"
         self.grid, self.num_prefix_tokens, self.num_frames = tuple(grid), num_prefix_tokens, num_frames
         self.drop_cls = cfg.vision_feature_select_strategy == "default"
