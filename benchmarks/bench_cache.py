@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "training"))
 
 
 def main() -> None:
@@ -32,15 +28,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    from tiny import build_tokenizer
-
     from data_modules.features import FeatureStore
+    from data_modules.synthetic.tokenizer import build_tokenizer
     from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
     from vrp.training.losses import lm_loss
     from vrp.training.stage2 import InstructionTuning
 
     tmp = Path(tempfile.mkdtemp(prefix="vrp_bench_cache_"))
-    tok = build_tokenizer(tmp / "tok")
+    tok = tmp / "tok"
+    build_tokenizer(["what colour is it ? red green blue yellow a video of shapes moving"], tok)
     vit = {
         "model_type": "vit",
         "image_size": 224,

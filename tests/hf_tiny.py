@@ -12,47 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny_assets import TINY_LLM, TINY_VIT, word_tokenizer
 
 FAMILIES = ("instructblip_video", "llava_next_video", "llava_onevision")
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving USER: ASSISTANT:".split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<video>", "<image>"]
+NAMED = {"video_token": "<video>", "image_token": "<image>"}
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
     "{% if c['type'] == 'video' %}<video> {% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32)
+# the tiny ViT and Llama of every test, with two vision layers: LLaVA-NeXT-Video reads the second-to-last one
+VISION = dict({k: v for k, v in TINY_VIT.items() if k != "model_type"}, num_hidden_layers=2)
 TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    tie_word_embeddings=False,
+    {k: v for k, v in TINY_LLM.items() if k != "model_type"}, max_position_embeddings=256, tie_word_embeddings=False
 )
-
-
-def tokenizer(words=WORDS, specials=SPECIALS, bos: bool = True, named: bool = True):
-    """A word-level fast tokenizer (ids: specials first) that prepends <s> (``bos``) like Llama's; ``named``: it
-    names its video and image tokens (the LLaVA processors read them; InstructBLIP-Video's adds its own)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + list(words))}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"video_token": "<video>", "image_token": "<image>"} if named else None,
-        additional_special_tokens=None if named else ["<video>", "<image>"],
-    )
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
@@ -67,7 +43,8 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
     """Save a tiny random `family` checkpoint with its processor to ``folder``."""
     from transformers import GenerationConfig
 
-    tok = tokenizer(named=family != "instructblip_video")
+    # the LLaVA processors read the named video and image tokens; InstructBLIP-Video's adds its own
+    tok = word_tokenizer(WORDS, SPECIALS, extra_special_tokens=[] if family == "instructblip_video" else NAMED)
     text = dict(
         TEXT,
         vocab_size=len(tok),
@@ -85,10 +62,10 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
             InstructBlipVideoVideoProcessor,
         )
 
-        qtok = tokenizer(WORDS, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], bos=False, named=False)
+        qtok = word_tokenizer(WORDS, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], bos=False, extra_special_tokens=[])
         qtok.pad_token, qtok.unk_token = "[PAD]", "[UNK]"
         config = InstructBlipVideoConfig(
-            vision_config=dict(VISION, patch_size=8),
+            vision_config=VISION,
             qformer_config=dict(
                 hidden_size=32,
                 num_hidden_layers=2,
@@ -118,12 +95,12 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
         )
         ImageProcessor = getattr(transformers, f"{image_prefix}ImageProcessor")
         if onevision:
-            vision = dict(VISION, patch_size=8, model_type="siglip_vision_model")
+            vision = dict(VISION, model_type="siglip_vision_model")
             extra = dict(text_config=dict(text, model_type="qwen2"), vision_feature_layer=-1)
             extra |= dict(vision_feature_select_strategy="full", image_grid_pinpoints=[[32, 32]])
             size = {"height": 32, "width": 32}
         else:
-            vision = dict(VISION, patch_size=8, model_type="clip_vision_model", projection_dim=32)
+            vision = dict(VISION, model_type="clip_vision_model", projection_dim=32)
             extra = dict(text_config=dict(text, model_type="llama"), vision_feature_layer=-2)
             extra |= dict(vision_feature_select_strategy="default", image_grid_pinpoints=[[32, 32]])
             extra |= dict(spatial_pool_stride=2, spatial_pool_mode="average")

@@ -20,9 +20,10 @@ def test_fit_help_lists_the_components(capsys):
 
 
 def test_python_dash_m_vrp_and_prepare_tool(tmp_path):
-    from tiny import build_tokenizer
+    from tiny_assets import word_tokenizer
 
-    tok = build_tokenizer(tmp_path / "tok")
+    tok = tmp_path / "tok"
+    word_tokenizer().save_pretrained(tok)
     proc = subprocess.run(
         [sys.executable, "-m", "vrp", "prepare", "--tokenizer", str(tok), "--out", str(tmp_path / "emb")],
         capture_output=True,

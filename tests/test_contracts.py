@@ -12,6 +12,7 @@ import pkgutil
 from functools import partial
 
 import pytest
+import tiny_assets
 import torch
 from torch import nn
 
@@ -42,15 +43,13 @@ from vrp.models.contracts import (
 )
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
-from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
+from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.tracks import TrackFusion
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
-TINY_QFORMER = QFormerOptions(
-    num_query_tokens=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=T, init_std=0.1
-)
+TINY_QFORMER = dataclasses.replace(tiny_assets.TINY_QFORMER, num_query_tokens=3, num_frames=T, init_std=0.1)
 TINY_VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
 TINY_TRACKS = dict(
     max_objects=K, num_frames=T, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_attributes=4

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_assets import llava_turn
 
 from data_modules.batch import VIDEO_TOKEN
 from data_modules.collate import Collator
@@ -216,46 +217,12 @@ def mixed(tmp_path, assets):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     shutil.copy(assets / "videos" / "clip01.mp4", tmp_path / "clip01.mp4")
     items = [
-        {
-            "id": "v1",
-            "video": "clip01.mp4",
-            "conversations": [
-                {"from": "human", "value": "<video>\nWhat colour is it?"},
-                {"from": "gpt", "value": "red"},
-            ],
-        },
-        {
-            "id": "i1",
-            "image": "red.png",
-            "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is it?"},
-                {"from": "gpt", "value": "red"},
-            ],
-        },
-        {
-            "id": "i2",
-            "image": "bad.png",
-            "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is it?"},
-                {"from": "gpt", "value": "red"},
-            ],
-        },
-        {
-            "id": "t1",
-            "conversations": [
-                {"from": "human", "value": "What colour is a ripe tomato?"},
-                {"from": "gpt", "value": "red"},
-            ],
-        },
-        {
-            "id": "t2",
-            "conversations": [{"from": "human", "value": "<image>\nNo image here?"}, {"from": "gpt", "value": "none"}],
-        },
-        {
-            "id": "m1",
-            "image": ["a.png", "b.png"],
-            "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "yes"}],
-        },
+        {"id": "v1", "video": "clip01.mp4", "conversations": llava_turn("<video>\nWhat colour is it?", "red")},
+        {"id": "i1", "image": "red.png", "conversations": llava_turn("<image>\nWhat colour is it?", "red")},
+        {"id": "i2", "image": "bad.png", "conversations": llava_turn("<image>\nWhat colour is it?", "red")},
+        {"id": "t1", "conversations": llava_turn("What colour is a ripe tomato?", "red")},
+        {"id": "t2", "conversations": llava_turn("<image>\nNo image here?", "none")},
+        {"id": "m1", "image": ["a.png", "b.png"], "conversations": llava_turn("<image>\n<image>\nSame?", "yes")},
     ]
     (tmp_path / "mix.json").write_text(json.dumps(items))
     return tmp_path / "mix.json"

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tiny_assets import word_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -19,21 +19,9 @@ WORDS = (
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> str:
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<video>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=["<video>"],
-    )
+    """No chat template: prompts take the plain "USER: ... ASSISTANT: " form, its colons split off."""
     path = tmp_path_factory.mktemp("tokenizer")
-    fast.save_pretrained(path)
+    word_tokenizer(WORDS, punctuation=True).save_pretrained(path)
     return str(path)
 
 

@@ -9,10 +9,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_assets import TINY_LLM, TINY_QFORMER, TINY_VIT, frame_qformer, reasoner, stage_config, synthetic_data
 
 lmms_eval = pytest.importorskip("lmms_eval", reason="lmms-eval is not installed here: run `make test-lmms` (its venv)")
 
@@ -20,98 +22,19 @@ from vrp.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about 30 s: data, two training steps, export, vrp test, lmms-eval
 
-TINY_VIT = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
-TINY_LLM = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 
-
-def _config(root: Path, synthetic: Path, run: Path) -> dict:
-    """The embedded stage-2 recipe (Q-Former fusion, full LLM) at toy size, two steps."""
-    fusion = {
-        "qformer": {
-            "num_query_tokens": 4,
-            "hidden_size": 32,
-            "num_layers": 1,
-            "num_heads": 2,
-            "intermediate_size": 64,
-            "cross_attention_freq": 1,
-            "num_frames": 4,
-            "vocab_size": 1024,
-            "max_text_len": 64,
-            "init_std": 0.1,
-        },
-        "video_num_query_tokens": 4,
-        "video_num_layers": 1,
-    }
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 2,
-            "limit_val_batches": 0,
-            "logger": False,
-            "enable_progress_bar": False,
-            "default_root_dir": str(run),
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True},
-                }
-            ],
-        },
+def _config(root: Path, synthetic: Path, run: Path) -> Path:
+    """The embedded stage-2 recipe (frozen ViT, full LLM) at toy size with a Q-Former fusion, two steps."""
+    qformer = replace(
+        TINY_QFORMER, num_query_tokens=4, cross_attention_freq=1, num_frames=4, vocab_size=1024, init_std=0.1
+    )
+    overlay = {
+        "trainer": {"logger": False},
         "results": {"dir": str(run)},
-        "model": {
-            "class_path": "vrp.training.InstructionTuning",
-            "init_args": {
-                "lr": 1e-3,
-                "warmup_steps": 1,
-                "model": {
-                    "class_path": "vrp.models.VideoReasoner",
-                    "init_args": {
-                        "vision": {
-                            "class_path": "vrp.models.HFVisionEncoder",
-                            "init_args": {"model_name_or_path": str(root / "vit")},
-                        },
-                        "fusion": {"class_path": "vrp.models.FrameQFormerFusion", "init_args": fusion},
-                        "llm": {
-                            "class_path": "vrp.models.CausalLM",
-                            "init_args": {"model_name_or_path": str(root / "llm")},
-                        },
-                        "vision_mode": "frozen",
-                        "llm_mode": "full",
-                        "use_qformer_text": False,
-                    },
-                },
-            },
-        },
-        "data": {
-            "class_path": "data_modules.datamodules.InstructionDataModule",
-            "init_args": {
-                "synthetic_root": str(synthetic),
-                "generate_if_missing": False,
-                "num_frames": 4,
-                "batch_size": 4,
-                "eval_batch_size": 8,
-                "num_workers": 0,
-            },
-        },
+        "data": {"init_args": {"num_frames": 4, "eval_batch_size": 8}},
     }
+    fusion = reasoner({"fusion": frame_qformer(qformer), "objects": None})
+    return stage_config(run, root, synthetic_data(synthetic), overlay, fusion)
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +46,11 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lmms")
     synthetic = tmp / "synthetic"
     generate(synthetic, videos=100, seed=0, size=64, min_frames=8, max_frames=12)  # 32 test questions
-    root = save_random_backbones(str(synthetic / "tokenizer"), tmp / "embedded", vit=TINY_VIT, llm=TINY_LLM)
-    config = tmp / "stage2.yaml"
-    config.write_text(yaml.safe_dump(_config(root, synthetic, tmp / "run")))
+    llm = {**TINY_LLM, "max_position_embeddings": 256}
+    root = save_random_backbones(str(synthetic / "tokenizer"), tmp / "embedded", vit=TINY_VIT, llm=llm)
+    config = _config(root, synthetic, tmp / "run")
     main(["fit", "--config", str(config)])
-    ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
+    ckpt = tmp / "run" / "ckpt" / "last.ckpt"
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp / "exported")])
     main(["test", "--config", str(config), "--ckpt_path", str(ckpt)])
     return tmp, json.loads((tmp / "run" / "test_results.json").read_text())

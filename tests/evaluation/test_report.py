@@ -1,17 +1,19 @@
 """The report builds from a tiny run; cross-attention maps from hooks on a joint Q-Former."""
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from tiny_assets import TINY_QFORMER
 from torch import nn
 
 from data_modules.video import write_video
 from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
-from vrp.models import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
+from vrp.models import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.contracts import FusionInput
 
 
@@ -24,16 +26,7 @@ class Model(nn.Module):
             vision.width,
             vision.grid,
             vision.num_prefix_tokens,
-            qformer=QFormerOptions(
-                num_query_tokens=3,
-                hidden_size=16,
-                num_layers=2,
-                num_heads=2,
-                intermediate_size=32,
-                num_frames=3,
-                objects=objects,
-                num_slots=2,
-            ),
+            qformer=replace(TINY_QFORMER, num_query_tokens=3, num_layers=2, num_frames=3, objects=objects, num_slots=2),
         )
 
     def encode_video(self, video, frame_mask, **unused):

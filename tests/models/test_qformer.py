@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny_assets import TINY_QFORMER
 
 from vrp.models.contracts import FusionInput, Text, Tracks
 from vrp.models.qformer import QFormer
@@ -17,16 +18,7 @@ D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
 
 
-TINY = QFormerOptions(
-    num_query_tokens=4,
-    hidden_size=16,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=32,
-    num_frames=T,
-    num_slots=2,
-    slot_iters=2,
-)
+TINY = replace(TINY_QFORMER, num_query_tokens=4, num_layers=2, num_frames=T, num_slots=2, slot_iters=2)
 
 
 def fusion(temporal: str = "per_frame", **options) -> FrameQFormerFusion | JointQFormerFusion:
@@ -170,7 +162,7 @@ def test_factory_call_matches_reasoner_contract():
 
     make = partial(
         FrameQFormerFusion,
-        qformer=QFormerOptions(num_query_tokens=4, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+        qformer=replace(TINY_QFORMER, num_query_tokens=4),
         video_num_query_tokens=2,
         video_num_layers=1,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny import build_backbones
+from tiny_assets import build_backbones
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,13 @@ the full trainable state to --out. Launched by test_strategies.py; Lightning re-
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from tiny import ToyData
+from tiny_assets import QUIET_TRAINER, TINY_QFORMER, ToyData
 
 from vrp.training.callbacks import StepLossLog
 from vrp.training.strategies import close_process_group
@@ -23,10 +24,9 @@ def build(root: Path, fusion: str):
     vision = HFVisionEncoder(str(root / "vit"))
     llm = CausalLM(str(root / "llm"), lora_rank=4, lora_dropout=0.0)
     if fusion == "qformer":
-        from vrp.models import FrameQFormerFusion, QFormerOptions
+        from vrp.models import FrameQFormerFusion
 
-        options = QFormerOptions(num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, dropout=0.0)
-        factory = partial(FrameQFormerFusion, qformer=options)
+        factory = partial(FrameQFormerFusion, qformer=replace(TINY_QFORMER, num_query_tokens=4, num_layers=2))
     else:
         factory = partial(MLPConnector, output_dim=32)
     model = VideoReasoner(vision, factory, llm, llm_mode="lora")
@@ -65,15 +65,11 @@ def main() -> None:
 
         strategy = ModelParallelStrategy(data_parallel_size=a.devices, tensor_parallel_size=1)
     trainer = L.Trainer(
-        accelerator="cpu",
+        **QUIET_TRAINER,
         devices=a.devices,
         strategy=strategy,
         max_steps=a.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
         limit_val_batches=0,
-        enable_model_summary=False,
         use_distributed_sampler=False,
         callbacks=[StepLossLog(a.out + ".losses.jsonl"), _Keys(a.out)],
     )

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from tiny import TINY_LLM, TINY_VIT, run_main
+from tiny_assets import TINY_LLM, TINY_VIT, mc_source, reasoner, run_main, stage_config, synthetic_data
 
 
 @pytest.fixture(scope="module")
@@ -21,63 +20,13 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     save_random_backbones(
         str(root / "data" / "tokenizer"), root / "bb", seed=0, vit={**TINY_VIT, "image_size": 64}, llm=TINY_LLM
     )
-    mc = {
-        "class_path": "data_modules.sources.MultipleChoice",
-        "init_args": {
-            "path": str(root / "data" / "train" / "mc.csv"),
-            "template": "<video>\n{question}",
-            "target": "text",
-            "boxes": str(root / "data" / "train" / "boxes.json"),
-        },
-    }
-    cfg = {
-        "seed_everything": 0,
+    mc = mc_source(root / "data" / "train" / "mc.csv", root / "data" / "train" / "boxes.json")
+    overlay = {
         "trainer": {"logger": False, "max_steps": 1},
-        "model": {
-            "class_path": "vrp.training.InstructionTuning",
-            "init_args": {
-                "model": {
-                    "class_path": "vrp.models.VideoReasoner",
-                    "init_args": {
-                        "vision": {
-                            "class_path": "vrp.models.HFVisionEncoder",
-                            "init_args": {"model_name_or_path": str(root / "bb" / "vit")},
-                        },
-                        "fusion": {
-                            "class_path": "vrp.models.TrackFusion",
-                            "init_args": {
-                                "num_frames": 4,
-                                "hidden_size": 16,
-                                "num_layers": 1,
-                                "num_heads": 2,
-                                "intermediate_size": 32,
-                            },
-                        },
-                        "llm": {
-                            "class_path": "vrp.models.CausalLM",
-                            "init_args": {"model_name_or_path": str(root / "bb" / "llm")},
-                        },
-                        "llm_mode": "full",
-                    },
-                }
-            },
-        },
-        "data": {
-            "class_path": "data_modules.datamodules.InstructionDataModule",
-            "init_args": {
-                "num_frames": 4,
-                "batch_size": 3,
-                "num_workers": 0,
-                "synthetic_root": str(root / "data"),
-                "generate_if_missing": False,
-                "synthetic_boxes": True,
-                "val": mc,
-                "test": mc,
-            },
-        },
+        "data": {"init_args": {"num_frames": 4, "batch_size": 3, "val": mc, "test": mc}},
     }
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    model = reasoner({"fusion": {"init_args": {"num_frames": 4}}, "objects": None})  # the shipped track fusion
+    config = stage_config(root / "run", root / "bb", synthetic_data(root / "data", boxes=True), overlay, model)
     return root, config
 
 

@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import TINY_LLM, TINY_VIT
+from tiny_assets import EMBEDDED, ROOT, TINY_LLM, TINY_VIT, mc_source
 
 from vrp.cli import cli
 from vrp.evaluation.report import clip_examples
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
+CONFIGS = sorted(EMBEDDED.glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +81,7 @@ def _overrides(root: Path, config: Path) -> list[str]:
             "--model.init_args.init_from=null",
             "--results.dir=null",
             f"--results.blind_baseline={data / 'meta.json'}",
-            "--data.init_args.val="
-            + json.dumps(
-                {
-                    "class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {
-                        "path": str(data / "train" / "mc.csv"),
-                        "template": "<video>\n{question}",
-                        "target": "text",
-                        "boxes": str(root / "tracks" / "train.json"),
-                    },
-                }
-            ),
+            "--data.init_args.val=" + json.dumps(mc_source(data / "train" / "mc.csv", root / "tracks" / "train.json")),
         ]
     return args
 
@@ -134,18 +122,11 @@ def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypa
     for boxes in data.glob("*/boxes.json"):
         boxes.unlink()
     monkeypatch.chdir(tmp_path)
-    config = ROOT / "experiments" / "embedded" / "finetune.yaml"
+    config = EMBEDDED / "finetune.yaml"
     args = [*_overrides(tiny_synthetic, config), f"--data.init_args.synthetic_root={data}", "--trainer.logger=false"]
     args = [a for a in args if not a.startswith(("--trainer.fast_dev_run", "--data.init_args.val="))]
-    test = {  # the train split's questions (a 30-video set leaves test without balanced items), on its tracks
-        "class_path": "data_modules.sources.MultipleChoice",
-        "init_args": {
-            "path": str(data / "train" / "mc.csv"),
-            "template": "<video>\n{question}",
-            "target": "text",
-            "boxes": str(tiny_synthetic / "tracks" / "train.json"),
-        },
-    }
+    # the train split's questions (a 30-video set leaves test without balanced items), on its tracks
+    test = mc_source(data / "train" / "mc.csv", tiny_synthetic / "tracks" / "train.json")
     args.append("--data.init_args.test=" + json.dumps(test))
     run = cli(["test", "--config", str(config), *args, "--trainer.limit_test_batches=2"])
     assert "test/acc_overall" in run.trainer.callback_metrics

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import yaml
-from tiny import mc_data, write_config
+from tiny_assets import mc_data, toy_config
 
 from vrp.cli import cli
 
 
 def test_missing_video_at_test_is_skipped_and_reported(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     cfg = yaml.safe_load(config.read_text())
     cfg["data"] = mc_data(tmp_path / "mc", missing="clip1")
     cfg["data"]["init_args"]["tokenizer"] = str(tiny_root / "tokenizer")

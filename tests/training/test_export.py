@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import torch
-from tiny import ToyData
+import yaml
+from tiny_assets import ToyData, reasoner, toy_config
 
 from vrp.models.io import build_model, load_exported
 from vrp.training.export import export
 
 
-def _config(root) -> dict:
-    return {
-        "class_path": "vrp.models.VideoReasoner",
-        "init_args": {
-            "vision": {
-                "class_path": "vrp.models.HFVisionEncoder",
-                "init_args": {"model_name_or_path": str(root / "vit")},
-            },
-            "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
-            "llm": {
-                "class_path": "vrp.models.CausalLM",
-                "init_args": {"model_name_or_path": str(root / "llm"), "lora_rank": 4},
-            },
-            "llm_mode": "lora",
-        },
-    }
+def _config(root, run) -> dict:
+    """The reasoner of the toy stage-2 config (`toy_config`) with LoRA (rank 4) on the LLM."""
+    lora = reasoner({"llm": {"init_args": {"lora_rank": 4}}, "llm_mode": "lora"})
+    return yaml.safe_load(toy_config(root, run, lora).read_text())["model"]["init_args"]["model"]
 
 
 def test_export_roundtrip_separate_and_merged(tiny_root, tmp_path):
-    config = _config(tiny_root)
+    config = _config(tiny_root, tmp_path / "run")
     model = build_model(config)
     with torch.no_grad():  # pretend training moved every trainable weight (LoRA B starts at zero)
         for p in model.parameters():
@@ -55,14 +44,15 @@ def test_ask_warns_about_a_stage1_export(tiny_root, tmp_path, capsys):
     from vrp.tools import ask
 
     write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
-    model = build_model(_config(tiny_root))
+    config = _config(tiny_root, tmp_path / "run")
+    model = build_model(config)
     state = {f"model.{k}": v for k, v in model.state_dict_trainable().items()}
     for stage, module in ((1, "vrp.training.AlignmentPretraining"), (2, "vrp.training.InstructionTuning")):
         torch.save(
             {
                 "state_dict": state,
                 "global_step": 7,
-                "hyper_parameters": {"_class_path": module, "model": _config(tiny_root)},
+                "hyper_parameters": {"_class_path": module, "model": config},
             },
             tmp_path / f"stage{stage}.ckpt",
         )
@@ -92,9 +82,10 @@ def test_ask_prints_its_answer_without_loading_noise(tiny_root, tmp_path, capfd)
     from vrp.tools import ask
 
     write_video(tmp_path / "clip.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
-    model = build_model(_config(tiny_root))
+    config = _config(tiny_root, tmp_path / "run")
+    model = build_model(config)
     state = {f"model.{k}": v for k, v in model.state_dict_trainable().items()}
-    hparams = {"_class_path": "vrp.training.InstructionTuning", "model": _config(tiny_root)}
+    hparams = {"_class_path": "vrp.training.InstructionTuning", "model": config}
     torch.save({"state_dict": state, "global_step": 7, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
     out = export(tmp_path / "last.ckpt", tmp_path / "export")
     capfd.readouterr()

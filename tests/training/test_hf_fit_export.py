@@ -8,7 +8,7 @@ import hf_tiny
 import pytest
 import torch
 import yaml
-from tiny import ToyData, write_config
+from tiny_assets import ToyData, toy_config
 from transformers import AutoProcessor
 
 from vrp.cli import cli
@@ -38,7 +38,7 @@ def expected_trainable(family: str, names: set[str]) -> set[str]:
 @pytest.mark.parametrize("family", hf_tiny.FAMILIES)
 def test_fit_export_answer(family, tmp_path):
     folder = str(hf_tiny.build(family, tmp_path / family))
-    config = write_config(tmp_path, tmp_path / "run")
+    config = toy_config(tmp_path, tmp_path / "run")
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["model"]["init_args"] = {
         "vision": {"class_path": "vrp.models.HFVisionEncoder", "init_args": {"model_name_or_path": folder}},

@@ -9,14 +9,18 @@ import shutil
 
 import torch
 import yaml
-from tiny import mc_data, run_main, write_config
+from tiny_assets import mc_data, run_main, toy_config
+
+
+def _init_from(checkpoint) -> dict:
+    return {"model": {"init_args": {"init_from": str(checkpoint)}}}
 
 
 def test_init_from_is_read_by_a_fresh_fit_only(tiny_root, tmp_path, capsys, caplog):
-    assert run_main(["fit", "--config", str(write_config(tiny_root, tmp_path / "stage1"))]) == 0
+    assert run_main(["fit", "--config", str(toy_config(tiny_root, tmp_path / "stage1"))]) == 0
     init = tmp_path / "stage1.ckpt"
     shutil.copy(tmp_path / "stage1" / "ckpt" / "last.ckpt", init)
-    config = write_config(tiny_root, tmp_path / "stage2", init_from=str(init))
+    config = toy_config(tiny_root, tmp_path / "stage2", _init_from(init))
     with caplog.at_level(logging.INFO):
         assert run_main(["fit", "--config", str(config), "--trainer.max_steps=1"]) == 0
     assert f"loaded 27 weights from {init};" in caplog.text
@@ -38,7 +42,7 @@ def test_init_from_is_read_by_a_fresh_fit_only(tiny_root, tmp_path, capsys, capl
     assert run_main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps=2"]) == 0
     assert torch.load(finetuned, weights_only=True)["global_step"] == 2  # resumed from step 1, without init_from
 
-    fresh = write_config(tiny_root, tmp_path / "fresh", init_from=str(init))
+    fresh = toy_config(tiny_root, tmp_path / "fresh", _init_from(init))
     capsys.readouterr()
     assert run_main(["fit", "--config", str(fresh)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -50,9 +54,9 @@ def test_init_from_is_read_by_a_fresh_fit_only(tiny_root, tmp_path, capsys, capl
 
 def test_frozen_stage1_weights_are_kept_in_stage2_checkpoints(tiny_root, tmp_path):
     """A weight stage 1 gave that stage 2 keeps frozen is in stage 2's checkpoint, which then needs no init_from."""
-    assert run_main(["fit", "--config", str(write_config(tiny_root, tmp_path / "stage1"))]) == 0
+    assert run_main(["fit", "--config", str(toy_config(tiny_root, tmp_path / "stage1"))]) == 0
     init = tmp_path / "stage1" / "ckpt" / "last.ckpt"
-    config = write_config(tiny_root, tmp_path / "stage2", init_from=str(init))
+    config = toy_config(tiny_root, tmp_path / "stage2", _init_from(init))
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["model"]["init_args"]["fusion_mode"] = "frozen"
     config.write_text(yaml.safe_dump(cfg))

@@ -106,11 +106,11 @@ def test_a_full_disk_while_checkpointing_ends_in_one_line_and_keeps_the_previous
     import os
     import tempfile
 
-    from tiny import run_main, write_config
+    from tiny_assets import run_main, toy_config
 
     from vrp.training import checkpoint
 
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     assert run_main(["fit", "--config", str(config), "--trainer.max_steps=1"]) == 0
     last = tmp_path / "run" / "ckpt" / "last.ckpt"
     before = last.read_bytes()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from functools import partial
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from tiny_assets import QUIET_TRAINER, TINY_QFORMER, llava_turn
 
 from data_modules.datamodules import InstructionDataModule
 from data_modules.sources import LlavaInstructions
@@ -19,18 +21,17 @@ from vrp.training.callbacks import StepLossLog
 
 
 def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
-    from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, QFormerOptions, VideoReasoner
+    from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, VideoReasoner
     from vrp.training.stage2 import InstructionTuning
 
     frames = np.zeros((6, 32, 32, 3), np.uint8)
     frames[:, 8:16, 8:16, 2] = 255
     write_video(tmp_path / "blue.mp4", frames, fps=6)
     Image.fromarray(np.full((24, 40, 3), (255, 0, 0), np.uint8)).save(tmp_path / "red.png")
-    turn = lambda q, a: [{"from": "human", "value": q}, {"from": "gpt", "value": a}]  # noqa: E731
     items = [
-        {"id": "v", "video": "blue.mp4", "conversations": turn("<video>\nwhat colour is it ?", "blue")},
-        {"id": "i", "image": "red.png", "conversations": turn("<image>\nwhat colour is it ?", "red")},
-        {"id": "t", "conversations": turn("what colour is a video of shapes ?", "green")},
+        {"id": "v", "video": "blue.mp4", "conversations": llava_turn("<video>\nwhat colour is it ?", "blue")},
+        {"id": "i", "image": "red.png", "conversations": llava_turn("<image>\nwhat colour is it ?", "red")},
+        {"id": "t", "conversations": llava_turn("what colour is a video of shapes ?", "green")},
     ]
     (tmp_path / "mix.json").write_text(json.dumps(items * 2))
     caplog.set_level(logging.INFO)
@@ -46,29 +47,14 @@ def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
     )
     torch.manual_seed(0)
     fusion = partial(
-        FrameQFormerFusion,
-        qformer=QFormerOptions(
-            num_query_tokens=2,
-            hidden_size=32,
-            num_layers=1,
-            num_heads=2,
-            intermediate_size=64,
-            num_frames=2,
-            vocab_size=64,
-        ),
-        video_num_query_tokens=2,
-        video_num_layers=1,
+        FrameQFormerFusion, qformer=replace(TINY_QFORMER, vocab_size=64), video_num_query_tokens=2, video_num_layers=1
     )
     model = VideoReasoner(
         HFVisionEncoder(str(tiny_root / "vit")), fusion, CausalLM(str(tiny_root / "llm")), llm_mode="full"
     )
     trainer = L.Trainer(
+        **QUIET_TRAINER,
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         default_root_dir=str(tmp_path),
         callbacks=[StepLossLog(str(tmp_path / "losses.jsonl"))],

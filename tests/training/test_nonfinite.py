@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import run_main, write_config
+from tiny_assets import run_main, toy_config
 
 from vrp.evaluation import inference
 from vrp.training import export
@@ -15,7 +15,7 @@ NAN_BATCH = "--data.init_args.nan_samples=[5]"  # sample 5 is in the second batc
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_keys(tiny_root, tmp_path, capsys):
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     assert run_main(["fit", "--config", str(config), NAN_BATCH]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: step 2: loss nan, non-finite gradients in 27 of 27 tensors (first model.fusion.mlp.0.weight); "
@@ -26,7 +26,7 @@ def test_a_nan_loss_stops_the_run_naming_step_and_keys(tiny_root, tmp_path, caps
 
 def test_skip_policy_counts_and_keeps_the_weights_finite(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     assert run_main(["fit", "--config", str(config), NAN_BATCH, "--nonfinite.policy=skip"]) == 0
     ckpt = torch.load(run / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 and all(v.isfinite().all() for v in ckpt["state_dict"].values())
@@ -37,7 +37,7 @@ def test_skip_policy_counts_and_keeps_the_weights_finite(tiny_root, tmp_path):
 
 def test_test_export_and_ask_refuse_non_finite_weights(tiny_root, tmp_path, capsys):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     assert run_main(["fit", "--config", str(config)]) == 0
     ckpt = torch.load(run / "ckpt" / "last.ckpt", weights_only=True)
     name = sorted(ckpt["state_dict"])[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from tiny import mc_data, write_config
+from tiny_assets import mc_data, toy_config
 
 from vrp.cli import cli
 
@@ -21,7 +21,7 @@ def predict(config, tiny_root, data: dict, *extra: str) -> list[dict]:
 
 
 def test_predict_writes_multiple_choice_answers_and_skips(tiny_root, tmp_path):
-    rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, mc_data(tmp_path / "mc", missing="clip1"))
+    rows = predict(toy_config(tiny_root, tmp_path / "run"), tiny_root, mc_data(tmp_path / "mc", missing="clip1"))
     assert sorted(r["key"] for r in rows) == ["clip0_q0", "clip1_q1", "clip2_q2", "clip3_q3"]
     skipped = [r for r in rows if "skipped" in r]
     assert skipped == [{"key": "clip1_q1", "skipped": "missing_file"}]
@@ -50,7 +50,7 @@ def test_predict_generates_for_open_questions(tiny_root, tmp_path):
         "class_path": "data_modules.sources.LlavaInstructions",
         "init_args": {"path": str(tmp_path / "mc" / "open.json")},
     }
-    rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, data, "--model.init_args.max_new_tokens=3")
+    rows = predict(toy_config(tiny_root, tmp_path / "run"), tiny_root, data, "--model.init_args.max_new_tokens=3")
     assert [r["key"] for r in rows] == ["open0", "open1", "open2"]
     assert all(isinstance(r["generated"], str) and "choice" not in r for r in rows)
 
@@ -70,7 +70,7 @@ def test_junk_box_entries_are_counted_skips_naming_the_fault(tiny_root, tmp_path
     boxes.write_text(json.dumps(entries))  # NaN as JSON's NaN, as Python writes it
     for split in ("train", "val", "test"):
         data["init_args"][split]["init_args"]["boxes"] = str(boxes)
-    rows = predict(write_config(tiny_root, tmp_path / "run"), tiny_root, data)
+    rows = predict(toy_config(tiny_root, tmp_path / "run"), tiny_root, data)
     skipped = {r["key"]: r.get("skipped") for r in rows}
     assert skipped == {"clip0_q0": None, "clip1_q1": "bad_boxes", "clip2_q2": "bad_boxes", "clip3_q3": "bad_boxes"}
     assert f"{boxes}: refused 3 of 4 entries" in caplog.text

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
-from tiny import TINY_LLM, TINY_VIT
+from tiny_assets import (
+    TINY_LLM,
+    TINY_QFORMER,
+    TINY_VIT,
+    frame_qformer,
+    mc_source,
+    reasoner,
+    stage_config,
+    synthetic_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,75 +32,15 @@ def config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("probe")
     generate(root / "data", videos=30, seed=0, workers=1)
     save_random_backbones(str(root / "data" / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
-    cfg = {
-        "seed_everything": 0,
+    train = root / "data" / "train"
+    # a 30-video set leaves val/test with few balanced items: use train's mc.csv for both
+    val = {"class_path": "data_modules.sources.MultipleChoice", "init_args": {"path": str(train / "mc.csv")}}
+    overlay = {
         "trainer": {"max_steps": 6, "logger": False},
-        "model": {
-            "class_path": "vrp.training.InstructionTuning",
-            "init_args": {
-                "lr": 1e-3,
-                "warmup_steps": 1,
-                "model": {
-                    "class_path": "vrp.models.VideoReasoner",
-                    "init_args": {
-                        "vision": {
-                            "class_path": "vrp.models.HFVisionEncoder",
-                            "init_args": {"model_name_or_path": str(root / "backbones" / "vit")},
-                        },
-                        "fusion": {
-                            "class_path": "vrp.models.FrameQFormerFusion",
-                            "init_args": {
-                                "qformer": {
-                                    "num_query_tokens": 2,
-                                    "hidden_size": 32,
-                                    "num_layers": 1,
-                                    "num_heads": 2,
-                                    "intermediate_size": 64,
-                                    "num_frames": 2,
-                                    "objects": True,
-                                },
-                                "video_num_query_tokens": 4,
-                                "video_num_layers": 1,
-                            },
-                        },
-                        "llm": {
-                            "class_path": "vrp.models.CausalLM",
-                            "init_args": {"model_name_or_path": str(root / "backbones" / "llm")},
-                        },
-                        "llm_mode": "full",
-                    },
-                },
-            },
-        },
-        "data": {
-            "class_path": "data_modules.datamodules.InstructionDataModule",
-            "init_args": {
-                "num_frames": 2,
-                "batch_size": 4,
-                "num_workers": 0,
-                "synthetic_root": str(root / "data"),
-                "generate_if_missing": False,
-                "synthetic_boxes": True,
-                # a 30-video set leaves val/test with few balanced items: use train's mc.csv for both
-                "val": {
-                    "class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {"path": str(root / "data" / "train" / "mc.csv")},
-                },
-                "test": {
-                    "class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {
-                        "path": str(root / "data" / "train" / "mc.csv"),
-                        "template": "<video>\n{question}",
-                        "target": "text",
-                        "boxes": str(root / "data" / "train" / "boxes.json"),
-                    },
-                },
-            },
-        },
+        "data": {"init_args": {"val": val, "test": mc_source(train / "mc.csv", train / "boxes.json")}},
     }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    fusion = reasoner({"fusion": frame_qformer(replace(TINY_QFORMER, objects=True)), "objects": None})
+    return stage_config(root / "run", root / "backbones", synthetic_data(root / "data", boxes=True), overlay, fusion)
 
 
 def _table(text: str, split: str) -> dict[str, float]:

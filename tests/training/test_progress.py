@@ -10,7 +10,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from tiny import ToyData
+from tiny_assets import QUIET_TRAINER, ToyData
 
 from vrp.training.callbacks import ProgressLog, StepLossLog
 
@@ -39,12 +39,8 @@ def _fit(root, tmp_path, progress: ProgressLog, *, max_steps: int = 6, accumulat
     ticker = _Ticker()
     progress.clock = lambda: ticker.now
     trainer = L.Trainer(
+        **QUIET_TRAINER,
         max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         accumulate_grad_batches=accumulate,
         default_root_dir=str(tmp_path),

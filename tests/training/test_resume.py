@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from tiny import TINY_LLM, TINY_VIT
+from tiny_assets import TINY_LLM, TINY_QFORMER, TINY_VIT, frame_qformer, reasoner, stage_config, synthetic_data
 
 STEPS, CKPT_EVERY, KILL_AFTER = 10, 4, 6
 
@@ -39,96 +39,28 @@ PACKING = {"packed": {"max_tokens": 96}, "budget": {"max_tokens": 96, "rows": 2}
 
 
 def _config(root: Path, run: Path, packing: str | None = None) -> Path:
-    cfg = {
-        "seed_everything": 3,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": STEPS,
-            "limit_val_batches": 0,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(run),
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(run / "ckpt"),
-                        "save_last": True,
-                        "save_top_k": 0,
-                        "every_n_train_steps": CKPT_EVERY,
-                    },
-                },
-                {"class_path": "vrp.training.StepLossLog", "init_args": {"path": str(run / "losses.jsonl")}},
-            ],
-        },
-        "model": {
-            "class_path": "vrp.training.InstructionTuning",
-            "init_args": {
-                "lr": 1e-3,
-                "warmup_steps": 2,
-                "model": {
-                    "class_path": "vrp.models.VideoReasoner",
-                    "init_args": {
-                        "vision": {
-                            "class_path": "vrp.models.HFVisionEncoder",
-                            "init_args": {"model_name_or_path": str(root / "backbones" / "vit")},
-                        },
-                        "fusion": {
-                            "class_path": "vrp.models.FrameQFormerFusion",
-                            "init_args": {
-                                "qformer": {
-                                    "num_query_tokens": 4,
-                                    "hidden_size": 32,
-                                    "num_layers": 1,
-                                    "num_heads": 2,
-                                    "intermediate_size": 64,
-                                    "num_frames": 2,
-                                    "dropout": 0.1,
-                                },
-                                "video_num_query_tokens": 4,
-                                "video_num_layers": 1,
-                            },
-                        },
-                        "llm": {
-                            "class_path": "vrp.models.CausalLM",
-                            "init_args": {
-                                "model_name_or_path": str(root / "backbones" / "llm"),
-                                "lora_rank": 4,
-                                "lora_dropout": 0.1,
-                            },
-                        },
-                        "llm_mode": "lora",
-                    },
-                },
-            },
-        },
-        "data": {
-            "class_path": "data_modules.datamodules.InstructionDataModule",
-            "init_args": {
-                "num_frames": 2,
-                "batch_size": 4,
-                "num_workers": 2,
-                "seed": 0,
-                "synthetic_root": str(root),
-                "generate_if_missing": False,
-                # tiny sets leave val/test without balanced MC items; validation is off anyway
-                "val": {
-                    "class_path": "data_modules.sources.MultipleChoice",
-                    "init_args": {"path": str(root / "train" / "mc.csv")},
-                },
-            },
-        },
-    }
-    if packing:  # packed rows of at most 96 LLM tokens; "budget": batches of 2 such rows, not of batch_size
-        cfg["data"]["init_args"]["packing"] = PACKING[packing]
+    """The embedded stage 2 at tiny size with a Q-Former and LoRA, both with dropout, and 2 loader workers."""
+    checkpoint = {"dirpath": str(run / "ckpt"), "save_last": True, "save_top_k": 0, "every_n_train_steps": CKPT_EVERY}
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint},
+        {"class_path": "vrp.training.StepLossLog", "init_args": {"path": str(run / "losses.jsonl")}},
+    ]
+    if packing:  # prints the run's mean samples per step
         progress = {"class_path": "vrp.training.ProgressLog", "init_args": {"every_n_steps": STEPS, "when": "always"}}
-        cfg["trainer"]["callbacks"].append(progress)  # prints the run's mean samples per step
-    path = run / "config.yaml"
-    run.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        callbacks.append(progress)
+    fusion = frame_qformer(replace(TINY_QFORMER, num_query_tokens=4, dropout=0.1))
+    model = {"fusion": fusion, "objects": None, "llm": {"init_args": {"lora_dropout": 0.1}}, "llm_mode": "lora"}
+    # tiny sets leave val/test without balanced MC items; validation is off anyway
+    val = {"class_path": "data_modules.sources.MultipleChoice", "init_args": {"path": str(root / "train" / "mc.csv")}}
+    # packed rows of at most 96 LLM tokens; "budget": batches of 2 such rows, not of batch_size
+    data = {"num_workers": 2, "seed": 0, "val": val, "packing": PACKING[packing] if packing else None}
+    overlay = {
+        "seed_everything": 3,
+        "trainer": {"max_steps": STEPS, "logger": False, "callbacks": callbacks},
+        "model": {"init_args": {"warmup_steps": 2}},
+        "data": {"init_args": data},
+    }
+    return stage_config(run, root / "backbones", synthetic_data(root), overlay, reasoner(model))
 
 
 def _cmd(config: Path, *extra: str) -> list[str]:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny import write_config
+from tiny_assets import toy_config
 
 from vrp.cli import cli
 from vrp.runs import RunFolderBusy
@@ -18,7 +18,7 @@ from vrp.runs import RunFolderBusy
 
 def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     cli(["fit", "--config", str(config)])
     metrics, fit_config = (run / "csv" / "metrics.csv").read_text(), (run / "csv" / "config.yaml").read_text()
     assert len(metrics.splitlines()) >= 3
@@ -36,7 +36,7 @@ def test_test_run_keeps_training_records_and_uses_typed_model_args(tiny_root, tm
 
 def test_a_folder_held_by_a_live_run_is_refused(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     holder = subprocess.Popen(  # another live run holding the folder, until its stdin closes
         [
             sys.executable,
@@ -62,7 +62,7 @@ def test_a_folder_held_by_a_live_run_is_refused(tiny_root, tmp_path):
 
 def test_a_killed_checkpoint_write_is_cleaned_up_on_the_next_start(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     (run / "ckpt").mkdir(parents=True)
     stale = run / "ckpt" / ".last.ckpt.k3x9q1.tmp"  # what AtomicCheckpointIO leaves when killed mid-write
     stale.write_bytes(b"\0" * 1024)
@@ -74,7 +74,7 @@ def test_a_killed_checkpoint_write_is_cleaned_up_on_the_next_start(tiny_root, tm
 
 def test_two_process_test_run_shares_one_folder_and_scores_each_question_once(tiny_root, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tiny_root, run)
+    config = toy_config(tiny_root, run)
     cli(["fit", "--config", str(config)])
     proc = subprocess.run(
         [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny import TINY_LLM, TINY_VIT
+from tiny_assets import TINY_LLM, TINY_VIT
 
 from vrp.training.stage0 import patch_labels
 

@@ -10,27 +10,16 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from tiny import ANSWERS, ToyData
+from tiny_assets import ANSWERS, TINY_QFORMER, ToyData
 
 from vrp.evaluation.callbacks import TestResults
-from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, QFormerOptions, VideoReasoner
+from vrp.models import CausalLM, FrameQFormerFusion, HFVisionEncoder, MLPConnector, VideoReasoner
 from vrp.scoring.scorers import MCOutput
 from vrp.training import stage1
 from vrp.training.stage1 import AlignmentPretraining
 from vrp.training.stage2 import InstructionTuning
 
-QFORMER = QFormerOptions(
-    num_query_tokens=2,
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=64,
-    num_frames=2,
-    vocab_size=32,
-    objects=True,
-    num_slots=2,
-    init_std=0.1,
-)
+QFORMER = replace(TINY_QFORMER, vocab_size=32, objects=True, num_slots=2, init_std=0.1)
 VIDEO_QFORMER = dict(video_num_query_tokens=2, video_num_layers=1)
 
 
@@ -110,7 +99,7 @@ def test_stage1_checkpoint_loads_into_stage2(tiny_root, tmp_path):
     assert len(changed) > len(weights) // 2 and "fusion.frame_qformer.query_tokens" in changed
     with pytest.raises(ValueError, match="fusion configs differ"):
         InstructionTuning(
-            _reasoner(tiny_root, hidden_size=16), init_from=str(tmp_path / "ckpt" / "last.ckpt")
+            _reasoner(tiny_root, hidden_size=2 * QFORMER.hidden_size), init_from=str(tmp_path / "ckpt" / "last.ckpt")
         ).init_from_stage1()
 
 

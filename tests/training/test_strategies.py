@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tiny_assets import ROOT
 
 from vrp.training.strategies import BlockWrapPolicy, blocks
 
@@ -16,7 +17,7 @@ SCRIPT = Path(__file__).parent / "fsdp2_run.py"
 
 def _run(tmp: Path, root: Path, devices: int, batch: int, fusion: str) -> dict:
     out = tmp / f"state_{devices}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     cmd = [
         sys.executable,
         str(SCRIPT),
@@ -63,11 +64,11 @@ def test_blocks_and_wrap_policy_find_transformer_layers(tiny_root):
 
 def test_vrp_closes_the_process_group_when_a_distributed_run_ends(tiny_root, tmp_path):
     """A process group left open at exit aborted 1 in 8 FSDP2 runs on gloo (exit 134) after the work was done."""
-    from tiny import write_config
+    from tiny_assets import toy_config
 
     from vrp.cli import main
 
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     main(["fit", "--config", str(config), "--trainer.strategy=ddp", "--trainer.devices=1"])
     assert (tmp_path / "run" / "ckpt" / "last.ckpt").is_file()
     assert not torch.distributed.is_initialized()

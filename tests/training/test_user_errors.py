@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import yaml
-from tiny import write_config
+from tiny_assets import toy_config
 
 from data_modules.collate import Collator
 from vrp.cli import main
@@ -55,7 +55,7 @@ def test_each_bad_file_gets_one_line_naming_it(tmp_path):
 
 def test_vrp_test_and_export_print_one_error_line(tiny_root, tmp_path, capsys):
     bad_files(tmp_path / "bad")
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     for name in ("random.ckpt", "empty.ckpt"):
         with pytest.raises(SystemExit) as e:
             main(["test", "--config", str(config), "--ckpt_path", str(tmp_path / "bad" / name)])
@@ -89,7 +89,7 @@ def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
     assert pretrained_source("Qwen/Qwen2.5-0.5B", "LLM") == "Qwen/Qwen2.5-0.5B"  # a Hub id: left to the Hub
     with pytest.raises(ModelPathError, match=f"tokenizer '{missing}' does not exist"):
         Collator(str(missing))  # the datamodule's tokenizer path, checked the same way
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["init_args"]["model"]["init_args"]["llm"]["init_args"]["model_name_or_path"] = str(missing)
     config.write_text(yaml.safe_dump(cfg))
@@ -100,7 +100,7 @@ def test_a_missing_local_model_path_is_named(tiny_root, tmp_path, capsys):
 
 
 def test_a_config_typo_is_the_last_line(tiny_root, tmp_path, capsys):
-    config = write_config(tiny_root, tmp_path / "run")
+    config = toy_config(tiny_root, tmp_path / "run")
     assert last_error_line(capsys, ["fit", "--config", str(config), "--model.init_args.lerning_rate=1"]) == (
         "error: model (vrp.training.InstructionTuning): Option 'lerning_rate' is not accepted"
     )

@@ -5,9 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from tiny import WORDS
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tiny_assets import SPECIALS, word_tokenizer
 
 from data_modules.datamodules import InstructionDataModule
 from vrp.models import CausalLM
@@ -29,15 +27,8 @@ def test_setup_refuses_a_data_tokenizer_whose_video_id_differs(tiny_root, tmp_pa
     datamodule_handoff.configure_datamodule(_module(same, llm))  # the LLM's own tokenizer: fine
     assert same.collator().video_token_id == llm.video_token_id and same.image_size == 32
     # a tokenizer without <video>: the collator appends it, at another id than the LLM's
-    tok = Tokenizer(
-        models.WordLevel(
-            vocab={t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *WORDS])}, unk_token="<unk>"
-        )
-    )
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(tmp_path / "other")
+    without_video = [t for t in SPECIALS if t != "<video>"]
+    word_tokenizer(specials=without_video, bos=False).save_pretrained(tmp_path / "other")
     other = InstructionDataModule(tokenizer=str(tmp_path / "other"))
     with pytest.raises(
         ValueError,

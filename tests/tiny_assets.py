@@ -1,8 +1,13 @@
-"""Tiny assets for training tests: a word-level tokenizer, tiny saved backbones, and a toy datamodule whose
-batches follow data_modules/batch.py (random pixels, fixed-length prompts, answers that depend on the video)."""
+"""Tiny assets that tests in every folder share: the test vocabulary's tokenizer, tiny backbone sizes and saved
+backbones, a toy datamodule whose batches follow data_modules/batch.py (random pixels, fixed-length prompts, answers
+that depend on the video), and tiny stage configs built from the shipped embedded YAMLs by vrp's own parser."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +17,11 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data_modules.video import write_video
+from vrp.models.qformer_fusion import QFormerOptions
 
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "experiments" / "embedded"  # the shipped stage configs: pretrain.yaml, finetune.yaml
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<video>"]
 WORDS = "what colour is it ? red green blue yellow a video of shapes moving".split()
 ANSWERS = ["red", "green", "blue", "yellow"]
 TINY_VIT = {
@@ -33,25 +42,48 @@ TINY_LLM = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 128,
 }
+TINY_QFORMER = QFormerOptions(
+    num_query_tokens=2, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, num_frames=2
+)
+# The settings that keep a test's Trainer quiet and on the CPU: no logger, checkpoints, progress bar or summary.
+QUIET_TRAINER = dict(
+    accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+)
 
 
-def build_tokenizer(path: Path) -> Path:
+def word_tokenizer(
+    words: list[str] = WORDS,
+    specials: list[str] = SPECIALS,
+    *,
+    bos: bool = True,
+    punctuation: bool = False,
+    extra_special_tokens: list[str] | dict[str, str] | None = None,
+    chat_template: str | None = None,
+):
+    """A word-level fast tokenizer built offline: ids 0.. are ``specials`` then ``words`` (other words are <unk>),
+    <s> prepended to every encoding (``bos``, like Llama's), split at whitespace and, with ``punctuation``, before and
+    after punctuation. ``extra_special_tokens``: the special tokens beyond <pad> <s> </s> <unk>, as a list or named
+    (``{"video_token": "<video>"}`` gives ``tokenizer.video_token``); by default the other ``specials``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<video>"]
-    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=["<video>"],
-    ).save_pretrained(path)
-    return path
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate([*specials, *words])}, unk_token="<unk>"))
+    split = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.Punctuation()]) if punctuation else split
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    if extra_special_tokens is None:
+        extra_special_tokens = [t for t in specials if t not in ("<pad>", "<s>", "</s>", "<unk>")]
+    if isinstance(extra_special_tokens, dict):
+        extra = {"extra_special_tokens": extra_special_tokens}
+    else:
+        extra = {"additional_special_tokens": extra_special_tokens} if extra_special_tokens else {}
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", **extra
+    )
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    return fast
 
 
 def build_backbones(root: Path) -> Path:
@@ -59,7 +91,7 @@ def build_backbones(root: Path) -> Path:
     from vrp.tools.prepare import save_random_backbones
 
     if not (root / "llm" / "config.json").is_file():
-        build_tokenizer(root / "tokenizer")
+        word_tokenizer().save_pretrained(root / "tokenizer")
         save_random_backbones(str(root / "tokenizer"), root, seed=0, vit=TINY_VIT, llm=TINY_LLM)
     return root
 
@@ -190,18 +222,32 @@ class ToyData(L.LightningDataModule):
         return self._loader(self.seed + 2, True, False)
 
 
-def write_config(root: Path, run: Path, **model_args) -> Path:
-    """A tiny stage-2 run on ToyData with a CSV logger and checkpoints in fixed folders (like the embedded YAMLs)."""
-    cfg = {
-        "seed_everything": 0,
+def stage_config(run: Path, backbones: Path, data: dict, *overlays: dict, stage: str = "finetune") -> Path:
+    """experiments/embedded/<stage>.yaml at tiny size, resolved by vrp's own parser into ``run``/config.yaml: the
+    backbones saved under ``backbones`` (vit, llm, detector), the shipped fusion at tiny sizes, the datamodule
+    overlay ``data`` (`synthetic_data` or `toy_data`), two steps, no validation, CSV logs and checkpoints (ckpt/) under
+    ``run``; then each of ``overlays`` on top, as later ``--config`` files. A shipped YAML that stops resolving fails
+    here, in every test that builds its config this way."""
+    from vrp.tools.lightning_cli import cli
+
+    model = {
+        "vision": {"init_args": {"model_name_or_path": str(backbones / "vit")}},
+        "fusion": {
+            "init_args": {"num_frames": 2, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+        },
+        "objects": {"init_args": {"detector": {"init_args": {"path": str(backbones / "detector")}}}},
+        "llm": {"init_args": {"model_name_or_path": str(backbones / "llm"), "lora_rank": 4}},
+    }
+    tiny = {
         "trainer": {
-            "accelerator": "cpu",
+            "accelerator": "cpu",  # the same numbers on every machine
             "max_steps": 2,
-            "default_root_dir": str(run),
+            "val_check_interval": None,
+            "limit_val_batches": 0,
             "log_every_n_steps": 1,
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "limit_val_batches": 0,
+            "default_root_dir": str(run),
             "logger": [
                 {
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -215,34 +261,98 @@ def write_config(root: Path, run: Path, **model_args) -> Path:
                 }
             ],
         },
-        "model": {
-            "class_path": "vrp.training.InstructionTuning",
-            "init_args": {
-                "lr": 1e-3,
-                "warmup_steps": 1,
-                **model_args,
-                "model": {
-                    "class_path": "vrp.models.VideoReasoner",
-                    "init_args": {
-                        "vision": {
-                            "class_path": "vrp.models.HFVisionEncoder",
-                            "init_args": {"model_name_or_path": str(root / "vit")},
-                        },
-                        "fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}},
-                        "llm": {
-                            "class_path": "vrp.models.CausalLM",
-                            "init_args": {"model_name_or_path": str(root / "llm")},
-                        },
-                        "llm_mode": "full",
-                    },
-                },
-            },
-        },
-        "data": {"class_path": "tiny.ToyData", "init_args": {"tokenizer": str(root / "tokenizer"), "num_samples": 8}},
+        "model": {"init_args": {"lr": 1e-3, "warmup_steps": 1, "model": {"init_args": model}}},
+        "data": data,
     }
+    if stage == "finetune":  # stage 2 from scratch, without the blind baseline of data/synthetic
+        tiny["model"]["init_args"]["init_from"] = None
+        tiny["results"] = {"blind_baseline": None}
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--config", str(EMBEDDED / f"{stage}.yaml")]
+        for i, overlay in enumerate((tiny, *overlays)):
+            (Path(tmp) / f"{i}.yaml").write_text(yaml.safe_dump(overlay))
+            args += ["--config", str(Path(tmp) / f"{i}.yaml")]
+        resolved = io.StringIO()
+        with contextlib.redirect_stdout(resolved), contextlib.suppress(SystemExit):
+            cli([*args, "--print_config"], run=False)
+    if not resolved.getvalue():
+        raise ValueError(
+            f"{EMBEDDED / stage}.yaml with the tiny overlays does not resolve (the parser's error is above)"
+        )
+    (run / "config.yaml").write_text(resolved.getvalue())
     return run / "config.yaml"
+
+
+def synthetic_data(root: Path, boxes: bool = False) -> dict:
+    """The datamodule overlay for a set that `data_modules.synthetic.generate` wrote to ``root`` (never generated on
+    the fly): decoded in the main process (no feature cache, no workers), 2 frames, batches of 4, with the
+    simulator's boxes (``boxes``) or none (no tracks)."""
+    return {
+        "init_args": {
+            "synthetic_root": str(root),
+            "generate_if_missing": False,
+            "synthetic_boxes": boxes,
+            "tracks": None,
+            "feature_cache": None,
+            "num_frames": 2,
+            "batch_size": 4,
+            "num_workers": 0,
+        }
+    }
+
+
+def toy_data(backbones: Path, num_samples: int = 8) -> dict:
+    """The datamodule overlay for `ToyData` with the tokenizer saved under ``backbones``: 2 frames, batches of 4."""
+    return {
+        "class_path": f"{__name__}.ToyData",
+        "init_args": {
+            "tokenizer": str(backbones / "tokenizer"),
+            "num_samples": num_samples,
+            "num_frames": 2,
+            "batch_size": 4,
+        },
+    }
+
+
+def toy_config(backbones: Path, run: Path, *overlays: dict) -> Path:
+    """`stage_config` of stage 2 on `ToyData` (8 samples) with an MLP connector, no object stage and the full LLM."""
+    toy = reasoner(
+        {"fusion": {"class_path": "vrp.models.MLPConnector", "init_args": {"output_dim": 32}}, "objects": None}
+    )
+    return stage_config(run, backbones, toy_data(backbones), toy, *overlays)
+
+
+def reasoner(changes: dict) -> dict:
+    """The overlay that sets ``changes`` in the stage module's `VideoReasoner` (model.init_args.model.init_args)."""
+    return {"model": {"init_args": {"model": {"init_args": changes}}}}
+
+
+def frame_qformer(qformer: QFormerOptions = TINY_QFORMER) -> dict:
+    """A per-frame Q-Former fusion with ``qformer``'s options and a one-layer video Q-Former of 4 queries."""
+    return {
+        "class_path": "vrp.models.FrameQFormerFusion",
+        "init_args": {"qformer": asdict(qformer), "video_num_query_tokens": 4, "video_num_layers": 1},
+    }
+
+
+def mc_source(path: Path, boxes: Path | None = None) -> dict:
+    """A `MultipleChoice` source over the mc.csv at ``path`` as `vrp test` reads it: the question after the video
+    placeholder, the options scored as text, with the boxes (simulator's or tracks) of ``boxes``."""
+    return {
+        "class_path": "data_modules.sources.MultipleChoice",
+        "init_args": {
+            "path": str(path),
+            "template": "<video>\n{question}",
+            "target": "text",
+            "boxes": None if boxes is None else str(boxes),
+        },
+    }
+
+
+def llava_turn(question: str, answer: str) -> list[dict]:
+    """One exchange as the ``conversations`` of a LLaVA instruction item."""
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
 def mc_data(folder, missing: str) -> dict:
