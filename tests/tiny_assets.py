@@ -1,6 +1,6 @@
-"""Tiny assets that tests in every folder share: the test vocabulary's tokenizer, tiny backbone sizes and saved
-backbones, a toy datamodule whose batches follow data_modules/batch.py (random pixels, fixed-length prompts, answers
-that depend on the video), and tiny stage configs built from the shipped embedded YAMLs by vrp's own parser."""
+"""Tiny assets that tests in every folder share: word-level tokenizers, tiny backbone sizes and saved backbones, a
+toy datamodule whose batches follow data_modules/batch.py (random pixels, fixed-length prompts, answers that depend
+on the video), and tiny stage configs built from the shipped embedded YAMLs by vrp's own parser."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def word_tokenizer(
     """A word-level fast tokenizer built offline: ids 0.. are ``specials`` then ``words`` (other words are <unk>),
     <s> prepended to every encoding (``bos``, like Llama's), split at whitespace and, with ``punctuation``, before and
     after punctuation. ``extra_special_tokens``: the special tokens beyond <pad> <s> </s> <unk>, as a list or named
-    (``{"video_token": "<video>"}`` gives ``tokenizer.video_token``); by default the other ``specials``."""
+    (``{"video_token": "<video>"}`` gives ``tokenizer.video_token``); by default the other ``specials``; with ``[]``
+    those are plain words. Every test tokenizer is one of these (the data-module tests train the project's own)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -278,7 +279,7 @@ def stage_config(run: Path, backbones: Path, data: dict, *overlays: dict, stage:
             cli([*args, "--print_config"], run=False)
     if not resolved.getvalue():
         raise ValueError(
-            f"{EMBEDDED / stage}.yaml with the tiny overlays does not resolve (the parser's error is above)"
+            f"{EMBEDDED / stage}.yaml with the tiny overlays does not resolve (the parser names the cause on stderr)"
         )
     (run / "config.yaml").write_text(resolved.getvalue())
     return run / "config.yaml"
