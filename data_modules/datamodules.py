@@ -155,7 +155,7 @@ class _ClipDataModule(L.LightningDataModule):
                 f"synthetic data {self.synthetic_root} is missing; run `make data` or set "
                 "generate_if_missing=true (or configure the sources)"
             )
-        from data_modules.synthetic import generate
+        from lab.synthetic import generate
 
         log.info("generating %d synthetic videos into %s", self.synthetic_videos, self.synthetic_root)
         generate(self.synthetic_root, videos=self.synthetic_videos, seed=self.synthetic_seed)

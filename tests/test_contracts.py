@@ -27,6 +27,7 @@ from data_modules.sources import (
     Record,
     VideoChat2Instructions,
 )
+from lab.backbones import tiny_vit_config
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
@@ -44,7 +45,7 @@ from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.tracks import TrackFusion
-from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]

@@ -23,7 +23,7 @@ def _parse(*configs: Path):
 
 
 def _stage1_ablations() -> list[Path]:
-    """The ablation overlays scripts/ablate.py pretrains with stage 1's config: those leaving stage 2's init alone."""
+    """The ablation overlays lab.ablate pretrains with stage 1's config: those leaving stage 2's init alone."""
     return [o for o in sorted(EXP.glob("ablations/*.yaml")) if "init_from" not in o.read_text()]
 
 
@@ -39,7 +39,7 @@ def _overlays() -> list[tuple[Path, Path]]:
         for stage in ("pretrain", "finetune")
         for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))
     ]
-    # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
+    # lab.ablate pretrains each overlay that leaves stage 2's init alone with stage 1's config
     pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in _stage1_ablations()]
     return pairs
 

@@ -3,14 +3,13 @@ from functools import partial
 import pytest
 import torch
 
+from lab.backbones import tiny_llama_config, tiny_vit_config
 from vrp.models import (
     CausalLM,
     HFVisionEncoder,
     MLPConnector,
     PoolOptions,
     VideoReasoner,
-    tiny_llama_config,
-    tiny_vit_config,
 )
 from vrp.models.tracks import TrackFusion
 

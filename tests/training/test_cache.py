@@ -13,8 +13,8 @@ from tiny import TINY_LLM, TINY_VIT, run_main
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
+    from lab.synthetic import generate
 
     root = tmp_path_factory.mktemp("cache")
     generate(root / "data", videos=12, seed=1, workers=1, size=64, min_frames=8, max_frames=10)
@@ -146,7 +146,7 @@ def test_an_entry_serves_only_the_file_it_was_computed_from(setup, tmp_path, cap
     """Another generated set whose clips share the names (`vrp test --data.init_args.synthetic_root=OTHER` with the
     same feature_cache) is refused in one line, never scored on the first set's features; `vrp cache` with the same
     overrides re-encodes exactly those entries, after which the first set is the one refused."""
-    from data_modules.synthetic import generate
+    from lab.synthetic import generate
     from vrp.tools.cache import main as cache_main
 
     root, config = setup

@@ -19,10 +19,10 @@ CONFIGS = sorted((ROOT / "experiments" / "embedded").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
+    from lab.stage0 import pretrain_detector
+    from lab.synthetic import generate
     from vrp.tools.track import main as track
-    from vrp.training.stage0 import pretrain_detector
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)

@@ -56,7 +56,7 @@ def build_tokenizer(path: Path) -> Path:
 
 def build_backbones(root: Path) -> Path:
     """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
 
     if not (root / "llm" / "config.json").is_file():
         build_tokenizer(root / "tokenizer")

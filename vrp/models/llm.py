@@ -173,17 +173,3 @@ class CausalLM(nn.Module):
         return self.model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **gen
         )
-
-
-def tiny_llama_config(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4) -> dict:
-    """Config dict of the embedded-default tiny Llama (vocab size comes from the tokenizer)."""
-    return {
-        "model_type": "llama",
-        "hidden_size": hidden_size,
-        "intermediate_size": 4 * hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_heads,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": True,
-    }

@@ -287,18 +287,3 @@ class OpenClipVisionEncoder(_FrozenBackbone):
         patches = out["image_intermediates"][-1]  # (b, gh*gw, D)
         prefix = out.get("image_intermediates_prefix")
         return torch.cat([prefix[-1], patches], dim=1) if prefix else patches  # (b, P + gh*gw, D)
-
-
-def tiny_vit_config(
-    image_size: int = 32, patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
-) -> dict:
-    """Config dict of the embedded-default tiny ViT (for ``HFVisionEncoder(config=...)``)."""
-    return {
-        "model_type": "vit",
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": 4 * hidden_size,
-    }
