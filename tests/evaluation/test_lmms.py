@@ -103,8 +103,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
         "data": {
             "class_path": "data_modules.datamodules.InstructionDataModule",
             "init_args": {
-                "synthetic_root": str(synthetic),
-                "generate_if_missing": False,
+                "root": str(synthetic),
                 "num_frames": 4,
                 "batch_size": 4,
                 "eval_batch_size": 8,
