@@ -103,7 +103,7 @@ evidence: $(FINETUNE_CKPT)
 	$(PY) -m lab data --out $(FRESH) --videos $(FRESH_VIDEOS) --seed $(FRESH_SEED)
 	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --splits test --score-against $(DATA) \
 	  --out runs/evidence/tracks-test
-	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --data.init_args.synthetic_root=$(FRESH) \
+	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --data.init_args.root=$(FRESH) \
 	  --splits train --score-against $(FRESH) --out $(FRESH)/tracks
 	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) --trainer.logger=false \
 	  --data.init_args.feature_cache=null --data.init_args.test.class_path=data_modules.sources.MultipleChoice \
@@ -115,7 +115,7 @@ evidence: $(FINETUNE_CKPT)
 
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
 # stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
-# Narrow them with e.g. ARGS="--only baseline,identity_off --steps 500"; ARGS="--jobs 2" runs two rows at once.
+# Narrow them with e.g. ARGS="--only baseline,fusion_mlp --steps 500"; ARGS="--jobs 2" runs two rows at once.
 # The backbone rows need their own backbones, built once: a random ViT with its feature cache (vfm_random), an LLM
 # pretrained on knowledge documents (llm_pretrained, ABLATE_LLM_STEPS of stage 0 on LLM_SCENES scenes) and its
 # control, pretrained for the same steps on the same sentences shuffled across scenes (llm_control).

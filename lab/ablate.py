@@ -1,6 +1,6 @@
 """Run an ablation matrix on the embedded default and write the results table (Markdown + CSV).
 
-    python -m lab ablate [--steps 1000] [--pretrain-steps 250] [--only fusion_mlp,llm_frozen] [--jobs 2]
+    python -m lab ablate [--steps 1000] [--pretrain-steps 250] [--only fusion_mlp,llm_control] [--jobs 2]
                          [--overlays experiments/ablations] [--out runs/ablate] [-- --trainer.devices=2]
 
 Each row is the embedded default plus one overlay from `--overlays` (the `baseline` row has none). A row runs stage 1

@@ -214,7 +214,7 @@ def _load_templates(dm) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for split in ("train", "val", "test"):
-        path = Path(dm.synthetic_root) / split / "instructions.json"
+        path = Path(dm.root) / split / "instructions.json"
         if path.is_file():
             out.update(
                 {str(item["id"]): item["template"] for item in json.loads(path.read_text()) if "template" in item}

@@ -103,8 +103,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
         "data": {
             "class_path": "data_modules.datamodules.InstructionDataModule",
             "init_args": {
-                "synthetic_root": str(synthetic),
-                "generate_if_missing": False,
+                "root": str(synthetic),
                 "num_frames": 4,
                 "batch_size": 4,
                 "eval_batch_size": 8,
@@ -116,7 +115,7 @@ def _config(root: Path, synthetic: Path, run: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Synthetic data, the tiny embedded backbones (vrp prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
+    """Synthetic data, the tiny embedded backbones (python -m lab prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
     from lab.prepare import save_random_backbones
     from lab.synthetic import generate
 

@@ -74,7 +74,7 @@ def test_deltas_against_the_reference_trained_the_same_way(tmp_path):
         "baseline": [True, True, True, False],
         "skip_stage1": [True, False, True, False],
         "fusion_mlp": [False, False, True, True],
-        "identity_off": [True, False, True, False],
+        "vfm_random": [True, False, True, False],
     }
     for name, correct in results.items():
         (tmp_path / name).mkdir()
@@ -83,14 +83,14 @@ def test_deltas_against_the_reference_trained_the_same_way(tmp_path):
         {"ablation": "baseline", "stage1": True},
         {"ablation": "skip_stage1", "stage1": False},
         {"ablation": "fusion_mlp", "stage1": False},
-        {"ablation": "identity_off", "stage1": True},
+        {"ablation": "vfm_random", "stage1": True},
     ]
     ablate.add_deltas(rows, tmp_path, "skip_stage1")
-    base, skip, mlp, ident = rows
+    base, skip, mlp, vfm = rows
     assert "vs" not in base
     assert skip["vs"] == "baseline" and skip["delta_overall"] == -25.0 and skip["delta_temporal"] == -50.0
     assert mlp["vs"] == "skip_stage1" and mlp["delta_overall"] == 0.0 and mlp["delta_descriptive"] == 50.0
-    assert ident["vs"] == "baseline" and ident["delta_temporal"] == -50.0 and ident["ci95_delta"] > 0
+    assert vfm["vs"] == "baseline" and vfm["delta_temporal"] == -50.0 and vfm["ci95_delta"] > 0
     rows = [{"ablation": "fusion_mlp", "stage1": False}, {"ablation": "baseline", "stage1": True}]
     ablate.add_deltas(rows, tmp_path, "skip_stage1")  # its stage-2 reference did not run: the baseline instead
     assert rows[0]["vs"] == "baseline" and rows[0]["delta_overall"] == -25.0

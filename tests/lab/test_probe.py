@@ -66,9 +66,8 @@ def config(tmp_path_factory) -> Path:
                 "num_frames": 2,
                 "batch_size": 4,
                 "num_workers": 0,
-                "synthetic_root": str(root / "data"),
-                "generate_if_missing": False,
-                "synthetic_boxes": True,
+                "root": str(root / "data"),
+                "ground_truth_boxes": True,
                 # a 30-video set leaves val/test with few balanced items: use train's mc.csv for both
                 "val": {
                     "class_path": "data_modules.sources.MultipleChoice",

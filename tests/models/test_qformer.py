@@ -292,10 +292,10 @@ def test_folded_path_matches_transformers_blip2():
 
 @pytest.mark.parametrize("temporal", ["per_frame", "joint"])
 def test_small_random_fusion_tells_videos_apart(temporal):
-    """The embedded Q-Former's sizes (the fusion_qformer ablation, init_std 0.1) must give different videos different
+    """The embedded Q-Former's sizes (the objects_off ablation, init_std 0.1) must give different videos different
     outputs at init; with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning
     never started."""
-    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/fusion_qformer.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/objects_off.yaml").read_text())
     args = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
     options = QFormerOptions(**args["qformer"])
     assert options.init_std == 0.1

@@ -68,9 +68,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
                 "num_frames": 4,
                 "batch_size": 3,
                 "num_workers": 0,
-                "synthetic_root": str(root / "data"),
-                "generate_if_missing": False,
-                "synthetic_boxes": True,
+                "root": str(root / "data"),
+                "ground_truth_boxes": True,
                 "val": mc,
                 "test": mc,
             },
@@ -88,7 +87,7 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
 
     root, config = setup
     out = tmp_path / "features"
-    not_yet = ["--data.init_args.synthetic_boxes=false", f"--data.init_args.tracks={tmp_path / 'tracks'}"]
+    not_yet = ["--data.init_args.ground_truth_boxes=false", f"--data.init_args.tracks={tmp_path / 'tracks'}"]
     # the tracks are not written yet (make runs cache before tracks): the cache reads no boxes
     cache_main(["--config", str(config), "--out", str(out), "--splits", "train,val", *not_yet])
     store = FeatureStore(out)
@@ -143,7 +142,7 @@ def test_store_errors(tmp_path):
 
 
 def test_an_entry_serves_only_the_file_it_was_computed_from(setup, tmp_path, capsys):
-    """Another generated set whose clips share the names (`vrp test --data.init_args.synthetic_root=OTHER` with the
+    """Another generated set whose clips share the names (`vrp test --data.init_args.root=OTHER` with the
     same feature_cache) is refused in one line, never scored on the first set's features; `vrp cache` with the same
     overrides re-encodes exactly those entries, after which the first set is the one refused."""
     from lab.synthetic import generate

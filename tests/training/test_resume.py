@@ -111,8 +111,7 @@ def _config(root: Path, run: Path, packing: str | None = None) -> Path:
                 "batch_size": 4,
                 "num_workers": 2,
                 "seed": 0,
-                "synthetic_root": str(root),
-                "generate_if_missing": False,
+                "root": str(root),
                 # tiny sets leave val/test without balanced MC items; validation is off anyway
                 "val": {
                     "class_path": "data_modules.sources.MultipleChoice",

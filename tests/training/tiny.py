@@ -269,7 +269,6 @@ def mc_data(folder, missing: str) -> dict:
             "batch_size": 4,
             "eval_batch_size": 2,
             "num_workers": 0,
-            "generate_if_missing": False,
         },
     }
 
