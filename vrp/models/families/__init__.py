@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput
+from vrp.models.contracts import FusionInput, TokenLayout
 from vrp.models.qformer_fusion import frame_inputs
 
 FAMILY_TYPES = ("instructblipvideo", "llava_next_video", "llava_onevision")
@@ -165,10 +165,10 @@ def feature_layer(name_or_path: str | os.PathLike) -> int | None:
     return cfg.vision_feature_layer
 
 
-def frame_tokens(inputs: FusionInput, grid: tuple[int, int], num_prefix_tokens: int, num_frames: int) -> torch.Tensor:
+def frame_tokens(inputs: FusionInput, layout: TokenLayout, num_frames: int) -> torch.Tensor:
     """A family connector's visual tokens (B, T, N, D), after the frame checks (`frame_inputs`) and that T is the
     ``num_frames`` it was built for (the token count the LLM sees)."""
-    frame_inputs(inputs, grid, num_prefix_tokens)
+    frame_inputs(inputs, layout)
     T = inputs.visual.shape[1]
     if T != num_frames:
         raise ValueError(f"{T} frames given; this fusion was built for num_frames={num_frames}")
