@@ -22,7 +22,7 @@ from vrp.models.interop import (
     load_blip2_qformer,
     qformer_from_blip2,
 )
-from vrp.models.qformer import QFormer
+from vrp.models.qformer import QFormer, QFormerConfig
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 TINY = dict(
@@ -38,8 +38,7 @@ TINY = dict(
 
 
 def _ours(text: bool) -> QFormer:
-    return QFormer(
-        24,
+    sizes = QFormerConfig(
         num_query_tokens=8,
         hidden_size=32,
         num_layers=3,
@@ -47,7 +46,8 @@ def _ours(text: bool) -> QFormer:
         intermediate_size=64,
         vocab_size=50 if text else 0,
         max_text_len=16,
-    ).eval()
+    )
+    return QFormer(24, sizes).eval()
 
 
 def _randomise(model: torch.nn.Module) -> None:
@@ -201,7 +201,10 @@ def test_blip2_loads_into_per_frame_fusion(tmp_path):
     with pytest.raises(KeyError, match="text"):  # a generation checkpoint has no text weights for a text Q-Former
         load_blip2_qformer(
             QFormer(
-                24, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=50
+                24,
+                QFormerConfig(
+                    num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=50
+                ),
             ),
             path,
         )

@@ -25,7 +25,7 @@ post-LayerNorm load into `vision_qformer` (the Q-Former that reads the vision to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -33,56 +33,23 @@ from torch import nn
 from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks, check_input
 from vrp.models.interop import load_blip2_fusion
 from vrp.models.objects import ObjectTokens, interpolate_embeddings
-from vrp.models.qformer import QFormer
-
-# The options that are `QFormer`'s own constructor arguments (the rest build the fusion around it).
-QFORMER_ARGS = (
-    "num_query_tokens",
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "intermediate_size",
-    "cross_attention_freq",
-    "vocab_size",
-    "max_text_len",
-    "pad_token_id",
-    "dropout",
-    "attention_dropout",
-    "layer_norm_eps",
-    "init_std",
-)
+from vrp.models.qformer import QFormer, QFormerConfig
 
 
 @dataclass(frozen=True)
-class QFormerOptions:
+class QFormerOptions(QFormerConfig):
     """The options both Q-Former fusions take as their ``qformer`` argument (a nested mapping under ``init_args`` in
-    YAML); the sizes are BLIP-2's by default."""
+    YAML): the `QFormerConfig` of the Q-Former whose outputs leave the fusion (BLIP-2's sizes, text up to 64 tokens
+    by default), and the fusion's own options around it."""
 
-    num_query_tokens: int = 32
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    cross_attention_freq: int = 2
-    num_frames: int = 8
-    vocab_size: int = 0
     max_text_len: int = 64
-    pad_token_id: int = 0
+    num_frames: int = 8
     visual_norm: bool = True
     objects: bool = False
     num_slots: int = 4
     slot_iters: int = 3
     roi_size: int = 2
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    layer_norm_eps: float = 1e-12
-    init_std: float = 0.02
     init_from_pretrained: str | None = None
-
-    def qformer(self, memory_width: int, **kw) -> QFormer:
-        """A `QFormer` reading ``memory_width``-wide tokens with these sizes (``kw`` overrides them)."""
-        sizes = {k: v for k, v in asdict(self).items() if k in QFORMER_ARGS}
-        return QFormer(memory_width, **(sizes | kw))
 
     def frame_parts(self, layout: TokenLayout) -> tuple[nn.Module, ObjectTokens | None]:
         """The per-frame components both fusions own: the LayerNorm on the vision tokens (BLIP-2's ln_vision) and,
@@ -173,11 +140,10 @@ class FrameQFormerFusion(nn.Module):
         self.supports_text = o.vocab_size > 0
         declare_tracks(self, o.objects)
         self.visual_norm, self.objects = o.frame_parts(layout)
-        self.frame_qformer = o.qformer(layout.width, vocab_size=0, max_text_len=512)
+        self.frame_qformer = QFormer(layout.width, replace(o, vocab_size=0, max_text_len=512))
         self.temporal_embed = nn.Parameter(torch.randn(o.num_frames, o.hidden_size) * o.init_std)
-        self.qformer = o.qformer(
-            o.hidden_size, num_query_tokens=video_num_query_tokens, num_layers=video_num_layers, cross_attention_freq=1
-        )
+        video = replace(o, num_query_tokens=video_num_query_tokens, num_layers=video_num_layers, cross_attention_freq=1)
+        self.qformer = QFormer(o.hidden_size, video)
         self.num_output_tokens = video_num_query_tokens
         if o.init_from_pretrained:
             load_blip2_fusion(self, o.init_from_pretrained)
@@ -211,7 +177,7 @@ class JointQFormerFusion(nn.Module):
         self.visual_norm, self.objects = o.frame_parts(layout)
         self.spatial_embed = nn.Parameter(torch.randn(layout.tokens_per_frame, layout.width) * o.init_std)
         self.temporal_embed = nn.Parameter(torch.randn(o.num_frames, layout.width) * o.init_std)
-        self.qformer = o.qformer(layout.width)
+        self.qformer = QFormer(layout.width, o)
         self.hidden_size = self.output_dim = o.hidden_size
         self.num_output_tokens, self.supports_text = o.num_query_tokens, o.vocab_size > 0
         declare_tracks(self, o.objects)

@@ -14,7 +14,7 @@ from torch import nn
 
 from vrp.models.contracts import FusionInput, TokenLayout, check_input
 from vrp.models.families import family_config, frame_tokens, read_part
-from vrp.models.interop import load_blip2_qformer, qformer_kwargs_from_config, qformer_to_instructblip_state_dict
+from vrp.models.interop import load_blip2_qformer, qformer_config_from_hf, qformer_to_instructblip_state_dict
 from vrp.models.qformer import QFormer
 
 
@@ -40,12 +40,11 @@ class InstructBlipVideoFusion(nn.Module):
         super().__init__()
         self.hf_config = family_config(model_name_or_path, config, expect=("instructblipvideo",))
         self.source = model_name_or_path
-        kwargs = qformer_kwargs_from_config(self.hf_config.to_dict())
-        memory_width = kwargs.pop("memory_width")
+        memory_width, qformer = qformer_config_from_hf(self.hf_config.to_dict())
         if memory_width != layout.width:
             raise ValueError(f"the Q-Former reads {memory_width}-wide vision tokens, the encoder gives {layout.width}")
         self.layout, self.num_frames = layout, num_frames
-        self.qformer = QFormer(memory_width, **kwargs)
+        self.qformer = QFormer(memory_width, qformer)
         self.hidden_size = self.qformer.hidden_size
         self.output_dim = self.hf_config.text_config.hidden_size
         self.language_projection = nn.Linear(self.hidden_size, self.output_dim)
