@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vrp.models.contracts import FusionInput, TokenLayout
+from vrp.models.paths import model_source
 from vrp.models.qformer_fusion import frame_inputs
 
 FAMILY_TYPES = ("instructblipvideo", "llava_next_video", "llava_onevision")
@@ -62,13 +63,8 @@ def family_config(name_or_path: str | os.PathLike | None = None, config: dict | 
     """The family's transformers config from a folder / Hub name or a config dict (with ``model_type``)."""
     from transformers import AutoConfig
 
-    if (name_or_path is None) == (config is None):
-        raise ValueError("give exactly one of model_name_or_path or config")
-    cfg = (
-        AutoConfig.from_pretrained(str(local_folder(name_or_path)))
-        if config is None
-        else AutoConfig.for_model(**config)
-    )
+    source = model_source(None if name_or_path is None else str(name_or_path), config, "family")
+    cfg = AutoConfig.for_model(**config) if source is None else AutoConfig.from_pretrained(str(local_folder(source)))
     if cfg.model_type not in expect:
         raise ValueError(f"{name_or_path or 'config'} is a {cfg.model_type!r} model, not one of {list(expect)}")
     return cfg
