@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrp.models.io import check_loadable
 from vrp.models.qformer import QFormer, QFormerConfig
 
 StateDict = Mapping[str, torch.Tensor]
@@ -123,17 +124,11 @@ def load_blip2_qformer(
     sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     converted = blip2_to_qformer_state_dict(sd, len(qformer.layers), text=qformer.supports_text)
     own = qformer.state_dict()
-    for k, v in converted.items():
-        if k not in own:
-            raise KeyError(
-                f"checkpoint has {k!r} but the Q-Former has no such parameter: build it with the "
-                "checkpoint's config (`qformer_from_blip2`) or matching cross_attention_freq/vocab_size"
-            )
-        if own[k].shape != v.shape:
-            raise ValueError(
-                f"{k}: checkpoint shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                "build the Q-Former with the checkpoint's sizes"
-            )
+    hint = (
+        "build the Q-Former with the checkpoint's config (`qformer_from_blip2`) or its sizes, "
+        "cross_attention_freq and vocab_size"
+    )
+    check_loadable(own, converted, "checkpoint", "Q-Former", hint)
     missing = sorted(set(own) - set(converted))
     if strict and missing:
         raise KeyError(
@@ -236,13 +231,8 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
         out["word_embeddings.weight"] = bert["embeddings.word_embeddings.weight"]
         pos = bert["embeddings.position_embeddings.weight"]
         out["position_embeddings.weight"] = pos[: qformer.position_embeddings.num_embeddings]
-    own = qformer.state_dict()
-    for k, v in out.items():
-        if own[k].shape != v.shape:
-            raise ValueError(
-                f"{k}: BERT shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                "match hidden_size/intermediate_size/vocab_size to the BERT config"
-            )
+    hint = "match hidden_size/intermediate_size/vocab_size to the BERT config"
+    check_loadable(qformer.state_dict(), out, "BERT", "Q-Former", hint)
     qformer.load_state_dict(out, strict=False)
     return sorted(out)
 

@@ -1,8 +1,8 @@
 """Q-Former fusion: learned queries that read visual (and object) tokens through cross-attention.
 
 `QFormer` is the BERT-style, post-LayerNorm core of BLIP-2 / InstructBLIP, laid out so that their Hugging Face
-weights load exactly (see `vrp.models.interop`), sized by a `QFormerConfig`. `vrp.models.qformer_fusion` builds the two video fusion modules on it
-(`FrameQFormerFusion`, `JointQFormerFusion`).
+weights load exactly (see `vrp.models.interop`), sized by a `QFormerConfig`. `vrp.models.qformer_fusion` builds the
+two video fusion modules on it (`FrameQFormerFusion`, `JointQFormerFusion`).
 
 Speed: fused QKV projection, SDPA for self-attention, no per-call mask building when nothing is masked, and
 cross-attention that never projects a long memory to keys and values (see `CrossAttention`).

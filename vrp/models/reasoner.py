@@ -1,10 +1,10 @@
 """VideoReasoner: vision encoder -> fusion -> projection -> LLM, with a per-component trainable policy.
 
-The fusion module is built here from a factory ``fusion(layout)`` (the encoder's
-`vrp.models.contracts.TokenLayout`) so no width is written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size (``projection="none"``: the fusion
-ends in the LLM's width itself, as a released family's connector with its own projector does,
-`vrp.models.families`). Each prompt holds exactly one
-video placeholder token, which ``build_inputs`` replaces by the Q projected visual tokens.
+The fusion module is built here from a factory ``fusion(layout)`` (the encoder's `vrp.models.contracts.TokenLayout`)
+so no width is written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size
+(``projection="none"``: the fusion ends in the LLM's width itself, as a released family's connector with its own
+projector does, `vrp.models.families`). Each prompt holds exactly one video placeholder token, which
+``build_inputs`` replaces by the Q projected visual tokens.
 """
 
 from __future__ import annotations
