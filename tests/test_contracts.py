@@ -36,6 +36,7 @@ from vrp.models.contracts import (
     FusionInput,
     Text,
     TextFusion,
+    TokenLayout,
     TrackReader,
     Tracks,
     VisionEncoder,
@@ -131,16 +132,16 @@ def _classes(package, keep) -> set[type]:
 
 
 def _is_fusion_class(cls: type) -> bool:
-    """Built like a fusion: the reasoner's factory arguments (vision_width, grid, num_prefix_tokens) first."""
+    """Built like a fusion: the reasoner's factory argument, the encoder's `TokenLayout`, first."""
     if not issubclass(cls, nn.Module):
         return False
-    params = list(inspect.signature(cls.__init__).parameters)[1:4]
-    return params == ["vision_width", "grid", "num_prefix_tokens"]
+    return list(inspect.signature(cls.__init__).parameters)[1:2] == ["layout"]
 
 
 def test_every_fusion_and_encoder_class_has_a_row():
     listed = {f.func for f in FUSIONS.values()}
-    found = _classes(vrp.models, _is_fusion_class) - {vrp.models.objects.ObjectTokens}  # a fusion component
+    components = {vrp.models.objects.ObjectTokens, vrp.models.connectors.TokenPool}  # parts of fusions
+    found = _classes(vrp.models, _is_fusion_class) - components
     assert found == listed, f"classes without a contract row: {sorted(c.__name__ for c in found - listed)}"
     encoders = _classes(vrp.models, lambda c: issubclass(c, nn.Module) and c.__module__ == "vrp.models.vision")
     assert {c.__name__ for c in encoders} == set(ENCODERS)
@@ -164,7 +165,7 @@ def test_fusion_contract(name):
     """Each fusion gets what it declares it reads (tracks only as a TrackReader, text only with supports_text) and
     refuses anything else; a TrackReader that requires tracks refuses to run without them."""
     torch.manual_seed(0)
-    fusion = FUSIONS[name](D, GRID, PREFIX)
+    fusion = FUSIONS[name](TokenLayout(D, GRID, PREFIX))
     assert isinstance(fusion, Fusion) and isinstance(fusion.supports_text, bool)
     full = _inputs()
     reads_tracks = isinstance(fusion, TrackReader)
@@ -274,4 +275,4 @@ def test_reasoner_checks_its_parts_against_their_contracts():
     with pytest.raises(TypeError, match="not a vision encoder"):
         VideoReasoner(nn.Linear(2, 2), FUSIONS["PoolingConnector"], llm=None)
     with pytest.raises(TypeError, match="not a fusion module"):
-        VideoReasoner(ENCODERS["HFVisionEncoder"](), lambda width, grid, prefix: nn.Identity(), llm=None)
+        VideoReasoner(ENCODERS["HFVisionEncoder"](), lambda layout: nn.Identity(), llm=None)

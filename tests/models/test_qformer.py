@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from vrp.models.contracts import FusionInput, Text, Tracks
-from vrp.models.qformer import QFormer
+from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks
+from vrp.models.qformer import QFormer, QFormerConfig
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
+LAYOUT = TokenLayout(D, GRID, PREFIX)
 
 
 TINY = QFormerOptions(
@@ -34,9 +35,9 @@ def fusion(temporal: str = "per_frame", **options) -> FrameQFormerFusion | Joint
     torch.manual_seed(0)
     if temporal == "per_frame":
         return FrameQFormerFusion(
-            D, GRID, PREFIX, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
+            LAYOUT, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
         ).eval()
-    return JointQFormerFusion(D, GRID, PREFIX, qformer=replace(TINY, **options)).eval()
+    return JointQFormerFusion(LAYOUT, qformer=replace(TINY, **options)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -174,13 +175,12 @@ def test_factory_call_matches_reasoner_contract():
         video_num_query_tokens=2,
         video_num_layers=1,
     )
-    f = make(D, GRID, PREFIX)
+    f = make(LAYOUT)
     assert (f.output_dim, f.num_output_tokens, f.hidden_size, f.supports_text) == (16, 2, 16, False)
 
 
 def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
-    q = QFormer(
-        8,
+    sizes = QFormerConfig(
         num_query_tokens=2,
         hidden_size=8,
         num_layers=4,
@@ -190,6 +190,7 @@ def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
         dropout=0.1,
         attention_dropout=0.1,
     )
+    q = QFormer(8, sizes)
     assert [layer.cross_attn is not None for layer in q.layers] == [True, False, True, False]
     out = q(torch.randn(3, 5, 8))
     assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
@@ -276,9 +277,10 @@ def test_folded_path_matches_transformers_blip2():
         for p in hf.parameters():
             p.normal_(0, 0.3)
     tokens = torch.randn(1, 4, 32)
-    ours = QFormer(
-        24, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, cross_attention_freq=1
-    ).eval()
+    sizes = QFormerConfig(
+        num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, cross_attention_freq=1
+    )
+    ours = QFormer(24, sizes).eval()
     load_blip2_qformer(ours, {"query_tokens": tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
     assert all(layer.cross_attn.fold_memory(4, 20) for layer in ours.layers)
     memory, keep = torch.randn(2, 20, 24), torch.ones(2, 20, dtype=torch.bool)
@@ -302,9 +304,9 @@ def test_small_random_fusion_tells_videos_apart(temporal):
     torch.manual_seed(0)
     if temporal == "per_frame":
         video = {k: v for k, v in args.items() if k.startswith("video_")}
-        fusion = FrameQFormerFusion(192, (8, 8), 1, qformer=options, **video)
+        fusion = FrameQFormerFusion(TokenLayout(192, (8, 8), 1), qformer=options, **video)
     else:
-        fusion = JointQFormerFusion(192, (8, 8), 1, qformer=options)
+        fusion = JointQFormerFusion(TokenLayout(192, (8, 8), 1), qformer=options)
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(FusionInput(visual))
