@@ -92,12 +92,7 @@ def test_package_imports_only_the_layers_below(package):
     "library",
     [
         "vrp",
-        pytest.param(
-            "data_modules",
-            marks=pytest.mark.xfail(
-                strict=True, reason="data_modules.datamodules generates missing synthetic data with lab.synthetic"
-            ),
-        ),
+        "data_modules",
     ],
 )
 def test_the_library_imports_nothing_of_the_lab(library):
