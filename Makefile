@@ -31,7 +31,7 @@ $(BENCH_INSTALLED): $(INSTALLED)
 data: $(DATA)/meta.json
 
 $(DATA)/meta.json: $(INSTALLED)
-	$(PY) -m data_modules.synthetic --out $(DATA) --videos $(VIDEOS) --seed $(SEED)
+	$(PY) -m lab data --out $(DATA) --videos $(VIDEOS) --seed $(SEED)
 
 # The embedded default's tiny backbones, randomly initialised once and saved, then loaded by path like real ones.
 EMBEDDED := artifacts/embedded
@@ -52,7 +52,7 @@ DETECTOR_STEPS ?= 800
 prepare: $(EMBEDDED)/vit/stage0.json
 
 $(EMBEDDED)/vit/stage0.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS) \
+	$(PY) -m lab prepare --tokenizer $(DATA)/tokenizer --out $(EMBEDDED) --data $(DATA) --vit-steps $(VIT_STEPS) \
 		--llm-steps $(LLM_STEPS) --llm-corpus $(LLM_CORPUS) --llm-scenes $(LLM_SCENES) --detector-steps $(DETECTOR_STEPS)
 
 # The object stage (stage-0 detector + tracker) over every video of every split, once: the tracks the embedded
@@ -100,10 +100,10 @@ endif
 FRESH_VIDEOS ?= 300
 FRESH := data/fresh-$(FRESH_SEED)
 evidence: $(FINETUNE_CKPT)
-	$(PY) -m data_modules.synthetic --out $(FRESH) --videos $(FRESH_VIDEOS) --seed $(FRESH_SEED)
+	$(PY) -m lab data --out $(FRESH) --videos $(FRESH_VIDEOS) --seed $(FRESH_SEED)
 	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --splits test --score-against $(DATA) \
 	  --out runs/evidence/tracks-test
-	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --data.init_args.synthetic_root=$(FRESH) \
+	$(PY) -m vrp track --config experiments/embedded/finetune.yaml --data.init_args.root=$(FRESH) \
 	  --splits train --score-against $(FRESH) --out $(FRESH)/tracks
 	$(PY) -m vrp test --config experiments/embedded/finetune.yaml --ckpt_path $(FINETUNE_CKPT) --trainer.logger=false \
 	  --data.init_args.feature_cache=null --data.init_args.test.class_path=data_modules.sources.MultipleChoice \
@@ -111,11 +111,11 @@ evidence: $(FINETUNE_CKPT)
 	  --data.init_args.test.init_args.template="<video>"$$'\n'"{question}" \
 	  --data.init_args.test.init_args.boxes=$(FRESH)/tracks/train.json \
 	  --results.dir=runs/evidence/fresh-$(FRESH_SEED) --results.blind_baseline=null $(ARGS)
-	$(PY) scripts/evidence.py --results test=runs/embedded/finetune --results fresh-$(FRESH_SEED)=runs/evidence/fresh-$(FRESH_SEED)
+	$(PY) -m lab evidence --results test=runs/embedded/finetune --results fresh-$(FRESH_SEED)=runs/evidence/fresh-$(FRESH_SEED)
 
 # Ablation matrix (experiments/ablations, each row stage 1 + stage 2) and baselines (experiments/baselines,
 # stage 2 only) on the embedded default; each writes results.md / results.csv under its runs/ folder.
-# Narrow them with e.g. ARGS="--only baseline,identity_off --steps 500"; ARGS="--jobs 2" runs two rows at once.
+# Narrow them with e.g. ARGS="--only baseline,fusion_mlp --steps 500"; ARGS="--jobs 2" runs two rows at once.
 # The backbone rows need their own backbones, built once: a random ViT with its feature cache (vfm_random), an LLM
 # pretrained on knowledge documents (llm_pretrained, ABLATE_LLM_STEPS of stage 0 on LLM_SCENES scenes) and its
 # control, pretrained for the same steps on the same sentences shuffled across scenes (llm_control).
@@ -123,31 +123,31 @@ ABLATE_ART := artifacts/ablate
 ABLATE_LLM_STEPS ?= 600
 ablate: $(CACHE)/meta.json $(TRACKS)/meta.json artifacts/cache/ablate-random-vit/meta.json \
 		$(ABLATE_ART)/text-llm/llm/stage0.json $(ABLATE_ART)/control-llm/llm/stage0.json
-	$(PY) scripts/ablate.py --out runs/ablate $(ARGS)
+	$(PY) -m lab ablate --out runs/ablate $(ARGS)
 
 $(ABLATE_ART)/random/vit/stage0.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/random --data $(DATA) --vit-steps 0 --llm-steps 0
+	$(PY) -m lab prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/random --data $(DATA) --vit-steps 0 --llm-steps 0
 
 artifacts/cache/ablate-random-vit/meta.json: $(ABLATE_ART)/random/vit/stage0.json
 	$(PY) -m vrp cache --config experiments/embedded/finetune.yaml --config experiments/ablations/vfm_random.yaml \
 		--out artifacts/cache/ablate-random-vit
 
 $(ABLATE_ART)/text-llm/llm/stage0.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/text-llm --data $(DATA) --vit-steps 0 \
+	$(PY) -m lab prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/text-llm --data $(DATA) --vit-steps 0 \
 		--llm-steps $(ABLATE_LLM_STEPS) --llm-corpus knowledge --llm-scenes $(LLM_SCENES)
 
 $(ABLATE_ART)/control-llm/llm/stage0.json: $(DATA)/meta.json
-	$(PY) -m vrp prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/control-llm --data $(DATA) --vit-steps 0 \
+	$(PY) -m lab prepare --tokenizer $(DATA)/tokenizer --out $(ABLATE_ART)/control-llm --data $(DATA) --vit-steps 0 \
 		--llm-steps $(ABLATE_LLM_STEPS) --llm-corpus control --llm-scenes $(LLM_SCENES)
 
 baselines: $(CACHE)/meta.json $(TRACKS)/meta.json
-	$(PY) scripts/ablate.py --overlays experiments/baselines --no-baseline-row --stage2-reference model --steps 1500 --out runs/baselines $(ARGS)
+	$(PY) -m lab ablate --overlays experiments/baselines --no-baseline-row --stage2-reference model --steps 1500 --out runs/baselines $(ARGS)
 
 RESULT_DIRS = $(patsubst %/test_results.json,%,$(wildcard runs/baselines/*/test_results.json runs/zeroshot/*/test_results.json runs/ablate/*/test_results.json))
 EXTRA_RESULTS = $(foreach d,$(RESULT_DIRS),--results $(notdir $(d))=$(d))
 # Zero-shot transfer: stage 2 with question types held out (experiments/zeroshot), tested on all types.
 zeroshot: $(PRETRAIN_CKPT)
-	$(PY) scripts/ablate.py --overlays experiments/zeroshot --no-baseline-row --steps 1500 --out runs/zeroshot $(ARGS)
+	$(PY) -m lab ablate --overlays experiments/zeroshot --no-baseline-row --steps 1500 --out runs/zeroshot $(ARGS)
 
 # A Markdown page with plots: curves of both stages, per-type accuracy of the model, baselines and ablations
 # (whichever have run), and attention heatmaps for a few test clips.

@@ -2,8 +2,8 @@
 
     python benchmarks/bench_cache.py [--batch 4] [--frames 8] [--steps 3] [--threads 2]
 
-Random-init ViT-B/16 (224 px, 12 layers, width 768) from a config, a small Q-Former-free MLP connector and the tiny
-embedded-size Llama; the clips' tokens are written to a temp `FeatureStore` (one file per video) and read back per
+Random-init ViT-B/16 (224 px, 12 layers, width 768) from a config, a small Q-Former-free MLP connector and the
+embedded default's tiny Llama (`lab.prepare.LLM`); the clips' tokens are written to a temp `FeatureStore` (one file per video) and read back per
 step (disk read included). Video decoding is excluded from the pixel path too (the same clips feed both), so the
 ratio is a lower bound of what the cache saves in `vrp fit`, where it also skips decoding.
 """
@@ -29,14 +29,15 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from data_modules.features import FeatureStore
-    from data_modules.synthetic.tokenizer import build_tokenizer
+    from lab.prepare import LLM
+    from lab.synthetic.tokenizer import build_tokenizer
     from vrp.models import CausalLM, HFVisionEncoder, MLPConnector, VideoReasoner
     from vrp.training.losses import lm_loss
     from vrp.training.stage2 import InstructionTuning
 
     tmp = Path(tempfile.mkdtemp(prefix="vrp_bench_cache_"))
     tok = tmp / "tok"
-    build_tokenizer(["what colour is it ? red green blue yellow a video of shapes moving"], tok)
+    build_tokenizer(["a video of shapes moving"], tok, vocab_size=300)
     vit = {
         "model_type": "vit",
         "image_size": 224,
@@ -46,18 +47,10 @@ def main() -> None:
         "num_attention_heads": 12,
         "intermediate_size": 3072,
     }
-    llm = {
-        "model_type": "llama",
-        "hidden_size": 256,
-        "intermediate_size": 688,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-    }
     model = VideoReasoner(
         HFVisionEncoder(config=vit),
         partial(MLPConnector, output_dim=256),
-        CausalLM(config=llm, tokenizer=str(tok)),
+        CausalLM(config=LLM, tokenizer=str(tok)),
         llm_mode="lora",
     )
     B, T = a.batch, a.frames

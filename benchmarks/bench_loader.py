@@ -1,6 +1,6 @@
 """Stage-1 loader throughput: read + decode + transform + collate from the synthetic shards, 0/1/2 workers.
 
-Usage: python benchmarks/bench_loader.py [--root data/synthetic] [--batches 20]  (generates 100 clips if missing)
+Usage: python benchmarks/bench_loader.py [--root data/synthetic] [--batches 20]  (the data: `make data`)
 """
 
 import argparse
@@ -25,14 +25,12 @@ def main() -> None:
     print(f"{'workers':>8} {'samples':>8} {'seconds':>8} {'samples/s':>10}")
     for workers in (0, 1, 2):
         dm = VideoTextDataModule(
-            synthetic_root=args.root,
-            synthetic_videos=100,
+            root=args.root,
             num_workers=workers,
             batch_size=args.batch_size,
             num_frames=args.frames,
             train_sampling=args.sampling,
         )
-        dm.prepare_data()
         dm.setup("fit")
         dm.configure_preprocess(args.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         n, it = 0, iter(dm.train_dataloader())

@@ -19,7 +19,7 @@ import torch
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from vrp.models.interop import load_blip2_qformer
-from vrp.models.qformer import QFormer
+from vrp.models.qformer import QFormer, QFormerConfig
 
 
 def main() -> None:
@@ -50,15 +50,8 @@ def main() -> None:
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     query_tokens = torch.nn.Parameter(torch.randn(1, args.queries, 768) * 0.02)
-    ours = QFormer(
-        args.memory_width,
-        num_query_tokens=args.queries,
-        hidden_size=768,
-        num_layers=args.layers,
-        num_heads=12,
-        intermediate_size=3072,
-        cross_attention_freq=2,
-    ).eval()
+    sizes = QFormerConfig(num_query_tokens=args.queries, num_layers=args.layers)  # BLIP-2's other sizes
+    ours = QFormer(args.memory_width, sizes).eval()
     load_blip2_qformer(
         ours, {"query_tokens": query_tokens.data, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}}
     )

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--steps 5] [--batch 16] [--device cpu|cuda] [--threads 2]
 
 The model comes from experiments/embedded/{pretrain,finetune}.yaml (tiny backbones from artifacts/embedded; run
-`vrp prepare` first). Batches are random tensors of the configured shapes, so only the model step is timed.
+`python -m lab prepare` first). Batches are random tensors of the configured shapes, so only the model step is timed.
 FLOPs are counted by torch.utils.flop_counter on one step; MFU = achieved FLOP/s / measured fp32 matmul peak
 (or bf16 on CUDA).
 """

@@ -1,7 +1,11 @@
 """The two LightningDataModules: ``VideoTextDataModule`` (stage 1) and ``InstructionDataModule`` (stage 2).
 
-Sources are passed as objects (``class_path``/``init_args`` in YAML); any left out defaults to the synthetic
-benchmark under ``synthetic_root``, which ``prepare_data`` generates if it is missing.
+Both take the same parameters, declared once (``_ClipDataModule.__init__``), so a YAML key means the same in either
+stage; they differ in the splits they load and in the sources a left-out split defaults to. Sources are passed as
+objects (``class_path``/``init_args`` in YAML); any left out is read from ``root``, a folder in vrp's default layout
+(``<root>/<split>/shards/*.tar``, ``captions.csv``, ``instructions.json``, ``mc.csv``, ``boxes.json``, and
+``<root>/tokenizer``): ``make data`` writes the synthetic benchmark that way, and a user's own data laid out the same
+way is read by pointing ``root`` at it. A missing ``root`` is an error naming it; nothing here generates data.
 
 Preprocessing comes from the vision backbone: the LightningModule calls ``configure_preprocess(image_size, mean,
 std)`` from its ``setup()`` (it owns the encoder). Loaders are built lazily in ``*_dataloader()``, after every
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -42,42 +46,81 @@ from vrp.models.constants import CLIP_MEAN, CLIP_STD
 log = logging.getLogger(__name__)
 
 Sampling = Literal["uniform", "segment", "fps"]
-SYNTHETIC_MC_TEMPLATE = "<video>\n{question}"
+Split = Literal["train", "val", "test", "predict"]
+DEFAULT_MC_TEMPLATE = "<video>\n{question}"  # the prompt of the default layout's mc.csv questions
 
 
 class _ClipDataModule(L.LightningDataModule):
-    """Shared machinery; subclasses only name their sources and defaults."""
+    """The parameters and machinery both stages share; a subclass names the splits it loads (``splits``) and the
+    source a left-out split defaults to (``default_source``)."""
 
-    def _init_common(
+    splits: ClassVar[tuple[Split, ...]]
+
+    def __init__(
         self,
+        train: WebDatasetSource | MapSource | None = None,
+        val: WebDatasetSource | MapSource | None = None,
+        test: MapSource | None = None,
+        predict: MapSource | None = None,
         *,
-        tokenizer,
-        qformer_tokenizer,
-        num_frames,
-        train_sampling,
-        eval_sampling,
-        sample_fps,
-        decode_short_side,
-        crop_scale,
-        hflip,
-        batch_size,
-        eval_batch_size,
-        num_workers,
-        shuffle_buffer,
-        seed,
-        max_bad_fraction,
-        bad_fraction_min_samples,
-        damaged_clips,
-        padding_side,
-        max_length,
-        synthetic_root,
-        generate_if_missing,
-        synthetic_videos,
-        synthetic_seed,
-        synthetic_boxes,
-        tracks,
-        image_frames,
+        tokenizer: str | None = None,
+        qformer_tokenizer: str | None = None,
+        num_frames: int = 8,
+        train_sampling: Sampling = "segment",
+        eval_sampling: Sampling = "uniform",
+        sample_fps: float | None = None,
+        decode_short_side: int | None = None,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        hflip: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        max_bad_fraction: float = 0.05,
+        bad_fraction_min_samples: int = 100,
+        damaged_clips: Literal["skip", "keep"] = "skip",
+        padding_side: Literal["left", "right"] = "right",
+        max_length: int | None = None,
+        root: str = "data/synthetic",
+        ground_truth_boxes: bool = False,
+        tracks: str | None = None,
+        image_frames: int = 1,
+        box_attributes: list[str] | None = None,
+        feature_cache: str | None = None,
+        packing: Packing | None = None,
+        token_budget: TokenBudget | None = None,
     ) -> None:
+        """``train`` / ``val`` / ``test`` / ``predict``: the sources of each split the datamodule loads (``splits``);
+        one left out is read from ``root`` (vrp's default layout, see the module's docstring), as is the tokenizer
+        when ``tokenizer`` is null. ``train`` and ``val`` may be streamed WebDataset shards (``shuffle_buffer``: the
+        train stream's shuffle buffer). ``tracks``: a `vrp track` folder whose ``<split>.json`` holds the object
+        stage's tracks of each default split; ``ground_truth_boxes``: read ``<root>/<split>/boxes.json`` instead,
+        annotated boxes (an oracle's input, never a model's); with neither, the model's object stage tracks each
+        video as it is read. ``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and
+        shapes); samples then carry each box's multi-hot attributes from the boxes file's object names. Only the
+        oracle reads them: leave it null for a model, which sees pixels and unlabelled boxes only.
+        ``image_frames``: how many real frames an image item becomes (1: a one-frame clip; up to ``num_frames``: the
+        image repeated). ``feature_cache``: a `vrp cache` folder; every split then reads the frozen encoder's tokens
+        per video instead of decoding. ``packing``: ``{max_tokens: N}`` packs each batch's LLM sequences into rows of
+        at most N tokens (padding-free, the same losses); ``{max_tokens: N, rows: R}`` also fills each training batch
+        to R rows of N tokens instead of ``batch_size`` samples (a map-style train source: `data_modules.batching`);
+        ``token_budget``: per-sample bounds (`data_modules.packing`, docs/packing.md). All off by default."""
+        super().__init__()
+        given = {"train": train, "val": val, "test": test, "predict": predict}
+        unused = [name for name, source in given.items() if source is not None and name not in self.splits]
+        if unused:
+            raise ValueError(
+                f"{type(self).__name__} loads the {' / '.join(self.splits)} splits only, not {' / '.join(unused)}: "
+                "remove that source (InstructionDataModule, stage 2, loads train / val / test / predict)"
+            )
+        if tracks is not None and ground_truth_boxes:
+            raise ValueError(
+                "set either tracks (an object stage's tracks, `vrp track`) or ground_truth_boxes (annotated boxes: "
+                "oracle rows only), not both"
+            )
+        self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
+        self.root = Path(root)
         self.tokenizer, self.qformer_tokenizer = tokenizer, qformer_tokenizer
         self.num_frames, self.train_sampling, self.eval_sampling = num_frames, train_sampling, eval_sampling
         self.sample_fps, self.decode_short_side, self.crop_scale, self.hflip = (
@@ -89,18 +132,9 @@ class _ClipDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.padding_side, self.max_length = padding_side, max_length
-        self.synthetic_root, self.generate_if_missing = Path(synthetic_root), generate_if_missing
-        self.synthetic_videos, self.synthetic_seed, self.synthetic_boxes = (
-            synthetic_videos,
-            synthetic_seed,
-            synthetic_boxes,
-        )
-        if tracks is not None and synthetic_boxes:
-            raise ValueError(
-                "set either tracks (an object stage's tracks, `vrp track`) or synthetic_boxes (the simulator's "
-                "boxes: oracle rows only), not both"
-            )
         self.tracks = None if tracks is None else Path(tracks)
+        self.ground_truth_boxes = ground_truth_boxes
+        self.box_attributes = list(box_attributes) if box_attributes else None
         self.objects: ObjectTracker | None = None
         self.image_frames = image_frames
         self.skips = SkipCounter(max_bad_fraction, bad_fraction_min_samples)
@@ -108,10 +142,11 @@ class _ClipDataModule(L.LightningDataModule):
         self.image_size, self.mean, self.std = 224, CLIP_MEAN, CLIP_STD
         self.records: dict[str, list] = {}
         self._collator: Collator | None = None
-        self.box_attributes: list[str] | None = None
         self.box_substeps = 1
-        self.feature_cache: str | None = None
+        self.feature_cache = feature_cache
         self._features: FeatureStore | None = None
+        self.packing, self.token_budget = packing, token_budget
+        self.visual_tokens: int | None = None
         self._lengths: tuple[list, list[int]] | None = None  # (train records, their LLM lengths): packing.rows
 
     # --- configuration from the model -------------------------------------------------------------------------
@@ -142,30 +177,20 @@ class _ClipDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.skips.load_state_dict(state["skips"])
 
-    # --- data preparation --------------------------------------------------------------------------------------
-    def _uses_synthetic(self) -> bool:
-        raise NotImplementedError
-
-    def prepare_data(self) -> None:
-        """Generate the synthetic benchmark when a default source needs it and it is missing."""
-        if not self._uses_synthetic() or (self.synthetic_root / "meta.json").is_file():
-            return
-        if not self.generate_if_missing:
+    # --- the default layout under root -----------------------------------------------------------------------
+    def _under_root(self, *parts: str) -> Path:
+        """A path of the default layout under ``root``, for a source or the tokenizer the config leaves out."""
+        if not self.root.is_dir():
             raise FileNotFoundError(
-                f"synthetic data {self.synthetic_root} is missing; run `make data` or set "
-                "generate_if_missing=true (or configure the sources)"
+                f"data folder {self.root} (root: the sources and tokenizer the config leaves out are read from it) "
+                "does not exist: `make data` generates the synthetic benchmark into data/synthetic; or set root to "
+                "a folder in the same layout, or give every source and the tokenizer"
             )
-        from data_modules.synthetic import generate
-
-        log.info("generating %d synthetic videos into %s", self.synthetic_videos, self.synthetic_root)
-        generate(self.synthetic_root, videos=self.synthetic_videos, seed=self.synthetic_seed)
-
-    def _split_file(self, split: str, name: str) -> str:
-        return str(self.synthetic_root / split / name)
+        return self.root.joinpath(*parts)
 
     def _boxes(self, split: str) -> str | None:
-        """The boxes file of a default split: the object stage's tracks from `tracks`, the simulator's boxes with
-        `synthetic_boxes` (oracle rows), else None (the model's object stage runs as each video is read)."""
+        """The boxes file of a default split: the object stage's tracks from ``tracks``, the annotated boxes with
+        ``ground_truth_boxes`` (oracle rows), else None (the model's object stage runs as each video is read)."""
         if self.tracks is not None:
             path = self.tracks / f"{split}.json"
             if not path.is_file():
@@ -174,10 +199,25 @@ class _ClipDataModule(L.LightningDataModule):
                     f"--out {self.tracks}` (make tracks), or set tracks: null"
                 )
             return str(path)
-        return self._split_file(split, "boxes.json") if self.synthetic_boxes else None
+        return str(self._under_root(split, "boxes.json")) if self.ground_truth_boxes else None
 
     def _tokenizer_path(self) -> str:
-        return self.tokenizer or str(self.synthetic_root / "tokenizer")
+        return self.tokenizer or str(self._under_root("tokenizer"))
+
+    def default_source(self, split: Split) -> WebDatasetSource | MapSource:
+        """The source of a split the config leaves out, read from ``root``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Fill in the left-out sources, then load the records of the splits ``stage`` reads (a streamed source has
+        none: it is read as the loader runs)."""
+        for split in self.splits:
+            if getattr(self, f"{split}_source") is None:
+                setattr(self, f"{split}_source", self.default_source(split))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            if split in self.splits and split not in self.records:
+                self._load_records(split, getattr(self, f"{split}_source"))
 
     # --- loaders -----------------------------------------------------------------------------------------------
     def collator(self) -> Collator:
@@ -196,10 +236,6 @@ class _ClipDataModule(L.LightningDataModule):
         return self._collator
 
     # --- packing and the token budget (data_modules.packing) ----------------------------------------------------
-    packing: Packing | None = None
-    token_budget: TokenBudget | None = None
-    visual_tokens: int | None = None
-
     def configure_visual_tokens(self, num_video_tokens: int) -> None:
         """The visual tokens (Q) the model gives each sample for ``num_frames`` frames (so Q / ``num_frames`` per
         frame for the budget's frame cap); the stage modules call it from ``setup()``."""
@@ -332,240 +368,61 @@ class _ClipDataModule(L.LightningDataModule):
                 ", ".join(f"{m} {per[m]}" for m in ("video", "image", "text") if per[m]),
             )
 
-
-class VideoTextDataModule(_ClipDataModule):
-    """Stage 1 (video-text alignment): caption pairs from WebDataset shards or caption manifests.
-
-    Defaults (``train``/``val`` left out): the synthetic ``train`` shards and the ``val`` WebVid-style CSV.
-    Each batch's prompt is the source's fixed caption prompt with the ``<video>`` placeholder; labels cover the
-    caption; ``qformer_input_ids`` hold the caption.
-    """
-
-    def __init__(
-        self,
-        train: WebDatasetSource | MapSource | None = None,
-        val: WebDatasetSource | MapSource | None = None,
-        *,
-        tokenizer: str | None = None,
-        qformer_tokenizer: str | None = None,
-        num_frames: int = 8,
-        train_sampling: Sampling = "segment",
-        eval_sampling: Sampling = "uniform",
-        sample_fps: float | None = None,
-        decode_short_side: int | None = None,
-        crop_scale: tuple[float, float] = (0.6, 1.0),
-        hflip: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        shuffle_buffer: int = 256,
-        seed: int = 0,
-        max_bad_fraction: float = 0.05,
-        bad_fraction_min_samples: int = 100,
-        damaged_clips: Literal["skip", "keep"] = "skip",
-        padding_side: Literal["left", "right"] = "right",
-        max_length: int | None = None,
-        synthetic_root: str = "data/synthetic",
-        generate_if_missing: bool = True,
-        synthetic_videos: int = 2000,
-        synthetic_seed: int = 0,
-        synthetic_boxes: bool = False,
-        tracks: str | None = None,
-        image_frames: int = 1,
-        feature_cache: str | None = None,
-        packing: Packing | None = None,
-        token_budget: TokenBudget | None = None,
-    ) -> None:
-        """``packing``: ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens
-        (padding-free, the same losses); ``{max_tokens: N, rows: R}`` also fills each training batch to R rows of N
-        tokens instead of ``batch_size`` samples (a map-style train source: `data_modules.batching`);
-        ``token_budget``: per-sample bounds (`data_modules.packing`, docs/packing.md). All off by default."""
-        super().__init__()
-        self._init_common(
-            tokenizer=tokenizer,
-            qformer_tokenizer=qformer_tokenizer,
-            num_frames=num_frames,
-            train_sampling=train_sampling,
-            eval_sampling=eval_sampling,
-            sample_fps=sample_fps,
-            decode_short_side=decode_short_side,
-            crop_scale=crop_scale,
-            hflip=hflip,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            shuffle_buffer=shuffle_buffer,
-            seed=seed,
-            max_bad_fraction=max_bad_fraction,
-            bad_fraction_min_samples=bad_fraction_min_samples,
-            damaged_clips=damaged_clips,
-            padding_side=padding_side,
-            max_length=max_length,
-            synthetic_root=synthetic_root,
-            generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos,
-            synthetic_seed=synthetic_seed,
-            synthetic_boxes=synthetic_boxes,
-            tracks=tracks,
-            image_frames=image_frames,
-        )
-        self.train_source, self.val_source = train, val
-        self.feature_cache = feature_cache  # a `vrp cache` folder: read encoder tokens per video, never decode
-        self.packing, self.token_budget = packing, token_budget
-
-    def _uses_synthetic(self) -> bool:
-        return self.train_source is None or self.val_source is None or self.tokenizer is None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_source is None:
-            shards = sorted(str(p) for p in (self.synthetic_root / "train" / "shards").glob("*.tar"))
-            self.train_source = WebDatasetSource(shards, boxes=self._boxes("train"))
-        if self.val_source is None:
-            self.val_source = CaptionManifest(
-                self._split_file("val", "captions.csv"),
-                video_column="contentUrl",
-                caption_column="name",
-                key_column="videoid",
-                boxes=self._boxes("val"),
-            )
-        if stage in (None, "fit") and "train" not in self.records:
-            self._load_records("train", self.train_source)
-        if stage in (None, "fit", "validate") and "val" not in self.records:
-            self._load_records("val", self.val_source)
-
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_source, self.records.get("train"), train=True)
 
     def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_source, self.records.get("val"), train=False)
+
+
+class VideoTextDataModule(_ClipDataModule):
+    """Stage 1 (video-text alignment): caption pairs from WebDataset shards or caption manifests; loads ``train``
+    and ``val`` (a ``test`` or ``predict`` source is refused).
+
+    Defaults (``train``/``val`` left out): ``<root>/train/shards/*.tar`` and the WebVid-style ``<root>/val/
+    captions.csv``. Each batch's prompt is the source's fixed caption prompt with the ``<video>`` placeholder; labels
+    cover the caption; ``qformer_input_ids`` hold the caption.
+    """
+
+    splits = ("train", "val")
+
+    def default_source(self, split: Split) -> WebDatasetSource | MapSource:
+        if split == "train":
+            shards = sorted(str(p) for p in self._under_root("train", "shards").glob("*.tar"))
+            return WebDatasetSource(shards, boxes=self._boxes("train"))
+        return CaptionManifest(
+            str(self._under_root(split, "captions.csv")),
+            video_column="contentUrl",
+            caption_column="name",
+            key_column="videoid",
+            boxes=self._boxes(split),
+        )
 
 
 class InstructionDataModule(_ClipDataModule):
     """Stage 2 (instruction tuning) and evaluation: LLaVA / VideoChat2 instructions and NExT-QA-layout
-    multiple choice, or a weighted ``Mixture`` of them.
+    multiple choice, or a weighted ``Mixture`` of them; loads ``train``, ``val``, ``test`` and ``predict``.
 
-    Defaults: train = synthetic ``train/instructions.json``; val/test = synthetic ``val``/``test`` ``mc.csv``;
-    predict (what `vrp predict` answers) = the test source
-    (multiple-choice batches carry ``options``, ``answer_index``, ``prompt`` and ``question_type``).
-    ``image_frames``: how many real frames an image item becomes (1: a one-frame clip; up to ``num_frames``: the
-    image repeated); the loaded records are logged per modality (video / image / text).
+    Defaults: train = ``<root>/train/instructions.json``; val / test = ``<root>/val|test/mc.csv``; predict (what
+    `vrp predict` answers) = the test source (multiple-choice batches carry ``options``, ``answer_index``,
+    ``prompt`` and ``question_type``). The loaded records are logged per modality (video / image / text).
     """
 
-    def __init__(
-        self,
-        train: MapSource | None = None,
-        val: MapSource | None = None,
-        test: MapSource | None = None,
-        predict: MapSource | None = None,
-        *,
-        tokenizer: str | None = None,
-        qformer_tokenizer: str | None = None,
-        num_frames: int = 8,
-        train_sampling: Sampling = "segment",
-        eval_sampling: Sampling = "uniform",
-        sample_fps: float | None = None,
-        decode_short_side: int | None = None,
-        crop_scale: tuple[float, float] = (0.6, 1.0),
-        hflip: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        seed: int = 0,
-        max_bad_fraction: float = 0.05,
-        bad_fraction_min_samples: int = 100,
-        damaged_clips: Literal["skip", "keep"] = "skip",
-        padding_side: Literal["left", "right"] = "right",
-        max_length: int | None = None,
-        synthetic_root: str = "data/synthetic",
-        generate_if_missing: bool = True,
-        synthetic_videos: int = 2000,
-        synthetic_seed: int = 0,
-        synthetic_boxes: bool = False,
-        tracks: str | None = None,
-        image_frames: int = 1,
-        box_attributes: list[str] | None = None,
-        feature_cache: str | None = None,
-        packing: Packing | None = None,
-        token_budget: TokenBudget | None = None,
-    ) -> None:
-        """``box_attributes``: the state oracle's attribute words (e.g. the synthetic colours and shapes); samples
-        then carry each box's multi-hot attributes from the boxes file's object names. Only the oracle reads them:
-        leave it null for a model, which sees pixels and unlabelled boxes only. ``feature_cache``: a `vrp cache`
-        folder; every split then reads the frozen encoder's tokens per video instead of decoding. ``packing``:
-        ``{max_tokens: N}`` packs each batch's LLM sequences into rows of at most N tokens (padding-free, the same
-        losses); ``{max_tokens: N, rows: R}`` also fills each training batch to R rows of N tokens instead of
-        ``batch_size`` samples (`data_modules.batching`); ``token_budget``: per-sample bounds (`data_modules.packing`,
-        docs/packing.md). All off by default."""
-        super().__init__()
-        self._init_common(
-            tokenizer=tokenizer,
-            qformer_tokenizer=qformer_tokenizer,
-            num_frames=num_frames,
-            train_sampling=train_sampling,
-            eval_sampling=eval_sampling,
-            sample_fps=sample_fps,
-            decode_short_side=decode_short_side,
-            crop_scale=crop_scale,
-            hflip=hflip,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            shuffle_buffer=0,
-            seed=seed,
-            max_bad_fraction=max_bad_fraction,
-            bad_fraction_min_samples=bad_fraction_min_samples,
-            damaged_clips=damaged_clips,
-            padding_side=padding_side,
-            max_length=max_length,
-            synthetic_root=synthetic_root,
-            generate_if_missing=generate_if_missing,
-            synthetic_videos=synthetic_videos,
-            synthetic_seed=synthetic_seed,
-            synthetic_boxes=synthetic_boxes,
-            tracks=tracks,
-            image_frames=image_frames,
-        )
-        self.train_source, self.val_source, self.test_source, self.predict_source = train, val, test, predict
-        self.box_attributes = list(box_attributes) if box_attributes else None
-        self.feature_cache = feature_cache
-        self.packing, self.token_budget = packing, token_budget
+    splits = ("train", "val", "test", "predict")
 
-    def _uses_synthetic(self) -> bool:
-        return None in (self.train_source, self.val_source, self.test_source) or self.tokenizer is None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_source is None:
-            self.train_source = LlavaInstructions(
-                self._split_file("train", "instructions.json"), boxes=self._boxes("train")
-            )
-        # The synthetic instructions ask the bare question and answer with the option text, so evaluation asks the
+    def default_source(self, split: Split) -> MapSource:
+        if split == "train":
+            return LlavaInstructions(str(self._under_root("train", "instructions.json")), boxes=self._boxes("train"))
+        if split == "predict":
+            return self.test_source
+        # The default instructions ask the bare question and answer with the option text, so evaluation asks the
         # same way and scores each option's text (a prompt that lists the options would differ from training).
-        if self.val_source is None:
-            self.val_source = MultipleChoice(
-                self._split_file("val", "mc.csv"),
-                template=SYNTHETIC_MC_TEMPLATE,
-                target="text",
-                boxes=self._boxes("val"),
-            )
-        if self.test_source is None:
-            self.test_source = MultipleChoice(
-                self._split_file("test", "mc.csv"),
-                template=SYNTHETIC_MC_TEMPLATE,
-                target="text",
-                boxes=self._boxes("test"),
-            )
-        if self.predict_source is None:
-            self.predict_source = self.test_source
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        for name in wanted.get(stage, ("train", "val", "test")):
-            if name not in self.records:
-                self._load_records(name, getattr(self, f"{name}_source"))
-
-    def train_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.train_source, self.records.get("train"), train=True)
-
-    def val_dataloader(self) -> StatefulDataLoader:
-        return self._loader(self.val_source, self.records.get("val"), train=False)
+        return MultipleChoice(
+            str(self._under_root(split, "mc.csv")),
+            template=DEFAULT_MC_TEMPLATE,
+            target="text",
+            boxes=self._boxes(split),
+        )
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.test_source, self.records.get("test"), train=False)

@@ -19,19 +19,9 @@ def test_fit_help_lists_the_components(capsys):
         assert flag in out
 
 
-def test_python_dash_m_vrp_and_prepare_tool(tmp_path):
-    from tiny_assets import word_tokenizer
-
-    tok = tmp_path / "tok"
-    word_tokenizer().save_pretrained(tok)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vrp", "prepare", "--tokenizer", str(tok), "--out", str(tmp_path / "emb")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "emb" / "vit" / "config.json").is_file() and (tmp_path / "emb" / "llm" / "config.json").is_file()
+def test_python_dash_m_vrp_dispatches_a_tool():
+    proc = subprocess.run([sys.executable, "-m", "vrp", "export", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: vrp export"), proc.stderr[-2000:]
 
 
 def test_unknown_subcommand_fails_cleanly():

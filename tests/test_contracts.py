@@ -28,6 +28,7 @@ from data_modules.sources import (
     Record,
     VideoChat2Instructions,
 )
+from lab.backbones import tiny_vit_config
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
@@ -36,6 +37,7 @@ from vrp.models.contracts import (
     FusionInput,
     Text,
     TextFusion,
+    TokenLayout,
     TrackReader,
     Tracks,
     VisionEncoder,
@@ -45,7 +47,7 @@ from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion
 from vrp.models.tracks import TrackFusion
-from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder
 
 D, GRID, PREFIX, T, K = 16, (2, 2), 1, 3, 2
 N = PREFIX + GRID[0] * GRID[1]
@@ -129,16 +131,16 @@ def _classes(package, keep) -> set[type]:
 
 
 def _is_fusion_class(cls: type) -> bool:
-    """Built like a fusion: the reasoner's factory arguments (vision_width, grid, num_prefix_tokens) first."""
+    """Built like a fusion: the reasoner's factory argument, the encoder's `TokenLayout`, first."""
     if not issubclass(cls, nn.Module):
         return False
-    params = list(inspect.signature(cls.__init__).parameters)[1:4]
-    return params == ["vision_width", "grid", "num_prefix_tokens"]
+    return list(inspect.signature(cls.__init__).parameters)[1:2] == ["layout"]
 
 
 def test_every_fusion_and_encoder_class_has_a_row():
     listed = {f.func for f in FUSIONS.values()}
-    found = _classes(vrp.models, _is_fusion_class) - {vrp.models.objects.ObjectTokens}  # a fusion component
+    components = {vrp.models.objects.ObjectTokens, vrp.models.connectors.TokenPool}  # parts of fusions
+    found = _classes(vrp.models, _is_fusion_class) - components
     assert found == listed, f"classes without a contract row: {sorted(c.__name__ for c in found - listed)}"
     encoders = _classes(vrp.models, lambda c: issubclass(c, nn.Module) and c.__module__ == "vrp.models.vision")
     assert {c.__name__ for c in encoders} == set(ENCODERS)
@@ -162,7 +164,7 @@ def test_fusion_contract(name):
     """Each fusion gets what it declares it reads (tracks only as a TrackReader, text only with supports_text) and
     refuses anything else; a TrackReader that requires tracks refuses to run without them."""
     torch.manual_seed(0)
-    fusion = FUSIONS[name](D, GRID, PREFIX)
+    fusion = FUSIONS[name](TokenLayout(D, GRID, PREFIX))
     assert isinstance(fusion, Fusion) and isinstance(fusion.supports_text, bool)
     full = _inputs()
     reads_tracks = isinstance(fusion, TrackReader)
@@ -272,4 +274,4 @@ def test_reasoner_checks_its_parts_against_their_contracts():
     with pytest.raises(TypeError, match="not a vision encoder"):
         VideoReasoner(nn.Linear(2, 2), FUSIONS["PoolingConnector"], llm=None)
     with pytest.raises(TypeError, match="not a fusion module"):
-        VideoReasoner(ENCODERS["HFVisionEncoder"](), lambda width, grid, prefix: nn.Identity(), llm=None)
+        VideoReasoner(ENCODERS["HFVisionEncoder"](), lambda layout: nn.Identity(), llm=None)

@@ -9,7 +9,8 @@ import pytest
 from vrp.tools.lightning_cli import VRPCLI
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-STAGES = sorted(EXP.glob("embedded/*.yaml")) + sorted(EXP.glob("scale/*.yaml"))
+STAGES = [EXP / "embedded" / "finetune.yaml", EXP / "embedded" / "pretrain.yaml"] + sorted(EXP.glob("scale/*.yaml"))
+SHARED = EXP / "embedded" / "shared.yaml"  # included by both embedded stages (`config: shared.yaml`)
 
 
 class _ParseOnly(VRPCLI):
@@ -23,7 +24,7 @@ def _parse(*configs: Path):
 
 
 def _stage1_ablations() -> list[Path]:
-    """The ablation overlays scripts/ablate.py pretrains with stage 1's config: those leaving stage 2's init alone."""
+    """The ablation overlays lab.ablate pretrains with stage 1's config: those leaving stage 2's init alone."""
     return [o for o in sorted(EXP.glob("ablations/*.yaml")) if "init_from" not in o.read_text()]
 
 
@@ -39,7 +40,7 @@ def _overlays() -> list[tuple[Path, Path]]:
         for stage in ("pretrain", "finetune")
         for o in sorted(EXP.glob(f"datasets/{stage}/*.yaml"))
     ]
-    # scripts/ablate.py pretrains each overlay that leaves stage 2's init alone with stage 1's config
+    # lab.ablate pretrains each overlay that leaves stage 2's init alone with stage 1's config
     pairs += [(EXP / "embedded" / "pretrain.yaml", o) for o in _stage1_ablations()]
     return pairs
 
@@ -62,8 +63,47 @@ def test_stage1_builds_the_model_stage2_loads(overlay):
     assert _model_parts(pre) == _model_parts(fine)
 
 
+def _leaves(tree, prefix: tuple = ()) -> dict[tuple, object]:
+    """Every leaf of a nested mapping by its key path (a list is one leaf)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {path: v for k, sub in tree.items() for path, v in _leaves(sub, (*prefix, k)).items()}
+
+
+def test_the_embedded_stages_resolve_the_shared_block():
+    """Both stages resolve every key of shared.yaml to its value there (the reasoner, the data, the run settings),
+    and differ in the reasoner only by llm_mode."""
+    import yaml
+
+    shared = _leaves(yaml.safe_load(SHARED.read_text()))
+    assert ("model", "init_args", "model", "init_args", "fusion", "class_path") in shared
+    resolved = {p.stem: _parse(p).as_dict() for p in STAGES[:2]}
+    for cfg in resolved.values():
+        for path, value in shared.items():
+            got = cfg
+            for k in path:
+                got = got[k]
+            assert got == value, (path, got, value)
+    pre, fine = (resolved[s]["model"]["init_args"]["model"] for s in ("pretrain", "finetune"))
+    assert (pre["init_args"].pop("llm_mode"), fine["init_args"].pop("llm_mode")) == ("frozen", "full")
+    assert pre == fine
+
+
+@pytest.mark.parametrize("stage", STAGES[:2], ids=lambda p: p.name)
+def test_a_stage_file_never_sets_a_shared_key_to_another_value(stage):
+    """The include comes last in a stage file and replaces what the stage set: a key in both must agree, else the
+    stage's value would be silently lost."""
+    import yaml
+
+    raw = yaml.safe_load(stage.read_text())
+    assert raw.pop("config") == SHARED.name
+    shared = _leaves(yaml.safe_load(SHARED.read_text()))
+    clashes = {p: v for p, v in _leaves(raw).items() if p in shared and shared[p] != v}
+    assert clashes == {}
+
+
 def test_every_yaml_is_covered():
-    covered = set(STAGES) | {o for _, o in _overlays()}
+    covered = set(STAGES) | {SHARED} | {o for _, o in _overlays()}
     assert covered == set(EXP.rglob("*.yaml")), sorted(set(EXP.rglob("*.yaml")) - covered)
 
 

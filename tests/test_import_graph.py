@@ -1,8 +1,9 @@
 """The layering between the packages, read from every import statement (module level or inside a function):
 
+    lab            ->  vrp.tools and below, data_modules: the synthetic world, stage 0, probe / ablate / evidence
     vrp.cli        ->  anything below: the `vrp` entry point, dispatching to the commands
     vrp.tools      ->  vrp.training, vrp.evaluation, vrp.models, vrp.scoring, data_modules, vrp.runs
-                       (the commands: fit / validate / test / predict, prepare, cache, track, export, ask, lmms-task)
+                       (the commands: fit / validate / test / predict, cache, track, export, ask, lmms-task)
     vrp.training   ->  vrp.models, vrp.scoring, data_modules       (never vrp.evaluation)
     vrp.evaluation ->  vrp.models, vrp.scoring, data_modules, vrp.runs   (never vrp.training)
     vrp.scoring    ->  vrp.models, data_modules
@@ -11,7 +12,7 @@
     vrp.runs       ->  nothing of vrp (the run-folder layout)
 
 Nothing imports a package above its own: no layer below `vrp.cli` imports it, none below `vrp.tools` imports a
-command, so there is no import circle.
+command, so there is no import circle; and nothing in the library (`vrp`, `data_modules`) imports the lab.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ ALLOWED = {
     "vrp.evaluation": {"vrp.models", "vrp.scoring", "data_modules", "vrp.runs"},
     "vrp.tools": BELOW_TOOLS,
     "vrp.cli": BELOW_TOOLS | {"vrp.tools"},
+    "lab": BELOW_TOOLS | {"vrp.tools"},
 }
 
 
@@ -67,8 +69,8 @@ def _files(package: str) -> list[Path]:
 
 
 def _graph() -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
-    for package in PACKAGES:
+    graph: dict[str, set[str]] = {p: set() for p in [*PACKAGES, "lab"]}
+    for package in graph:
         for path in _files(package):
             for module in _imports(path):
                 target = _package_of(module)
@@ -80,10 +82,27 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize("package", [*PACKAGES, "lab"])
 def test_package_imports_only_the_layers_below(package):
     graph = _graph()
     assert graph[package] <= ALLOWED[package], f"{package} imports {sorted(graph[package] - ALLOWED[package])}"
+
+
+@pytest.mark.parametrize(
+    "library",
+    [
+        "vrp",
+        "data_modules",
+    ],
+)
+def test_the_library_imports_nothing_of_the_lab(library):
+    found = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in _files(library)
+        for module in _imports(path)
+        if module == "lab" or module.startswith("lab.")
+    ]
+    assert not found, f"{library} imports the lab: {found}"
 
 
 def test_every_vrp_module_is_in_a_layer():

@@ -89,7 +89,7 @@ def word_tokenizer(
 
 def build_backbones(root: Path) -> Path:
     """root/tokenizer, root/vit, root/llm (the embedded `prepare` path with tiny configs)."""
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
 
     if not (root / "llm" / "config.json").is_file():
         word_tokenizer().save_pretrained(root / "tokenizer")
@@ -286,14 +286,13 @@ def stage_config(run: Path, backbones: Path, data: dict, *overlays: dict, stage:
 
 
 def synthetic_data(root: Path, boxes: bool = False) -> dict:
-    """The datamodule overlay for a set that `data_modules.synthetic.generate` wrote to ``root`` (never generated on
-    the fly): decoded in the main process (no feature cache, no workers), 2 frames, batches of 4, with the
-    simulator's boxes (``boxes``) or none (no tracks)."""
+    """The datamodule overlay for a set that `lab.synthetic.generate` wrote to ``root``: decoded in the main process
+    (no feature cache, no workers), 2 frames, batches of 4, with the simulator's boxes (``boxes``) or none (no
+    tracks)."""
     return {
         "init_args": {
-            "synthetic_root": str(root),
-            "generate_if_missing": False,
-            "synthetic_boxes": boxes,
+            "root": str(root),
+            "ground_truth_boxes": boxes,
             "tracks": None,
             "feature_cache": None,
             "num_frames": 2,
@@ -380,7 +379,6 @@ def mc_data(folder, missing: str) -> dict:
             "batch_size": 4,
             "eval_batch_size": 2,
             "num_workers": 0,
-            "generate_if_missing": False,
         },
     }
 

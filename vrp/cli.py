@@ -4,7 +4,7 @@
     vrp fit --config experiments/embedded/finetune.yaml --ckpt_path last      # resume
     vrp test --config experiments/embedded/finetune.yaml --ckpt_path runs/embedded/finetune/checkpoints/last.ckpt
     vrp predict --config experiments/embedded/finetune.yaml --ckpt_path ...     # answers as JSONL
-    vrp prepare | export | cache | track | ask | lmms-task ...                          (see `vrp <tool> --help`)
+    vrp export | cache | track | ask | lmms-task ...                                    (see `vrp <tool> --help`)
 
 The commands live in `vrp.tools` (the Lightning ones in `vrp.tools.lightning_cli`); this module dispatches to them
 and ends user errors in one `error: ...` line.
@@ -27,7 +27,6 @@ from vrp.training.strategies import close_process_group
 USER_ERRORS = (CheckpointError, ModelPathError, NonFiniteError, runs.RunFolderBusy, FeatureCacheMismatch)
 
 TOOLS = {
-    "prepare": "vrp.tools.prepare",
     "export": "vrp.tools.export",
     "cache": "vrp.tools.cache",
     "track": "vrp.tools.track",

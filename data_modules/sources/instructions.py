@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -92,16 +93,20 @@ class _ModalityLog:
         )
 
 
-class LlavaInstructions:
-    """LLaVA-style ``{"id", "video" | "image", "conversations": [{"from": "human", "value": "<video>\\n..."},
-    {"from": "gpt", "value": "..."}, ...]}`` (``<image>`` in image items stands for the same placeholder); optional
-    ``"type"`` becomes the question type, and optional ``"options"`` + ``"answer_index"`` make the item scorable as
-    multiple choice too. Paths are relative to ``video_root`` (default: the file's folder)."""
+class _InstructionFile:
+    """What both instruction formats share: their options and the reading of their file. ``parse(item, where)`` (a
+    format's own) reads one item into a `Record` whose ``video`` is the item's path as written, raising on a
+    malformed item; `load` skips and counts those and the items with an empty answer, keeps text-only items as
+    ``text_only`` says, resolves paths against ``video_root`` (default: the file's folder) and attaches ``boxes``."""
 
     def __init__(
         self, path: str, *, video_root: str | None = None, boxes: str | None = None, text_only: TextOnly = "skip"
     ) -> None:
         self.path, self.video_root, self.boxes, self.text_only = path, video_root, boxes, text_only
+
+    @staticmethod
+    def parse(item: dict, where: str) -> Record:
+        raise NotImplementedError
 
     def load(self, skips: SkipCounter) -> list[Record]:
         path = Path(self.path)
@@ -111,55 +116,59 @@ class LlavaInstructions:
         records = []
         for where, item in _items(path, skips):
             try:
-                conv = item["conversations"]
-                roles = [m["from"] for m in conv]
-                if (
-                    not conv
-                    or len(conv) % 2
-                    or roles[0::2] != ["human"] * (len(conv) // 2)
-                    or roles[1::2] != ["gpt"] * (len(conv) // 2)
-                ):
-                    raise ValueError(f"conversations must alternate human/gpt, got {roles}")
-                turns = [
-                    (conv[i]["value"].replace(IMAGE_TOKEN, VIDEO_TOKEN), conv[i + 1]["value"])
-                    for i in range(0, len(conv), 2)
-                ]
-                visual, modality = visual_of(item)
-                check_placeholders(turns, modality)
-                key = str(item.get("id", Path(visual).stem if visual else where))
-                options, index = item.get("options"), item.get("answer_index")
-                if options is not None and not (
-                    isinstance(options, list)
-                    and len(options) >= 2
-                    and isinstance(index, int)
-                    and 0 <= index < len(options)
-                ):
-                    raise ValueError(
-                        f"options must be a list of >= 2 with an answer_index into it, got {options!r} / {index!r}"
-                    )
+                record = self.parse(item, where)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 skips.skip(where, "malformed", f"{type(e).__name__}: {e}")
                 continue
-            if any(not str(a).strip() for _, a in turns):
+            if any(not str(a).strip() for _, a in record.turns):
                 skips.skip(where, "empty_text", "an answer is empty")
                 continue
-            if not modalities.keep(modality):
-                continue
-            records.append(
-                Record(
-                    key,
-                    resolve(visual, root) if visual else "",
-                    turns,
-                    qformer_text=strip_placeholder(turns[0][0]),
-                    question_type=item.get("type"),
-                    options=options,
-                    answer_index=index if options is not None else None,
-                    boxes=table,
-                    modality=modality,
-                )
-            )
+            if modalities.keep(record.modality):
+                records.append(replace(record, video=resolve(record.video, root) if record.video else "", boxes=table))
         modalities.report()
         return records
+
+
+class LlavaInstructions(_InstructionFile):
+    """LLaVA-style ``{"id", "video" | "image", "conversations": [{"from": "human", "value": "<video>\\n..."},
+    {"from": "gpt", "value": "..."}, ...]}`` (``<image>`` in image items stands for the same placeholder); optional
+    ``"type"`` becomes the question type, and optional ``"options"`` + ``"answer_index"`` make the item scorable as
+    multiple choice too. Paths are relative to ``video_root`` (default: the file's folder)."""
+
+    @staticmethod
+    def parse(item: dict, where: str) -> Record:
+        conv = item["conversations"]
+        roles = [m["from"] for m in conv]
+        if (
+            not conv
+            or len(conv) % 2
+            or roles[0::2] != ["human"] * (len(conv) // 2)
+            or roles[1::2] != ["gpt"] * (len(conv) // 2)
+        ):
+            raise ValueError(f"conversations must alternate human/gpt, got {roles}")
+        turns = [
+            (conv[i]["value"].replace(IMAGE_TOKEN, VIDEO_TOKEN), conv[i + 1]["value"]) for i in range(0, len(conv), 2)
+        ]
+        visual, modality = visual_of(item)
+        check_placeholders(turns, modality)
+        key = str(item.get("id", Path(visual).stem if visual else where))
+        options, index = item.get("options"), item.get("answer_index")
+        if options is not None and not (
+            isinstance(options, list) and len(options) >= 2 and isinstance(index, int) and 0 <= index < len(options)
+        ):
+            raise ValueError(
+                f"options must be a list of >= 2 with an answer_index into it, got {options!r} / {index!r}"
+            )
+        return Record(
+            key,
+            visual or "",
+            turns,
+            qformer_text=strip_placeholder(turns[0][0]),
+            question_type=item.get("type"),
+            options=options,
+            answer_index=index if options is not None else None,
+            modality=modality,
+        )
 
 
 def _window(item: dict) -> tuple[float | None, float | None]:
@@ -174,7 +183,7 @@ def _window(item: dict) -> tuple[float | None, float | None]:
     return start, end
 
 
-class VideoChat2Instructions:
+class VideoChat2Instructions(_InstructionFile):
     """VideoChat2-IT ``{"video" | "image", "QA": [{"i": instruction, "q": question, "a": answer}, ...],
     "start"?, "end"?}``, one multi-turn record per item, read as VideoChat2's own loader reads it: the FIRST QA
     item's non-empty ``i`` is the conversation's system prompt (once; later items' ``i`` are not used), each ``q``
@@ -182,51 +191,26 @@ class VideoChat2Instructions:
     reply; the Q-Former reads the instruction followed by the first question. ``start``/``end`` (seconds) make the
     clip that window of the video, and the record's key names the window (``<video stem>@<start>-<end>``)."""
 
-    def __init__(
-        self, path: str, *, video_root: str | None = None, boxes: str | None = None, text_only: TextOnly = "skip"
-    ) -> None:
-        self.path, self.video_root, self.boxes, self.text_only = path, video_root, boxes, text_only
-
-    def load(self, skips: SkipCounter) -> list[Record]:
-        path = Path(self.path)
-        root = self.video_root if self.video_root is not None else path.parent
-        table = BoxTable(self.boxes) if self.boxes else None
-        modalities = _ModalityLog(path, self.text_only)
-        records = []
-        for where, item in _items(path, skips):
-            try:
-                qa = item["QA"]
-                if not qa:
-                    raise ValueError("empty QA list")
-                turns = [(str(x["q"]).replace(IMAGE_TOKEN, VIDEO_TOKEN), x["a"]) for x in qa]
-                instruction = str(qa[0].get("i") or "").strip()
-                visual, modality = visual_of(item)
-                check_placeholders(turns, modality)
-                start, end = _window(item)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                skips.skip(where, "malformed", f"{type(e).__name__}: {e}")
-                continue
-            if any(not str(a).strip() for _, a in turns):
-                skips.skip(where, "empty_text", "an answer is empty")
-                continue
-            if not modalities.keep(modality):
-                continue
-            key = str(item.get("id", Path(visual).stem if visual else where))
-            if start is not None:
-                key = f"{key}@{start:g}-{end:g}"
-            qformer_text = " ".join(t for t in (instruction, strip_placeholder(turns[0][0])) if t)
-            records.append(
-                Record(
-                    key,
-                    resolve(visual, root) if visual else "",
-                    turns,
-                    qformer_text=qformer_text,
-                    boxes=table,
-                    modality=modality,
-                    start_sec=start,
-                    end_sec=end,
-                    system=instruction or None,
-                )
-            )
-        modalities.report()
-        return records
+    @staticmethod
+    def parse(item: dict, where: str) -> Record:
+        qa = item["QA"]
+        if not qa:
+            raise ValueError("empty QA list")
+        turns = [(str(x["q"]).replace(IMAGE_TOKEN, VIDEO_TOKEN), x["a"]) for x in qa]
+        instruction = str(qa[0].get("i") or "").strip()
+        visual, modality = visual_of(item)
+        check_placeholders(turns, modality)
+        start, end = _window(item)
+        key = str(item.get("id", Path(visual).stem if visual else where))
+        if start is not None:
+            key = f"{key}@{start:g}-{end:g}"
+        return Record(
+            key,
+            visual or "",
+            turns,
+            qformer_text=" ".join(t for t in (instruction, strip_placeholder(turns[0][0])) if t),
+            modality=modality,
+            start_sec=start,
+            end_sec=end,
+            system=instruction or None,
+        )

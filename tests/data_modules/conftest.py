@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_modules.synthetic.tokenizer import build_tokenizer
 from data_modules.video import write_video
+from lab.synthetic.tokenizer import build_tokenizer
 
 N_CLIPS = 12
 

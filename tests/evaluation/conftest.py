@@ -32,10 +32,11 @@ def tokenizer(tokenizer_dir):
 
 def make_reasoner(tokenizer_dir: str, seed: int = 0):
     """A tiny VideoReasoner (tiny ViT on 16x16 frames, MLP connector with 2 tokens, tiny Llama), eval mode."""
+    from lab.backbones import tiny_vit_config
     from vrp.models.connectors import MLPConnector, PoolOptions
     from vrp.models.llm import CausalLM
     from vrp.models.reasoner import VideoReasoner
-    from vrp.models.vision import HFVisionEncoder, tiny_vit_config
+    from vrp.models.vision import HFVisionEncoder
 
     torch.manual_seed(seed)
     vision = HFVisionEncoder(config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=32, num_heads=2))

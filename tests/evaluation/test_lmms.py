@@ -39,9 +39,9 @@ def _config(root: Path, synthetic: Path, run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Synthetic data, the tiny embedded backbones (vrp prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    """Synthetic data, the tiny embedded backbones (python -m lab prepare), two steps of `vrp fit`, `vrp export`, `vrp test`."""
+    from lab.prepare import save_random_backbones
+    from lab.synthetic import generate
 
     tmp = tmp_path_factory.mktemp("lmms")
     synthetic = tmp / "synthetic"

@@ -14,7 +14,7 @@ from vrp.evaluation.attention import cross_attention_maps
 from vrp.evaluation.report import build_report, main
 from vrp.evaluation.results import write_results
 from vrp.models import FrameQFormerFusion, JointQFormerFusion
-from vrp.models.contracts import FusionInput
+from vrp.models.contracts import FusionInput, TokenLayout
 
 
 class Model(nn.Module):
@@ -23,9 +23,7 @@ class Model(nn.Module):
         self.vision = vision
         cls = FrameQFormerFusion if temporal == "per_frame" else JointQFormerFusion
         self.fusion = cls(
-            vision.width,
-            vision.grid,
-            vision.num_prefix_tokens,
+            TokenLayout.of(vision),
             qformer=replace(TINY_QFORMER, num_query_tokens=3, num_layers=2, num_frames=3, objects=objects, num_slots=2),
         )
 

@@ -12,7 +12,7 @@ from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.evaluation.results import accuracy_table, comparison_table, load_blind_baseline, markdown_table, write_results
 from vrp.models.connectors import MLPConnector, PoolOptions
-from vrp.models.contracts import FusionInput
+from vrp.models.contracts import FusionInput, TokenLayout
 
 ROWS = [
     {"key": "a", "type": "descriptive", "prediction": 0, "answer": 0, "num_options": 4},
@@ -65,12 +65,12 @@ def test_hold_out_types():
 def test_baseline_fusions():
     visual = torch.randn(2, 5, 5, 8)  # (B, T, N, D): 1 CLS + 2x2 grid
     frame_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
-    blind = BlindFusion(8, (2, 2), 1, num_output_tokens=3, output_dim=6)
+    blind = BlindFusion(TokenLayout(8, (2, 2), 1), num_output_tokens=3, output_dim=6)
     assert torch.equal(
         blind(FusionInput(visual, frame_mask))[0], blind(FusionInput(torch.zeros_like(visual), frame_mask))[1]
     )
     mid = MiddleFrame(
-        8, (2, 2), 1, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
+        TokenLayout(8, (2, 2), 1), fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)))
     )
     assert MiddleFrame.middle_index(frame_mask).tolist() == [2, 1]
     out = mid(FusionInput(visual, frame_mask))

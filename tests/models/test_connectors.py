@@ -2,20 +2,19 @@ import pytest
 import torch
 
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
-from vrp.models.contracts import FusionInput
+from vrp.models.contracts import FusionInput, TokenLayout
 
 D, GRID, PREFIX = 32, (4, 4), 1
 N = PREFIX + GRID[0] * GRID[1]
+LAYOUT = TokenLayout(D, GRID, PREFIX)
 
 
 def _connectors():
     return [
-        PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2))),
-        LinearConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2)), output_dim=24),
-        MLPConnector(
-            D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), hidden_dim=48, output_dim=24
-        ),
-        PerceiverResampler(D, GRID, PREFIX, num_latents=6, depth=1, num_heads=4, output_dim=24),
+        PoolingConnector(LAYOUT, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2))),
+        LinearConnector(LAYOUT, pool=PoolOptions(temporal_bins=2, spatial_size=(2, 2)), output_dim=24),
+        MLPConnector(LAYOUT, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)), hidden_dim=48, output_dim=24),
+        PerceiverResampler(LAYOUT, num_latents=6, depth=1, num_heads=4, output_dim=24),
     ]
 
 
@@ -40,20 +39,18 @@ def test_padding_frames_are_ignored(conn):
 
 
 def test_pooling_averages_real_frames_into_ordered_bins():
-    conn = PoolingConnector(D, GRID, PREFIX, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
+    conn = PoolingConnector(LAYOUT, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
     visual = torch.randn(1, 5, N, D)
     out = conn(FusionInput(visual, torch.tensor([[True] * 4 + [False]])))
     torch.testing.assert_close(out[0, 0], visual[0, :2, PREFIX:].mean((0, 1)))
     torch.testing.assert_close(out[0, 1], visual[0, 2:4, PREFIX:].mean((0, 1)))
-    temporal = PoolingConnector(
-        D, GRID, PREFIX, pool=PoolOptions(temporal_bins=1, spatial_size=GRID)
-    )  # temporal pooling only
+    temporal = PoolingConnector(LAYOUT, pool=PoolOptions(temporal_bins=1, spatial_size=GRID))  # temporal pooling only
     assert temporal(FusionInput(visual)).shape == (1, 16, D)
 
 
 def test_token_count_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="grid"):
-        PoolingConnector(D, GRID, PREFIX)(FusionInput(torch.randn(1, 2, N + 1, D)))
+        PoolingConnector(LAYOUT)(FusionInput(torch.randn(1, 2, N + 1, D)))
 
 
 @pytest.mark.parametrize("conn", _connectors()[1:], ids=lambda c: type(c).__name__)
@@ -63,6 +60,6 @@ def test_every_parameter_gets_a_gradient(conn):
 
 
 def test_perceiver_rejects_too_many_frames():
-    conn = PerceiverResampler(D, GRID, PREFIX, num_heads=4, max_frames=2)
+    conn = PerceiverResampler(LAYOUT, num_heads=4, max_frames=2)
     with pytest.raises(ValueError, match="max_frames"):
         conn(FusionInput(torch.randn(1, 3, N, D)))

@@ -61,7 +61,7 @@ def test_center_detector_saves_and_loads_by_path(tmp_path):
     for a, b in zip(net.detect(frames), loaded.detect(frames)):
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores) and len(a.boxes) == 3
     assert len(CenterDetector(str(tmp_path / "detector"), score_threshold=1.1).detect(frames)[0].boxes) == 0
-    with pytest.raises(FileNotFoundError, match="vrp prepare --detector-steps"):
+    with pytest.raises(FileNotFoundError, match="lab prepare --detector-steps"):
         CenterDetector(str(tmp_path / "none"))
 
 

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoProcessor
 
 from data_modules.transforms import VideoTransform
+from lab.backbones import tiny_vit_config
 from vrp.models import (
     CausalLM,
     HFVisionEncoder,
@@ -20,7 +21,6 @@ from vrp.models import (
     MLPConnector,
     PoolOptions,
     VideoReasoner,
-    tiny_vit_config,
 )
 from vrp.models.families.export import NoHFTwin, export_hf
 

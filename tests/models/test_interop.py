@@ -15,13 +15,14 @@ from transformers import (
     InstructBlipQFormerModel,
 )
 
+from vrp.models.contracts import TokenLayout
 from vrp.models.interop import (
     init_qformer_from_bert,
     load_blip2_fusion,
     load_blip2_qformer,
     qformer_from_blip2,
 )
-from vrp.models.qformer import QFormer
+from vrp.models.qformer import QFormer, QFormerConfig
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 TINY = dict(
@@ -37,8 +38,7 @@ TINY = dict(
 
 
 def _ours(text: bool) -> QFormer:
-    return QFormer(
-        24,
+    sizes = QFormerConfig(
         num_query_tokens=8,
         hidden_size=32,
         num_layers=3,
@@ -46,7 +46,8 @@ def _ours(text: bool) -> QFormer:
         intermediate_size=64,
         vocab_size=50 if text else 0,
         max_text_len=16,
-    ).eval()
+    )
+    return QFormer(24, sizes).eval()
 
 
 def _randomise(model: torch.nn.Module) -> None:
@@ -188,9 +189,7 @@ def test_blip2_checkpoint_folder_roundtrip(tmp_path):
 def test_blip2_loads_into_per_frame_fusion(tmp_path):
     model, path = _tiny_blip2(tmp_path)
     fusion = FrameQFormerFusion(
-        24,
-        (2, 2),
-        1,
+        TokenLayout(24, (2, 2), 1),
         qformer=QFormerOptions(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
         video_num_query_tokens=4,
         video_num_layers=1,
@@ -202,7 +201,10 @@ def test_blip2_loads_into_per_frame_fusion(tmp_path):
     with pytest.raises(KeyError, match="text"):  # a generation checkpoint has no text weights for a text Q-Former
         load_blip2_qformer(
             QFormer(
-                24, num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=50
+                24,
+                QFormerConfig(
+                    num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=50
+                ),
             ),
             path,
         )
@@ -224,7 +226,7 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
         init_from_pretrained=str(path),
     )
     extra = dict(video_num_query_tokens=4, video_num_layers=1) if cls is FrameQFormerFusion else {}
-    fusion = cls(24, (2, 2), 1, qformer=options, **extra).eval()
+    fusion = cls(TokenLayout(24, (2, 2), 1), qformer=options, **extra).eval()
     assert fusion.vision_qformer is (fusion.frame_qformer if cls is FrameQFormerFusion else fusion.qformer)
     torch.testing.assert_close(fusion.vision_qformer.query_tokens, model.query_tokens)
     torch.testing.assert_close(fusion.visual_norm.weight, model.vision_model.post_layernorm.weight)
@@ -232,10 +234,10 @@ def test_either_fusion_starts_from_a_blip2_folder_by_path(tmp_path, cls):
     with torch.no_grad():
         ref = model.qformer(query_embeds=model.query_tokens.expand(2, -1, -1), encoder_hidden_states=memory)
         torch.testing.assert_close(fusion.vision_qformer(memory), ref.last_hidden_state, atol=1e-5, rtol=0)
-    fresh = cls(24, (2, 2), 1, qformer=replace(options, init_from_pretrained=None), **extra)
+    fresh = cls(TokenLayout(24, (2, 2), 1), qformer=replace(options, init_from_pretrained=None), **extra)
     assert not torch.equal(fresh.vision_qformer.query_tokens, fusion.vision_qformer.query_tokens)
     with pytest.raises(KeyError, match="num_layers=2"):  # sizes that are not the checkpoint's fail by name
-        cls(24, (2, 2), 1, qformer=replace(options, num_layers=1), **extra)
+        cls(TokenLayout(24, (2, 2), 1), qformer=replace(options, num_layers=1), **extra)
 
 
 def test_init_from_bert_matches_bert_text_encoder(tmp_path):

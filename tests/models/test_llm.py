@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vrp.models.llm import CausalLM, tiny_llama_config
+from lab.backbones import tiny_llama_config
+from vrp.models.llm import CausalLM
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from vrp.models.contracts import TokenLayout
 from vrp.models.objects import ObjectTokens, SlotAttention, interpolate_embeddings
 
 
 def test_roi_tokens_read_the_boxed_region():
     torch.manual_seed(0)
-    obj = ObjectTokens(8, (4, 4), 1, roi_size=2, num_frames=2).eval()
+    obj = ObjectTokens(TokenLayout(8, (4, 4), 1), roi_size=2, num_frames=2).eval()
     visual = torch.randn(1, 2, 17, 8)
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]).expand(1, 2, 2, 4)
     tokens, mask = obj(visual, boxes)
@@ -25,7 +26,7 @@ def test_roi_tokens_read_the_boxed_region():
 
 def test_slots_per_frame_and_gradients():
     torch.manual_seed(0)
-    obj = ObjectTokens(8, (2, 2), 0, num_slots=3, slot_iters=2, num_frames=4)
+    obj = ObjectTokens(TokenLayout(8, (2, 2), 0), num_slots=3, slot_iters=2, num_frames=4)
     visual = torch.randn(2, 4, 4, 8, requires_grad=True)
     tokens, mask = obj(visual)
     assert tokens.shape == (2, 4, 3, 8) and mask.shape == (2, 4, 3) and mask.all()
@@ -54,6 +55,6 @@ def test_interpolate_embeddings():
 
 
 def test_bad_boxes_shape():
-    obj = ObjectTokens(8, (2, 2), 0)
+    obj = ObjectTokens(TokenLayout(8, (2, 2), 0))
     with pytest.raises(ValueError, match="boxes must be"):
         obj(torch.randn(1, 2, 4, 8), torch.rand(1, 3, 2, 4))

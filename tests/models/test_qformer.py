@@ -10,12 +10,13 @@ import torch.nn.functional as F
 import yaml
 from tiny_assets import TINY_QFORMER
 
-from vrp.models.contracts import FusionInput, Text, Tracks
-from vrp.models.qformer import QFormer
+from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks
+from vrp.models.qformer import QFormer, QFormerConfig
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 
 D, GRID, PREFIX, T = 16, (2, 2), 1, 3
 N = PREFIX + GRID[0] * GRID[1]
+LAYOUT = TokenLayout(D, GRID, PREFIX)
 
 
 TINY = replace(TINY_QFORMER, num_query_tokens=4, num_layers=2, num_frames=T, num_slots=2, slot_iters=2)
@@ -26,9 +27,9 @@ def fusion(temporal: str = "per_frame", **options) -> FrameQFormerFusion | Joint
     torch.manual_seed(0)
     if temporal == "per_frame":
         return FrameQFormerFusion(
-            D, GRID, PREFIX, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
+            LAYOUT, qformer=replace(TINY, **options), video_num_query_tokens=3, video_num_layers=1
         ).eval()
-    return JointQFormerFusion(D, GRID, PREFIX, qformer=replace(TINY, **options)).eval()
+    return JointQFormerFusion(LAYOUT, qformer=replace(TINY, **options)).eval()
 
 
 def inputs(B=2, frames=T, K=2):
@@ -166,13 +167,12 @@ def test_factory_call_matches_reasoner_contract():
         video_num_query_tokens=2,
         video_num_layers=1,
     )
-    f = make(D, GRID, PREFIX)
+    f = make(LAYOUT)
     assert (f.output_dim, f.num_output_tokens, f.hidden_size, f.supports_text) == (16, 2, 16, False)
 
 
 def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
-    q = QFormer(
-        8,
+    sizes = QFormerConfig(
         num_query_tokens=2,
         hidden_size=8,
         num_layers=4,
@@ -182,6 +182,7 @@ def test_qformer_core_cross_attention_freq_and_dropout_train_mode():
         dropout=0.1,
         attention_dropout=0.1,
     )
+    q = QFormer(8, sizes)
     assert [layer.cross_attn is not None for layer in q.layers] == [True, False, True, False]
     out = q(torch.randn(3, 5, 8))
     assert out.shape == (3, 2, 8) and torch.isfinite(out).all()
@@ -268,9 +269,10 @@ def test_folded_path_matches_transformers_blip2():
         for p in hf.parameters():
             p.normal_(0, 0.3)
     tokens = torch.randn(1, 4, 32)
-    ours = QFormer(
-        24, num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, cross_attention_freq=1
-    ).eval()
+    sizes = QFormerConfig(
+        num_query_tokens=4, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, cross_attention_freq=1
+    )
+    ours = QFormer(24, sizes).eval()
     load_blip2_qformer(ours, {"query_tokens": tokens, **{f"qformer.{k}": v for k, v in hf.state_dict().items()}})
     assert all(layer.cross_attn.fold_memory(4, 20) for layer in ours.layers)
     memory, keep = torch.randn(2, 20, 24), torch.ones(2, 20, dtype=torch.bool)
@@ -284,19 +286,19 @@ def test_folded_path_matches_transformers_blip2():
 
 @pytest.mark.parametrize("temporal", ["per_frame", "joint"])
 def test_small_random_fusion_tells_videos_apart(temporal):
-    """The embedded Q-Former's sizes (the fusion_qformer ablation, init_std 0.1) must give different videos different
+    """The embedded Q-Former's sizes (the objects_off ablation, init_std 0.1) must give different videos different
     outputs at init; with BERT's 0.02 at this width the outputs were equal to 1e-4, and stage-1 contrastive learning
     never started."""
-    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/fusion_qformer.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[2] / "experiments/ablations/objects_off.yaml").read_text())
     args = config["model"]["init_args"]["model"]["init_args"]["fusion"]["init_args"]
     options = QFormerOptions(**args["qformer"])
     assert options.init_std == 0.1
     torch.manual_seed(0)
     if temporal == "per_frame":
         video = {k: v for k, v in args.items() if k.startswith("video_")}
-        fusion = FrameQFormerFusion(192, (8, 8), 1, qformer=options, **video)
+        fusion = FrameQFormerFusion(TokenLayout(192, (8, 8), 1), qformer=options, **video)
     else:
-        fusion = JointQFormerFusion(192, (8, 8), 1, qformer=options)
+        fusion = JointQFormerFusion(TokenLayout(192, (8, 8), 1), qformer=options)
     visual = torch.nn.functional.layer_norm(torch.randn(4, 8, 65, 192), (192,))
     with torch.no_grad():
         out = fusion(FusionInput(visual))

@@ -3,15 +3,15 @@ from functools import partial
 import pytest
 import torch
 
+from lab.backbones import tiny_llama_config, tiny_vit_config
 from vrp.models import (
     CausalLM,
     HFVisionEncoder,
     MLPConnector,
     PoolOptions,
     VideoReasoner,
-    tiny_llama_config,
-    tiny_vit_config,
 )
+from vrp.models.contracts import TokenLayout
 from vrp.models.tracks import TrackFusion
 
 T, SIZE = 2, 32
@@ -56,7 +56,7 @@ def stage1(tokenizer_dir):
 
 
 def test_fusion_is_built_from_the_vision_encoder(stage1):
-    assert stage1.fusion.pool.grid == stage1.vision.grid and stage1.fusion.pool.num_prefix_tokens == 1
+    assert stage1.fusion.pool.layout == TokenLayout(stage1.vision.width, stage1.vision.grid, 1)
     assert stage1.projection.in_features == stage1.fusion.output_dim == 32
     assert stage1.projection.out_features == stage1.llm.hidden_size == 64
     video = torch.randn(2, T, 3, SIZE, SIZE)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vrp.models.contracts import FusionInput, Text, Tracks
+from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks
 from vrp.models.tracks import TrackFusion, box_features
 
 
@@ -18,7 +18,7 @@ def _inputs(B=2, T=3, K=2, D=8, grid=(4, 4)):
 def _fusion(**kw):
     torch.manual_seed(0)
     args = dict(max_objects=3, num_frames=3, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
-    return TrackFusion(8, (4, 4), 1, **(args | kw))
+    return TrackFusion(TokenLayout(8, (4, 4), 1), **(args | kw))
 
 
 def test_box_features_motion_and_mask():

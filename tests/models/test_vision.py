@@ -3,7 +3,8 @@ import re
 import pytest
 import torch
 
-from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config, transformer_blocks
+from lab.backbones import tiny_vit_config
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, transformer_blocks
 
 
 def test_tiny_vit_shapes_and_attributes():

@@ -12,8 +12,8 @@ from tiny_assets import TINY_LLM, TINY_VIT, mc_source, reasoner, run_main, stage
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
+    from lab.synthetic import generate
 
     root = tmp_path_factory.mktemp("cache")
     generate(root / "data", videos=12, seed=1, workers=1, size=64, min_frames=8, max_frames=10)
@@ -40,7 +40,7 @@ def test_vrp_cache_then_reading_it_equals_decoding(setup, tmp_path):
 
     root, config = setup
     out = tmp_path / "features"
-    not_yet = ["--data.init_args.synthetic_boxes=false", f"--data.init_args.tracks={tmp_path / 'tracks'}"]
+    not_yet = ["--data.init_args.ground_truth_boxes=false", f"--data.init_args.tracks={tmp_path / 'tracks'}"]
     # the tracks are not written yet (make runs cache before tracks): the cache reads no boxes
     cache_main(["--config", str(config), "--out", str(out), "--splits", "train,val", *not_yet])
     store = FeatureStore(out)
@@ -96,10 +96,10 @@ def test_store_errors(tmp_path):
 
 
 def test_an_entry_serves_only_the_file_it_was_computed_from(setup, tmp_path, capsys):
-    """Another generated set whose clips share the names (`vrp test --data.init_args.synthetic_root=OTHER` with the
+    """Another generated set whose clips share the names (`vrp test --data.init_args.root=OTHER` with the
     same feature_cache) is refused in one line, never scored on the first set's features; `vrp cache` with the same
     overrides re-encodes exactly those entries, after which the first set is the one refused."""
-    from data_modules.synthetic import generate
+    from lab.synthetic import generate
     from vrp.tools.cache import main as cache_main
 
     root, config = setup

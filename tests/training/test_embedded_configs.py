@@ -13,15 +13,15 @@ from tiny_assets import EMBEDDED, ROOT, TINY_LLM, TINY_VIT, mc_source
 from vrp.cli import cli
 from vrp.evaluation.report import clip_examples
 
-CONFIGS = sorted(EMBEDDED.glob("*.yaml"))
+CONFIGS = [EMBEDDED / f"{stage}.yaml" for stage in ("finetune", "pretrain")]
 
 
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> Path:
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
+    from lab.stage0 import pretrain_detector
+    from lab.synthetic import generate
     from vrp.tools.track import main as track
-    from vrp.training.stage0 import pretrain_detector
 
     root = tmp_path_factory.mktemp("embedded_configs")
     generate(root / "data", videos=30, seed=0, workers=1, size=64)
@@ -60,8 +60,7 @@ def _model_paths(root: Path) -> list[str]:
         f"{model}.vision.init_args.model_name_or_path={root / 'backbones' / 'vit'}",
         f"{model}.llm.init_args.model_name_or_path={root / 'backbones' / 'llm'}",
         f"{model}.objects.init_args.detector.init_args.path={root / 'backbones' / 'detector'}",
-        f"--data.init_args.synthetic_root={root / 'data'}",
-        "--data.init_args.generate_if_missing=false",
+        f"--data.init_args.root={root / 'data'}",
         "--data.init_args.feature_cache=null",  # decode: the cached path has its own test (test_cache.py)
     ]
 
@@ -123,7 +122,7 @@ def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypa
         boxes.unlink()
     monkeypatch.chdir(tmp_path)
     config = EMBEDDED / "finetune.yaml"
-    args = [*_overrides(tiny_synthetic, config), f"--data.init_args.synthetic_root={data}", "--trainer.logger=false"]
+    args = [*_overrides(tiny_synthetic, config), f"--data.init_args.root={data}", "--trainer.logger=false"]
     args = [a for a in args if not a.startswith(("--trainer.fast_dev_run", "--data.init_args.val="))]
     # the train split's questions (a 30-video set leaves test without balanced items), on its tracks
     test = mc_source(data / "train" / "mc.csv", tiny_synthetic / "tracks" / "train.json")
@@ -134,12 +133,12 @@ def test_the_default_reads_no_simulator_boxes(tiny_synthetic, tmp_path, monkeypa
 
 
 def test_no_recipe_but_the_oracles_reads_simulator_boxes():
-    """The simulator's boxes (`boxes.json`, `synthetic_boxes`) are inputs of oracle rows only: every other shipped
+    """The simulator's boxes (`boxes.json`, `ground_truth_boxes`) are inputs of oracle rows only: every other shipped
     config (the stages, ablations, baselines, zero-shot) reads the object stage's tracks."""
     oracles = {"tracks_ground_truth.yaml", "state_oracle.yaml", "tracker_oracle.yaml"}
     readers = [
         p.relative_to(ROOT)
         for p in sorted((ROOT / "experiments").rglob("*.yaml"))
-        if p.name not in oracles and ("boxes.json" in p.read_text() or "synthetic_boxes: true" in p.read_text())
+        if p.name not in oracles and ("boxes.json" in p.read_text() or "ground_truth_boxes: true" in p.read_text())
     ]
     assert readers == []

@@ -38,7 +38,7 @@ def test_a_mixed_llava_file_trains(tiny_root, tmp_path, caplog):
     data = InstructionDataModule(
         train=LlavaInstructions(str(tmp_path / "mix.json"), text_only="train"),
         val=LlavaInstructions(str(tmp_path / "mix.json")),
-        test=LlavaInstructions(str(tmp_path / "mix.json")),  # else prepare_data writes the benchmark into cwd
+        test=LlavaInstructions(str(tmp_path / "mix.json")),  # else the default test source is read from root
         tokenizer=str(tiny_root / "tokenizer"),
         num_frames=2,
         batch_size=3,

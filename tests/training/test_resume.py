@@ -25,11 +25,11 @@ STEPS, CKPT_EVERY, KILL_AFTER = 10, 4, 6
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
-    from data_modules.synthetic import generate
+    from lab.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, videos=40, seed=0, workers=1)
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
 
     save_random_backbones(str(root / "tokenizer"), root / "backbones", seed=0, vit=TINY_VIT, llm=TINY_LLM)
     return root

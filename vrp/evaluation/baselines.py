@@ -5,8 +5,8 @@
 - `MiddleFrame`: wraps any fusion and feeds it only the middle real frame of each clip (what motion adds).
 - The linear / MLP connectors of `vrp.models.connectors` are the third baseline (what the Q-Former adds).
 
-Each takes ``vision_width, grid, num_prefix_tokens`` first, like every fusion module (the reasoner builds it), and
-meets the `vrp.models.contracts.Fusion` contract; `MiddleFrame` reads tracks (and text) exactly when the fusion it
+Each takes the encoder's `vrp.models.contracts.TokenLayout` first, like every fusion module (the reasoner builds it),
+and meets the `vrp.models.contracts.Fusion` contract; `MiddleFrame` reads tracks (and text) exactly when the fusion it
 wraps does.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vrp.models.contracts import Fusion, FusionInput, TextFusion, TrackReader, check_input
+from vrp.models.contracts import Fusion, FusionInput, TextFusion, TokenLayout, TrackReader, check_input
 
 
 class BlindFusion(nn.Module):
@@ -26,15 +26,7 @@ class BlindFusion(nn.Module):
 
     supports_text = False
 
-    def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        num_output_tokens: int = 4,
-        output_dim: int = 128,
-    ) -> None:
+    def __init__(self, layout: TokenLayout, *, num_output_tokens: int = 4, output_dim: int = 128) -> None:
         super().__init__()
         self.num_output_tokens, self.output_dim, self.hidden_size = num_output_tokens, output_dim, output_dim
         self.tokens = nn.Parameter(torch.randn(num_output_tokens, output_dim) * 0.02)
@@ -47,16 +39,9 @@ class BlindFusion(nn.Module):
 class MiddleFrame(nn.Module):
     """Runs ``fusion`` (a factory like the reasoner's) on the middle real frame only: (B, T, N, D) -> (B, 1, N, D)."""
 
-    def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        fusion: Callable[[int, tuple[int, int], int], nn.Module],
-    ) -> None:
+    def __init__(self, layout: TokenLayout, *, fusion: Callable[[TokenLayout], nn.Module]) -> None:
         super().__init__()
-        self.inner = fusion(vision_width, tuple(grid), num_prefix_tokens)
+        self.inner = fusion(layout)
         if not isinstance(self.inner, Fusion):
             raise TypeError(
                 f"MiddleFrame wraps a fusion (vrp.models.contracts.Fusion); got {type(self.inner).__name__}"

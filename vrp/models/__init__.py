@@ -4,12 +4,12 @@ from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResamp
 from vrp.models.constants import VIDEO_TOKEN
 from vrp.models.families.instructblip_video import InstructBlipVideoFusion
 from vrp.models.families.llava import LlavaVideoConnector
-from vrp.models.llm import CausalLM, tiny_llama_config
+from vrp.models.llm import CausalLM
 from vrp.models.qformer import QFormer
 from vrp.models.qformer_fusion import FrameQFormerFusion, JointQFormerFusion, QFormerOptions
 from vrp.models.reasoner import VideoReasoner
 from vrp.models.tracks import TrackFusion
-from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, tiny_vit_config
+from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder
 
 __all__ = [
     "VIDEO_TOKEN",
@@ -29,6 +29,4 @@ __all__ = [
     "QFormerOptions",
     "TrackFusion",
     "VideoReasoner",
-    "tiny_llama_config",
-    "tiny_vit_config",
 ]

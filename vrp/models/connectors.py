@@ -1,6 +1,6 @@
 """Simple connectors with the fusion interface, for ablations against the Q-Former.
 
-Each takes ``(vision_width, grid, num_prefix_tokens)`` first (the reasoner's fusion factory supplies them) and maps
+Each takes the encoder's `vrp.models.contracts.TokenLayout` first (the reasoner's fusion factory supplies it) and maps
 visual tokens (B, T, N, D) with ``frame_mask`` (B, T) to (B, Q, output_dim) behind the `vrp.models.contracts.Fusion`
 contract; none reads text or tracks (`vrp.models.contracts.check_input` refuses them). The pooling connectors
 compose one `TokenPool` each (none subclasses another), configured by their one typed argument ``pool: PoolOptions``
@@ -23,37 +23,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.models.contracts import FusionInput, check_input
+from vrp.models.contracts import FusionInput, TokenLayout, check_input
 
 
 def pool_tokens(
-    visual: torch.Tensor,
+    patches: torch.Tensor,
     frame_mask: torch.Tensor,
     grid: tuple[int, int],
-    num_prefix_tokens: int,
     temporal_bins: int,
     spatial_size: tuple[int, int],
 ) -> torch.Tensor:
-    """(B, T, N, D) -> (B, temporal_bins * sh * sw, D): patch tokens averaged over real frames and space."""
-    B, T, N, D = visual.shape
+    """Patch tokens (B, T, gh * gw, D) -> (B, temporal_bins * sh * sw, D): averaged over real frames and space."""
+    B, T, _, D = patches.shape
     gh, gw = grid
-    if N - num_prefix_tokens != gh * gw:
-        raise ValueError(
-            f"visual has {N} tokens per frame but grid {grid} + {num_prefix_tokens} prefix tokens "
-            f"expects {gh * gw + num_prefix_tokens}"
-        )
-    patches = visual[:, :, num_prefix_tokens:].reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
+    patches = patches.reshape(B * T, gh, gw, D).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
     patches = F.adaptive_avg_pool2d(patches, spatial_size)  # (B*T, D, sh, sw)
     patches = patches.flatten(2).transpose(1, 2).unflatten(0, (B, T))  # (B, T, S, D)
     # Adaptive temporal bins over the real frames of each clip: bin s covers real-frame ranks [floor(s*n/K), ceil((s+1)*n/K)).
     mask = frame_mask.to(torch.bool)
     rank = mask.long().cumsum(1) - 1  # (B, T)
     n = mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
-    s = torch.arange(temporal_bins, device=visual.device)
+    s = torch.arange(temporal_bins, device=patches.device)
     start = (s[None] * n) // temporal_bins  # (B, K)
     end = -((-(s[None] + 1) * n) // temporal_bins)  # ceil
     weight = (rank[:, None] >= start[..., None]) & (rank[:, None] < end[..., None]) & mask[:, None]  # (B, K, T)
-    weight = weight.to(visual.dtype)
+    weight = weight.to(patches.dtype)
     weight = weight / weight.sum(-1, keepdim=True).clamp(min=1)
     pooled = torch.einsum("bkt,btsd->bksd", weight, patches)  # (B, K, S, D)
     return pooled.flatten(1, 2)
@@ -69,31 +63,30 @@ class PoolOptions:
 
 
 class TokenPool(nn.Module):
-    """The pooling step the pooling connectors compose (no parameters): `pool_tokens` with fixed grid and bins."""
+    """The pooling step the pooling connectors compose (no parameters): `pool_tokens` with fixed layout and bins."""
 
-    def __init__(self, grid: tuple[int, int], num_prefix_tokens: int, options: PoolOptions):
+    def __init__(self, layout: TokenLayout, options: PoolOptions):
         super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.layout = layout
         self.temporal_bins, self.spatial_size = options.temporal_bins, tuple(options.spatial_size)
         self.num_tokens = self.temporal_bins * self.spatial_size[0] * self.spatial_size[1]
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
+        patches = self.layout.patches(inputs.visual)
         return pool_tokens(
-            inputs.visual, inputs.frames(), self.grid, self.num_prefix_tokens, self.temporal_bins, self.spatial_size
+            patches, inputs.frames(), self.layout.grid, self.temporal_bins, self.spatial_size
         )  # (B, Q, D)
 
 
 class PoolingConnector(nn.Module):
-    """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of width ``vision_width``; no parameters."""
+    """Average pooling to ``temporal_bins * prod(spatial_size)`` tokens of the encoder's width; no parameters."""
 
     supports_text = False
 
-    def __init__(
-        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int, *, pool: PoolOptions = PoolOptions()
-    ):
+    def __init__(self, layout: TokenLayout, *, pool: PoolOptions = PoolOptions()):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, pool)
-        self.num_output_tokens, self.output_dim, self.hidden_size = self.pool.num_tokens, vision_width, vision_width
+        self.pool = TokenPool(layout, pool)
+        self.num_output_tokens, self.output_dim, self.hidden_size = self.pool.num_tokens, layout.width, layout.width
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         check_input(self, inputs)
@@ -101,24 +94,16 @@ class PoolingConnector(nn.Module):
 
 
 class LinearConnector(nn.Module):
-    """Pooled tokens through one linear layer to ``output_dim`` (default: ``vision_width``)."""
+    """Pooled tokens through one linear layer to ``output_dim`` (default: the encoder's width)."""
 
     supports_text = False
 
-    def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        pool: PoolOptions = PoolOptions(),
-        output_dim: int | None = None,
-    ):
+    def __init__(self, layout: TokenLayout, *, pool: PoolOptions = PoolOptions(), output_dim: int | None = None):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, pool)
-        self.num_output_tokens, self.output_dim = self.pool.num_tokens, output_dim or vision_width
+        self.pool = TokenPool(layout, pool)
+        self.num_output_tokens, self.output_dim = self.pool.num_tokens, output_dim or layout.width
         self.hidden_size = self.output_dim
-        self.proj = nn.Linear(vision_width, self.output_dim)
+        self.proj = nn.Linear(layout.width, self.output_dim)
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         check_input(self, inputs)
@@ -126,25 +111,24 @@ class LinearConnector(nn.Module):
 
 
 class MLPConnector(nn.Module):
-    """Pooled tokens through Linear -> GELU -> Linear (LLaVA-1.5's projector); widths default to ``vision_width``."""
+    """Pooled tokens through Linear -> GELU -> Linear (LLaVA-1.5's projector); widths default to the encoder's."""
 
     supports_text = False
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         pool: PoolOptions = PoolOptions(),
         hidden_dim: int | None = None,
         output_dim: int | None = None,
     ):
         super().__init__()
-        self.pool = TokenPool(grid, num_prefix_tokens, pool)
-        hidden_dim, self.output_dim = hidden_dim or vision_width, output_dim or vision_width
+        self.pool = TokenPool(layout, pool)
+        width = layout.width
+        hidden_dim, self.output_dim = hidden_dim or width, output_dim or width
         self.num_output_tokens, self.hidden_size = self.pool.num_tokens, self.output_dim
-        self.mlp = nn.Sequential(nn.Linear(vision_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, self.output_dim))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, self.output_dim))
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         check_input(self, inputs)
@@ -177,9 +161,7 @@ class PerceiverResampler(nn.Module):
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         num_latents: int = 32,
         depth: int = 2,
@@ -189,10 +171,10 @@ class PerceiverResampler(nn.Module):
         output_dim: int | None = None,
     ):
         super().__init__()
+        vision_width = layout.width
         if vision_width % num_heads:
-            raise ValueError(f"vision_width={vision_width} is not divisible by num_heads={num_heads}")
-        self.grid, self.num_prefix_tokens, self.max_frames = tuple(grid), num_prefix_tokens, max_frames
-        self.num_output_tokens = num_latents
+            raise ValueError(f"the encoder's width {vision_width} is not divisible by num_heads={num_heads}")
+        self.max_frames, self.num_output_tokens = max_frames, num_latents
         self.output_dim = self.hidden_size = output_dim or vision_width
         self.latents = nn.Parameter(torch.randn(num_latents, vision_width) * 0.02)
         self.frame_embed = nn.Parameter(torch.zeros(max_frames, vision_width))

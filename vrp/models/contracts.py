@@ -7,8 +7,10 @@ code, in `data_modules.sources.record.MapSource`: the models never import data c
 
 - `VisionEncoder`: video (B, T, C, H, W), normalised with ``mean``/``std`` at ``image_size`` -> tokens (B, T, N, D)
   with D = ``width``, N = ``num_prefix_tokens`` + gh * gw for ``grid`` = (gh, gw).
+- `TokenLayout`: what the encoder's tokens of one frame are (``width``, ``num_prefix_tokens``, ``grid``), the one
+  argument a fusion is built from; `TokenLayout.patches` checks visual tokens against it and drops the prefix.
 - `Fusion`: one `FusionInput` -> (B, ``num_output_tokens``, ``output_dim``); built by the reasoner as
-  ``fusion(vision_width, grid, num_prefix_tokens)``. The input holds the visual tokens (B, T, N, D) and their
+  ``fusion(TokenLayout.of(vision))``. The input holds the visual tokens (B, T, N, D) and their
   ``frame_mask`` (B, T), and optionally the object `Tracks` and the instruction `Text`. ``supports_text``: reads
   ``inputs.text``. A fusion says nothing about tracks unless it reads them.
 - `TrackReader`: a fusion that reads ``inputs.tracks``: ``box_substeps``, the box rows per frame it reads (tracks'
@@ -26,6 +28,40 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A vision encoder's tokens per frame: ``num_prefix_tokens`` (CLS, registers) first, then a ``grid`` (gh, gw)
+    of patch tokens in row-major order, each ``width`` wide. A fusion (and each part of it that reads the patch
+    grid) is built from one."""
+
+    width: int
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(self.grid))
+
+    @classmethod
+    def of(cls, encoder: VisionEncoder) -> TokenLayout:
+        """The layout of ``encoder``'s tokens."""
+        return cls(encoder.width, encoder.grid, encoder.num_prefix_tokens)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """N: prefix + patch tokens."""
+        return self.num_prefix_tokens + self.grid[0] * self.grid[1]
+
+    def patches(self, visual: torch.Tensor) -> torch.Tensor:
+        """The patch tokens (B, T, gh * gw, D) of visual tokens (B, T, N, D), after checking N against the layout."""
+        N = visual.shape[2]
+        if N != self.tokens_per_frame:
+            raise ValueError(
+                f"visual has {N} tokens per frame; this module was built for {self.num_prefix_tokens} prefix + "
+                f"{self.grid[0]}x{self.grid[1]} grid patch tokens"
+            )
+        return visual[:, :, self.num_prefix_tokens :]
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class CenterNet(nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"no detector at {path} (config.json missing); build it with `vrp prepare --detector-steps N`"
+                f"no detector at {path} (config.json missing); build it with `python -m lab prepare --detector-steps N`"
             )
         config = json.loads((path / "config.json").read_text())
         model = cls(**{k: tuple(v) if k == "dilations" else v for k, v in config.items()})
@@ -174,7 +174,7 @@ class CenterNet(nn.Module):
 
 
 class CenterDetector(nn.Module):
-    """The embedded detector: a `CenterNet` saved by `vrp prepare --detector-steps N`, loaded from ``path``;
+    """The embedded detector: a `CenterNet` saved by `python -m lab prepare --detector-steps N`, loaded from ``path``;
     ``score_threshold`` overrides the saved one."""
 
     def __init__(self, path: str, *, score_threshold: float | None = None):

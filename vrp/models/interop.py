@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vrp.models.qformer import QFormer
+from vrp.models.io import check_loadable
+from vrp.models.qformer import QFormer, QFormerConfig
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -122,17 +124,11 @@ def load_blip2_qformer(
     sd = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     converted = blip2_to_qformer_state_dict(sd, len(qformer.layers), text=qformer.supports_text)
     own = qformer.state_dict()
-    for k, v in converted.items():
-        if k not in own:
-            raise KeyError(
-                f"checkpoint has {k!r} but the Q-Former has no such parameter: build it with the "
-                "checkpoint's config (`qformer_from_blip2`) or matching cross_attention_freq/vocab_size"
-            )
-        if own[k].shape != v.shape:
-            raise ValueError(
-                f"{k}: checkpoint shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                "build the Q-Former with the checkpoint's sizes"
-            )
+    hint = (
+        "build the Q-Former with the checkpoint's config (`qformer_from_blip2`) or its sizes, "
+        "cross_attention_freq and vocab_size"
+    )
+    check_loadable(own, converted, "checkpoint", "Q-Former", hint)
     missing = sorted(set(own) - set(converted))
     if strict and missing:
         raise KeyError(
@@ -169,13 +165,13 @@ def load_blip2_fusion(
     return loaded
 
 
-def qformer_kwargs_from_config(config: Mapping) -> dict:
-    """QFormer constructor arguments from a BLIP-2 / InstructBLIP `config.json` dict (or a bare Q-Former config)."""
+def qformer_config_from_hf(config: Mapping) -> tuple[int, QFormerConfig]:
+    """The memory width and `QFormerConfig` of the Q-Former of a BLIP-2 / InstructBLIP `config.json` dict (or a bare
+    Q-Former config)."""
     qc = config.get("qformer_config", config)
     instruct = "instructblip" in str(config.get("model_type", ""))
     text = instruct or bool(qc.get("use_qformer_text_input", False))
-    return dict(
-        memory_width=qc.get("encoder_hidden_size", 1408),
+    return qc.get("encoder_hidden_size", 1408), QFormerConfig(
         num_query_tokens=config.get("num_query_tokens", 32),
         hidden_size=qc.get("hidden_size", 768),
         num_layers=qc.get("num_hidden_layers", 12),
@@ -189,24 +185,24 @@ def qformer_kwargs_from_config(config: Mapping) -> dict:
     )
 
 
-def qformer_from_blip2(path: str | os.PathLike, *, text: bool | None = None, **overrides) -> QFormer:
+def qformer_from_blip2(
+    path: str | os.PathLike, *, text: bool | None = None, dropout: float = 0.0, attention_dropout: float = 0.0
+) -> QFormer:
     """Build a `QFormer` sized like the BLIP-2 / InstructBLIP checkpoint folder `path` and load its weights.
 
-    `text=None` keeps text when the checkpoint has text weights; `overrides` go to the constructor (e.g. dropout).
+    `text=None` keeps text when the checkpoint has text weights; `dropout` and `attention_dropout` are the Q-Former's.
     """
     cfg_file = Path(path) / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found: pass a folder written by save_pretrained")
-    kwargs = qformer_kwargs_from_config(json.loads(cfg_file.read_text()))
+    memory_width, config = qformer_config_from_hf(json.loads(cfg_file.read_text()))
     sd = read_state_dict(path)
     has_text = any(k.endswith("word_embeddings.weight") and "vision" not in k and "language_model" not in k for k in sd)
     if text is False or (text is None and not has_text):
-        kwargs["vocab_size"] = 0
+        config = replace(config, vocab_size=0)
     elif not has_text:
         raise ValueError(f"{path} has no Q-Former text embeddings; use text=False")
-    kwargs.update(overrides)
-    memory_width = kwargs.pop("memory_width")
-    qformer = QFormer(memory_width, **kwargs)
+    qformer = QFormer(memory_width, replace(config, dropout=dropout, attention_dropout=attention_dropout))
     load_blip2_qformer(qformer, sd)
     return qformer
 
@@ -235,13 +231,8 @@ def init_qformer_from_bert(qformer: QFormer, source: str | os.PathLike | StateDi
         out["word_embeddings.weight"] = bert["embeddings.word_embeddings.weight"]
         pos = bert["embeddings.position_embeddings.weight"]
         out["position_embeddings.weight"] = pos[: qformer.position_embeddings.num_embeddings]
-    own = qformer.state_dict()
-    for k, v in out.items():
-        if own[k].shape != v.shape:
-            raise ValueError(
-                f"{k}: BERT shape {tuple(v.shape)} != Q-Former shape {tuple(own[k].shape)}; "
-                "match hidden_size/intermediate_size/vocab_size to the BERT config"
-            )
+    hint = "match hidden_size/intermediate_size/vocab_size to the BERT config"
+    check_loadable(qformer.state_dict(), out, "BERT", "Q-Former", hint)
     qformer.load_state_dict(out, strict=False)
     return sorted(out)
 

@@ -1,6 +1,7 @@
 """The models' I/O: reading weight files safely (`read_checkpoint`, `load_weights`: `weights_only=True`, one-line
 `CheckpointError`s naming the file, non-finite weights refused) and the exported-model folder `vrp export` writes
-(`build_model` from its ``model.yaml``, `load_exported`, `export_info`). Plain torch + jsonargparse, no Lightning:
+(`build_model` from its ``model.yaml``, `load_exported`, `export_info`); `check_loadable`, the check of weights against
+the module they are loaded into. Plain torch + jsonargparse, no Lightning:
 evaluation and inference load a model through here without the training layer.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,20 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             )
     check_finite(state, f"weights file {path}")
     return state
+
+
+def check_loadable(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, target: str, hint: str
+) -> None:
+    """Every weight of ``state`` (read from ``source``) exists in ``own`` (the state dict of ``target``) with the same
+    shape: else a KeyError or ValueError naming the first weight that does not, with ``hint`` (how to fix it)."""
+    for key, value in state.items():
+        if key not in own:
+            raise KeyError(f"{source} has {key!r} but the {target} has no such parameter; {hint}")
+        if own[key].shape != value.shape:
+            raise ValueError(
+                f"{key}: {source} shape {tuple(value.shape)} != {target} shape {tuple(own[key].shape)}; {hint}"
+            )
 
 
 def check_finite(state: dict[str, torch.Tensor], where: str) -> None:

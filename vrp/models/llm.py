@@ -11,7 +11,7 @@ from torch import nn
 
 from vrp.models.constants import VIDEO_TOKEN
 from vrp.models.hf_loading import quiet_from_pretrained, report_missing
-from vrp.models.paths import pretrained_source
+from vrp.models.paths import model_source, pretrained_source
 from vrp.models.vision import resolve_dtype
 
 
@@ -50,10 +50,7 @@ class CausalLM(nn.Module):
 
         from vrp.models import families
 
-        if (model_name_or_path is None) == (config is None):
-            raise ValueError("give exactly one of model_name_or_path or config")
-        if model_name_or_path is not None:
-            model_name_or_path = pretrained_source(model_name_or_path, "LLM model_name_or_path")
+        model_name_or_path = model_source(model_name_or_path, config, "LLM")
         tok_path = tokenizer or model_name_or_path
         if tok_path is None:
             raise ValueError("an LLM built from `config` needs `tokenizer` (a tokenizer folder or hub name)")
@@ -67,8 +64,6 @@ class CausalLM(nn.Module):
         attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
         self.attn_implementation = attn_implementation
         if config is not None:
-            if "model_type" not in config:
-                raise ValueError(f"LLM config needs a 'model_type' key (e.g. 'llama'), got keys {sorted(config)}")
             tok = self.tokenizer
             defaults = {
                 "vocab_size": len(tok),
@@ -173,17 +168,3 @@ class CausalLM(nn.Module):
         return self.model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **gen
         )
-
-
-def tiny_llama_config(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4) -> dict:
-    """Config dict of the embedded-default tiny Llama (vocab size comes from the tokenizer)."""
-    return {
-        "model_type": "llama",
-        "hidden_size": hidden_size,
-        "intermediate_size": 4 * hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_heads,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": True,
-    }

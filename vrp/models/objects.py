@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from vrp.models.contracts import TokenLayout
+
 
 def interpolate_embeddings(table: torch.Tensor, length: int) -> torch.Tensor:
     """Learned (n, D) position table -> (length, D), linearly interpolated when length != n."""
@@ -75,18 +77,11 @@ class ObjectTokens(nn.Module):
     """
 
     def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        num_slots: int = 4,
-        slot_iters: int = 3,
-        roi_size: int = 2,
-        num_frames: int = 8,
+        self, layout: TokenLayout, *, num_slots: int = 4, slot_iters: int = 3, roi_size: int = 2, num_frames: int = 8
     ):
         super().__init__()
-        self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
+        self.layout, self.roi_size = layout, roi_size
+        vision_width = layout.width
         self.roi_proj = nn.Linear(vision_width * roi_size * roi_size, vision_width)
         self.box_embed = nn.Sequential(nn.Linear(4, vision_width), nn.GELU(), nn.Linear(vision_width, vision_width))
         self.slots = SlotAttention(vision_width, num_slots, iters=slot_iters)
@@ -95,11 +90,9 @@ class ObjectTokens(nn.Module):
     def forward(
         self, visual: torch.Tensor, boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, N, D = visual.shape
-        gh, gw = self.grid
-        if N != self.num_prefix_tokens + gh * gw:
-            raise ValueError(f"visual has {N} tokens per frame, expected {self.num_prefix_tokens} + {gh}x{gw}")
-        patches = visual[:, :, self.num_prefix_tokens :]  # (B, T, gh*gw, D)
+        B, T, _, D = visual.shape
+        gh, gw = self.layout.grid
+        patches = self.layout.patches(visual)  # (B, T, gh*gw, D)
         if boxes is None:
             tokens = self.slots(patches.reshape(B * T, gh * gw, D)).view(B, T, -1, D)
             mask = torch.ones(tokens.shape[:3], dtype=torch.bool, device=visual.device)
@@ -109,7 +102,9 @@ class ObjectTokens(nn.Module):
             K = boxes.shape[2]
             if box_mask is not None:  # absent boxes may hold NaN or junk
                 boxes = boxes.masked_fill(~box_mask.bool()[..., None], 0.0)
-            tokens = self.roi_proj(roi_features(patches, self.grid, boxes, self.roi_size)) + self.box_embed(boxes)
+            tokens = self.roi_proj(roi_features(patches, self.layout.grid, boxes, self.roi_size)) + self.box_embed(
+                boxes
+            )
             mask = torch.ones(B, T, K, dtype=torch.bool, device=visual.device) if box_mask is None else box_mask.bool()
         tokens = tokens + interpolate_embeddings(self.time_embed, T)[None, :, None]
         return tokens, mask

@@ -1,14 +1,16 @@
 """Q-Former fusion: learned queries that read visual (and object) tokens through cross-attention.
 
 `QFormer` is the BERT-style, post-LayerNorm core of BLIP-2 / InstructBLIP, laid out so that their Hugging Face
-weights load exactly (see `vrp.models.interop`). `vrp.models.qformer_fusion` builds the two video fusion modules on it
-(`FrameQFormerFusion`, `JointQFormerFusion`).
+weights load exactly (see `vrp.models.interop`), sized by a `QFormerConfig`. `vrp.models.qformer_fusion` builds the
+two video fusion modules on it (`FrameQFormerFusion`, `JointQFormerFusion`).
 
 Speed: fused QKV projection, SDPA for self-attention, no per-call mask building when nothing is masked, and
 cross-attention that never projects a long memory to keys and values (see `CrossAttention`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -190,57 +192,62 @@ def _init_weights(m: nn.Module, std: float) -> None:
         nn.init.zeros_(m.bias)
 
 
-class QFormer(nn.Module):
-    """BLIP-2 Q-Former: `num_query_tokens` learned queries, optionally joined by text tokens (InstructBLIP).
+@dataclass(frozen=True)
+class QFormerConfig:
+    """A `QFormer`'s sizes, regularisation and init; the defaults are BLIP-2's.
 
-    Cross-attention to the memory sits in layers 0, f, 2f, ... (f = `cross_attention_freq`), as in BLIP-2.
-    `vocab_size=0` builds no text embeddings and no text FFNs (BLIP-2 for generation); > 0 enables text input.
+    Cross-attention to the memory sits in layers 0, f, 2f, ... (f = ``cross_attention_freq``), as in BLIP-2.
+    ``vocab_size=0`` builds no text embeddings and no text FFNs (BLIP-2 for generation); > 0 enables text input of
+    up to ``max_text_len`` tokens. ``init_std``: see `_init_weights`.
     """
 
-    def __init__(
-        self,
-        memory_width: int,
-        *,
-        num_query_tokens: int = 32,
-        hidden_size: int = 768,
-        num_layers: int = 12,
-        num_heads: int = 12,
-        intermediate_size: int = 3072,
-        cross_attention_freq: int = 2,
-        vocab_size: int = 0,
-        max_text_len: int = 512,
-        pad_token_id: int = 0,
-        layer_norm_eps: float = 1e-12,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        init_std: float = 0.02,
-    ):
+    num_query_tokens: int = 32
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_freq: int = 2
+    vocab_size: int = 0
+    max_text_len: int = 512
+    pad_token_id: int = 0
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_std: float = 0.02
+
+
+class QFormer(nn.Module):
+    """BLIP-2 Q-Former: ``num_query_tokens`` learned queries, optionally joined by text tokens (InstructBLIP), that
+    cross-attend to a memory of ``memory_width``-wide tokens; sized by ``config``."""
+
+    def __init__(self, memory_width: int, config: QFormerConfig = QFormerConfig()):
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
-        self.memory_width, self.hidden_size, self.num_query_tokens = memory_width, hidden_size, num_query_tokens
-        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, hidden_size) * init_std)
-        self.supports_text = vocab_size > 0
+        c = config
+        if c.hidden_size % c.num_heads:
+            raise ValueError(f"hidden_size={c.hidden_size} must be divisible by num_heads={c.num_heads}")
+        self.memory_width, self.hidden_size, self.num_query_tokens = memory_width, c.hidden_size, c.num_query_tokens
+        self.query_tokens = nn.Parameter(torch.randn(1, c.num_query_tokens, c.hidden_size) * c.init_std)
+        self.supports_text = c.vocab_size > 0
         if self.supports_text:
-            self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-            self.position_embeddings = nn.Embedding(max_text_len, hidden_size)
-        self.embed_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.embed_dropout = nn.Dropout(dropout)
+            self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+            self.position_embeddings = nn.Embedding(c.max_text_len, c.hidden_size)
+        self.embed_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.embed_dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(
             QFormerLayer(
-                hidden_size,
+                c.hidden_size,
                 memory_width,
-                num_heads,
-                intermediate_size,
-                cross_attention=i % cross_attention_freq == 0,
+                c.num_heads,
+                c.intermediate_size,
+                cross_attention=i % c.cross_attention_freq == 0,
                 text=self.supports_text,
-                eps=layer_norm_eps,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
+                eps=c.layer_norm_eps,
+                dropout=c.dropout,
+                attention_dropout=c.attention_dropout,
             )
-            for i in range(num_layers)
+            for i in range(c.num_layers)
         )
-        self.apply(lambda m: _init_weights(m, init_std))
+        self.apply(lambda m: _init_weights(m, c.init_std))
 
     def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         if not self.supports_text:

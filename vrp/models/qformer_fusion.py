@@ -6,7 +6,7 @@
 - `JointQFormerFusion`: one Q-Former (`qformer`) reads all frames' tokens with factorised spatial + temporal
   embeddings.
 
-Both are built by the reasoner as ``fusion(vision_width, grid, num_prefix_tokens)`` and configured by one typed
+Both are built by the reasoner from the encoder's `vrp.models.contracts.TokenLayout` and configured by one typed
 argument, ``qformer: QFormerOptions`` (a nested mapping in YAML: ``init_args: {qformer: {num_query_tokens: 8, ...}}``;
 the frame Q-Former's also ``video_num_query_tokens`` and ``video_num_layers`` beside it), and share their parts
 as components: the BLIP-2 Q-Former core (`vrp.models.qformer.QFormer`), the vision LayerNorm and per-frame object tokens
@@ -25,86 +25,52 @@ post-LayerNorm load into `vision_qformer` (the Q-Former that reads the vision to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput, Text, Tracks, check_input
+from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks, check_input
 from vrp.models.interop import load_blip2_fusion
 from vrp.models.objects import ObjectTokens, interpolate_embeddings
-from vrp.models.qformer import QFormer
-
-# The options that are `QFormer`'s own constructor arguments (the rest build the fusion around it).
-QFORMER_ARGS = (
-    "num_query_tokens",
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "intermediate_size",
-    "cross_attention_freq",
-    "vocab_size",
-    "max_text_len",
-    "pad_token_id",
-    "dropout",
-    "attention_dropout",
-    "layer_norm_eps",
-    "init_std",
-)
+from vrp.models.qformer import QFormer, QFormerConfig
 
 
 @dataclass(frozen=True)
-class QFormerOptions:
+class QFormerOptions(QFormerConfig):
     """The options both Q-Former fusions take as their ``qformer`` argument (a nested mapping under ``init_args`` in
-    YAML); the sizes are BLIP-2's by default."""
+    YAML): the `QFormerConfig` of the Q-Former whose outputs leave the fusion (BLIP-2's sizes, text up to 64 tokens
+    by default), and the fusion's own options around it."""
 
-    num_query_tokens: int = 32
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    cross_attention_freq: int = 2
-    num_frames: int = 8
-    vocab_size: int = 0
     max_text_len: int = 64
-    pad_token_id: int = 0
+    num_frames: int = 8
     visual_norm: bool = True
     objects: bool = False
     num_slots: int = 4
     slot_iters: int = 3
     roi_size: int = 2
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    layer_norm_eps: float = 1e-12
-    init_std: float = 0.02
     init_from_pretrained: str | None = None
 
-    def qformer(self, memory_width: int, **kw) -> QFormer:
-        """A `QFormer` reading ``memory_width``-wide tokens with these sizes (``kw`` overrides them)."""
-        sizes = {k: v for k, v in asdict(self).items() if k in QFORMER_ARGS}
-        return QFormer(memory_width, **(sizes | kw))
-
-    def frame_parts(
-        self, vision_width: int, grid: tuple[int, int], num_prefix_tokens: int
-    ) -> tuple[nn.Module, ObjectTokens | None]:
+    def frame_parts(self, layout: TokenLayout) -> tuple[nn.Module, ObjectTokens | None]:
         """The per-frame components both fusions own: the LayerNorm on the vision tokens (BLIP-2's ln_vision) and,
         with ``objects``, the object tokens."""
-        norm = nn.LayerNorm(vision_width) if self.visual_norm else nn.Identity()
+        norm = nn.LayerNorm(layout.width) if self.visual_norm else nn.Identity()
         if not self.objects:
             return norm, None
-        sizes = dict(num_slots=self.num_slots, slot_iters=self.slot_iters, roi_size=self.roi_size)
-        return norm, ObjectTokens(vision_width, grid, num_prefix_tokens, num_frames=self.num_frames, **sizes)
-
-
-def frame_inputs(inputs: FusionInput, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-    """The (B, T) bool frame mask of ``inputs.visual`` (B, T, N, D) (all real when None), after checking N against
-    the grid and that every clip has a real frame."""
-    N = inputs.visual.shape[2]
-    if N != num_prefix_tokens + grid[0] * grid[1]:
-        raise ValueError(
-            f"visual has {N} tokens per frame; this fusion was built for {num_prefix_tokens} "
-            f"prefix + {grid[0]}x{grid[1]} patch tokens"
+        objects = ObjectTokens(
+            layout,
+            num_slots=self.num_slots,
+            slot_iters=self.slot_iters,
+            roi_size=self.roi_size,
+            num_frames=self.num_frames,
         )
+        return norm, objects
+
+
+def frame_inputs(inputs: FusionInput, layout: TokenLayout) -> torch.Tensor:
+    """The (B, T) bool frame mask of ``inputs.visual`` (B, T, N, D) (all real when None), after checking N against
+    the layout and that every clip has a real frame."""
+    layout.patches(inputs.visual)
     frame_mask = inputs.frames()
     if not bool(frame_mask.any(-1).all()):
         raise ValueError("frame_mask has a video with no real frame")
@@ -161,9 +127,7 @@ class FrameQFormerFusion(nn.Module):
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         qformer: QFormerOptions = QFormerOptions(),
         video_num_query_tokens: int = 32,
@@ -171,16 +135,15 @@ class FrameQFormerFusion(nn.Module):
     ):
         super().__init__()
         o = qformer
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.layout = layout
         self.hidden_size = self.output_dim = o.hidden_size
         self.supports_text = o.vocab_size > 0
         declare_tracks(self, o.objects)
-        self.visual_norm, self.objects = o.frame_parts(vision_width, grid, num_prefix_tokens)
-        self.frame_qformer = o.qformer(vision_width, vocab_size=0, max_text_len=512)
+        self.visual_norm, self.objects = o.frame_parts(layout)
+        self.frame_qformer = QFormer(layout.width, replace(o, vocab_size=0, max_text_len=512))
         self.temporal_embed = nn.Parameter(torch.randn(o.num_frames, o.hidden_size) * o.init_std)
-        self.qformer = o.qformer(
-            o.hidden_size, num_query_tokens=video_num_query_tokens, num_layers=video_num_layers, cross_attention_freq=1
-        )
+        video = replace(o, num_query_tokens=video_num_query_tokens, num_layers=video_num_layers, cross_attention_freq=1)
+        self.qformer = QFormer(o.hidden_size, video)
         self.num_output_tokens = video_num_query_tokens
         if o.init_from_pretrained:
             load_blip2_fusion(self, o.init_from_pretrained)
@@ -192,7 +155,7 @@ class FrameQFormerFusion(nn.Module):
 
     def memory(self, inputs: FusionInput) -> tuple[torch.Tensor, torch.Tensor]:
         """The memory `qformer` cross-attends to: the frame Q-Former's outputs of every frame (B, T*Q, H), keep-mask."""
-        frame_mask = frame_inputs(inputs, self.grid, self.num_prefix_tokens)
+        frame_mask = frame_inputs(inputs, self.layout)
         B, T = frame_mask.shape
         x, keep = with_objects(self.objects, self.visual_norm(inputs.visual), frame_mask, inputs.tracks)
         real = frame_mask.flatten()  # (B*T,): the frame Q-Former runs on real frames only
@@ -207,21 +170,14 @@ class FrameQFormerFusion(nn.Module):
 class JointQFormerFusion(nn.Module):
     """One Q-Former over all frames' tokens with factorised space + time embeddings; -> (B, num_query_tokens, hidden)."""
 
-    def __init__(
-        self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
-        *,
-        qformer: QFormerOptions = QFormerOptions(),
-    ):
+    def __init__(self, layout: TokenLayout, *, qformer: QFormerOptions = QFormerOptions()):
         super().__init__()
         o = qformer
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.visual_norm, self.objects = o.frame_parts(vision_width, grid, num_prefix_tokens)
-        self.spatial_embed = nn.Parameter(torch.randn(num_prefix_tokens + grid[0] * grid[1], vision_width) * o.init_std)
-        self.temporal_embed = nn.Parameter(torch.randn(o.num_frames, vision_width) * o.init_std)
-        self.qformer = o.qformer(vision_width)
+        self.layout = layout
+        self.visual_norm, self.objects = o.frame_parts(layout)
+        self.spatial_embed = nn.Parameter(torch.randn(layout.tokens_per_frame, layout.width) * o.init_std)
+        self.temporal_embed = nn.Parameter(torch.randn(o.num_frames, layout.width) * o.init_std)
+        self.qformer = QFormer(layout.width, o)
         self.hidden_size = self.output_dim = o.hidden_size
         self.num_output_tokens, self.supports_text = o.num_query_tokens, o.vocab_size > 0
         declare_tracks(self, o.objects)
@@ -230,7 +186,7 @@ class JointQFormerFusion(nn.Module):
 
     def memory(self, inputs: FusionInput) -> tuple[torch.Tensor, torch.Tensor]:
         """The memory `qformer` cross-attends to: every frame's tokens (B, T*(N [+ K]), D), frame-major, keep-mask."""
-        frame_mask = frame_inputs(inputs, self.grid, self.num_prefix_tokens)
+        frame_mask = frame_inputs(inputs, self.layout)
         T = frame_mask.shape[1]
         x = (
             self.visual_norm(inputs.visual)

@@ -1,10 +1,10 @@
 """VideoReasoner: vision encoder -> fusion -> projection -> LLM, with a per-component trainable policy.
 
-The fusion module is built here from a factory ``fusion(vision_width, grid, num_prefix_tokens)`` so no width is
-written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size (``projection="none"``: the fusion
-ends in the LLM's width itself, as a released family's connector with its own projector does,
-`vrp.models.families`). Each prompt holds exactly one
-video placeholder token, which ``build_inputs`` replaces by the Q projected visual tokens.
+The fusion module is built here from a factory ``fusion(layout)`` (the encoder's `vrp.models.contracts.TokenLayout`)
+so no width is written in YAML; the projection maps ``fusion.output_dim`` to the LLM hidden size
+(``projection="none"``: the fusion ends in the LLM's width itself, as a released family's connector with its own
+projector does, `vrp.models.families`). Each prompt holds exactly one video placeholder token, which
+``build_inputs`` replaces by the Q projected visual tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import torch
 from torch import nn
 
 from vrp.models.constants import IGNORE_INDEX
-from vrp.models.contracts import Fusion, FusionInput, Text, TrackReader, Tracks, VisionEncoder, tracks_for
+from vrp.models.contracts import (
+    Fusion,
+    FusionInput,
+    Text,
+    TokenLayout,
+    TrackReader,
+    Tracks,
+    VisionEncoder,
+    tracks_for,
+)
 from vrp.models.llm import CausalLM
 from vrp.models.tracking import ObjectStage
 
@@ -73,7 +82,7 @@ class VideoReasoner(nn.Module):
     def __init__(
         self,
         vision: nn.Module,
-        fusion: Callable[[int, tuple[int, int], int], nn.Module],
+        fusion: Callable[[TokenLayout], nn.Module],
         llm: CausalLM,
         *,
         objects: ObjectStage | None = None,
@@ -88,7 +97,7 @@ class VideoReasoner(nn.Module):
         if not isinstance(vision, VisionEncoder):
             raise TypeError(f"{type(vision).__name__} is not a vision encoder (vrp.models.contracts.VisionEncoder)")
         self.vision = vision
-        self.fusion = fusion(vision.width, tuple(vision.grid), vision.num_prefix_tokens)
+        self.fusion = fusion(TokenLayout.of(vision))
         if not isinstance(self.fusion, Fusion):
             raise TypeError(f"{type(self.fusion).__name__} is not a fusion module (vrp.models.contracts.Fusion)")
         self.llm = llm

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput, check_input
+from vrp.models.contracts import FusionInput, TokenLayout, check_input
 from vrp.models.objects import interpolate_embeddings, roi_features
 
 Appearance = Literal["roi", "oracle", "none"]
@@ -45,7 +45,7 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TrackFusion(nn.Module):
-    """Fusion over object tracks; built by the reasoner as ``TrackFusion(vision_width, grid, num_prefix_tokens, ...)``.
+    """Fusion over object tracks; built by the reasoner from the encoder's `vrp.models.contracts.TokenLayout`.
 
     Contract: a `vrp.models.contracts.TrackReader` that requires tracks: ``forward(FusionInput(visual (B, T, N, D),
     frame_mask (B, T), tracks=Tracks(boxes (B, T * S, K, 4), mask (B, T * S, K), attributes (B, K, V) = None)))
@@ -60,9 +60,7 @@ class TrackFusion(nn.Module):
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         appearance: Appearance = "roi",
         max_objects: int = 5,
@@ -84,14 +82,14 @@ class TrackFusion(nn.Module):
             raise ValueError(f"appearance must be 'roi', 'oracle' or 'none', got {appearance!r}")
         if box_substeps < 1:
             raise ValueError(f"box_substeps must be >= 1, got {box_substeps}")
-        self.grid, self.num_prefix_tokens, self.roi_size = tuple(grid), num_prefix_tokens, roi_size
+        self.layout, self.roi_size = layout, roi_size
         self.appearance, self.max_objects, self.motion = appearance, max_objects, motion
         self.num_frames, self.box_substeps = num_frames, box_substeps
         self.hidden_size = self.output_dim = hidden_size
         self.num_output_tokens = max_objects * num_frames
         if appearance == "roi":
-            self.visual_norm = nn.LayerNorm(vision_width)
-            self.appearance_proj = nn.Linear(vision_width * roi_size * roi_size, hidden_size)
+            self.visual_norm = nn.LayerNorm(layout.width)
+            self.appearance_proj = nn.Linear(layout.width * roi_size * roi_size, hidden_size)
         elif appearance == "oracle":
             self.attribute_embed = nn.Linear(num_attributes, hidden_size)
         self.box_embed = nn.Sequential(
@@ -125,7 +123,7 @@ class TrackFusion(nn.Module):
         """Input tokens (B, T, K, H) before attention and their keep-mask (B, T, K), K = ``max_objects``."""
         check_input(self, inputs)
         visual, frame_mask, tracks = inputs.visual, inputs.frame_mask, inputs.tracks
-        B, T, N, D = visual.shape
+        B, T = visual.shape[:2]
         boxes, box_mask, box_attributes = tracks.boxes, tracks.mask, tracks.attributes
         K, S = boxes.shape[2], self.box_substeps
         if boxes.shape[:2] != (B, T * S) or boxes.shape[-1] != 4 or K > self.max_objects:
@@ -141,13 +139,9 @@ class TrackFusion(nn.Module):
         mask = rows[:, ::S]  # the sampled frames' tokens (B, T, K)
         app = torch.zeros_like(x)
         if self.appearance == "roi":
-            if N != self.num_prefix_tokens + self.grid[0] * self.grid[1]:
-                raise ValueError(
-                    f"visual has {N} tokens per frame; this fusion was built for {self.num_prefix_tokens} "
-                    f"prefix + {self.grid[0]}x{self.grid[1]} patch tokens"
-                )
-            patches = self.visual_norm(visual[:, :, self.num_prefix_tokens :])
-            app = self.appearance_proj(roi_features(patches, self.grid, boxes[:, ::S] * mask[..., None], self.roi_size))
+            patches = self.visual_norm(self.layout.patches(visual))
+            rois = roi_features(patches, self.layout.grid, boxes[:, ::S] * mask[..., None], self.roi_size)
+            app = self.appearance_proj(rois)
         elif self.appearance == "oracle":
             V = self.attribute_embed.in_features
             if box_attributes is None or box_attributes.shape != (B, K, V):

@@ -18,7 +18,7 @@ from torch import nn
 
 from vrp.models.constants import CLIP_MEAN, CLIP_STD
 from vrp.models.hf_loading import quiet_from_pretrained, report_missing
-from vrp.models.paths import pretrained_source
+from vrp.models.paths import model_source, pretrained_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -143,23 +143,17 @@ class HFVisionEncoder(_FrozenBackbone):
 
         from vrp.models import families
 
-        if (model_name_or_path is None) == (config is None):
-            raise ValueError("give exactly one of model_name_or_path or config")
+        model_name_or_path = model_source(model_name_or_path, config, "vision")
         if config is not None:
-            if "model_type" not in config:
-                raise ValueError(
-                    f"vision config needs a 'model_type' key (e.g. 'vit', 'dinov2'), got keys {sorted(config)}"
-                )
             cfg = AutoConfig.for_model(**config)
             cfg = getattr(cfg, "vision_config", None) or cfg
             model = AutoModel.from_config(cfg, trust_remote_code=trust_remote_code)
-        elif families.family_type(pretrained_source(model_name_or_path, "vision model_name_or_path")):
+        elif families.family_type(model_name_or_path):
             model_name_or_path = str(families.local_folder(model_name_or_path))
             model, missing = families.vision_tower(model_name_or_path), []  # loaded exactly: nothing missing
             cfg = model.config
             feature_layer = families.feature_layer(model_name_or_path) if feature_layer is None else feature_layer
         else:
-            model_name_or_path = pretrained_source(model_name_or_path, "vision model_name_or_path")
             cfg = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
             cfg = getattr(cfg, "vision_config", None) or cfg  # CLIP / SigLIP: vision tower only
             model, missing = quiet_from_pretrained(
@@ -287,18 +281,3 @@ class OpenClipVisionEncoder(_FrozenBackbone):
         patches = out["image_intermediates"][-1]  # (b, gh*gw, D)
         prefix = out.get("image_intermediates_prefix")
         return torch.cat([prefix[-1], patches], dim=1) if prefix else patches  # (b, P + gh*gw, D)
-
-
-def tiny_vit_config(
-    image_size: int = 32, patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
-) -> dict:
-    """Config dict of the embedded-default tiny ViT (for ``HFVisionEncoder(config=...)``)."""
-    return {
-        "model_type": "vit",
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": 4 * hidden_size,
-    }

@@ -2,7 +2,7 @@
 (`data_modules.features.FeatureStore`), so training and evaluation read tokens instead of decoding clips.
 
     vrp cache --config experiments/embedded/finetune.yaml --out artifacts/cache/embedded [--splits train,val,test]
-              [--data.init_args.synthetic_root=OTHER ...]      # further arguments: config overrides, as for vrp fit
+              [--data.init_args.root=OTHER ...]      # further arguments: config overrides, as for vrp fit
 
 Then set the datamodule's `feature_cache: <out>` (the embedded default does). The store holds one deterministic
 view per clip (the datamodule's eval sampling, no crop) and records the vision encoder's config; the stage module
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits of the datamodule to cache")
     p.add_argument("--batch-size", type=int, default=16)
-    a, overrides = p.parse_known_args(argv)  # e.g. --data.init_args.synthetic_root=OTHER, as for `vrp fit`
+    a, overrides = p.parse_known_args(argv)  # e.g. --data.init_args.root=OTHER, as for `vrp fit`
     splits = [s for s in a.splits.split(",") if s]
     module, dm = module_and_datamodule(
         a.config, [*overrides, "--data.init_args.feature_cache=null", "--data.init_args.tracks=null"], splits

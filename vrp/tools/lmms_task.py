@@ -66,13 +66,13 @@ def write_task(mc: MultipleChoice, out: str | Path, *, name: str = "vrp_mc") -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data_modules.datamodules import SYNTHETIC_MC_TEMPLATE
+    from data_modules.datamodules import DEFAULT_MC_TEMPLATE
 
     p = argparse.ArgumentParser(prog="vrp lmms-task", description=__doc__.splitlines()[0])
     p.add_argument("--mc", required=True, help="NExT-QA-layout CSV (e.g. data/synthetic/test/mc.csv)")
     p.add_argument("--out", required=True, help="folder for the task (pass it to lmms-eval's --include_path)")
     p.add_argument("--name", default="vrp_mc", help="the task's name (lmms-eval --tasks NAME)")
-    p.add_argument("--template", default=SYNTHETIC_MC_TEMPLATE, help="prompt template, as MultipleChoice's")
+    p.add_argument("--template", default=DEFAULT_MC_TEMPLATE, help="prompt template, as MultipleChoice's")
     p.add_argument("--video-root", help="folder the video paths are relative to (default: the CSV's)")
     p.add_argument("--video-path", default="videos/{video}.mp4", help="video file per `video` value")
     p.add_argument("--video-map", help="JSON map of video ids to paths (NExT-QA's map_vid_vidorID.json)")

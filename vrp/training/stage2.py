@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vrp.models.io import CheckpointError, load_weights
+from vrp.models.io import CheckpointError, check_loadable, load_weights
 from vrp.scoring.metrics import PerTypeAccuracy
 from vrp.scoring.per_question import prediction_rows
 from vrp.scoring.scorers import GenerateScorer, LikelihoodScorer, MCOutput
@@ -37,23 +37,9 @@ def load_stage1(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
     differs). Returns (loaded names, trainable names of `model` that the checkpoint did not provide, e.g. LoRA).
     """
     state = load_weights(path)
-    own = model.state_dict()
-    loaded = {}
-    for key, value in state.items():
-        if not key.startswith("model."):
-            continue
-        name = key[len("model.") :]
-        if name not in own:
-            raise KeyError(
-                f"{path}: weight {name!r} does not exist in the stage-2 model; "
-                "stage 1 and stage 2 must use the same vision/fusion config"
-            )
-        if own[name].shape != value.shape:
-            raise ValueError(
-                f"{path}: weight {name!r} has shape {tuple(value.shape)} but the stage-2 model "
-                f"expects {tuple(own[name].shape)}; the fusion configs differ"
-            )
-        loaded[name] = value
+    loaded = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    hint = "the fusion configs differ: stage 1 and stage 2 must use the same vision/fusion config"
+    check_loadable(model.state_dict(), loaded, path, "stage-2 model", hint)
     if not loaded:
         raise ValueError(f"{path}: no 'model.*' weights found; is this a stage-1 checkpoint?")
     model.load_state_dict(loaded, strict=False)

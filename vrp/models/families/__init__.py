@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput
+from vrp.models.contracts import FusionInput, TokenLayout
+from vrp.models.paths import model_source
 from vrp.models.qformer_fusion import frame_inputs
 
 FAMILY_TYPES = ("instructblipvideo", "llava_next_video", "llava_onevision")
@@ -62,13 +63,8 @@ def family_config(name_or_path: str | os.PathLike | None = None, config: dict | 
     """The family's transformers config from a folder / Hub name or a config dict (with ``model_type``)."""
     from transformers import AutoConfig
 
-    if (name_or_path is None) == (config is None):
-        raise ValueError("give exactly one of model_name_or_path or config")
-    cfg = (
-        AutoConfig.from_pretrained(str(local_folder(name_or_path)))
-        if config is None
-        else AutoConfig.for_model(**config)
-    )
+    source = model_source(None if name_or_path is None else str(name_or_path), config, "family")
+    cfg = AutoConfig.for_model(**config) if source is None else AutoConfig.from_pretrained(str(local_folder(source)))
     if cfg.model_type not in expect:
         raise ValueError(f"{name_or_path or 'config'} is a {cfg.model_type!r} model, not one of {list(expect)}")
     return cfg
@@ -165,10 +161,10 @@ def feature_layer(name_or_path: str | os.PathLike) -> int | None:
     return cfg.vision_feature_layer
 
 
-def frame_tokens(inputs: FusionInput, grid: tuple[int, int], num_prefix_tokens: int, num_frames: int) -> torch.Tensor:
+def frame_tokens(inputs: FusionInput, layout: TokenLayout, num_frames: int) -> torch.Tensor:
     """A family connector's visual tokens (B, T, N, D), after the frame checks (`frame_inputs`) and that T is the
     ``num_frames`` it was built for (the token count the LLM sees)."""
-    frame_inputs(inputs, grid, num_prefix_tokens)
+    frame_inputs(inputs, layout)
     T = inputs.visual.shape[1]
     if T != num_frames:
         raise ValueError(f"{T} frames given; this fusion was built for num_frames={num_frames}")

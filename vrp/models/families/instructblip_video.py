@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput, check_input
+from vrp.models.contracts import FusionInput, TokenLayout, check_input
 from vrp.models.families import family_config, frame_tokens, read_part
-from vrp.models.interop import load_blip2_qformer, qformer_kwargs_from_config, qformer_to_instructblip_state_dict
+from vrp.models.interop import load_blip2_qformer, qformer_config_from_hf, qformer_to_instructblip_state_dict
 from vrp.models.qformer import QFormer
 
 
@@ -31,9 +31,7 @@ class InstructBlipVideoFusion(nn.Module):
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         model_name_or_path: str | None = None,
         config: dict | None = None,
@@ -42,12 +40,11 @@ class InstructBlipVideoFusion(nn.Module):
         super().__init__()
         self.hf_config = family_config(model_name_or_path, config, expect=("instructblipvideo",))
         self.source = model_name_or_path
-        kwargs = qformer_kwargs_from_config(self.hf_config.to_dict())
-        memory_width = kwargs.pop("memory_width")
-        if memory_width != vision_width:
-            raise ValueError(f"the Q-Former reads {memory_width}-wide vision tokens, the encoder gives {vision_width}")
-        self.grid, self.num_prefix_tokens, self.num_frames = tuple(grid), num_prefix_tokens, num_frames
-        self.qformer = QFormer(memory_width, **kwargs)
+        memory_width, qformer = qformer_config_from_hf(self.hf_config.to_dict())
+        if memory_width != layout.width:
+            raise ValueError(f"the Q-Former reads {memory_width}-wide vision tokens, the encoder gives {layout.width}")
+        self.layout, self.num_frames = layout, num_frames
+        self.qformer = QFormer(memory_width, qformer)
         self.hidden_size = self.qformer.hidden_size
         self.output_dim = self.hf_config.text_config.hidden_size
         self.language_projection = nn.Linear(self.hidden_size, self.output_dim)
@@ -60,7 +57,7 @@ class InstructBlipVideoFusion(nn.Module):
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         """visual (B, T, N, D), instruction (B, L) -> (B, T*Q, D_llm)."""
         check_input(self, inputs)
-        visual = frame_tokens(inputs, self.grid, self.num_prefix_tokens, self.num_frames)
+        visual = frame_tokens(inputs, self.layout, self.num_frames)
         B, T = visual.shape[:2]
         text_ids = text_mask = None
         if inputs.text is not None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.models.contracts import FusionInput, check_input
+from vrp.models.contracts import FusionInput, TokenLayout, check_input
 from vrp.models.families import LLAVA_TYPES, family_config, frame_tokens, read_part
 
 
@@ -34,9 +34,7 @@ class LlavaVideoConnector(nn.Module):
 
     def __init__(
         self,
-        vision_width: int,
-        grid: tuple[int, int],
-        num_prefix_tokens: int,
+        layout: TokenLayout,
         *,
         model_name_or_path: str | None = None,
         config: dict | None = None,
@@ -46,16 +44,16 @@ class LlavaVideoConnector(nn.Module):
         cfg = self.hf_config = family_config(model_name_or_path, config, expect=LLAVA_TYPES)
         self.source = model_name_or_path
         self.onevision = cfg.model_type == "llava_onevision"
-        self.grid, self.num_prefix_tokens, self.num_frames = tuple(grid), num_prefix_tokens, num_frames
+        self.layout, self.num_frames = layout, num_frames
         self.drop_cls = cfg.vision_feature_select_strategy == "default"
-        if num_prefix_tokens != int(self.drop_cls):
+        if layout.num_prefix_tokens != int(self.drop_cls):
             raise ValueError(
-                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r} needs "
-                f"{int(self.drop_cls)} prefix token(s) before the patch grid; the encoder has {num_prefix_tokens}"
+                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r} needs {int(self.drop_cls)} "
+                f"prefix token(s) before the patch grid; the encoder has {layout.num_prefix_tokens}"
             )
-        if cfg.vision_config.hidden_size != vision_width:
-            raise ValueError(f"the projector reads {cfg.vision_config.hidden_size}-wide tokens, not {vision_width}")
-        gh, gw = self.grid
+        if cfg.vision_config.hidden_size != layout.width:
+            raise ValueError(f"the projector reads {cfg.vision_config.hidden_size}-wide tokens, not {layout.width}")
+        gh, gw = layout.grid
         if self.onevision:
             self.pooled = (math.ceil(gh / 2), math.ceil(gw / 2))
         else:
@@ -68,7 +66,7 @@ class LlavaVideoConnector(nn.Module):
 
         width = cfg.text_config.hidden_size
         bias = cfg.multimodal_projector_bias
-        self.linear_1 = nn.Linear(vision_width, width, bias=bias)
+        self.linear_1 = nn.Linear(layout.width, width, bias=bias)
         self.act = get_activation(cfg.projector_hidden_act)
         self.linear_2 = nn.Linear(width, width, bias=bias)
         newline = torch.randn(width) / math.sqrt(width)
@@ -96,10 +94,10 @@ class LlavaVideoConnector(nn.Module):
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         """visual (B, T, N, D) -> (B, T*P (+1), D_llm); padding frames are encoded like real ones (transformers)."""
         check_input(self, inputs)
-        visual = frame_tokens(inputs, self.grid, self.num_prefix_tokens, self.num_frames)
+        visual = frame_tokens(inputs, self.layout, self.num_frames)
         B, T = visual.shape[:2]
-        x = visual.flatten(0, 1)[:, self.num_prefix_tokens :]  # (B*T, gh*gw, D)
-        x = x.unflatten(1, self.grid).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
+        x = visual.flatten(0, 1)[:, self.layout.num_prefix_tokens :]  # (B*T, gh*gw, D)
+        x = x.unflatten(1, self.layout.grid).permute(0, 3, 1, 2)  # (B*T, D, gh, gw)
         if self.onevision:
             x = self.project(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B*T, D_llm, gh, gw)
             x = F.interpolate(x, size=self.pooled, mode="bilinear").flatten(2).transpose(1, 2)  # (B*T, P, D_llm)

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from data_modules.synthetic.questions import TYPES, Item
+from lab.synthetic.questions import TYPES, Item
 
 
 def _fit(train: list[Item]):

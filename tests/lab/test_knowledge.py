@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_modules.synthetic import knowledge as kn
-from data_modules.synthetic.questions import propose
-from data_modules.synthetic.simulator import simulate
-from data_modules.synthetic.writer import HORIZON, SPLITS, VideoJob, draw_scene
+from lab.synthetic import knowledge as kn
+from lab.synthetic.questions import propose
+from lab.synthetic.simulator import simulate
+from lab.synthetic.writer import HORIZON, SPLITS, VideoJob, draw_scene
 
 PER_SPLIT = 300  # benchmark videos compared per split of data seed 0
 

@@ -1,7 +1,7 @@
 """Run an ablation matrix on the embedded default and write the results table (Markdown + CSV).
 
-    python scripts/ablate.py [--steps 1000] [--pretrain-steps 250] [--only fusion_mlp,llm_frozen] [--jobs 2]
-                             [--overlays experiments/ablations] [--out runs/ablate] [-- --trainer.devices=2]
+    python -m lab ablate [--steps 1000] [--pretrain-steps 250] [--only fusion_mlp,llm_control] [--jobs 2]
+                         [--overlays experiments/ablations] [--out runs/ablate] [-- --trainer.devices=2]
 
 Each row is the embedded default plus one overlay from `--overlays` (the `baseline` row has none). A row runs stage 1
 (`experiments/embedded/pretrain.yaml` + overlay, `--pretrain-steps` steps) and then stage 2
@@ -188,11 +188,11 @@ def add_deltas(rows: list[dict], out: Path, stage2_reference: str) -> None:
             r[f"delta_{t}"] = round(paired_difference([q for q in mine if q["type"] == t], theirs)[0], 1)
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab ablate", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000, help="stage-2 steps per row")
     p.add_argument("--pretrain-steps", type=int, default=250, help="stage-1 steps per row (the default's own)")
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (each with 1/jobs of the CPU threads)")
@@ -244,7 +244,3 @@ def main() -> None:
             f"ablate: {len(failed)} row(s) failed ({', '.join(failed)}) and are not in the table; fix them and rerun "
             "with --resume to run only those"
         )
-
-
-if __name__ == "__main__":
-    main()

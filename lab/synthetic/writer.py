@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from data_modules.synthetic.baselines import blind_baselines
-from data_modules.synthetic.questions import TYPES, Candidate, Item, balance, captions, propose
-from data_modules.synthetic.render import render_frames
-from data_modules.synthetic.simulator import Scene, random_scene, simulate
-from data_modules.synthetic.tokenizer import build_tokenizer
 from data_modules.video import write_video
+from lab.synthetic.baselines import blind_baselines
+from lab.synthetic.questions import TYPES, Candidate, Item, balance, captions, propose
+from lab.synthetic.render import render_frames
+from lab.synthetic.simulator import Scene, random_scene, simulate
+from lab.synthetic.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def draw(
     rng: np.random.Generator, size: int, min_frames: int, max_frames: int, min_objects: int, max_objects: int
 ) -> tuple[Scene, int]:
     """A scene and its number of observed frames by the benchmark's rules, from ``rng`` (the knowledge corpus of
-    `data_modules.synthetic.knowledge` draws its own scenes with it too)."""
+    `lab.synthetic.knowledge` draws its own scenes with it too)."""
     num_frames = int(rng.integers(min_frames, max_frames + 1))
     scene = random_scene(rng, size=size, num_objects=int(rng.integers(min_objects, max_objects + 1)))
     return scene, num_frames

@@ -1,10 +1,11 @@
-"""scripts/ablate.py: a re-run row must not test a stale checkpoint left by an earlier run."""
+"""lab.ablate and lab.evidence: a re-run row must not test a stale checkpoint left by an earlier run; the tables."""
 
 from pathlib import Path
 
+from lab import ablate, evidence
 
-def test_fit_clears_the_rows_old_checkpoints(tmp_path, monkeypatch, load_script):
-    ablate = load_script("ablate")
+
+def test_fit_clears_the_rows_old_checkpoints(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(ablate.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     (tmp_path / "row" / "ckpt").mkdir(parents=True)
@@ -14,13 +15,12 @@ def test_fit_clears_the_rows_old_checkpoints(tmp_path, monkeypatch, load_script)
     assert "--trainer.max_steps=7" in calls[0]
 
 
-def test_evidence_table_side_by_side_with_intervals(tmp_path, capsys, load_script):
+def test_evidence_table_side_by_side_with_intervals(tmp_path, capsys):
     import json
 
     from vrp.evaluation.results import interval95
 
     assert interval95(50.0, 100) == 9.8 and interval95(100.0, 10) == 0.0
-    evidence = load_script("evidence")
     for name, acc in (("a", 60.0), ("b", 30.0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "test_results.json").write_text(
@@ -66,16 +66,15 @@ def test_paired_difference_by_hand():
         paired_difference(new, [{**r, "key": "other" + r["key"]} for r in ref])
 
 
-def test_deltas_against_the_reference_trained_the_same_way(tmp_path, load_script):
+def test_deltas_against_the_reference_trained_the_same_way(tmp_path):
     import json
 
-    ablate = load_script("ablate")
     types = ["temporal", "temporal", "descriptive", "descriptive"]
     results = {
         "baseline": [True, True, True, False],
         "skip_stage1": [True, False, True, False],
         "fusion_mlp": [False, False, True, True],
-        "identity_off": [True, False, True, False],
+        "vfm_random": [True, False, True, False],
     }
     for name, correct in results.items():
         (tmp_path / name).mkdir()
@@ -84,25 +83,24 @@ def test_deltas_against_the_reference_trained_the_same_way(tmp_path, load_script
         {"ablation": "baseline", "stage1": True},
         {"ablation": "skip_stage1", "stage1": False},
         {"ablation": "fusion_mlp", "stage1": False},
-        {"ablation": "identity_off", "stage1": True},
+        {"ablation": "vfm_random", "stage1": True},
     ]
     ablate.add_deltas(rows, tmp_path, "skip_stage1")
-    base, skip, mlp, ident = rows
+    base, skip, mlp, vfm = rows
     assert "vs" not in base
     assert skip["vs"] == "baseline" and skip["delta_overall"] == -25.0 and skip["delta_temporal"] == -50.0
     assert mlp["vs"] == "skip_stage1" and mlp["delta_overall"] == 0.0 and mlp["delta_descriptive"] == 50.0
-    assert ident["vs"] == "baseline" and ident["delta_temporal"] == -50.0 and ident["ci95_delta"] > 0
+    assert vfm["vs"] == "baseline" and vfm["delta_temporal"] == -50.0 and vfm["ci95_delta"] > 0
     rows = [{"ablation": "fusion_mlp", "stage1": False}, {"ablation": "baseline", "stage1": True}]
     ablate.add_deltas(rows, tmp_path, "skip_stage1")  # its stage-2 reference did not run: the baseline instead
     assert rows[0]["vs"] == "baseline" and rows[0]["delta_overall"] == -25.0
 
 
-def test_a_quiet_row_writes_its_log_and_names_it_when_it_fails(tmp_path, monkeypatch, load_script):
+def test_a_quiet_row_writes_its_log_and_names_it_when_it_fails(tmp_path, monkeypatch):
     import subprocess
 
     import pytest
 
-    ablate = load_script("ablate")
     seen = {}
 
     def fake(cmd, **kw):
@@ -117,12 +115,11 @@ def test_a_quiet_row_writes_its_log_and_names_it_when_it_fails(tmp_path, monkeyp
     assert seen["env"]["OMP_NUM_THREADS"] == "1" and log.read_text() == "boom\n"
 
 
-def test_a_failed_row_leaves_the_others_in_the_table_and_resume_reruns_only_it(tmp_path, monkeypatch, load_script):
+def test_a_failed_row_leaves_the_others_in_the_table_and_resume_reruns_only_it(tmp_path, monkeypatch):
     import json
 
     import pytest
 
-    ablate = load_script("ablate")
     (tmp_path / "overlays").mkdir()
     for name in ("good", "bad"):
         (tmp_path / "overlays" / f"{name}.yaml").write_text("model: {init_args: {lr: 1.0e-3}}\n")

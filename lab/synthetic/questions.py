@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_modules.synthetic.simulator import COLORS, SHAPES, Event, Scene, Trajectory, simulate
+from lab.synthetic.simulator import COLORS, SHAPES, Event, Scene, Trajectory, simulate
 
 TYPES = ("descriptive", "temporal", "explanatory", "predictive", "counterfactual")
 NUMBERS = ("zero", "one", "two", "three", "four", "five")

@@ -1,7 +1,7 @@
 """Per-type accuracy of one model on several evaluation sets side by side, with 95% intervals, chance and the gap.
 
-    python scripts/evidence.py --results test=runs/embedded/finetune --results fresh-4711=runs/evidence/fresh-4711
-                               [--target 25]
+    python -m lab evidence --results test=runs/embedded/finetune --results fresh-4711=runs/evidence/fresh-4711
+                           [--target 25]
 
 Each `--results NAME=DIR` names a folder holding a `test_results.json` (`vrp test` writes one; the newest below DIR
 is read, e.g. runs/embedded/finetune/test/version_N/). The interval is the
@@ -40,7 +40,7 @@ def table(results: dict[str, dict], target: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab evidence", description=__doc__.splitlines()[0])
     p.add_argument("--results", action="append", required=True, metavar="NAME=DIR")
     p.add_argument("--target", type=float, default=25.0, help="points above chance that earn a ✓")
     a = p.parse_args(argv)
@@ -59,7 +59,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {path}")
     print(table(results, a.target))
     print(f"\n± is the 95% interval; ✓: at least {a.target:g} points above chance.")
-
-
-if __name__ == "__main__":
-    main()

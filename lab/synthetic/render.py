@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_modules.synthetic.simulator import COLORS, Scene
+from lab.synthetic.simulator import COLORS, Scene
 
 BACKGROUND = (40, 40, 40)
 

@@ -1,6 +1,6 @@
 """Stage 0 of the embedded default: make the tiny backbones (small) foundation models before stages 1-2.
 
-Offline, no pretrained VFM or LLM can be downloaded, so `vrp prepare` pretrains the randomly initialised ones: the
+Offline, no pretrained VFM or LLM can be downloaded, so `python -m lab prepare` pretrains the randomly initialised ones: the
 ViT and the detector on the TRAIN scenes only, the LLM on scenes of its own; validation and test scenes are never
 read. Each result is saved in Hugging Face format over the random model (`<out>/vit`, `<out>/llm`) with a
 `stage0.json` report, then loaded by path like any real checkpoint.
@@ -9,7 +9,7 @@ read. Each result is saved in Hugging Face format over the random model (`<out>/
   object covering the patch centre (or background), from the training split's `boxes.json` object names; it stays
   frozen afterwards. Stages 1-2 never see a label.
 - LLM (`--llm-steps N`): next-token prediction on knowledge of the simulated world (`llm_stage0`): documents
-  written by `data_modules.synthetic.knowledge` about scenes of a seed stream of their own (never a train,
+  written by `lab.synthetic.knowledge` about scenes of a seed stream of their own (never a train,
   validation or test clip) that tell objects, motions, collisions and wall hits in order, their causes, what follows
   the state at the cut and what would have happened without an object, and ask no question; or, as a control, the
   same sentences shuffled across scenes. Held-out scenes of the stream give the held-out loss and a probe (does the
@@ -23,60 +23,64 @@ import functools
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.loop import train_steps
+
 BACKGROUND = 0  # class 0 of both heads; colours / shapes are 1-based in the vocabularies below
 
 
-def _train(
-    name: str,
-    params: list[nn.Parameter],
-    loss_of,
-    n: int,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    rng: random.Random,
-    log_every: int,
-    start: float,
-) -> list[float]:
-    """The stage-0 loop: AdamW with a one-cycle schedule over ``steps`` batches of indices into ``n`` examples (each
-    epoch a new permutation), ``loss_of(indices) -> loss``, gradients clipped at 1; returns the loss per step."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    order: list[int] = []
-    losses: list[float] = []
-    for step in range(1, steps + 1):
-        while len(order) < batch_size:
-            order += rng.sample(range(n), n)
-        loss = loss_of([order.pop() for _ in range(batch_size)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            recent = losses[-log_every:]
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How stage 0 trains one model: AdamW (weight decay 0.05) with a one-cycle schedule over ``steps`` batches of
+    ``batch_size`` examples, shuffled by ``seed``, the mean loss printed every ``log_every`` steps."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    log_every: int
+
+    def train(
+        self, name: str, params: list[nn.Parameter], loss_of: Callable[[list[int]], torch.Tensor], n: int, start: float
+    ) -> list[float]:
+        """The stage-0 loop over ``n`` examples, ``loss_of(indices) -> loss``; returns the loss per step."""
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.steps, pct_start=0.1)
+
+        def log(step: int, loss: float) -> None:
             print(
-                f"stage 0 ({name}): step {step}/{steps}  loss {sum(recent) / len(recent):.3f}  "
-                f"{time.time() - start:.0f} s",
-                flush=True,
+                f"stage 0 ({name}): step {step}/{self.steps}  loss {loss:.3f}  {time.time() - start:.0f} s", flush=True
             )
-    return losses
 
+        return train_steps(
+            loss_of,
+            n,
+            params,
+            opt,
+            sched,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            rng=random.Random(self.seed),
+            log_every=self.log_every,
+            log=log,
+        )
 
-def loss_ends(losses: list[float]) -> dict:
-    """The stage-0 report's mean loss over the first and the last 20 steps."""
-    return {
-        "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
-        "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
-    }
+    def report(self, losses: list[float], measures: dict, start: float) -> dict:
+        """The stage-0 report: the steps, the mean loss over the first and the last 20 steps, ``measures`` and the
+        seconds since ``start``."""
+        return {
+            "steps": self.steps,
+            "loss_start": round(sum(losses[:20]) / len(losses[:20]), 3),
+            "loss_end": round(sum(losses[-20:]) / len(losses[-20:]), 3),
+            **measures,
+            "seconds": round(time.time() - start, 1),
+        }
 
 
 def patch_labels(
@@ -152,11 +156,11 @@ def pretrain_vit(
 ) -> dict:
     """Train the ViT saved at ``vit_dir`` on per-patch colour + shape classification of training frames and save it
     back in place (Hugging Face format); returns {"steps", "loss_start", "loss_end", "patch_accuracy", "seconds"}."""
-    from data_modules.synthetic.simulator import COLORS, SHAPES
+    from lab.synthetic.simulator import COLORS, SHAPES
     from vrp.models.vision import HFVisionEncoder
 
+    schedule = Schedule(steps, batch_size, lr, seed, log_every)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     encoder = HFVisionEncoder(str(vit_dir), frozen=False)
     colours, shapes = list(COLORS), list(SHAPES)
     start = time.time()
@@ -185,18 +189,7 @@ def pretrain_vit(
         )
 
     encoder.train()
-    losses = _train(
-        "ViT",
-        params,
-        loss_of,
-        len(images),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        rng=rng,
-        log_every=log_every,
-        start=start,
-    )
+    losses = schedule.train("ViT", params, loss_of, len(images), start)
     encoder.eval()
     with torch.no_grad():  # colour + shape both right, on the object patches of the first 256 training frames
         idx = torch.arange(min(256, len(images)))
@@ -205,13 +198,7 @@ def pretrain_vit(
         hit = (heads["shape"](tokens).argmax(-1) == shape[idx]) & (heads["colour"](tokens).argmax(-1) == colour[idx])
         acc = float(hit[obj].float().mean()) if obj.any() else float("nan")
     encoder.backbone.save_pretrained(str(vit_dir))  # over the random ViT: configs keep loading it by path
-    report = {
-        "steps": steps,
-        **loss_ends(losses),
-        "patch_accuracy": round(acc, 3),
-        "frames": len(images),
-        "seconds": round(time.time() - start, 1),
-    }
+    report = schedule.report(losses, {"patch_accuracy": round(acc, 3), "frames": len(images)}, start)
     (Path(vit_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -257,8 +244,8 @@ def pretrain_detector(
     from vrp.models.detection import CenterNet
     from vrp.scoring.detection import TrackScore, score_tracks
 
+    schedule = Schedule(steps, batch_size, lr, seed, log_every)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     start = time.time()
     frames, boxes = detection_frames(data_root, frames_per_video, max_videos)
     held = min(held_out_videos, len(frames) // frames_per_video // 2) * frames_per_video
@@ -278,18 +265,7 @@ def pretrain_detector(
         return net.loss(images, targets)
 
     net.train()
-    losses = _train(
-        "detector",
-        list(net.parameters()),
-        loss_of,
-        len(train_frames),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        rng=rng,
-        log_every=log_every,
-        start=start,
-    )
+    losses = schedule.train("detector", list(net.parameters()), loss_of, len(train_frames), start)
     net.eval()
     score = TrackScore()
     for chunk in range(0, held, 64):
@@ -298,15 +274,8 @@ def pretrain_detector(
             score.add(score_tracks(det.boxes[None], truth[None]))  # one frame: precision, recall, IoU
     net.save_pretrained(out_dir)
     summary = score.summary()
-    report = {
-        "steps": steps,
-        **loss_ends(losses),
-        "held_out_precision": summary["precision"],
-        "held_out_recall": summary["recall"],
-        "held_out_mean_iou": summary["mean_iou"],
-        "frames": len(train_frames),
-        "seconds": round(time.time() - start, 1),
-    }
+    measures = {f"held_out_{k}": summary[k] for k in ("precision", "recall", "mean_iou")}
+    report = schedule.report(losses, {**measures, "frames": len(train_frames)}, start)
     (Path(out_dir) / "stage0.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -326,13 +295,13 @@ def llm_stage0(
     log_every: int = 100,
 ) -> dict:
     """Stage 0 of the LLM: `pretrain_llm` on the knowledge documents of ``scenes`` scenes of the knowledge stream of
-    ``seed`` (`data_modules.synthetic.knowledge`, drawn by the rules of ``data_root``'s meta.json when there is one),
+    ``seed`` (`lab.synthetic.knowledge`, drawn by the rules of ``data_root``'s meta.json when there is one),
     or on their control (the same sentences shuffled across scenes). Documents of further scenes of the stream,
     never trained on, give the held-out loss and the probe (`prefers_true`) whatever the corpus, so a knowledge and
     a control LLM are measured on the same text. Writes ``llm_dir/stage0.json`` and returns it."""
     from transformers import AutoTokenizer
 
-    from data_modules.synthetic import knowledge as kn
+    from lab.synthetic import knowledge as kn
 
     if corpus not in CORPORA:
         raise ValueError(f"unknown LLM corpus {corpus!r}; choose from {CORPORA}")
@@ -403,8 +372,8 @@ def pretrain_llm(
         raise ValueError(
             f"stage 0 of the LLM needs documents and held-out documents, got {len(documents)} and {len(held_out)}"
         )
+    schedule = Schedule(steps, batch_size, lr, seed, log_every)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     start = time.time()
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir))
@@ -432,35 +401,24 @@ def pretrain_llm(
 
     before = held_out_loss()
     model.train()
-    losses = _train(
+    losses = schedule.train(
         "LLM",
         list(model.parameters()),
         lambda idx: model(**batch([documents[i] for i in idx])).loss,
         len(documents),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        rng=rng,
-        log_every=log_every,
-        start=start,
+        start,
     )
     after = held_out_loss()
     model.save_pretrained(str(llm_dir))  # over the random LLM: configs keep loading it by path
     lengths = [len(ids) + 2 for ids in tok(documents, add_special_tokens=False)["input_ids"]]
-    return {
-        "steps": steps,
-        **loss_ends(losses),
-        "held_out_loss_start": before,
-        "held_out_loss": after,
-        "documents": len(documents),
-        "max_length": max_length,
-        "truncated": sum(n > max_length for n in lengths),
-        "seconds": round(time.time() - start, 1),
-    }
+    measures = {"held_out_loss_start": before, "held_out_loss": after, "documents": len(documents)}
+    return schedule.report(
+        losses, {**measures, "max_length": max_length, "truncated": sum(n > max_length for n in lengths)}, start
+    )
 
 
 def prefers_true(llm_dir: str | Path, items: list, batch_size: int = 16) -> dict:
-    """The knowledge probe: per kind of item (`data_modules.synthetic.knowledge.ProbeItem`), the share of items whose
+    """The knowledge probe: per kind of item (`lab.synthetic.knowledge.ProbeItem`), the share of items whose
     true sentence the LM at ``llm_dir`` finds likelier after the context than the wrong one, and the item count."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,16 +1,16 @@
-"""`python -m data_modules.synthetic --out DIR --videos N --seed S`: write the benchmark and print blind baselines."""
+"""`python -m lab data --out DIR --videos N --seed S`: write the synthetic benchmark and print its blind baselines."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from data_modules.synthetic.baselines import format_table
-from data_modules.synthetic.writer import generate
+from lab.synthetic.baselines import format_table
+from lab.synthetic.writer import generate
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data_modules.synthetic", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m lab data", description=__doc__)
     p.add_argument("--out", required=True, help="output root, e.g. data/synthetic")
     p.add_argument("--videos", type=int, required=True, help="total videos, split 80/10/10 into train/val/test")
     p.add_argument("--seed", type=int, required=True)
@@ -43,7 +43,3 @@ def main(argv: list[str] | None = None) -> None:
     for split, table in meta["baselines"].items():
         print(format_table(table, title=f"\nblind baselines on {split} (priors fitted on train)"))
     print(f"\nwrote {a.out} in {time.perf_counter() - start:.1f}s")
-
-
-if __name__ == "__main__":
-    main()

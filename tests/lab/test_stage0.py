@@ -8,7 +8,25 @@ import pytest
 import torch
 from tiny_assets import TINY_LLM, TINY_VIT
 
-from vrp.training.stage0 import patch_labels
+from lab import prepare, stage0
+from lab.stage0 import patch_labels
+from lab.synthetic import generate
+
+
+def _tiny_world(tmp_path, monkeypatch, *, seed: int, size: int) -> list[str]:
+    """Ten synthetic videos of ``size`` px under ``tmp_path/data``, and `prepare` building tiny backbones for them."""
+    generate(tmp_path / "data", videos=10, seed=seed, workers=1, size=size, min_frames=6, max_frames=8)
+    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": size})
+    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
+    return ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(tmp_path / "emb")]
+
+
+def _roots_read(monkeypatch, reader: str) -> list[str]:
+    """The data roots that stage 0's frame reader ``reader`` is called with from now on."""
+    read = []
+    real = getattr(stage0, reader)
+    monkeypatch.setattr(stage0, reader, lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
+    return read
 
 
 def test_patch_labels_mark_covered_patches_nearest_object_wins():
@@ -27,37 +45,19 @@ def test_patch_labels_mark_covered_patches_nearest_object_wins():
     assert colour.tolist() == [1, 0, 0, 0]
 
 
-def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, monkeypatch):
-    from data_modules.synthetic import generate
+def test_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, monkeypatch):
     from vrp.models import HFVisionEncoder
-    from vrp.tools import prepare
-    from vrp.training import stage0
 
-    generate(tmp_path / "data", videos=10, seed=2, workers=1, size=64, min_frames=6, max_frames=8)
-    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 64})
-    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
-    read = []
-    real = stage0.training_frames
-    monkeypatch.setattr(stage0, "training_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
+    backbones = _tiny_world(tmp_path, monkeypatch, seed=2, size=64)
+    read = _roots_read(monkeypatch, "training_frames")
     out = tmp_path / "emb"
-    prepare.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "0"])
+    prepare.main([*backbones, "--vit-steps", "0"])
     assert json.loads((out / "vit" / "stage0.json").read_text()) == {"steps": 0}  # random ViT, recorded
     with pytest.raises(SystemExit, match="--overwrite"):  # never trained on top of a kept random ViT silently
-        prepare.main(["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--vit-steps", "4"])
+        prepare.main([*backbones, "--vit-steps", "4"])
     (out / "vit" / "stage0.json").unlink()
     before = HFVisionEncoder(str(out / "vit")).backbone.state_dict()
-    prepare.main(
-        [
-            "--tokenizer",
-            str(tmp_path / "data" / "tokenizer"),
-            "--out",
-            str(out),
-            "--data",
-            str(tmp_path / "data"),
-            "--vit-steps",
-            "4",
-        ]
-    )
+    prepare.main([*backbones, "--data", str(tmp_path / "data"), "--vit-steps", "4"])
     report = json.loads((out / "vit" / "stage0.json").read_text())
     assert report["steps"] == 4 and report["frames"] > 0 and read == [str(tmp_path / "data")]
     after = HFVisionEncoder(str(out / "vit"))  # loads by path like any HF vision model, frozen
@@ -65,31 +65,15 @@ def test_vrp_prepare_runs_stage0_on_train_frames_and_saves_by_path(tmp_path, mon
     changed = [k for k, v in after.backbone.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the weights moved
     mtime = (out / "vit" / "stage0.json").stat().st_mtime
-    prepare.main(
-        [
-            "--tokenizer",
-            str(tmp_path / "data" / "tokenizer"),
-            "--out",
-            str(out),
-            "--data",
-            str(tmp_path / "data"),
-            "--vit-steps",
-            "4",
-        ]
-    )  # cached: not run again
+    prepare.main([*backbones, "--data", str(tmp_path / "data"), "--vit-steps", "4"])  # cached: not run again
     assert (out / "vit" / "stage0.json").stat().st_mtime == mtime
 
 
-def test_vrp_prepare_pretrains_the_llm_on_knowledge_or_control_and_saves_by_path(tmp_path, monkeypatch):
-    from data_modules.synthetic import generate
+def test_prepare_pretrains_the_llm_on_knowledge_or_control_and_saves_by_path(tmp_path, monkeypatch):
     from vrp.models import CausalLM
-    from vrp.tools import prepare
 
-    generate(tmp_path / "data", videos=10, seed=2, workers=1, size=32, min_frames=6, max_frames=8)
-    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 32})
-    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
+    args = [*_tiny_world(tmp_path, monkeypatch, seed=2, size=32), "--data", str(tmp_path / "data")]
     out = tmp_path / "emb"
-    args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
     prepare.main(args)
     before = CausalLM(str(out / "llm")).model.state_dict()
     knowledge = [*args, "--llm-corpus", "knowledge", "--llm-steps", "3", "--llm-scenes", "20"]
@@ -120,21 +104,13 @@ def test_vrp_prepare_pretrains_the_llm_on_knowledge_or_control_and_saves_by_path
     assert not (out / "llm" / "stage0.json").exists()
 
 
-def test_vrp_prepare_trains_the_detector_on_train_frames_and_it_loads_by_path(tmp_path, monkeypatch):
-    from data_modules.synthetic import generate
+def test_prepare_trains_the_detector_on_train_frames_and_it_loads_by_path(tmp_path, monkeypatch):
     from vrp.models.detection import CenterDetector
     from vrp.models.tracking import ObjectStage
-    from vrp.tools import prepare
-    from vrp.training import stage0
 
-    generate(tmp_path / "data", videos=10, seed=3, workers=1, size=64, min_frames=6, max_frames=8)
-    monkeypatch.setattr(prepare, "VIT", {**TINY_VIT, "image_size": 64})
-    monkeypatch.setattr(prepare, "LLM", TINY_LLM)
-    read = []
-    real = stage0.detection_frames
-    monkeypatch.setattr(stage0, "detection_frames", lambda root, *a, **k: read.append(str(root)) or real(root, *a, **k))
+    args = [*_tiny_world(tmp_path, monkeypatch, seed=3, size=64), "--data", str(tmp_path / "data")]
+    read = _roots_read(monkeypatch, "detection_frames")
     out = tmp_path / "emb"
-    args = ["--tokenizer", str(tmp_path / "data" / "tokenizer"), "--out", str(out), "--data", str(tmp_path / "data")]
     prepare.main([*args, "--detector-steps", "3"])
     report = json.loads((out / "detector" / "stage0.json").read_text())
     assert report["steps"] == 3 and report["frames"] > 0 and read == [str(tmp_path / "data")]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_modules.synthetic import generate
-from data_modules.synthetic.questions import WALL
-from data_modules.synthetic.simulator import Obj, Scene, simulate
-from data_modules.synthetic.writer import HORIZON, SPLITS, VideoJob, draw_scene
+from lab.synthetic import generate
+from lab.synthetic.questions import WALL
+from lab.synthetic.simulator import Obj, Scene, simulate
+from lab.synthetic.writer import HORIZON, SPLITS, VideoJob, draw_scene
 
 KW = dict(size=64, min_frames=12, max_frames=16, vocab_size=512)
 VIDEOS = 40
@@ -124,7 +124,7 @@ def test_labels_match_the_simulator(bench):
 
 
 def test_counterfactual_candidates_change_the_outcome():
-    from data_modules.synthetic.questions import propose
+    from lab.synthetic.questions import propose
 
     seen = 0
     for i in range(12):

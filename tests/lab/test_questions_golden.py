@@ -10,10 +10,10 @@ import json
 
 import numpy as np
 
-from data_modules.synthetic import generate
-from data_modules.synthetic.questions import propose
-from data_modules.synthetic.simulator import random_scene, simulate
-from data_modules.synthetic.writer import HORIZON
+from lab.synthetic import generate
+from lab.synthetic.questions import propose
+from lab.synthetic.simulator import random_scene, simulate
+from lab.synthetic.writer import HORIZON
 
 CANDIDATES_SHA256 = "2e837069fe7e170f31039f26517596f2bd2d5ba8031eb1615b6e08b091008677"
 MC_CSV_MD5 = "5442ec9f5ddcd96a9f2ca50663d7f5e9"  # train/mc.csv of generate(videos=40, seed=3, size=32, frames 16-20)

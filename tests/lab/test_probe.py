@@ -1,4 +1,4 @@
-"""scripts/probe.py: trains a stage-2 config on in-memory frozen features and prints per-template train/test accuracy."""
+"""lab.probe: trains a stage-2 config on in-memory frozen features and prints per-template train/test accuracy."""
 
 from __future__ import annotations
 
@@ -18,16 +18,13 @@ from tiny_assets import (
     synthetic_data,
 )
 
-
-@pytest.fixture(scope="module")
-def probe(load_script):
-    return load_script("probe")
+from lab import probe
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    from data_modules.synthetic import generate
-    from vrp.tools.prepare import save_random_backbones
+    from lab.prepare import save_random_backbones
+    from lab.synthetic import generate
 
     root = tmp_path_factory.mktemp("probe")
     generate(root / "data", videos=30, seed=0, workers=1)
@@ -48,7 +45,7 @@ def _table(text: str, split: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"(\S+) ([0-9.]+)", line.split(":", 1)[1])}
 
 
-def test_probe_prints_train_and_test_accuracy(probe, config, capsys):
+def test_probe_prints_train_and_test_accuracy(config, capsys):
     probe.main(["--config", str(config), "--eval-every", "3", "--eval-questions", "12"])
     out = capsys.readouterr().out
     assert "step 3" in out and "step 6" in out
@@ -57,7 +54,7 @@ def test_probe_prints_train_and_test_accuracy(probe, config, capsys):
         assert "[all]" in table and all(0.0 <= v <= 100.0 for v in table.values())
 
 
-def test_probe_filters_templates(probe, config, capsys):
+def test_probe_filters_templates(config, capsys):
     probe.main(
         [
             "--config",
@@ -76,6 +73,6 @@ def test_probe_filters_templates(probe, config, capsys):
     assert names and names <= {"count", "shape"}
 
 
-def test_probe_rejects_an_empty_selection(probe, config):
+def test_probe_rejects_an_empty_selection(config):
     with pytest.raises(SystemExit, match="no questions"):
         probe.main(["--config", str(config), "--templates", "no_such_template"])

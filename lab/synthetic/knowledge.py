@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_modules.synthetic import questions
-from data_modules.synthetic.questions import NUMBERS, SOON, _clear, _event_phrase, speed_change
-from data_modules.synthetic.simulator import Event, Scene, Trajectory, simulate
-from data_modules.synthetic.writer import HORIZON, draw
+from lab.synthetic import questions
+from lab.synthetic.questions import NUMBERS, SOON, _clear, _event_phrase, speed_change
+from lab.synthetic.simulator import Event, Scene, Trajectory, simulate
+from lab.synthetic.writer import HORIZON, draw
 
 KNOWLEDGE_STREAM = 0x6B6E6F77  # "know": where a benchmark video's seed sequence holds its split index (0, 1, 2)
 MAX_CHARS = 400  # a document's default length budget in characters (stage 0 counts tokens instead)

@@ -1,8 +1,8 @@
 """Fast learning probe: what can a stage-2 config learn, and how fast? Trains on frozen-encoder features held in memory.
 
-    python scripts/probe.py --config experiments/embedded/finetune.yaml [--config overlay.yaml ...]
-                            [--steps 1500] [--eval-every 500] [--eval-questions 600] [--templates count,color]
-                            [--types descriptive] [--blind] [--no-init]
+    python -m lab probe --config experiments/embedded/finetune.yaml [--config overlay.yaml ...]
+                        [--steps 1500] [--eval-every 500] [--eval-questions 600] [--templates count,color]
+                        [--types descriptive] [--blind] [--no-init]
 
 It builds the stage module and datamodule from the same YAMLs as `vrp fit` (overlays apply), reads every train and
 test video's frozen-encoder tokens ONCE (from the config's feature cache when it has one, as `vrp fit` does; else by
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from lab.loop import train_steps
 
 
 def _videos(records, loader, vision) -> dict[str, dict]:
@@ -80,7 +82,7 @@ def _batch(records, feats, collator, blind: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab probe", description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", required=True)
     p.add_argument("--steps", type=int, default=None, help="default: the config's trainer.max_steps")
     p.add_argument("--eval-every", type=int, default=500)
@@ -182,26 +184,27 @@ def main(argv: list[str] | None = None) -> None:
         acc.update({t: v for t, v in per_template.items() if t != "overall"})
         return {k: round(acc[k], 1) for k in sorted(acc)}
 
-    order: list[int] = []
-    losses: list[float] = []
+    def log(step: int, loss: float) -> None:
+        print(f"step {step}  loss {loss:.3f}  {time.time() - t0:.0f} s", flush=True)
+        for split in ("train", "test"):
+            print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
+
+    def loss_of(idx: list[int]) -> torch.Tensor:
+        return module.losses(_batch([train[i] for i in idx], feats, collator, a.blind))["loss"]
+
     t0 = time.time()
-    for step in range(1, total + 1):
-        if len(order) < dm.batch_size:
-            order += rng.sample(range(len(train)), len(train))
-        batch = _batch([train[order.pop()] for _ in range(dm.batch_size)], feats, collator, a.blind)
-        parts = module.losses(batch)
-        loss = parts["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if step % a.eval_every == 0 or step == total:
-            recent = losses[-a.eval_every :]
-            print(f"step {step}  loss {sum(recent) / len(recent):.3f}  {time.time() - t0:.0f} s", flush=True)
-            for split in ("train", "test"):
-                print(f"  {split}: " + "  ".join(f"{k} {v}" for k, v in evaluate(samples[split]).items()), flush=True)
+    train_steps(
+        loss_of,
+        len(train),
+        params,
+        optimizer,
+        scheduler,
+        steps=total,
+        batch_size=dm.batch_size,
+        rng=rng,
+        log_every=a.eval_every,
+        log=log,
+    )
 
 
 def _load_templates(dm) -> dict[str, str]:
@@ -211,13 +214,9 @@ def _load_templates(dm) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for split in ("train", "val", "test"):
-        path = Path(dm.synthetic_root) / split / "instructions.json"
+        path = Path(dm.root) / split / "instructions.json"
         if path.is_file():
             out.update(
                 {str(item["id"]): item["template"] for item in json.loads(path.read_text()) if "template" in item}
             )
     return out
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,12 @@
-"""`vrp prepare`: the embedded default's tiny backbones, randomly initialised ONCE and saved to a folder that configs
-load by path, then trained by stage 0.
+"""`python -m lab prepare`: the embedded default's tiny backbones, randomly initialised ONCE and saved to a folder
+that configs load by path, then trained by stage 0.
 
-`vrp prepare --tokenizer data/synthetic/tokenizer --out artifacts/embedded` writes
+`python -m lab prepare --tokenizer data/synthetic/tokenizer --out artifacts/embedded` writes
   <out>/vit/   a tiny HF ViT (save_pretrained + preprocessor_config.json)
   <out>/llm/   a tiny Llama (save_pretrained) with the synthetic tokenizer
 so stage 1, stage 2, export and inference rebuild identical frozen weights by path, exactly as with a real
 checkpoint. Deterministic from `seed`; re-running with existing output is a no-op unless `overwrite`.
-`--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`vrp.training.stage0`): per-patch
+`--vit-steps N` (with `--data`, the synthetic root) then runs stage 0 on the ViT (`lab.stage0`): per-patch
 colour and shape supervision on TRAIN frames, saved over <out>/vit with a <out>/vit/stage0.json report; skipped when
 that report exists. `--llm-steps N` does the same for the LLM: next-token training on `--llm-scenes` scenes of
 knowledge documents (`--llm-corpus knowledge`: scenes of a seed stream of their own, never a benchmark clip, told in
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from lab.stage0 import CORPORA, llm_stage0, pretrain_detector, pretrain_vit
 from vrp.models.constants import VIDEO_TOKEN
-from vrp.training.stage0 import CORPORA
 
 VIT = {
     "model_type": "vit",
@@ -96,7 +96,7 @@ def save_random_backbones(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vrp prepare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lab prepare", description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default="data/synthetic/tokenizer")
     p.add_argument("--out", default="artifacts/embedded")
     p.add_argument("--seed", type=int, default=0)
@@ -131,8 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     out = save_random_backbones(a.tokenizer, a.out, seed=a.seed, overwrite=a.overwrite)
     print(f"embedded backbones at {out}")
-    from vrp.training.stage0 import llm_stage0, pretrain_detector, pretrain_vit
-
     if _stage0_due(out / "vit", "ViT", "--vit-steps", a.vit_steps):
         report = pretrain_vit(out / "vit", a.data, steps=a.vit_steps, seed=a.seed)
         print(
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{report['held_out_loss_start']} -> {report['held_out_loss']}; probe (true preferred): {probe}"
         )
     if a.detector_steps is not None and a.detector_steps < 1:
-        raise SystemExit("vrp prepare: --detector-steps must be >= 1 (an untrained detector finds nothing)")
+        raise SystemExit("lab prepare: --detector-steps must be >= 1 (an untrained detector finds nothing)")
     if _stage0_due(out / "detector", "detector", "--detector-steps", a.detector_steps):
         report = pretrain_detector(out / "detector", a.data, steps=a.detector_steps, seed=a.seed)
         print(
@@ -177,7 +175,7 @@ def _stage0_due(folder: Path, name: str, flag: str, steps: int | None, settings:
         if done != steps or other:
             held = ", ".join(f"{k} {v}" for k, v in other.items()) or f"{done} steps, not {flag} {steps}"
             raise SystemExit(
-                f"vrp prepare: {folder} holds a {name} from stage 0 with {held}; add --overwrite to rebuild the backbones"
+                f"lab prepare: {folder} holds a {name} from stage 0 with {held}; add --overwrite to rebuild the backbones"
             )
         return False
     if steps == 0:
