@@ -6,8 +6,13 @@ from functools import partial
 
 import pytest
 import torch
-from tiny_assets import word_tokenizer
+from tiny_assets import TINY_LLM, TINY_VIT, word_tokenizer
 from transformers import PreTrainedTokenizerFast
+
+from vrp.models.connectors import MLPConnector, PoolOptions
+from vrp.models.llm import CausalLM
+from vrp.models.reasoner import VideoReasoner
+from vrp.models.vision import HFVisionEncoder
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -32,26 +37,9 @@ def tokenizer(tokenizer_dir):
 
 def make_reasoner(tokenizer_dir: str, seed: int = 0):
     """A tiny VideoReasoner (tiny ViT on 16x16 frames, MLP connector with 2 tokens, tiny Llama), eval mode."""
-    from lab.backbones import tiny_vit_config
-    from vrp.models.connectors import MLPConnector, PoolOptions
-    from vrp.models.llm import CausalLM
-    from vrp.models.reasoner import VideoReasoner
-    from vrp.models.vision import HFVisionEncoder
-
     torch.manual_seed(seed)
-    vision = HFVisionEncoder(config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=32, num_heads=2))
-    llm = CausalLM(
-        config={
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 256,
-        },
-        tokenizer=tokenizer_dir,
-    )
+    vision = HFVisionEncoder(config={**TINY_VIT, "image_size": 16})
+    llm = CausalLM(config={**TINY_LLM, "max_position_embeddings": 256}, tokenizer=tokenizer_dir)
     fusion = partial(MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 1)))
     return VideoReasoner(vision, fusion, llm).eval()
 

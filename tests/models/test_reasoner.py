@@ -2,8 +2,8 @@ from functools import partial
 
 import pytest
 import torch
+from tiny_assets import TINY_LLM, TINY_VIT
 
-from lab.backbones import tiny_llama_config, tiny_vit_config
 from vrp.models import (
     CausalLM,
     HFVisionEncoder,
@@ -21,12 +21,8 @@ def build(
     tokenizer_dir, seed=0, fusion=partial(MLPConnector, pool=PoolOptions(temporal_bins=2, spatial_size=(1, 2))), **modes
 ):
     torch.manual_seed(seed)
-    vision = HFVisionEncoder(
-        config=tiny_vit_config(image_size=SIZE, patch_size=8, hidden_size=32, num_layers=1, num_heads=2)
-    )
-    llm = CausalLM(
-        config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir), lora_rank=4
-    )
+    vision = HFVisionEncoder(config={**TINY_VIT, "image_size": SIZE})
+    llm = CausalLM(config={**TINY_LLM, "hidden_size": 64}, tokenizer=str(tokenizer_dir), lora_rank=4)  # != vision width
     return VideoReasoner(vision, fusion, llm, **modes)
 
 

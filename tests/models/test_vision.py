@@ -2,21 +2,21 @@ import re
 
 import pytest
 import torch
+from tiny_assets import TINY_VIT
 
-from lab.backbones import tiny_vit_config
 from vrp.models.vision import HFVisionEncoder, OpenClipVisionEncoder, transformer_blocks
 
 
 def test_tiny_vit_shapes_and_attributes():
-    enc = HFVisionEncoder(config=tiny_vit_config(image_size=32, patch_size=8, hidden_size=64))
-    assert (enc.width, enc.grid, enc.num_prefix_tokens, enc.image_size) == (64, (4, 4), 1, 32)
+    enc = HFVisionEncoder(config=TINY_VIT)  # 32x32 images, 8x8 patches, width 32
+    assert (enc.width, enc.grid, enc.num_prefix_tokens, enc.image_size) == (32, (4, 4), 1, 32)
     assert len(enc.mean) == len(enc.std) == 3
     out = enc(torch.randn(2, 3, 3, 32, 32))
-    assert out.shape == (2, 3, 17, 64)
+    assert out.shape == (2, 3, 17, 32)
 
 
 def test_frozen_by_default_and_stays_eval():
-    enc = HFVisionEncoder(config=tiny_vit_config())
+    enc = HFVisionEncoder(config=TINY_VIT)
     assert not any(p.requires_grad for p in enc.parameters())
     enc.train()
     assert enc.training and not enc.backbone.training
@@ -25,7 +25,7 @@ def test_frozen_by_default_and_stays_eval():
 
 def test_chunked_encoding_matches_single_pass():
     torch.manual_seed(0)
-    enc = HFVisionEncoder(config=tiny_vit_config(), chunk_size=64)
+    enc = HFVisionEncoder(config=TINY_VIT, chunk_size=64)
     video = torch.randn(2, 3, 3, 32, 32)
     full = enc(video)
     enc.chunk_size = 2
@@ -33,7 +33,9 @@ def test_chunked_encoding_matches_single_pass():
 
 
 def test_unfreeze_last_block_trains_only_that_block():
-    enc = HFVisionEncoder(config=tiny_vit_config(num_layers=3), unfreeze_last_blocks=1, gradient_checkpointing=True)
+    enc = HFVisionEncoder(
+        config={**TINY_VIT, "num_hidden_layers": 3}, unfreeze_last_blocks=1, gradient_checkpointing=True
+    )
     blocks = transformer_blocks(enc.backbone)
     assert len(blocks) == 3
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
@@ -48,12 +50,12 @@ def test_unfreeze_last_block_trains_only_that_block():
 
 
 def test_unfreeze_all_and_bad_block_count():
-    enc = HFVisionEncoder(config=tiny_vit_config())
+    enc = HFVisionEncoder(config=TINY_VIT)
     enc.unfreeze()
     enc(torch.randn(1, 1, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in enc.parameters())  # pooler removed: every weight is in the graph
     with pytest.raises(ValueError, match="unfreeze_last_blocks=5"):
-        HFVisionEncoder(config=tiny_vit_config(num_layers=2), unfreeze_last_blocks=5)
+        HFVisionEncoder(config={**TINY_VIT, "num_hidden_layers": 2}, unfreeze_last_blocks=5)
 
 
 def test_config_needs_model_type():
@@ -62,13 +64,13 @@ def test_config_needs_model_type():
 
 
 def test_image_size_override_interpolates_positions():
-    enc = HFVisionEncoder(config=tiny_vit_config(image_size=32, patch_size=8), image_size=48)
+    enc = HFVisionEncoder(config=TINY_VIT, image_size=48)
     assert enc.grid == (6, 6)
-    assert enc(torch.randn(1, 2, 3, 48, 48)).shape == (1, 2, 37, 64)
+    assert enc(torch.randn(1, 2, 3, 48, 48)).shape == (1, 2, 37, 32)
 
 
 def test_bfloat16_backbone_returns_input_dtype():
-    enc = HFVisionEncoder(config=tiny_vit_config(), dtype="bfloat16")
+    enc = HFVisionEncoder(config=TINY_VIT, dtype="bfloat16")
     assert next(enc.backbone.parameters()).dtype == torch.bfloat16
     assert enc(torch.randn(1, 2, 3, 32, 32)).dtype == torch.float32
 
@@ -151,7 +153,7 @@ def test_loading_says_nothing_of_unused_weights_and_names_used_missing_ones(tmp_
     from safetensors.torch import load_file, save_file
     from transformers import ViTConfig, ViTModel
 
-    vit = ViTModel(ViTConfig(**{k: v for k, v in tiny_vit_config().items() if k != "model_type"}))
+    vit = ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"}))
     vit.save_pretrained(tmp_path / "vit")
     weights = load_file(tmp_path / "vit" / "model.safetensors")
     save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, tmp_path / "vit" / "model.safetensors")

@@ -161,6 +161,46 @@ def feature_layer(name_or_path: str | os.PathLike) -> int | None:
     return cfg.vision_feature_layer
 
 
+class FamilyConnector(nn.Module):
+    """A released family's connector as a vrp fusion: (B, T, N, D) -> (B, T * tokens per frame (+ extra), D_llm).
+
+    ``model_name_or_path``: a folder or Hub name of the family (its connector weights load); ``config``: the family's
+    config as a dict (``model_type`` one of the subclass's ``model_types``), random weights; exactly one.
+    ``num_frames`` fixes T, the token count the LLM sees (None: the family processor's default, ``default_num_frames``).
+    A subclass builds its layers from the transformers config (`build`) and reads its tensors from the folder (`load`).
+    """
+
+    model_types: tuple[str, ...]
+    default_num_frames: int
+    supports_text: bool
+
+    def __init__(
+        self,
+        layout: TokenLayout,
+        *,
+        model_name_or_path: str | None = None,
+        config: dict | None = None,
+        num_frames: int | None = None,
+    ):
+        super().__init__()
+        self.hf_config = family_config(model_name_or_path, config, expect=self.model_types)
+        self.source = model_name_or_path
+        self.layout = layout
+        self.num_frames = self.default_num_frames if num_frames is None else num_frames
+        self.build(self.hf_config)
+        if self.source is not None:
+            self.load(self.source)
+
+    def build(self, cfg) -> None:
+        """Create the layers from the family's transformers config; set ``hidden_size``, ``output_dim`` and
+        ``num_output_tokens``."""
+        raise NotImplementedError
+
+    def load(self, source: str) -> None:
+        """Load the connector's tensors from the family folder / Hub name (`read_part`)."""
+        raise NotImplementedError
+
+
 def frame_tokens(inputs: FusionInput, layout: TokenLayout, num_frames: int) -> torch.Tensor:
     """A family connector's visual tokens (B, T, N, D), after the frame checks (`frame_inputs`) and that T is the
     ``num_frames`` it was built for (the token count the LLM sees)."""

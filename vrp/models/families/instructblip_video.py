@@ -12,47 +12,41 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vrp.models.contracts import FusionInput, TokenLayout, check_input
-from vrp.models.families import family_config, frame_tokens, read_part
+from vrp.models.contracts import FusionInput, check_input
+from vrp.models.families import FamilyConnector, frame_tokens, read_part
 from vrp.models.interop import load_blip2_qformer, qformer_config_from_hf, qformer_to_instructblip_state_dict
 from vrp.models.qformer import QFormer
 
 
-class InstructBlipVideoFusion(nn.Module):
+class InstructBlipVideoFusion(FamilyConnector):
     """Per-frame Q-Former reading the instruction, then the language projection: (B, T, N, D) -> (B, T*Q, D_llm).
 
     ``model_name_or_path``: an `InstructBlipVideoForConditionalGeneration` folder or Hub name (its Q-Former, query
     tokens and language projection load); ``config``: its config as a dict (``model_type: instructblipvideo``),
-    random weights; exactly one. ``num_frames`` fixes T (the token count the LLM sees). Padding frames are encoded
+    random weights; exactly one. ``num_frames`` fixes T (None: 4, the released processor's). Padding frames are encoded
     like real ones, as transformers does. Without ``inputs.text`` the queries read the frames alone.
     """
 
+    model_types = ("instructblipvideo",)
+    default_num_frames = 4
     supports_text = True
 
-    def __init__(
-        self,
-        layout: TokenLayout,
-        *,
-        model_name_or_path: str | None = None,
-        config: dict | None = None,
-        num_frames: int = 4,
-    ):
-        super().__init__()
-        self.hf_config = family_config(model_name_or_path, config, expect=("instructblipvideo",))
-        self.source = model_name_or_path
-        memory_width, qformer = qformer_config_from_hf(self.hf_config.to_dict())
-        if memory_width != layout.width:
-            raise ValueError(f"the Q-Former reads {memory_width}-wide vision tokens, the encoder gives {layout.width}")
-        self.layout, self.num_frames = layout, num_frames
+    def build(self, cfg) -> None:
+        memory_width, qformer = qformer_config_from_hf(cfg.to_dict())
+        if memory_width != self.layout.width:
+            raise ValueError(
+                f"the Q-Former reads {memory_width}-wide vision tokens, the encoder gives {self.layout.width}"
+            )
         self.qformer = QFormer(memory_width, qformer)
         self.hidden_size = self.qformer.hidden_size
-        self.output_dim = self.hf_config.text_config.hidden_size
+        self.output_dim = cfg.text_config.hidden_size
         self.language_projection = nn.Linear(self.hidden_size, self.output_dim)
         self.num_query_tokens = self.qformer.num_query_tokens
-        self.num_output_tokens = num_frames * self.num_query_tokens
-        if self.source is not None:
-            renames = [(p, p) for p in ("qformer.", "query_tokens", "language_projection.")]
-            load_blip2_qformer(self.qformer, read_part(self.source, renames), projection=self.language_projection)
+        self.num_output_tokens = self.num_frames * self.num_query_tokens
+
+    def load(self, source: str) -> None:
+        renames = [(p, p) for p in ("qformer.", "query_tokens", "language_projection.")]
+        load_blip2_qformer(self.qformer, read_part(source, renames), projection=self.language_projection)
 
     def forward(self, inputs: FusionInput) -> torch.Tensor:
         """visual (B, T, N, D), instruction (B, L) -> (B, T*Q, D_llm)."""

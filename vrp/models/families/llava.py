@@ -18,33 +18,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vrp.models.contracts import FusionInput, TokenLayout, check_input
-from vrp.models.families import LLAVA_TYPES, family_config, frame_tokens, read_part
+from vrp.models.contracts import FusionInput, check_input
+from vrp.models.families import LLAVA_TYPES, FamilyConnector, frame_tokens, read_part
 
 
-class LlavaVideoConnector(nn.Module):
+class LlavaVideoConnector(FamilyConnector):
     """LLaVA-NeXT-Video / LLaVA-OneVision video connector: (B, T, N, D) -> (B, T*P (+1), D_llm).
 
     ``model_name_or_path``: a `LlavaNextVideoForConditionalGeneration` / `LlavaOnevisionForConditionalGeneration`
     folder or Hub name (projector and newline load); ``config``: such a config as a dict (random weights).
-    ``num_frames`` fixes T (the token count the LLM sees).
+    ``num_frames`` fixes T, the token count the LLM sees (None: 8).
     """
 
+    model_types = LLAVA_TYPES
+    default_num_frames = 8
     supports_text = False
 
-    def __init__(
-        self,
-        layout: TokenLayout,
-        *,
-        model_name_or_path: str | None = None,
-        config: dict | None = None,
-        num_frames: int = 8,
-    ):
-        super().__init__()
-        cfg = self.hf_config = family_config(model_name_or_path, config, expect=LLAVA_TYPES)
-        self.source = model_name_or_path
+    def build(self, cfg) -> None:
+        layout = self.layout
         self.onevision = cfg.model_type == "llava_onevision"
-        self.layout, self.num_frames = layout, num_frames
         self.drop_cls = cfg.vision_feature_select_strategy == "default"
         if layout.num_prefix_tokens != int(self.drop_cls):
             raise ValueError(
@@ -75,18 +67,16 @@ class LlavaVideoConnector(nn.Module):
         else:
             self.register_buffer("image_newline", newline)
         self.output_dim = self.hidden_size = width
-        self.num_output_tokens = num_frames * self.pooled[0] * self.pooled[1] + int(self.onevision)
-        if self.source is not None:
-            state = read_part(
-                self.source,
-                [
-                    ("model.multi_modal_projector.", ""),
-                    ("multi_modal_projector.", ""),
-                    ("model.image_newline", "image_newline"),
-                    ("image_newline", "image_newline"),
-                ],
-            )
-            self.load_state_dict(state, strict=True)
+        self.num_output_tokens = self.num_frames * self.pooled[0] * self.pooled[1] + int(self.onevision)
+
+    def load(self, source: str) -> None:
+        renames = [
+            ("model.multi_modal_projector.", ""),
+            ("multi_modal_projector.", ""),
+            ("model.image_newline", "image_newline"),
+            ("image_newline", "image_newline"),
+        ]
+        self.load_state_dict(read_part(source, renames), strict=True)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
