@@ -1,8 +1,8 @@
 """Stage 0 of the embedded default: make the tiny backbones (small) foundation models before stages 1-2.
 
-Offline, no pretrained VFM or LLM can be downloaded, so `python -m lab prepare` pretrains the randomly initialised ones: the
-ViT and the detector on the TRAIN scenes only, the LLM on scenes of its own; validation and test scenes are never
-read. Each result is saved in Hugging Face format over the random model (`<out>/vit`, `<out>/llm`) with a
+Offline, no pretrained VFM or LLM can be downloaded, so `python -m lab prepare` pretrains the randomly initialised
+ones: the ViT and the detector on the TRAIN scenes only, the LLM on scenes of its own; validation and test scenes are
+never read. Each result is saved in Hugging Face format over the random model (`<out>/vit`, `<out>/llm`) with a
 `stage0.json` report, then loaded by path like any real checkpoint.
 
 - ViT (`--vit-steps N`): supervised per patch with what the simulator drew there, the colour and the shape of the
@@ -239,8 +239,8 @@ def pretrain_detector(
 ) -> dict:
     """Train the embedded detector (`vrp.models.detection.CenterNet`) on TRAIN frames with their boxes as labels
     (random horizontal flips), then save it to ``out_dir``; the last ``held_out_videos`` train videos (at most half
-    of them) are kept out of training and give the report's precision, recall (IoU >= 0.5) and mean IoU. Returns the report, also written to
-    ``out_dir/stage0.json``."""
+    of them) are kept out of training and give the report's precision, recall (IoU >= 0.5) and mean IoU. Returns
+    the report, also written to ``out_dir/stage0.json``."""
     from vrp.models.detection import CenterNet
     from vrp.scoring.detection import TrackScore, score_tracks
 

@@ -28,7 +28,6 @@ from data_modules.sources import (
     Record,
     VideoChat2Instructions,
 )
-from lab.backbones import tiny_vit_config
 from vrp.evaluation.baselines import BlindFusion, MiddleFrame
 from vrp.evaluation.holdout import HoldOutTypes
 from vrp.models.connectors import LinearConnector, MLPConnector, PerceiverResampler, PoolingConnector, PoolOptions
@@ -111,9 +110,7 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1},
 }
 ENCODERS = {
-    "HFVisionEncoder": lambda: HFVisionEncoder(
-        config=tiny_vit_config(image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2)
-    ),
+    "HFVisionEncoder": lambda: HFVisionEncoder(config={**tiny_assets.TINY_VIT, "image_size": 16, "hidden_size": 16}),
     "OpenClipVisionEncoder": lambda: OpenClipVisionEncoder("vrp-contracts-tiny-clip", model_config=TINY_CLIP),
 }
 
@@ -145,6 +142,22 @@ def test_every_fusion_and_encoder_class_has_a_row():
     assert found == listed, f"classes without a contract row: {sorted(c.__name__ for c in found - listed)}"
     encoders = _classes(vrp.models, lambda c: issubclass(c, nn.Module) and c.__module__ == "vrp.models.vision")
     assert {c.__name__ for c in encoders} == set(ENCODERS)
+
+
+@pytest.mark.parametrize(
+    "fusion, config, frames",
+    [(InstructBlipVideoFusion, TINY_INSTRUCTBLIP_VIDEO, 4), (LlavaVideoConnector, TINY_LLAVA_NEXT_VIDEO, 8)],
+)
+def test_family_connector_frames_default_to_the_family_and_are_checked(fusion, config, frames):
+    """``num_frames`` left out is the family's own (4: InstructBLIP-Video's processor, 8: LLaVA's), and fixes the
+    token count; other clip lengths are refused."""
+    layout = TokenLayout(D, GRID, PREFIX)
+    default, given = fusion(layout, config=config), fusion(layout, config=config, num_frames=T)
+    assert default.num_frames == frames and given.num_frames == T
+    assert default.num_output_tokens * T == given.num_output_tokens * frames
+    assert default(FusionInput(torch.randn(2, frames, N, D))).shape[1] == default.num_output_tokens
+    with pytest.raises(ValueError, match=f"built for num_frames={frames}"):
+        default(FusionInput(torch.randn(2, T, N, D)))
 
 
 def _inputs(B: int = 2) -> FusionInput:

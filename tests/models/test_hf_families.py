@@ -9,10 +9,10 @@ from functools import partial
 import hf_tiny
 import pytest
 import torch
+from tiny_assets import TINY_VIT
 from transformers import AutoProcessor
 
 from data_modules.transforms import VideoTransform
-from lab.backbones import tiny_vit_config
 from vrp.models import (
     CausalLM,
     HFVisionEncoder,
@@ -148,7 +148,7 @@ def test_processor_pixels_equal_vrp_data_path(family):
 def test_export_refuses_a_model_without_twin(family, tmp_path):
     name, folder = family
     model = VideoReasoner(
-        HFVisionEncoder(config=tiny_vit_config(image_size=32, patch_size=8, hidden_size=32, num_layers=1)),
+        HFVisionEncoder(config=TINY_VIT),
         partial(MLPConnector, pool=PoolOptions(temporal_bins=1, spatial_size=(1, 1)), output_dim=32),
         CausalLM(str(folder)),
     )

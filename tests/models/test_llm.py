@@ -1,14 +1,14 @@
 import pytest
 import torch
+from tiny_assets import TINY_LLM
 
-from lab.backbones import tiny_llama_config
 from vrp.models.llm import CausalLM
 
 
 @pytest.fixture(scope="module")
 def llm(tokenizer_dir):
     torch.manual_seed(0)
-    return CausalLM(config=tiny_llama_config(hidden_size=64, num_layers=2, num_heads=4), tokenizer=str(tokenizer_dir))
+    return CausalLM(config={**TINY_LLM, "hidden_size": 64}, tokenizer=str(tokenizer_dir))
 
 
 def test_tiny_llama_from_config_takes_vocab_from_tokenizer(llm):
@@ -22,9 +22,7 @@ def test_tiny_llama_from_config_takes_vocab_from_tokenizer(llm):
 
 def test_missing_video_token_is_added_and_embeddings_resized(tmp_path, make_tokenizer):
     tok_dir = make_tokenizer(tmp_path, video_token=False)
-    llm = CausalLM(
-        config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2), tokenizer=str(tok_dir), dtype="float32"
-    )
+    llm = CausalLM(config=TINY_LLM, tokenizer=str(tok_dir), dtype="float32")
     assert llm.tokenizer.convert_tokens_to_ids("<video>") == llm.video_token_id == len(llm.tokenizer) - 1
     assert llm.model.get_input_embeddings().num_embeddings >= len(llm.tokenizer)
     assert llm.tokenizer("<video> what", add_special_tokens=False).input_ids[0] == llm.video_token_id
@@ -32,7 +30,7 @@ def test_missing_video_token_is_added_and_embeddings_resized(tmp_path, make_toke
 
 def test_config_route_needs_tokenizer_and_model_type(tokenizer_dir):
     with pytest.raises(ValueError, match="tokenizer"):
-        CausalLM(config=tiny_llama_config())
+        CausalLM(config=TINY_LLM)
     with pytest.raises(ValueError, match="model_type"):
         CausalLM(config={"hidden_size": 32}, tokenizer=str(tokenizer_dir))
 
@@ -67,7 +65,7 @@ def test_generate_returns_only_new_tokens(llm):
 
 def test_lora_trains_only_adapters_on_target_modules(tokenizer_dir):
     llm = CausalLM(
-        config=tiny_llama_config(hidden_size=32, num_layers=1, num_heads=2),
+        config=TINY_LLM,
         tokenizer=str(tokenizer_dir),
         lora_rank=4,
         lora_target_modules=["q_proj", "o_proj"],
