@@ -2,7 +2,9 @@
 
 Reading is built to take a few frames from a clip without decoding all of it:
 
-- frame-threaded decoding (``thread_type = "AUTO"``);
+- one decoding thread by default: DataLoader workers already decode clips in parallel, and FFmpeg's frame threads,
+  stopped before the end of a stream as sampled decoding does, are a known source of decoder hangs in such workers
+  (``threads > 1`` turns frame + slice threading on, e.g. for a long video read in the main process);
 - a seek to the keyframe before the next wanted time only when that keyframe lies beyond the frames decoded so far
   (otherwise decoding forward is cheaper); keyframe times come from the container index when it has one, else from
   the keyframes seen while decoding;
@@ -79,7 +81,7 @@ def read_video(
     pad: Literal["repeat", "zero"] = "repeat",
     generator: torch.Generator | None = None,
     name: str | None = None,
-    threads: int = 0,
+    threads: int = 1,
 ) -> DecodedClip:
     """Decode ``num_frames`` frames of the window ``[start_sec, end_sec)`` of a video.
 
@@ -89,7 +91,7 @@ def read_video(
     in order, then padding (``pad="repeat"`` repeats the last frame, ``"zero"`` adds black frames) marked False in
     ``frame_mask``. ``short_side`` resizes so the shorter side has that many pixels, keeping the aspect ratio.
     Frames come out upright: the stream's rotation (display matrix) is applied. ``threads`` is the number of FFmpeg
-    decoding threads (0: one per core; use 1 or 2 in DataLoader workers so that workers x threads fits the cores).
+    decoding threads (1: decode on the calling thread, what DataLoader workers should use; 0: one per core).
 
     Any unreadable input raises ``VideoReadError`` naming ``name`` (default: the path) and the reason.
     """

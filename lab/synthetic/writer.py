@@ -138,7 +138,9 @@ def generate(
             for i in range(sizes[split])
         ]
     if workers > 1:
-        with mp.get_context("spawn" if mp.get_start_method() != "fork" else "fork").Pool(workers) as pool:
+        # spawn, not fork: a forked child inherits whatever locks the parent's threads (torch, FFmpeg) held at the
+        # fork, and one such child hung a CI run's generate(); the jobs are small tuples, so spawning costs an import
+        with mp.get_context("spawn").Pool(workers) as pool:
             records = pool.map(make_video, jobs, chunksize=8)
     else:
         records = [make_video(j) for j in jobs]

@@ -166,6 +166,17 @@ def test_frames_equal_a_full_decode(clip):
         assert np.abs(out.frames.numpy().astype(int) - reference[idx].astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+def test_decoding_threads_return_the_same_frames(clip, threads):
+    """The default decodes on the calling thread; FFmpeg's frame + slice threads (threads != 1), seeking and stopping
+    before the end as sampled decoding does, must return the same frames."""
+    for seed in range(3):
+        pick = dict(num_frames=8, sampling="segment")
+        one = read_video(clip, **pick, generator=torch.Generator().manual_seed(seed))
+        many = read_video(clip, **pick, generator=torch.Generator().manual_seed(seed), threads=threads)
+        assert torch.equal(one.timestamps, many.timestamps) and torch.equal(one.frames, many.frames)
+
+
 def test_segment_is_random_within_segments_and_seeded(clip):
     picks = [
         frame_index(read_video(clip, 4, sampling="segment", generator=torch.Generator().manual_seed(s)).frames)
