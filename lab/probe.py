@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
             f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
             "--config experiments/baselines/blind.yaml instead"
         )
+    if module.hparams.init_from:  # what a fresh `vrp fit` does in setup("fit"), which the probe never calls
+        loaded, fresh = module.init_from_stage1()
+        print(
+            f"stage 1: {len(loaded)} tensors from {module.hparams.init_from}, {len(fresh)} kept their own", flush=True
+        )
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     vision = model.vision.eval()

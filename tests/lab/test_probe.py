@@ -73,6 +73,25 @@ def test_probe_filters_templates(config, capsys):
     assert names and names <= {"count", "shape"}
 
 
+def test_probe_starts_from_the_stage1_checkpoint_unless_told_not_to(config, monkeypatch, capsys):
+    """`init_from` is read in `setup("fit")`, which the probe does not run: it must load it itself."""
+    from vrp.training import InstructionTuning
+
+    calls = []
+    monkeypatch.setattr(
+        InstructionTuning, "init_from_stage1", lambda self: calls.append(self.hparams.init_from) or ([], [])
+    )
+    common = ["--config", str(config), "--steps", "1", "--eval-every", "1", "--eval-questions", "4"]
+    probe.main(common)
+    assert calls == [] and "stage 1:" not in capsys.readouterr().out  # the tiny config has no init_from
+    overlay = config.parent / "init.yaml"
+    overlay.write_text("model: {init_args: {init_from: stage1.ckpt}}\n")
+    probe.main([*common, "--config", str(overlay)])
+    assert calls == ["stage1.ckpt"] and "stage 1: 0 tensors from stage1.ckpt" in capsys.readouterr().out
+    probe.main([*common, "--config", str(overlay), "--no-init"])
+    assert calls == ["stage1.ckpt"]
+
+
 def test_probe_rejects_an_empty_selection(config):
     with pytest.raises(SystemExit, match="no questions"):
         probe.main(["--config", str(config), "--templates", "no_such_template"])
