@@ -13,6 +13,7 @@ COMMANDS = {
     "probe": ("lab.probe", "train a stage-2 config on frozen features in memory; accuracy per template"),
     "ablate": ("lab.ablate", "run an ablation matrix on the embedded default and table its results"),
     "evidence": ("lab.evidence", "per-type accuracy of one model on several evaluation sets side by side"),
+    "narrate": ("lab.narrate", "does a model prefer a clip's true event narrative over one with an object swapped"),
 }
 
 

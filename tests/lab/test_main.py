@@ -16,7 +16,10 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("data", "prepare", "probe", "ablate", "evidence")) and len(COMMANDS) == 5
+    assert (
+        all(name in out for name in ("data", "prepare", "probe", "ablate", "evidence", "narrate"))
+        and len(COMMANDS) == 6
+    )
 
 
 @pytest.mark.parametrize("command", ["data", "prepare", "probe", "ablate", "evidence"])
