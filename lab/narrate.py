@@ -9,6 +9,8 @@ only in who took part in one event. The model scores both as the two options of 
 caption's own prompt, with the stage module's scorer; the printed figure is how often it prefers the true caption
 (chance 50%) with its 95% interval. The weights are the config's `init_from` (a stage-1 checkpoint) over the
 config's backbones, so it reads what stage 1 taught the fusion, through the LLM that stage 1 captioned with.
+`--swap object` is the control: the twin recolours one object at every mention to a colour absent from the clip, so
+it asks whether the model sees which objects are there at all.
 """
 
 from __future__ import annotations
@@ -45,10 +47,25 @@ def wrong_twin(caption: str, rng: random.Random) -> str | None:
     return None
 
 
+def recoloured_twin(caption: str, rng: random.Random) -> str | None:
+    """The control: the caption with one object's colour, at every mention, replaced by a colour no object of the
+    clip has (does the model see which objects are there?); None when the clip leaves no colour free."""
+    names = sorted(set(NAME.findall(caption.partition(". ")[0])))
+    free = [c for c in COLORS if c not in {n.split()[0] for n in names}]
+    if not names or not free:
+        return None
+    name = rng.choice(names)
+    return re.sub(rf"\b{name}\b", f"{rng.choice(free)} {name.split()[1]}", caption)
+
+
+TWINS = {"event": wrong_twin, "object": recoloured_twin}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lab narrate", description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", required=True, help="a stage-2 config (its init_from is read)")
     p.add_argument("--pairs", type=int, default=400, help="at most this many validation clips")
+    p.add_argument("--swap", choices=sorted(TWINS), default="event", help="object: the recognition control")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
@@ -82,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs = []
     for rec in captions.records["val"]:
         prompt, caption = rec.turns[0]
-        twin = wrong_twin(caption, rng)
+        twin = TWINS[a.swap](caption, rng)
         if twin is None:
             continue
         answer = rng.randrange(2)
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     pairs = pairs[: a.pairs]
     if not pairs:
-        raise SystemExit("no validation caption narrates an event with an object: nothing to score")
+        raise SystemExit(f"no validation caption has a wrong twin for --swap {a.swap}: nothing to score")
     feats = _videos(pairs, captions.clip_loader(train=False), vision)
     collator = dm.collator()
     model.eval()
@@ -105,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
             right += sum(r["prediction"] == r["answer"] for r in rows_from_batch(batch, module.scorer(model, batch)))
     acc = right / len(pairs)
     half = 196.0 * math.sqrt(acc * (1 - acc) / len(pairs))
-    print(f"narration: the true caption preferred in {100 * acc:.1f}% ± {half:.1f} of {len(pairs)} pairs (chance 50)")
+    print(
+        f"narration ({a.swap} swapped): the true caption preferred in {100 * acc:.1f}% ± {half:.1f} of {len(pairs)} pairs (chance 50)"
+    )
 
 
 if __name__ == "__main__":

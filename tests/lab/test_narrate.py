@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from lab.narrate import NAME, wrong_twin
+from lab.narrate import NAME, recoloured_twin, wrong_twin
 
 CAPTION = (
     "A blue circle, a yellow square and a green cross move around. The blue circle hits a wall, then the blue circle "
@@ -38,6 +38,19 @@ def test_captions_without_an_event_object_have_no_twin():
     )
 
 
+def test_the_control_recolours_one_object_everywhere_to_a_colour_the_clip_lacks():
+    for seed in range(20):
+        twin = recoloured_twin(CAPTION, random.Random(seed))
+        before, after = NAME.findall(CAPTION), NAME.findall(twin)
+        gone = set(before) - set(after)
+        new = set(after) - set(before)
+        assert len(gone) == 1 and len(new) == 1  # one object renamed, at every mention
+        old, fresh = gone.pop(), new.pop()
+        assert before.count(old) == after.count(fresh) and old.split()[1] == fresh.split()[1]
+        assert fresh.split()[0] not in {n.split()[0] for n in before}
+        assert twin.replace(fresh, old) == CAPTION
+
+
 def test_narrate_scores_the_validation_pairs(tmp_path, capsys):
     """End to end on a tiny benchmark and random backbones, as `python -m lab narrate --config ...` runs."""
     import re
@@ -53,7 +66,8 @@ def test_narrate_scores_the_validation_pairs(tmp_path, capsys):
     save_random_backbones(str(tmp_path / "data" / "tokenizer"), tmp_path / "bb", seed=0, vit=TINY_VIT, llm=TINY_LLM)
     fusion = reasoner({"fusion": frame_qformer(replace(TINY_QFORMER, objects=True)), "objects": None})
     config = stage_config(tmp_path / "run", tmp_path / "bb", synthetic_data(tmp_path / "data", boxes=True), fusion)
-    narrate.main(["--config", str(config), "--pairs", "5"])
-    line = capsys.readouterr().out.splitlines()[-1]
-    share, pairs = re.search(r"preferred in ([0-9.]+)% ± [0-9.]+ of (\d+) pairs", line).groups()
-    assert 1 <= int(pairs) <= 5 and 0.0 <= float(share) <= 100.0
+    for swap in ("event", "object"):
+        narrate.main(["--config", str(config), "--pairs", "5", "--swap", swap])
+        line = capsys.readouterr().out.splitlines()[-1]
+        share, pairs = re.search(rf"\({swap} swapped\).* in ([0-9.]+)% ± [0-9.]+ of (\d+) pairs", line).groups()
+        assert 1 <= int(pairs) <= 5 and 0.0 <= float(share) <= 100.0
