@@ -166,15 +166,26 @@ def test_frames_equal_a_full_decode(clip):
         assert np.abs(out.frames.numpy().astype(int) - reference[idx].astype(int)).max() <= 1
 
 
+_THREADS_SCRIPT = """
+import sys, torch
+from data_modules.video import read_video
+for seed in range(3):
+    pick = dict(num_frames=8, sampling="segment")
+    one = read_video(sys.argv[1], **pick, generator=torch.Generator().manual_seed(seed))
+    many = read_video(sys.argv[1], **pick, generator=torch.Generator().manual_seed(seed), threads=int(sys.argv[2]))
+    assert torch.equal(one.timestamps, many.timestamps) and torch.equal(one.frames, many.frames), seed
+"""
+
+
 @pytest.mark.parametrize("threads", [0, 2])
 def test_decoding_threads_return_the_same_frames(clip, threads):
     """The default decodes on the calling thread; FFmpeg's frame + slice threads (threads != 1), seeking and stopping
-    before the end as sampled decoding does, must return the same frames."""
-    for seed in range(3):
-        pick = dict(num_frames=8, sampling="segment")
-        one = read_video(clip, **pick, generator=torch.Generator().manual_seed(seed))
-        many = read_video(clip, **pick, generator=torch.Generator().manual_seed(seed), threads=threads)
-        assert torch.equal(one.timestamps, many.timestamps) and torch.equal(one.frames, many.frames)
+    before the end as sampled decoding does, must return the same frames. In a child process, so that this test
+    process, which later tests fork DataLoader workers from, never holds FFmpeg threads."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(clip), str(threads)], check=True)
 
 
 def test_segment_is_random_within_segments_and_seeded(clip):
