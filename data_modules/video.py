@@ -281,6 +281,13 @@ def _reformat_takes_threads() -> bool:
     return True
 
 
+def _one_thread() -> dict:
+    """``reformat`` / ``to_ndarray`` keywords for a conversion on the calling thread. PyAV >= 16's default (0) gives
+    swscale a pool of slice threads, and a DataLoader worker forked after its parent converted a frame waited on
+    that pool forever (``avpriv_slicethread_execute``, seen in gdb on a fresh clone's test run)."""
+    return {"threads": 1} if _reformat_takes_threads() else {}
+
+
 def _yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
     """RGB (H, W, 3) -> a yuv420p frame whose row padding is zero.
 
@@ -288,7 +295,7 @@ def _yuv420p_frame(image: np.ndarray) -> av.VideoFrame:
     uninitialised, and libx264's output then varies from run to run; with zeroed padding it is a function of the image.
     """
     rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    yuv = rgb.reformat(format="yuv420p", threads=1) if _reformat_takes_threads() else rgb.reformat(format="yuv420p")
+    yuv = rgb.reformat(format="yuv420p", **_one_thread())
     out = av.VideoFrame(yuv.width, yuv.height, "yuv420p")
     for src, dst in zip(yuv.planes, out.planes):
         rows = np.frombuffer(memoryview(src), np.uint8).reshape(src.height, src.line_size)[:, : src.width]
@@ -696,7 +703,11 @@ def _to_tensor(frames: list[av.VideoFrame], short_side: int | None) -> torch.Ten
     for frame in frames:
         if id(frame) not in cache:
             array = frame.to_ndarray(
-                format="rgb24", width=width, height=height, interpolation="AREA" if smaller else "BILINEAR"
+                format="rgb24",
+                width=width,
+                height=height,
+                interpolation="AREA" if smaller else "BILINEAR",
+                **_one_thread(),
             )  # (H, W, C)
             turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns that make it upright
             if turns:
