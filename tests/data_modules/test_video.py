@@ -188,6 +188,37 @@ def test_decoding_threads_return_the_same_frames(clip, threads):
     subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(clip), str(threads)], check=True)
 
 
+_FORK_SCRIPT = """
+import multiprocessing as mp, sys
+from data_modules.video import read_video
+
+def child(path):
+    read_video(path, 8, short_side=32)
+
+if __name__ == "__main__":
+    read_video(sys.argv[1], 8, short_side=32)  # the parent converts frames first, as a num_workers=0 loop does
+    worker = mp.get_context("fork").Process(target=child, args=(sys.argv[1],))
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        worker.kill()
+        sys.exit("the forked reader hung")
+    sys.exit(worker.exitcode)
+"""
+
+
+def test_a_reader_forked_after_the_parent_read_does_not_hang(clip, tmp_path):
+    """DataLoader workers are forked from a process that may have decoded already (a num_workers=0 pass, a sanity
+    check). With PyAV's default swscale threads the forked child waited forever on a slice-thread pool it does not
+    have (PyAV 18.1.1 / FFmpeg 8.1.3); every conversion runs on the calling thread instead."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_read.py"  # a file, not -c: the forked child needs an importable __main__
+    script.write_text(_FORK_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(clip)], check=True, timeout=120)
+
+
 def test_segment_is_random_within_segments_and_seeded(clip):
     picks = [
         frame_index(read_video(clip, 4, sampling="segment", generator=torch.Generator().manual_seed(s)).frames)
