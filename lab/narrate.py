@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from lab.probe import _batch, _videos
+from lab.probe import _batch, _videos, start_from_stage1
 from lab.synthetic.simulator import COLORS, SHAPES
 
 NAME = re.compile(rf"\b(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})\b")
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     cli = VRPCLI(args=[x for c in a.config for x in ("--config", c)] + ["--trainer.logger=false"], run=False)
     module, dm = cli.model, cli.datamodule
     model = module.model
-    if module.hparams.init_from:
-        loaded, fresh = module.init_from_stage1()
-        print(f"stage 1: {len(loaded)} tensors from {module.hparams.init_from}, {len(fresh)} kept their own")
+    start_from_stage1(module)
     vision = model.vision.eval()
     captions = VideoTextDataModule(
         root=str(dm.root),
@@ -90,9 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         num_frames=dm.num_frames,
         num_workers=0,
     )
-    for d in (dm, captions):
-        d.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
-        d.configure_box_substeps(box_substeps(model.fusion))
+    captions.configure_preprocess(vision.image_size, tuple(vision.mean), tuple(vision.std))
+    captions.configure_box_substeps(box_substeps(model.fusion))
     captions.setup("fit")
 
     rng = random.Random(a.seed)
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if not pairs:
         raise SystemExit(f"no validation caption has a wrong twin for --swap {a.swap}: nothing to score")
     feats = _videos(pairs, captions.clip_loader(train=False), vision)
-    collator = dm.collator()
+    collator = dm.collator()  # the stage module's prompt format (the captions' datamodule reads the same tokenizer)
     model.eval()
     right = 0
     with torch.no_grad():

@@ -55,6 +55,16 @@ def _videos(records, loader, vision) -> dict[str, dict]:
     return out
 
 
+def start_from_stage1(module) -> None:
+    """Load the stage module's `init_from` (a stage-1 checkpoint), if it names one, as a fresh `vrp fit` does in
+    `setup("fit")`, which the lab's tools never call; say what was loaded."""
+    if module.hparams.init_from:
+        loaded, fresh = module.init_from_stage1()
+        print(
+            f"stage 1: {len(loaded)} tensors from {module.hparams.init_from}, {len(fresh)} kept their own", flush=True
+        )
+
+
 def _batch(records, feats, collator, blind: bool) -> dict:
     samples = []
     for rec in records:
@@ -118,11 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--blind drops the boxes, which {type(model.fusion).__name__} needs; for a blind row use "
             "--config experiments/baselines/blind.yaml instead"
         )
-    if module.hparams.init_from:  # what a fresh `vrp fit` does in setup("fit"), which the probe never calls
-        loaded, fresh = module.init_from_stage1()
-        print(
-            f"stage 1: {len(loaded)} tensors from {module.hparams.init_from}, {len(fresh)} kept their own", flush=True
-        )
+    start_from_stage1(module)
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     vision = model.vision.eval()
