@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vrp.models.contracts import FusionInput, Text, TokenLayout, Tracks
-from vrp.models.tracks import TrackFusion, box_features
+from vrp.models.tracks import GAP_CLIP, RelationMessages, TrackFusion, box_features, box_gaps
 
 
 def _inputs(B=2, T=3, K=2, D=8, grid=(4, 4)):
@@ -32,11 +32,12 @@ def test_box_features_motion_and_mask():
     assert f[0, 2].abs().sum() == 0  # absent box: all zero
 
 
+@pytest.mark.parametrize("relations", [False, True])
 @pytest.mark.parametrize("appearance", ["roi", "oracle", "none"])
-def test_shapes_gradients_and_padding(appearance):
+def test_shapes_gradients_and_padding(appearance, relations):
     visual, boxes, mask = _inputs()
     visual.requires_grad_(True)
-    fusion = _fusion(appearance=appearance)
+    fusion = _fusion(appearance=appearance, relations=relations)
     attrs = torch.eye(10)[torch.tensor([[0, 5], [3, 9]])] if appearance == "oracle" else None  # (2, 2, 10)
     out = fusion(FusionInput(visual, torch.ones(2, 3, dtype=torch.bool), Tracks(boxes, mask, attrs)))
     assert out.shape == (2, 3 * 3, 16) and fusion.num_output_tokens == 9 and fusion.output_dim == 16
@@ -125,3 +126,59 @@ def test_box_substeps_read_the_track_between_frames():
         fusion(FusionInput(visual, None, Tracks(boxes, mask)))  # one row per frame for a fusion that expects 4
     with pytest.raises(ValueError, match="box_substeps"):
         _fusion(box_substeps=0)
+
+
+def test_box_gaps():
+    boxes = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.35, 0.1, 0.5, 0.3], [0.2, 0.2, 0.4, 0.4]])[None, None]  # (1,1,3,4)
+    mask = torch.tensor([[[True, True, False]]])
+    gap = box_gaps(boxes, mask)[0, 0]
+    torch.testing.assert_close(gap[0, 1], torch.tensor(0.05))  # 0.05 apart along x, level along y
+    torch.testing.assert_close(gap[1, 0], gap[0, 1])
+    assert gap[0, 0] == GAP_CLIP and gap[0, 2] == GAP_CLIP  # itself, and an absent box: nothing is close
+    overlap = box_gaps(boxes, torch.ones(1, 1, 3, dtype=torch.bool))[0, 0, 0, 2]
+    assert overlap < 0  # overlapping boxes: a negative gap
+
+
+def _three_boxes(S=2):
+    """Two objects in contact (0 and 1) and one far away (2), S rows per frame, 2 frames: (1, 2*S, 3, 4)."""
+    boxes = torch.tensor([[0.1, 0.1, 0.2, 0.2], [0.2, 0.1, 0.3, 0.2], [0.7, 0.7, 0.8, 0.8]])
+    return boxes[None, None].expand(1, 2 * S, 3, 4).clone(), torch.ones(1, 2 * S, 3, dtype=torch.bool)
+
+
+def test_relation_messages_start_local_and_read_only_their_frame():
+    torch.manual_seed(0)
+    rel = RelationMessages(hidden_size=4, box_substeps=2)
+    boxes, mask = _three_boxes()
+    tokens = torch.zeros(1, 2, 3, 4)
+    tokens[:, :, 0, 0], tokens[:, :, 1, 1], tokens[:, :, 2, 2] = 1.0, 1.0, 1.0  # one direction per object
+    with torch.no_grad():
+        rel.value.weight.copy_(torch.eye(4))
+        rel.value.bias.zero_()
+    out = rel(boxes, mask, tokens)  # (1, 2, 3, 4)
+    assert out.shape == (1, 2, 3, 4)
+    # at the start the scores are the locality prior: object 0 hears its neighbour 1 far more than object 2
+    assert out[0, 0, 0, 1] > 0.4 and out[0, 0, 0, 2] < 1e-3
+    assert out[0, 0, 0, 0] == 0  # never itself
+    # an absent object sends nothing
+    gone = mask.clone()
+    gone[:, :, 1] = False
+    assert rel(boxes, gone, tokens)[0, :, 0, 1].abs().max() == 0
+    # only the token's own frame: changing frame 1's tokens leaves frame 0's messages as they were
+    later = tokens.clone()
+    later[:, 1] += 1.0
+    torch.testing.assert_close(rel(boxes, mask, later)[:, 0], out[:, 0])
+    # the scores are learned: gradients reach the MLP's last layer, the sharpness and the "nobody" logit
+    rel(boxes, mask, tokens).sum().backward()
+    assert rel.score[-1].weight.grad.abs().sum() > 0 and rel.log_sharpness.grad != 0 and rel.nobody.grad != 0
+
+
+def test_relation_messages_switch():
+    assert _fusion().relations is None
+    visual, boxes, mask = _inputs()
+    fusion = _fusion(relations=True).eval()
+    assert isinstance(fusion.relations, RelationMessages)
+    ref = fusion(FusionInput(visual, None, Tracks(boxes, mask)))
+    with torch.no_grad():
+        fusion.relations.value.weight.zero_()
+        fusion.relations.value.bias.zero_()
+    assert not torch.allclose(fusion(FusionInput(visual, None, Tracks(boxes, mask))), ref)  # the messages count

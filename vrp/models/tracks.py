@@ -13,6 +13,7 @@ Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -42,6 +43,52 @@ def box_features(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     size = boxes[..., 2:] - boxes[..., :2]
     feats = torch.cat([boxes, centre, size, prev * 10, nxt * 10], dim=-1)  # motion is ~0.01-0.1 per row: rescale
     return feats * mask[..., None]
+
+
+GAP_CLIP = 0.5  # gaps between boxes (frame units) are clipped at this: beyond it nothing is close
+
+
+def box_gaps(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, R, K, 4) xyxy, (B, R, K) mask -> (B, R, K, K): the gap between every two boxes of a row (Chebyshev, < 0
+    where they overlap), clipped at ``GAP_CLIP``, which a box also gets to itself and to an absent box."""
+    K = boxes.shape[2]
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2  # (B, R, K, 2)
+    offset = (centre[:, :, None] - centre[:, :, :, None]).abs()  # (B, R, K, K, 2)
+    gap = (offset - half[:, :, None] - half[:, :, :, None]).amax(-1)  # (B, R, K, K)
+    valid = mask[:, :, :, None] & mask[:, :, None] & ~torch.eye(K, dtype=torch.bool, device=boxes.device)
+    return gap.clamp(max=GAP_CLIP).masked_fill(~valid, GAP_CLIP)
+
+
+class RelationMessages(nn.Module):
+    """Interaction-network messages between the objects of a frame: each (object, frame) token reads the other
+    objects' tokens of its frame through a softmax over them and "nobody", scored from the two boxes' gaps and the
+    gaps' change at the frame's S box rows. Scores start as a locality prior (``-gap / locality``: the nearer box
+    weighs more) plus a learned MLP of the gaps (zero at the start); scale, MLP and the "nobody" logit are learned."""
+
+    def __init__(self, hidden_size: int, box_substeps: int, locality: float = 0.05):
+        super().__init__()
+        self.box_substeps = box_substeps
+        self.score = nn.Sequential(nn.Linear(2 * box_substeps, 32), nn.GELU(), nn.Linear(32, 1))
+        nn.init.zeros_(self.score[-1].weight)
+        nn.init.zeros_(self.score[-1].bias)
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(1 / locality)))
+        self.nobody = nn.Parameter(torch.zeros(()))
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, rows: torch.Tensor, row_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Box rows (B, T * S, K, 4), mask (B, T * S, K), tokens (B, T, K, H) -> messages (B, T, K, H)."""
+        B, TS, K, _ = rows.shape
+        S, T = self.box_substeps, TS // self.box_substeps
+        gap = box_gaps(rows, row_mask)  # (B, T * S, K, K)
+        rate = torch.cat([torch.zeros_like(gap[:, :1]), gap.diff(dim=1)], dim=1) * 10  # closing in: < 0
+        feats = torch.stack([gap / GAP_CLIP, rate], -1).view(B, T, S, K, K, 2).permute(0, 1, 3, 4, 2, 5)
+        nearest = gap.view(B, T, S, K, K).amin(2)  # (B, T, K, K)
+        logits = self.score(feats.reshape(B, T, K, K, 2 * S))[..., 0] - nearest * self.log_sharpness.exp()
+        present = row_mask.view(B, T, S, K).any(2)  # (B, T, K)
+        valid = present[:, :, None, :] & ~torch.eye(K, dtype=torch.bool, device=rows.device)  # (B, T, K, K)
+        logits = torch.cat([logits.masked_fill(~valid, float("-inf")), self.nobody.expand(B, T, K, 1)], -1)
+        weights = logits.softmax(-1)[..., :K]  # (B, T, K, K): the "nobody" column dropped
+        return torch.einsum("btkj,btjh->btkh", weights, self.value(tokens))
 
 
 class TrackFusion(nn.Module):
@@ -75,6 +122,7 @@ class TrackFusion(nn.Module):
         time_embed: bool = True,
         motion: bool = True,
         box_substeps: int = 1,
+        relations: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -95,6 +143,7 @@ class TrackFusion(nn.Module):
         self.box_embed = nn.Sequential(
             nn.Linear(box_substeps * BOX_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
+        self.relations = RelationMessages(hidden_size, box_substeps) if relations else None
         self.identity = nn.Parameter(torch.randn(max_objects, hidden_size) * 0.02) if identity_embed else None
         self.time = nn.Parameter(torch.randn(num_frames, hidden_size) * 0.02) if time_embed else None
         layer = nn.TransformerEncoderLayer(
@@ -152,6 +201,8 @@ class TrackFusion(nn.Module):
                 )
             app = self.attribute_embed(box_attributes.to(x.dtype))[:, None].expand_as(x)  # the same in every frame
         x = x + app
+        if self.relations is not None:
+            x = x + self.relations(boxes, rows, x)
         pad = self.max_objects - K
         if pad:
             x = torch.cat([x, x.new_zeros(*x.shape[:2], pad, x.shape[-1])], dim=2)
