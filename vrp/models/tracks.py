@@ -5,8 +5,9 @@ it is (identity embedding), *when* (time embedding), *where and how it moves* (a
 box's motion at the frame's S box rows) and *what it looks like*: RoIAlign of the box over the frozen encoder's
 patch grid (``appearance="roi"``: pixels and unlabelled boxes only), or, for the **state oracle**, an embedding of
 the object's attributes (``appearance="oracle"``: the tracks' multi-hot ``attributes`` from the simulator; no pixels), or
-nothing (``appearance="none"``: boxes only). A pre-norm transformer attends over all K x T tokens at once, so an
-object's token at frame t can read every other object at every frame.
+nothing (``appearance="none"``: boxes only). With ``relations=True`` each token also gets a message from the other
+objects of its frame, weighted by a learned score of the two boxes' gaps (`RelationMessages`). A pre-norm transformer
+attends over all K x T tokens at once, so an object's token at frame t can read every other object at every frame.
 
 Output: the ``max_objects x T`` tokens, frame-major, padding objects zeroed; the reasoner projects them to the LLM.
 """
@@ -98,8 +99,8 @@ class TrackFusion(nn.Module):
     frame_mask (B, T), tracks=Tracks(boxes (B, T * S, K, 4), mask (B, T * S, K), attributes (B, K, V) = None)))
     -> (B, max_objects * T, hidden_size)``, S = ``box_substeps`` (row ``t * S`` is frame t's box); K <=
     ``max_objects``; ``attributes`` only with ``appearance="oracle"`` (V = ``num_attributes``). Options:
-    ``appearance``, ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features) and
-    ``box_substeps``.
+    ``appearance``, ``identity_embed``, ``time_embed``, ``motion`` (the motion part of the box features),
+    ``box_substeps`` and ``relations`` (`RelationMessages` added to each token).
     """
 
     supports_text = False
